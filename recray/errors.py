@@ -1,0 +1,43 @@
+"""Exception types of recray.
+
+Every error raised on bad input is a :class:`RecrayError` subclass whose message names the
+item (block index, item id) and the field, and says what to do. Callers that want to treat
+a whole class of failures alike catch the base class; tests catch the precise type.
+"""
+
+from __future__ import annotations
+
+
+class RecrayError(Exception):
+    """Base class of every error recray raises on purpose."""
+
+
+class InputError(RecrayError, ValueError):
+    """An argument has the wrong shape, dtype or value (NaN/inf, sigma <= 0, ...)."""
+
+
+class UnboundedRatioError(InputError):
+    """An exact method (PFR, SP-PFR) was asked to code a target whose density ratio q/p is
+    unbounded: a posterior wider than the prior in some dimension, or of equal width with a
+    shifted mean. Such a search never stops; use a fixed-budget method (``orc``/``sp-orc``)."""
+
+
+class SearchBudgetError(RecrayError):
+    """A search hit its step cap (``max_steps``) or is predicted to need far more steps than
+    the cap allows. The message names the block and the dimension that dominates the cost."""
+
+
+class BackendError(RecrayError):
+    """The requested array backend (NumPy or CuPy) is unknown or not usable here."""
+
+
+class PlanError(RecrayError, ValueError):
+    """A codec plan is invalid, inconsistent with its inputs, or cannot be read."""
+
+
+def fmt_block(i: int, block_ids=None) -> str:
+    """How messages name a block: its row in the call, and its stream id when that differs."""
+    if block_ids is None:
+        return f"block {i}"
+    sid = int(block_ids[i])
+    return f"block {i} (stream id {sid})" if sid != i else f"block {i}"

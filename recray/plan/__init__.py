@@ -1,0 +1,354 @@
+"""The codec plan: what the sender and the receiver both know (ALGORITHMS.md §5).
+
+A :class:`CodecPlan` fixes, from public information only (the per-dimension information
+``mi_bits`` estimated once from training data, and a seed):
+
+* the **blocks**: which latent dimensions are coded together (:func:`split_blocks`);
+* the **partition bits** ``b_d`` of every dimension, and each block's budget
+  ``B = sum_d b_d`` (:func:`allocate_bits`).
+
+:func:`build_plan` is deterministic: the same arguments give the same plan, bit for bit, on
+every machine and NumPy version (all randomness is Philox4x32-10 under the plan key, exact
+rational arithmetic for proportional shares, ``math.fsum`` for sums). The plan is written
+once per run as JSON next to the bitstreams (:meth:`CodecPlan.to_json`) and checked on
+decode (:meth:`CodecPlan.from_json`, :meth:`CodecPlan.checksum`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from recray.errors import PlanError
+from recray.plan.allocation import (
+    MAX_BLOCK_BITS,
+    STRATEGIES,
+    allocate_bits,
+    check_int,
+    check_mi,
+    check_positive_float,
+    check_seed,
+    check_strategy,
+    check_threshold,
+    derive_block_seed,
+)
+from recray.plan.blocks import split_blocks
+
+__all__ = [
+    "PLAN_FORMAT",
+    "PLAN_FORMAT_VERSION",
+    "PLAN_STRATEGIES",
+    "STRATEGIES",
+    "CodecPlan",
+    "allocate_bits",
+    "build_plan",
+    "split_blocks",
+]
+
+#: ``"format"`` entry of a serialized plan.
+PLAN_FORMAT = "recray-plan"
+#: ``"version"`` entry of a serialized plan; bump it with any change of layout or recipe.
+PLAN_FORMAT_VERSION = 1
+#: Strategies :func:`build_plan` accepts ("collapsed-only" is an allocate_bits ablation).
+PLAN_STRATEGIES: tuple[str, ...] = ("mi", "uniform", "random")
+
+_FIELDS = (
+    "dim",
+    "block_bits",
+    "strategy",
+    "seed",
+    "collapse_threshold",
+    "max_bits_per_dim",
+    "mi_bits",
+    "blocks",
+    "bits",
+    "block_budget_bits",
+)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _seq(value, name: str) -> Sequence:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
+        raise PlanError(f"plan field {name} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _norm_mi(value, dim: int) -> tuple[float, ...]:
+    seq = _seq(value, "mi_bits")
+    if len(seq) != dim:
+        raise PlanError(f"plan field mi_bits has {len(seq)} entries; dim is {dim}")
+    for i, v in enumerate(seq):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise PlanError(f"plan field mi_bits[{i}] must be a number (bits), got {v!r}")
+    return tuple(float(v) for v in check_mi([float(v) for v in seq], "plan field mi_bits"))
+
+
+def _norm_block(value, b: int, dim: int) -> tuple[int, ...]:
+    seq = _seq(value, f"blocks[{b}]")
+    if len(seq) == 0:
+        raise PlanError(f"plan field blocks[{b}] is empty; drop empty blocks")
+    dims = tuple(
+        check_int(v, f"plan field blocks[{b}][{j}]", 0, dim - 1) for j, v in enumerate(seq)
+    )
+    for j in range(1, len(dims)):
+        if dims[j] <= dims[j - 1]:
+            raise PlanError(
+                f"plan field blocks[{b}] must list its dimensions in strictly ascending order "
+                f"(blocks[{b}][{j}] = {dims[j]} follows {dims[j - 1]})"
+            )
+    return dims
+
+
+def _norm_blocks(value, dim: int) -> tuple[tuple[int, ...], ...]:
+    blocks = tuple(_norm_block(v, b, dim) for b, v in enumerate(_seq(value, "blocks")))
+    owner: dict[int, int] = {}
+    for b, dims in enumerate(blocks):
+        for d in dims:
+            if d in owner:
+                raise PlanError(
+                    f"plan field blocks: dimension {d} is in blocks[{owner[d]}] and "
+                    f"blocks[{b}]; every dimension must be in exactly one block"
+                )
+            owner[d] = b
+    missing = [d for d in range(dim) if d not in owner]
+    if missing:
+        raise PlanError(
+            f"plan field blocks: dimension(s) {missing[:8]} of range({dim}) are in no block; "
+            "every dimension must be in exactly one block"
+        )
+    return blocks
+
+
+def _norm_bits(value, dim: int, cap: int) -> tuple[int, ...]:
+    seq = _seq(value, "bits")
+    if len(seq) != dim:
+        raise PlanError(f"plan field bits has {len(seq)} entries; dim is {dim}")
+    return tuple(check_int(v, f"plan field bits[{d}]", 0, cap) for d, v in enumerate(seq))
+
+
+def _norm_budgets(value, blocks, bits) -> tuple[int, ...]:
+    seq = _seq(value, "block_budget_bits")
+    if len(seq) != len(blocks):
+        raise PlanError(
+            f"plan field block_budget_bits has {len(seq)} entries; there are {len(blocks)} blocks"
+        )
+    out = []
+    for b, v in enumerate(seq):
+        budget = check_int(v, f"plan field block_budget_bits[{b}]", 0, MAX_BLOCK_BITS)
+        total = sum(bits[d] for d in blocks[b])
+        if budget != total:
+            raise PlanError(
+                f"plan field block_budget_bits[{b}] = {budget} but the bits of blocks[{b}] "
+                f"sum to {total}; the plan is inconsistent, rebuild it"
+            )
+        out.append(budget)
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class CodecPlan:
+    """Blocks and partition bits of a latent space of ``dim`` dimensions.
+
+    Fields (all immutable; validated and normalized on construction, PlanError if invalid):
+        dim: number of latent dimensions ``d``.
+        block_bits: target information per block (bits).
+        strategy: allocation strategy, one of :data:`PLAN_STRATEGIES`.
+        seed: plan seed in ``[0, 2^64)``.
+        collapse_threshold: bits below which a dimension is collapsed.
+        max_bits_per_dim: upper bound of every ``bits[d]``.
+        mi_bits: per-dimension information (bits), length ``d``.
+        blocks: dimension indices of each block, ascending inside a block; together they
+            partition ``range(d)``. The collapsed dims, if any, form the last block.
+        bits: partition bits ``b_d`` per dimension, length ``d``.
+        block_budget_bits: per block, ``B = sum of bits of its dims``, ``B <= 62``.
+    """
+
+    dim: int
+    block_bits: float
+    strategy: str
+    seed: int
+    collapse_threshold: float
+    max_bits_per_dim: int
+    mi_bits: tuple[float, ...]
+    blocks: tuple[tuple[int, ...], ...]
+    bits: tuple[int, ...]
+    block_budget_bits: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        dim = check_int(self.dim, "plan field dim", 1)
+        cap = check_int(self.max_bits_per_dim, "plan field max_bits_per_dim", 1)
+        if self.strategy not in PLAN_STRATEGIES:
+            raise PlanError(
+                f"plan field strategy {self.strategy!r} is not a plan strategy; "
+                f"valid: {PLAN_STRATEGIES}"
+            )
+        blocks = _norm_blocks(self.blocks, dim)
+        bits = _norm_bits(self.bits, dim, cap)
+        values = {
+            "dim": dim,
+            "block_bits": check_positive_float(self.block_bits, "plan field block_bits"),
+            "seed": check_int(self.seed, "plan field seed", 0, 2**64 - 1),
+            "collapse_threshold": check_positive_float(
+                self.collapse_threshold, "plan field collapse_threshold"
+            ),
+            "max_bits_per_dim": cap,
+            "mi_bits": _norm_mi(self.mi_bits, dim),
+            "blocks": blocks,
+            "bits": bits,
+            "block_budget_bits": _norm_budgets(self.block_budget_bits, blocks, bits),
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    # ----------------------------------------------------------------- accessors
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of blocks (the collapsed block included)."""
+        return len(self.blocks)
+
+    @property
+    def max_block_size(self) -> int:
+        """Largest number of dimensions in one block."""
+        return max(len(b) for b in self.blocks)
+
+    def _check_block(self, i) -> int:
+        return check_int(i, "block index", 0, self.n_blocks - 1)
+
+    def block_dims(self, i: int) -> np.ndarray:
+        """Dimension indices of block ``i``: int64 array ``(n_i,)``, ascending."""
+        return np.asarray(self.blocks[self._check_block(i)], dtype=np.int64)
+
+    def block_bits_array(self, i: int) -> np.ndarray:
+        """Partition bits of block ``i``'s dims, in :meth:`block_dims` order: int64 ``(n_i,)``."""
+        return np.asarray([self.bits[d] for d in self.blocks[self._check_block(i)]], np.int64)
+
+    # ----------------------------------------------------------------- serialization
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON dict: ``format``, ``version`` and every field (tuples as lists)."""
+        out: dict[str, Any] = {"format": PLAN_FORMAT, "version": PLAN_FORMAT_VERSION}
+        for name in _FIELDS:
+            value = getattr(self, name)
+            if name == "blocks":
+                value = [list(b) for b in value]
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CodecPlan:
+        """Inverse of :meth:`to_dict`; validates everything, PlanError naming the field."""
+        if not isinstance(d, Mapping):
+            raise PlanError(f"a plan must be a JSON object / mapping, got {type(d).__name__}")
+        if d.get("format") != PLAN_FORMAT:
+            raise PlanError(
+                f"plan field format is {d.get('format')!r}, expected {PLAN_FORMAT!r}: "
+                "this is not a recray codec plan"
+            )
+        version = d.get("version")
+        if type(version) is not int or version != PLAN_FORMAT_VERSION:
+            raise PlanError(
+                f"plan field version is {version!r}; this recray reads plan version "
+                f"{PLAN_FORMAT_VERSION}: rebuild the plan or use the matching recray"
+            )
+        missing = [k for k in _FIELDS if k not in d]
+        if missing:
+            raise PlanError(f"plan is missing field(s) {missing}")
+        unknown = sorted(set(d) - set(_FIELDS) - {"format", "version"})
+        if unknown:
+            raise PlanError(f"plan has unknown field(s) {unknown} for version {version}")
+        return cls(**{k: d[k] for k in _FIELDS})
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no spaces, floats as ``repr`` (exact round trip)."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_json(cls, s: str | bytes) -> CodecPlan:
+        """Parse and validate a plan written by :meth:`to_json`."""
+        try:
+            d = json.loads(s)
+        except (TypeError, ValueError) as exc:
+            raise PlanError(f"plan JSON cannot be parsed: {exc}") from None
+        return cls.from_dict(d)
+
+    def checksum(self) -> str:
+        """SHA-256 hex digest of :meth:`to_json` (UTF-8): identifies the plan."""
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- building
+
+
+def block_budget(mi_block: np.ndarray, cap_total: int) -> int:
+    """``min(floor(sum(mi) + 0.5), cap_total)``: the block's information rounded half up."""
+    return min(math.floor(math.fsum(mi_block.tolist()) + 0.5), cap_total)
+
+
+def build_plan(
+    mi_bits,
+    block_bits: float,
+    *,
+    strategy: str = "mi",
+    seed: int = 0,
+    collapse_threshold: float = 0.01,
+    max_bits_per_dim: int = 24,
+) -> CodecPlan:
+    """Blocks and partition bits for per-dimension information ``mi_bits`` (bits, ``(d,)``).
+
+    Blocks come from :func:`split_blocks` (``block_bits`` bits of information each, plus
+    one final block of the collapsed dims). Block ``i``'s budget is
+    ``B_i = min(floor(sum(mi of its dims) + 0.5), 62, max_bits_per_dim * n_i)``, and 0 for
+    the collapsed block; its bits are ``allocate_bits(mi of its dims, B_i, strategy,
+    seed=derive_block_seed(seed, i))``. ``strategy`` is one of :data:`PLAN_STRATEGIES`.
+
+    Deterministic: the same arguments give the same plan (and :meth:`CodecPlan.checksum`)
+    on every machine. Raises :class:`PlanError` on invalid input.
+    """
+    strategy = check_strategy(strategy)
+    if strategy == "collapsed-only":
+        raise PlanError(
+            "strategy 'collapsed-only' is an ablation of allocate_bits inside one block; "
+            "build_plan separates collapsed dimensions into their own block, so use "
+            f"one of {PLAN_STRATEGIES}"
+        )
+    mi = check_mi(mi_bits)
+    seed = check_seed(seed)
+    threshold = check_threshold(collapse_threshold)
+    cap = check_int(max_bits_per_dim, "max_bits_per_dim", 1)
+    blocks = split_blocks(mi, block_bits, seed=seed, collapse_threshold=threshold)
+    bits = np.zeros(mi.shape[0], dtype=np.int64)
+    budgets = []
+    for i, dims in enumerate(blocks):
+        mi_blk = mi[dims]
+        collapsed = bool(mi_blk[0] < threshold)
+        budget = 0 if collapsed else block_budget(mi_blk, min(MAX_BLOCK_BITS, cap * len(dims)))
+        kw = {"seed": derive_block_seed(seed, i), "collapse_threshold": threshold}
+        bits[dims] = allocate_bits(mi_blk, budget, strategy, max_bits_per_dim=cap, **kw)
+        budgets.append(budget)
+    return CodecPlan(
+        dim=int(mi.shape[0]),
+        block_bits=float(block_bits),
+        strategy=strategy,
+        seed=seed,
+        collapse_threshold=threshold,
+        max_bits_per_dim=cap,
+        mi_bits=tuple(float(v) for v in mi),
+        blocks=tuple(tuple(b) for b in blocks),
+        bits=tuple(int(b) for b in bits),
+        block_budget_bits=tuple(budgets),
+    )

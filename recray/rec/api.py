@@ -1,0 +1,532 @@
+"""``rec.encode`` / ``rec.decode``: the public entry points of the algorithm core.
+
+Guarantees and requirements (both sides must share all of these for decoding to be exact):
+
+* the same ``seed``, ``stream_ids``, ``method``, partition ``bits`` and prior
+  (``prior_mu``, ``prior_sigma``), and the same RNG recipe version
+  (:data:`recray.rec.philox.RNG_VERSION`, written down in ``docs/FORMAT.md``);
+* the same backend: ``decode`` returns ``res.samples`` bit for bit on the backend that
+  encoded. Across NumPy and CuPy, indices agree (scores differ at most in the last ulp of
+  special functions, which could only matter for exact ties) but samples may differ in the
+  last bits of ``ndtri``;
+* block ``i``'s result depends only on its own row and ``(seed, stream_ids[i])``: it is the
+  same alone or inside any batch, and for any chunk schedule.
+
+PFR and SP-PFR return exact samples of Q; ORC and SP-ORC are approximate (fixed budget).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from recray.backend import get_backend
+from recray.errors import InputError, SearchBudgetError, UnboundedRatioError, fmt_block
+from recray.rec import codes
+from recray.rec.gaussian import LN2, GaussianRatio, kl_bits
+from recray.rec.partition import MAX_BITS_PER_DIM, build_tables, table_entries
+from recray.rec.randomness import MAX_DIM, MAX_LOCAL_INDEX, block_keys, shared_sample
+from recray.rec.search import ChunkSchedule, SearchProblem, run_search
+
+METHODS = ("pfr", "orc", "sp-pfr", "sp-orc")
+EXACT_METHODS = ("pfr", "sp-pfr")
+#: Default step cap of the exact methods: far above any search recray is meant for
+#: (2^26 ~ 6.7e7 candidates, about 2^26 / 2^16 = 1024x the largest advised mean).
+DEFAULT_MAX_STEPS = 1 << 26
+MAX_STEPS_LIMIT = 1 << 30
+MAX_SAMPLES_LIMIT = 1 << 24
+MAX_PARTITION_BITS = 62
+#: Blocks per internal batch are chosen so their bin tables hold at most this many entries.
+TABLE_BUDGET = 1 << 23
+MAX_BATCH_BLOCKS = 1 << 16
+
+
+@dataclass(frozen=True)
+class Indices:
+    """What :func:`decode` needs per block: ``bin`` (n,) int64, the flat bin id ``j*`` in
+    ``[0, 2^B)`` (0 for pfr/orc), and ``local`` (n,) int64, the 1-based local index ``n*``
+    (the arrival index for pfr/orc); ``dim`` is the block dimension ``d``.
+
+    ``as_array()`` gives the same as one int64 array ``(n, 2)`` = ``[bin, local]``.
+    """
+
+    bin: np.ndarray
+    local: np.ndarray
+    dim: int
+
+    def as_array(self) -> np.ndarray:
+        return np.stack([self.bin, self.local], axis=1)
+
+    @classmethod
+    def from_array(cls, a, dim: int) -> Indices:
+        a = np.asarray(a)
+        if a.ndim != 2 or a.shape[1] != 2 or not np.issubdtype(a.dtype, np.integer):
+            raise InputError(
+                f"indices must be an integer array of shape (n_blocks, 2) = [bin, local]; "
+                f"got dtype {a.dtype} and shape {a.shape}"
+            )
+        return cls(a[:, 0].astype(np.int64), a[:, 1].astype(np.int64), int(dim))
+
+    def __len__(self) -> int:
+        return int(self.bin.shape[0])
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    """The outcome of :func:`encode`, host NumPy arrays, one row per block.
+
+    samples    (n, d) float64  what each block decodes to (exact sample of Q for pfr/sp-pfr)
+    indices    Indices         what ``decode`` needs
+    steps      (n,) int64      candidates examined (the stopping arrival included)
+    nbits      (n,) int64      exact length in bits of each block's coded index
+    capped     (n,) bool       the search hit ``max_steps`` (only with ``on_cap="keep"``;
+                               the sample is then the best found, not exact)
+    kl_bits    (n,) float64    D_KL[Q || P] of each block, bits
+    dinf_bits  (n,) float64    D_inf[Q || P'] = log2 r'_max, bits (exact methods; NaN else);
+                               the expected number of steps is about 2^dinf_bits
+    partition_bits (n,) int64  B per block
+    """
+
+    samples: np.ndarray
+    indices: Indices
+    steps: np.ndarray
+    nbits: np.ndarray
+    capped: np.ndarray
+    kl_bits: np.ndarray
+    dinf_bits: np.ndarray
+    partition_bits: np.ndarray
+    method: str
+    seed: int
+
+
+# --------------------------------------------------------------------------- validation
+def _check_method(method: str) -> str:
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    return method
+
+
+def _first_bad(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.argwhere(mask)[0])
+
+
+def _float_2d(name: str, a, shape=None) -> np.ndarray:
+    try:
+        arr = np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be a real float array; could not convert: {exc}") from exc
+    if shape is None:
+        if arr.ndim != 2:
+            raise InputError(
+                f"{name} must have shape (n_blocks, d), one row per block; got shape {arr.shape}"
+            )
+        return arr
+    try:
+        return np.broadcast_to(arr, shape)
+    except ValueError:
+        raise InputError(
+            f"{name} of shape {arr.shape} does not broadcast to (n_blocks, d) = {shape}"
+        ) from None
+
+
+def _check_finite(name: str, arr: np.ndarray, ids) -> None:
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i, d = _first_bad(bad)
+        raise InputError(
+            f"{fmt_block(i, ids)}: {name}[{i}, {d}] = {arr[i, d]} is not finite "
+            f"({int(bad.sum())} non-finite entries of {name} in all); remove or fix these rows"
+        )
+
+
+def _check_positive(name: str, arr: np.ndarray, ids) -> None:
+    bad = arr <= 0
+    if bad.any():
+        i, d = _first_bad(bad)
+        raise InputError(
+            f"{fmt_block(i, ids)}: {name}[{i}, {d}] = {arr[i, d]} must be > 0 "
+            f"({int(bad.sum())} entries of {name} are <= 0); scales are standard deviations"
+        )
+
+
+def _stream_ids(stream_ids, n: int) -> np.ndarray:
+    if stream_ids is None:
+        return np.arange(n, dtype=np.int64)
+    ids = np.asarray(stream_ids)
+    if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer):
+        raise InputError(
+            f"stream_ids must be an integer array of shape (n_blocks,) = ({n},); "
+            f"got dtype {ids.dtype} and shape {ids.shape}"
+        )
+    return ids.astype(np.int64)
+
+
+def _seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**64:
+        raise InputError(f"seed must be an integer in [0, 2^64); got {seed!r}")
+    return int(seed)
+
+
+def _bits(bits, method: str, shape, ids) -> np.ndarray:
+    n, d = shape
+    if not method.startswith("sp-"):
+        return np.zeros(shape, dtype=np.int64)
+    if bits is None:
+        raise InputError(
+            f"method {method!r} needs bits: partition bits per dimension, an integer array "
+            "broadcast to (n_blocks, d) (0 = not partitioned); see recray.plan.allocate_bits"
+        )
+    arr = np.asarray(bits)
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+        raise InputError(f"bits must be an integer array; got dtype {arr.dtype}")
+    try:
+        arr = np.broadcast_to(arr.astype(np.int64), shape)
+    except ValueError:
+        raise InputError(
+            f"bits of shape {arr.shape} does not broadcast to (n_blocks, d) = {shape}"
+        ) from None
+    if (arr < 0).any():
+        i, dd = _first_bad(arr < 0)
+        raise InputError(f"{fmt_block(i, ids)}: bits[{i}, {dd}] = {arr[i, dd]} must be >= 0")
+    if (arr > MAX_BITS_PER_DIM).any():
+        i, dd = _first_bad(arr > MAX_BITS_PER_DIM)
+        raise InputError(
+            f"{fmt_block(i, ids)}: bits[{i}, {dd}] = {arr[i, dd]} is too large: at most "
+            f"{MAX_BITS_PER_DIM} per dimension (a 2^b-entry weight table is built for it); "
+            "spread the block's bits over more dimensions"
+        )
+    B = arr.sum(axis=1)
+    if (B > MAX_PARTITION_BITS).any():
+        i = int(np.argmax(B > MAX_PARTITION_BITS))
+        raise InputError(
+            f"{fmt_block(i, ids)}: its bits sum to B = {int(B[i])} >= 63; a block's bin id "
+            "must fit one int64, so B <= 62: split the block"
+        )
+    return np.ascontiguousarray(arr)
+
+
+def _int_param(name: str, value, n: int, lo: int, hi: int) -> np.ndarray:
+    arr = np.asarray(value)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"{name} must be an integer (or one per block); got {value!r}")
+    try:
+        arr = np.broadcast_to(arr.astype(np.int64), (n,))
+    except ValueError:
+        raise InputError(f"{name} must be a scalar or have shape ({n},); got {arr.shape}") from None
+    if (arr < lo).any() or (arr > hi).any():
+        bad = int(np.argmax((arr < lo) | (arr > hi)))
+        raise InputError(f"{name}[{bad}] = {int(arr[bad])} is outside [{lo}, {hi}]")
+    return arr
+
+
+def _check_bounded(m: np.ndarray, s: np.ndarray, ids, method: str) -> None:
+    bounded = (s < 1.0) | ((s == 1.0) & (m == 0.0))
+    if not bounded.all():
+        i, d = _first_bad(~bounded)
+        why = (
+            "the posterior is wider than the prior"
+            if s[i, d] > 1.0
+            else "the posterior has the prior's width but a shifted mean"
+        )
+        raise UnboundedRatioError(
+            f"{fmt_block(i, ids)}, dimension {d}: the density ratio q/p is unbounded ({why}: "
+            f"sigma/prior_sigma = {s[i, d]:.6g}, (mu - prior_mu)/prior_sigma = {m[i, d]:.6g}), "
+            f"so {method} would never stop; {int((~bounded).sum())} entries are affected. "
+            "Use method='sp-orc' or 'orc' (fixed budget) for such blocks"
+        )
+
+
+# --------------------------------------------------------------------------- encode
+def encode(
+    mu,
+    sigma,
+    *,
+    prior_mu=0.0,
+    prior_sigma=1.0,
+    bits=None,
+    method: str = "sp-pfr",
+    seed: int = 0,
+    stream_ids=None,
+    n_samples=None,
+    max_steps=None,
+    backend=None,
+    on_cap: str = "raise",
+    chunks: ChunkSchedule | None = None,
+) -> EncodeResult:
+    """Code one sample of ``Q_i = N(mu[i], diag(sigma[i]^2))`` per block against the prior
+    ``P = N(prior_mu, diag(prior_sigma^2))``.
+
+    Args:
+        mu, sigma: float arrays ``(n_blocks, d)``, one row per block; ``sigma > 0``.
+        prior_mu, prior_sigma: broadcast to ``(n_blocks, d)``; ``prior_sigma > 0``.
+        bits: integers broadcast to ``(n_blocks, d)``: partition bits per dimension (0 = not
+            partitioned), at most 24 per dimension and ``B = sum <= 62`` per block. Required
+            by ``sp-*``; ignored by ``pfr``/``orc``.
+        method: ``"pfr"`` | ``"orc"`` | ``"sp-pfr"`` | ``"sp-orc"``.
+        seed: run seed in ``[0, 2^64)``.
+        stream_ids: int64 ``(n_blocks,)``, default ``arange(n_blocks)``. All randomness of
+            block ``i`` is keyed by ``(seed, stream_ids[i])``.
+        n_samples: the fixed budget ``N`` of ``orc``/``sp-orc`` (scalar or per block,
+            ``1..2^24``).
+        max_steps: step cap of ``pfr``/``sp-pfr`` (default ``2^26``, at most ``2^30``).
+        backend: ``"numpy"`` | ``"cupy"`` | None (``RECRAY_BACKEND``, else numpy).
+        on_cap: ``"raise"`` (default): a block that would need, on average, more than
+            ``max_steps`` candidates (``2^dinf_bits > max_steps``) is refused before any
+            search, and one that hits the cap raises :class:`SearchBudgetError`;
+            ``"keep"``: searches run to the cap and such blocks are flagged in
+            ``res.capped`` (their sample is the best found, not exact).
+        chunks: :class:`ChunkSchedule` (speed/memory only; results do not depend on it).
+
+    Returns: :class:`EncodeResult` (host NumPy arrays).
+
+    Raises: :class:`InputError` (shapes, NaN/inf, scales <= 0, bits), 
+        :class:`UnboundedRatioError` (exact method on an unbounded ratio),
+        :class:`SearchBudgetError` (step cap).
+    """
+    method = _check_method(method)
+    if on_cap not in ("raise", "keep"):
+        raise InputError(f"on_cap must be 'raise' or 'keep'; got {on_cap!r}")
+    mu = _float_2d("mu", mu)
+    n, d = mu.shape
+    sigma = _float_2d("sigma", sigma)
+    if sigma.shape != mu.shape:
+        raise InputError(f"sigma has shape {sigma.shape} but mu has {mu.shape}; they must match")
+    if d < 1 or d > MAX_DIM:
+        raise InputError(f"blocks must have 1..{MAX_DIM} dimensions; got d = {d}")
+    ids = _stream_ids(stream_ids, n)
+    seed = _seed(seed)
+    pm = _float_2d("prior_mu", prior_mu, (n, d))
+    ps = _float_2d("prior_sigma", prior_sigma, (n, d))
+    for name, arr in (("mu", mu), ("sigma", sigma), ("prior_mu", pm), ("prior_sigma", ps)):
+        _check_finite(name, arr, ids)
+    _check_positive("sigma", sigma, ids)
+    _check_positive("prior_sigma", ps, ids)
+    bits_np = _bits(bits, method, (n, d), ids)
+    exact = method in EXACT_METHODS
+    if exact:
+        budget = _int_param(
+            "max_steps", DEFAULT_MAX_STEPS if max_steps is None else max_steps, n, 1,
+            MAX_STEPS_LIMIT,
+        )
+        nsamp = None
+    else:
+        if n_samples is None:
+            raise InputError(
+                f"method {method!r} needs n_samples: the fixed number of candidates N per "
+                "block (e.g. 2**16)"
+            )
+        nsamp = _int_param("n_samples", n_samples, n, 1, MAX_SAMPLES_LIMIT)
+        budget = nsamp
+    m = (mu - pm) / ps
+    s = sigma / ps
+    if exact:
+        _check_bounded(m, s, ids, method)
+
+    be = get_backend(backend)
+    schedule = chunks or ChunkSchedule()
+    out_samples = np.empty((n, d), dtype=np.float64)
+    out = {k: np.empty(n, dtype=t) for k, t in (
+        ("bin", np.int64), ("local", np.int64), ("steps", np.int64), ("capped", bool),
+        ("dinf", np.float64),
+    )}
+    for lo, hi in _batches(bits_np):
+        sl = slice(lo, hi)
+        res = _encode_batch(
+            be, m[sl], s[sl], bits_np[sl], ids[sl], seed, budget[sl], exact, schedule,
+            on_cap, pm[sl], ps[sl], row0=lo, max_steps=budget if exact else None,
+        )
+        out_samples[sl] = res["samples"]
+        for k in out:
+            out[k][sl] = res[k]
+
+    B = bits_np.sum(axis=1)
+    if exact and on_cap == "raise" and out["capped"].any():
+        i = int(np.argmax(out["capped"]))
+        raise SearchBudgetError(
+            f"{fmt_block(i, ids)}: the search hit max_steps = {int(budget[i])} before its "
+            f"stopping bound was reached (expected about 2^{out['dinf'][i]:.1f} steps); "
+            f"{int(out['capped'].sum())} blocks in all. Raise max_steps, give the block more "
+            "partition bits, or pass on_cap='keep' to accept the best candidate found"
+        )
+    nbits = codes.index_bits(method, out["local"], B, nsamp)
+    indices = Indices(out["bin"].copy(), out["local"].copy(), d)
+    return EncodeResult(
+        samples=out_samples,
+        indices=indices,
+        steps=out["steps"],
+        nbits=nbits.astype(np.int64),
+        capped=out["capped"],
+        kl_bits=_kl_bits_host(m, s),
+        dinf_bits=out["dinf"],
+        partition_bits=B.astype(np.int64),
+        method=method,
+        seed=seed,
+    )
+
+
+def _kl_bits_host(m: np.ndarray, s: np.ndarray) -> np.ndarray:
+    return kl_bits(m, s, np)
+
+
+def _batches(bits_np: np.ndarray):
+    """Split rows so each batch's bin tables stay under TABLE_BUDGET entries."""
+    n = bits_np.shape[0]
+    if n == 0:
+        return
+    per_row = np.left_shift(1, bits_np).sum(axis=1)
+    cum = np.cumsum(per_row)
+    lo = 0
+    while lo < n:
+        base = cum[lo - 1] if lo else 0
+        hi = int(np.searchsorted(cum, base + TABLE_BUDGET, side="right"))
+        hi = max(hi, lo + 1)
+        hi = min(hi, lo + MAX_BATCH_BLOCKS, n)
+        yield lo, hi
+        lo = hi
+
+
+def _encode_batch(be, m, s, bits_np, ids, seed, budget, exact, schedule, on_cap, pm, ps,
+                  row0, max_steps):
+    xp = be.xp
+    m_d, s_d = be.asarray(m), be.asarray(s)
+    bits_d = be.asarray(bits_np)
+    tables = build_tables(be, m_d, s_d, bits_d, bits_np, "sup" if exact else "qmass")
+    dinf = (
+        be.to_numpy(tables.log_rmax) / LN2 if exact else np.full(m.shape[0], np.nan)
+    )
+    if exact and on_cap == "raise":
+        _precheck(dinf, be.to_numpy(tables.log_rmax_d) / LN2, m, s, budget, ids, row0)
+    shift = np.concatenate(
+        [np.zeros((bits_np.shape[0], 1), np.int64), np.cumsum(bits_np, axis=1)[:, :-1]], axis=1
+    )
+    keys = block_keys(seed, be.asarray(ids), xp)
+    prob = SearchProblem(
+        m=m_d, s=s_d, log_s=xp.log(s_d), bits=bits_d, shift=be.asarray(shift),
+        inv_J=be.asarray(np.ldexp(1.0, -bits_np)), tables=tables, keys=keys,
+        budget=be.asarray(budget), exact=exact,
+    )
+    outcome = run_search(be, prob, schedule)
+    samples = _regenerate(be, outcome.bin, outcome.local, bits_np, keys[0], keys[1], pm, ps)
+    return {
+        "samples": samples, "bin": outcome.bin, "local": outcome.local,
+        "steps": outcome.steps, "capped": outcome.capped, "dinf": dinf,
+    }
+
+
+def _precheck(dinf, dinf_d, m, s, budget, ids, row0):
+    over = dinf > np.log2(budget.astype(np.float64))
+    if not over.any():
+        return
+    i = int(np.argmax(over))
+    dd = int(np.argmax(dinf_d[i]))
+    gi = row0 + i
+    near = " (near-collapsed: tiny KL, huge D_inf)" if abs(1.0 - s[i, dd]) < 0.05 else ""
+    raise SearchBudgetError(
+        f"{fmt_block(i, ids)} (row {gi}): the exact search would need about "
+        f"2^{dinf[i]:.1f} = {2.0 ** dinf[i]:.3g} candidates on average (D_inf[Q||P'] = "
+        f"{dinf[i]:.1f} bits) but max_steps = {int(budget[i])}; dimension {dd} contributes "
+        f"{dinf_d[i, dd]:.1f} bits (sigma/prior_sigma = {s[i, dd]:.6g}, "
+        f"(mu - prior_mu)/prior_sigma = {m[i, dd]:.6g}){near}. {int(over.sum())} blocks "
+        "are affected. Give that dimension partition bits, use method='sp-orc', raise "
+        "max_steps, or pass on_cap='keep'"
+    )
+
+
+def _regenerate(be, bin_np, local_np, bits_np, k0, k1, pm, ps):
+    """Samples ``x = prior_mu + prior_sigma * G(seed, j, n)`` on the backend, to the host."""
+    xp = be.xp
+    j = be.asarray(bin_np)[:, None]
+    local = be.asarray(local_np)[:, None]
+    shift = np.concatenate(
+        [np.zeros((bits_np.shape[0], 1), np.int64), np.cumsum(bits_np, axis=1)[:, :-1]], axis=1
+    )
+    mask = np.left_shift(1, bits_np) - 1
+    kd = (be.asarray(bin_np)[:, None] >> be.asarray(shift)) & be.asarray(mask)
+    inv_J = be.asarray(np.ldexp(1.0, -bits_np))
+    y = shared_sample(be, k0[:, None], k1[:, None], j, local, kd[:, None, :], inv_J[:, None, :])
+    x = be.asarray(pm) + be.asarray(ps) * y[:, 0, :]
+    return be.to_numpy(x).astype(np.float64, copy=False)
+
+
+# --------------------------------------------------------------------------- decode
+def decode(
+    indices,
+    *,
+    prior_mu=0.0,
+    prior_sigma=1.0,
+    bits=None,
+    method: str = "sp-pfr",
+    seed: int = 0,
+    stream_ids=None,
+    backend=None,
+    dim: int | None = None,
+) -> np.ndarray:
+    """Rebuild each block's sample from its index: ``x = prior_mu + prior_sigma * G(j, n)``.
+
+    ``indices`` is ``res.indices`` (:class:`Indices`) or an int array ``(n_blocks, 2)`` of
+    ``[bin, local]`` (then ``d`` comes from ``dim=`` or the shape of ``prior_mu``,
+    ``prior_sigma`` or ``bits``). All other arguments must equal the encoder's (see the
+    module docstring). Returns float64 ``(n_blocks, d)``: bit for bit ``res.samples`` on the
+    same backend. Decoding never needs the targets.
+    """
+    method = _check_method(method)
+    if not isinstance(indices, Indices):
+        if dim is None:
+            dim = _infer_dim(prior_mu, prior_sigma, bits)
+        indices = Indices.from_array(indices, dim)
+    elif dim is not None and dim != indices.dim:
+        raise InputError(f"dim = {dim} contradicts indices.dim = {indices.dim}")
+    n, d = len(indices), indices.dim
+    ids = _stream_ids(stream_ids, n)
+    seed = _seed(seed)
+    pm = _float_2d("prior_mu", prior_mu, (n, d))
+    ps = _float_2d("prior_sigma", prior_sigma, (n, d))
+    _check_finite("prior_mu", pm, ids)
+    _check_finite("prior_sigma", ps, ids)
+    _check_positive("prior_sigma", ps, ids)
+    bits_np = _bits(bits, method, (n, d), ids)
+    B = bits_np.sum(axis=1)
+    j, local = indices.bin, indices.local
+    bad = (j < 0) | (j >= np.left_shift(1, B))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InputError(
+            f"{fmt_block(i, ids)}: indices.bin[{i}] = {int(j[i])} does not fit the block's "
+            f"B = {int(B[i])} partition bits; bits, method or indices do not match the encoder"
+        )
+    bad = (local < 1) | (local >= MAX_LOCAL_INDEX)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InputError(
+            f"{fmt_block(i, ids)}: indices.local[{i}] = {int(local[i])} must be in "
+            f"[1, 2^48)"
+        )
+    be = get_backend(backend)
+    k0, k1, _, _ = block_keys(seed, be.asarray(ids), be.xp)
+    if n == 0:
+        return np.empty((0, d), dtype=np.float64)
+    return _regenerate(be, j, local, bits_np, k0, k1, np.ascontiguousarray(pm),
+                       np.ascontiguousarray(ps))
+
+
+def _infer_dim(*arrays) -> int:
+    for a in arrays:
+        if a is not None and np.ndim(a) >= 1:
+            return int(np.shape(a)[-1])
+    raise InputError(
+        "cannot tell the block dimension d from a plain index array: pass res.indices "
+        "(an Indices object), dim=d, or prior_mu/prior_sigma/bits with a last axis of length d"
+    )
+
+
+def expected_steps_bits(dinf_bits) -> np.ndarray:
+    """log2 of the expected number of candidates of an exact search (``= D_inf[Q||P']``)."""
+    return np.asarray(dinf_bits, dtype=np.float64)
+
+
+__all__ = [
+    "METHODS", "EXACT_METHODS", "DEFAULT_MAX_STEPS", "ChunkSchedule", "EncodeResult",
+    "Indices", "decode", "encode", "GaussianRatio", "math",
+]

@@ -1,0 +1,134 @@
+"""Factorized Gaussian coding and target distributions, in prior-standardized coordinates.
+
+The search never sees the raw prior ``N(m_p, s_p^2)``: every dimension is mapped by
+``y = (x - m_p) / s_p``, under which the prior is ``N(0, 1)`` and the target is
+``N(m, s^2)`` with ``m = (mu - m_p) / s_p`` and ``s = sigma / s_p``. The density ratio
+``q/p`` is invariant under that map, so weights, bounds and scores are unchanged; decoded
+samples are mapped back with ``x = m_p + s_p * y``.
+
+Two small interfaces keep the Gaussian specifics in this module, so other factorized
+families can follow:
+
+* :class:`StandardNormalPrior` - partition edges (equal-mass quantiles) and inverse-CDF
+  sampling restricted to one interval;
+* :class:`GaussianRatio` - per-dimension log density ratio ``ln q/p``, its supremum on an
+  interval (closed form), the target's log mass of an interval, and boundedness.
+
+All logs here are natural logs (the search works in nats; reported figures are converted to
+bits at the API boundary).
+"""
+
+from __future__ import annotations
+
+import math
+
+LN2 = math.log(2.0)
+
+
+class StandardNormalPrior:
+    """``P = N(0, 1)`` per dimension, partitioned into ``J = 2^b`` intervals of mass ``1/J``."""
+
+    def __init__(self, backend):
+        self.be = backend
+
+    def edges(self, b: int):
+        """Interval edges ``a_0 = -inf < a_1 < ... < a_J = +inf`` (shape ``(J + 1,)``),
+        ``a_k = Phi^{-1}(k / J)``; the upper half is computed through the complement
+        (``-Phi^{-1}((J - k) / J)``) so no quantile rounds towards 1."""
+        xp, ndtri = self.be.xp, self.be.special.ndtri
+        J = 1 << b
+        k = xp.arange(J + 1, dtype=xp.float64)
+        inv = 2.0**-b
+        with self.be.errstate():
+            lower = ndtri(k * inv)
+            upper = -ndtri((J - k) * inv)
+        return xp.where(2 * k <= J, lower, upper)
+
+    def sample_in_interval(self, k, u, inv_J):
+        """``y = Phi^{-1}((k + u) / J)``: a sample of ``N(0,1)`` restricted to interval ``k``.
+
+        ``k`` (int64), ``u`` (float64 in (0, 1)) and ``inv_J = 2^-b`` (float64) broadcast.
+        When ``(k + u) / J > 1/2`` the sample is taken through the complementary CDF,
+        ``y = -Phi^{-1}((J - k - u) / J)``, so it never rounds to 1 (``+inf``).
+        """
+        xp, ndtri = self.be.xp, self.be.special.ndtri
+        kf = k.astype(xp.float64)
+        J = 1.0 / inv_J  # exact: a power of two
+        upper = 2.0 * (kf + u) > J
+        p = xp.where(upper, ((J - kf) - u) * inv_J, (kf + u) * inv_J)
+        y = ndtri(p)
+        return xp.where(upper, -y, y)
+
+
+class GaussianRatio:
+    """Target ``N(m, s^2)`` against prior ``N(0, 1)``, elementwise over arrays of ``m``, ``s``.
+
+    ``ln r(y) = ln q(y) - ln p(y) = -ln s - z^2/2 + y^2/2`` with ``z = (y - m)/s``.
+    For ``s < 1`` it is concave with maximum at ``y* = m / (1 - s^2)``; for ``s = 1, m = 0``
+    it is identically 0; otherwise it is unbounded above (see :meth:`bounded`).
+    """
+
+    def __init__(self, backend, m, s):
+        self.be = backend
+        self.m = m
+        self.s = s
+
+    def bounded(self):
+        """True where ``sup q/p`` is finite: ``s < 1``, or ``s == 1`` and ``m == 0``."""
+        return (self.s < 1.0) | ((self.s == 1.0) & (self.m == 0.0))
+
+    def stationary_point(self):
+        """``y* = m / (1 - s^2)`` where bounded (0 for the identical case); arbitrary (0)
+        where unbounded."""
+        xp = self.be.xp
+        one_minus = (1.0 - self.s) * (1.0 + self.s)
+        with self.be.errstate():
+            ystar = xp.where(one_minus > 0, self.m / xp.where(one_minus > 0, one_minus, 1.0), 0.0)
+        return ystar
+
+    @staticmethod
+    def log_ratio_of(y, m, s, log_s):
+        """``ln q/p`` at ``y`` for target params ``m``, ``s`` (``log_s = ln s``); exactly 0
+        when ``m = 0, s = 1``. All arguments broadcast."""
+        z = (y - m) / s
+        return 0.5 * (y - z) * (y + z) - log_s
+
+    def log_ratio(self, y):
+        return self.log_ratio_of(y, self.m, self.s, self.be.xp.log(self.s))
+
+    def log_sup_on(self, a, b, ystar=None):
+        """``ln sup_{y in [a, b]} q/p`` (closed form: the concave log ratio peaks at ``y*``
+        clipped to the interval). ``a``, ``b`` may be infinite; broadcast with ``m``, ``s``.
+        Valid only where :meth:`bounded`."""
+        xp = self.be.xp
+        if ystar is None:
+            ystar = self.stationary_point()
+        y = xp.clip(ystar, a, b) if hasattr(xp, "clip") else xp.minimum(xp.maximum(ystar, a), b)
+        return self.log_ratio(y)
+
+    def log_mass_on(self, a, b):
+        """``ln Q([a, b])`` computed from differences of ``log_ndtr`` on the tail side of the
+        interval (left tail when its midpoint is below ``m``, else the right tail), so far
+        tail intervals keep their (tiny) mass instead of underflowing to ``-inf``."""
+        xp, log_ndtr = self.be.xp, self.be.special.log_ndtr
+        with self.be.errstate():
+            za = (a - self.m) / self.s
+            zb = (b - self.m) / self.s
+            lower_side = (za + zb) <= 0  # NaN (the whole line) goes to the upper branch
+            la, lb = log_ndtr(za), log_ndtr(zb)
+            ua, ub = log_ndtr(-za), log_ndtr(-zb)
+            low = lb + log1mexp(la - lb, xp)
+            up = ua + log1mexp(ub - ua, xp)
+            out = xp.where(lower_side, low, up)
+        return out
+
+
+def log1mexp(x, xp):
+    """``ln(1 - e^x)`` for ``x <= 0``, accurate at both ends (Maechler's switch at -ln 2)."""
+    return xp.where(x > -LN2, xp.log(-xp.expm1(x)), xp.log1p(-xp.exp(x)))
+
+
+def kl_bits(m, s, xp):
+    """``D_KL[N(m, s^2) || N(0, 1)]`` in bits, summed over the last axis. Shape ``(n,)``."""
+    nats = 0.5 * (s * s + m * m - 1.0) - xp.log(s)
+    return nats.sum(axis=-1) / LN2

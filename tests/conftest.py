@@ -1,0 +1,38 @@
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from recray.backend import cupy_available  # noqa: E402
+
+BACKENDS = [
+    "numpy",
+    pytest.param(
+        "cupy",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(not cupy_available(), reason="CuPy with a CUDA GPU not available"),
+        ],
+    ),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Each test using this fixture runs on NumPy, and on CuPy where a GPU exists."""
+    return request.param
+
+
+def typical_posteriors(n, d, kl_bits_per_dim, seed, collapsed=()):
+    """Targets whose average is about the prior: s = 2^-kl, mu ~ N(0, 1 - s^2) clipped to
+    +-3 standard deviations (kl in bits/dim; the clip keeps rare far-tail targets, whose
+    exact search is slow, out of the tests); dimensions in ``collapsed`` equal the prior."""
+    rng = np.random.default_rng(seed)
+    s = np.full((n, d), 2.0 ** (-np.asarray(kl_bits_per_dim, dtype=float)))
+    mu = np.clip(rng.normal(size=(n, d)), -3, 3) * np.sqrt(1.0 - s**2)
+    for c in collapsed:
+        s[:, c] = 1.0
+        mu[:, c] = 0.0
+    return mu, s
