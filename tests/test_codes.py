@@ -30,8 +30,9 @@ def test_floor_log2_exact_at_powers():
 
 def test_prefix_code_round_trip_of_a_concatenation():
     rng = np.random.default_rng(0)
-    values = [int(v) for v in np.concatenate([rng.integers(1, 50, 100),
-                                              2 ** rng.integers(0, 62, 100)])]
+    values = [
+        int(v) for v in np.concatenate([rng.integers(1, 50, 100), 2 ** rng.integers(0, 62, 100)])
+    ]
     stream = "".join(codes.write_universal(v) for v in values)
     assert len(stream) == int(codes.universal_bits(values).sum())
     pos, out = 0, []

@@ -37,27 +37,42 @@ CONFIGS = {
     # name: (method, target builder, bits, extra kwargs)
     "pfr-1d": ("pfr", lambda: typical_posteriors(N, 1, 2.0, 1), None, {}),
     "pfr-2d-shifted": ("pfr", lambda: shifted(N, 2, 0.8, 0.7, 2), None, {}),
-    "pfr-5d-collapsed": (
-        "pfr", lambda: typical_posteriors(N, 5, 1.0, 3, collapsed=(4,)), None, {}),
+    "pfr-5d-collapsed": ("pfr", lambda: typical_posteriors(N, 5, 1.0, 3, collapsed=(4,)), None, {}),
     "sp-pfr-1d": ("sp-pfr", lambda: typical_posteriors(N, 1, 5.0, 4), 4, {}),
     "sp-pfr-2d-zero-bit-dim": ("sp-pfr", lambda: typical_posteriors(N, 2, 3.0, 5), [5, 0], {}),
     "sp-pfr-5d-typical": (
-        "sp-pfr", lambda: typical_posteriors(N, 5, 3.0, 6, collapsed=(4,)), [3, 3, 3, 3, 0], {}),
+        "sp-pfr",
+        lambda: typical_posteriors(N, 5, 3.0, 6, collapsed=(4,)),
+        [3, 3, 3, 3, 0],
+        {},
+    ),
     "sp-pfr-5d-narrow": (
-        "sp-pfr", lambda: (np.zeros((N, 5)), np.full((N, 5), 0.125)), [3, 3, 3, 3, 2], {}),
+        "sp-pfr",
+        lambda: (np.zeros((N, 5)), np.full((N, 5), 0.125)),
+        [3, 3, 3, 3, 2],
+        {},
+    ),
     "sp-pfr-5d-shifted": ("sp-pfr", lambda: shifted(N, 5, 1.2, 0.7, 7), [2, 2, 2, 2, 2], {}),
     "sp-pfr-8d": ("sp-pfr", lambda: typical_posteriors(N, 8, 1.0, 8), 3, {}),
     "sp-pfr-8d-uneven": (
-        "sp-pfr", lambda: typical_posteriors(N, 8, [6, 3, 2, 0.3, 0.1, 0.05, 2, 1], 9),
-        [10, 4, 3, 0, 0, 0, 3, 2], {}),
+        "sp-pfr",
+        lambda: typical_posteriors(N, 8, [6, 3, 2, 0.3, 0.1, 0.05, 2, 1], 9),
+        [10, 4, 3, 0, 0, 0, 3, 2],
+        {},
+    ),
     "sp-pfr-prior-not-standard": (
         "sp-pfr",
         lambda: (lambda m, s: (2.0 + 3.0 * m, 3.0 * s))(*typical_posteriors(N, 3, 3.0, 10)),
-        [3, 3, 3], {"prior_mu": 2.0, "prior_sigma": 3.0}),
+        [3, 3, 3],
+        {"prior_mu": 2.0, "prior_sigma": 3.0},
+    ),
     "orc-2d": ("orc", lambda: typical_posteriors(N, 2, 1.5, 11), None, {"n_samples": 2**11}),
     "sp-orc-5d": (
-        "sp-orc", lambda: typical_posteriors(N, 5, 3.0, 12, collapsed=(4,)), [3, 3, 3, 3, 0],
-        {"n_samples": 2**10}),
+        "sp-orc",
+        lambda: typical_posteriors(N, 5, 3.0, 12, collapsed=(4,)),
+        [3, 3, 3, 3, 0],
+        {"n_samples": 2**10},
+    ),
     "sp-orc-8d": ("sp-orc", lambda: typical_posteriors(N, 8, 1.5, 13), 2, {"n_samples": 2**10}),
 }
 

@@ -95,12 +95,16 @@ def test_stream_uniforms_pinned():
     k0, k1 = derive_keys(7, np.array([5]), DOMAIN_SHARED)
     u = shared_uniforms(k0, k1, np.array([3]), np.array([2]), 3, np)
     assert [float(x).hex() for x in u[0]] == [
-        "0x1.12454a9f9fcdep-2", "0x1.86c04d49e9bf8p-4", "0x1.25c3b046bba33p-1"
+        "0x1.12454a9f9fcdep-2",
+        "0x1.86c04d49e9bf8p-4",
+        "0x1.25c3b046bba33p-1",
     ]
     k0, k1 = derive_keys(7, np.array([5]), DOMAIN_PRIVATE)
     p = private_uniforms(k0, k1, np.array([1]), [0, 1, 2], np)
     assert [float(p[i][0]).hex() for i in range(3)] == [
-        "0x1.060ba941bff82p-2", "0x1.edcc743263baap-2", "0x1.c0e4120793065p-1"
+        "0x1.060ba941bff82p-2",
+        "0x1.edcc743263baap-2",
+        "0x1.c0e4120793065p-1",
     ]
 
 

@@ -17,7 +17,6 @@ PFR and SP-PFR return exact samples of Q; ORC and SP-ORC are approximate (fixed 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,8 +24,8 @@ import numpy as np
 from recray.backend import get_backend
 from recray.errors import InputError, SearchBudgetError, UnboundedRatioError, fmt_block
 from recray.rec import codes
-from recray.rec.gaussian import LN2, GaussianRatio, kl_bits
-from recray.rec.partition import MAX_BITS_PER_DIM, build_tables, table_entries
+from recray.rec.gaussian import LN2, kl_bits
+from recray.rec.partition import MAX_BITS_PER_DIM, build_tables
 from recray.rec.randomness import MAX_DIM, MAX_LOCAL_INDEX, block_keys, shared_sample
 from recray.rec.search import ChunkSchedule, SearchProblem, run_search
 
@@ -67,7 +66,7 @@ class Indices:
                 f"indices must be an integer array of shape (n_blocks, 2) = [bin, local]; "
                 f"got dtype {a.dtype} and shape {a.shape}"
             )
-        return cls(a[:, 0].astype(np.int64), a[:, 1].astype(np.int64), int(dim))
+        return cls(a[:, 0].astype(np.int64), a[:, 1].astype(np.int64), dim)
 
     def __len__(self) -> int:
         return int(self.bin.shape[0])
@@ -113,6 +112,8 @@ def _first_bad(mask: np.ndarray) -> tuple[int, ...]:
 
 
 def _float_2d(name: str, a, shape=None) -> np.ndarray:
+    if np.iscomplexobj(a):
+        raise InputError(f"{name} must be a real float array; got complex values")
     try:
         arr = np.asarray(a, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -281,7 +282,7 @@ def encode(
 
     Returns: :class:`EncodeResult` (host NumPy arrays).
 
-    Raises: :class:`InputError` (shapes, NaN/inf, scales <= 0, bits), 
+    Raises: :class:`InputError` (shapes, NaN/inf, scales <= 0, bits),
         :class:`UnboundedRatioError` (exact method on an unbounded ratio),
         :class:`SearchBudgetError` (step cap).
     """
@@ -307,7 +308,10 @@ def encode(
     exact = method in EXACT_METHODS
     if exact:
         budget = _int_param(
-            "max_steps", DEFAULT_MAX_STEPS if max_steps is None else max_steps, n, 1,
+            "max_steps",
+            DEFAULT_MAX_STEPS if max_steps is None else max_steps,
+            n,
+            1,
             MAX_STEPS_LIMIT,
         )
         nsamp = None
@@ -326,16 +330,48 @@ def encode(
 
     be = get_backend(backend)
     schedule = chunks or ChunkSchedule()
+    batches = list(_batches(bits_np))
+    dinf = np.full(n, np.nan)
+    dinf_d = np.full((n, d), np.nan)
+    kept = {}
+    if exact:
+        # the bound of every block is known before any search starts; with one internal
+        # batch (the common case) its tables are reused by the search
+        for lo, hi in batches:
+            tables = _tables(be, m[lo:hi], s[lo:hi], bits_np[lo:hi], exact)
+            dinf[lo:hi] = be.to_numpy(tables.log_rmax) / LN2
+            dinf_d[lo:hi] = be.to_numpy(tables.log_rmax_d) / LN2
+            if len(batches) == 1:
+                kept[lo] = tables
+        if on_cap == "raise":
+            _precheck(dinf, dinf_d, m, s, budget, ids)
+
     out_samples = np.empty((n, d), dtype=np.float64)
-    out = {k: np.empty(n, dtype=t) for k, t in (
-        ("bin", np.int64), ("local", np.int64), ("steps", np.int64), ("capped", bool),
-        ("dinf", np.float64),
-    )}
-    for lo, hi in _batches(bits_np):
+    out = {
+        k: np.empty(n, dtype=t)
+        for k, t in (
+            ("bin", np.int64),
+            ("local", np.int64),
+            ("steps", np.int64),
+            ("capped", bool),
+        )
+    }
+    for lo, hi in batches:
         sl = slice(lo, hi)
-        res = _encode_batch(
-            be, m[sl], s[sl], bits_np[sl], ids[sl], seed, budget[sl], exact, schedule,
-            on_cap, pm[sl], ps[sl], row0=lo, max_steps=budget if exact else None,
+        tables = kept.pop(lo, None) or _tables(be, m[sl], s[sl], bits_np[sl], exact)
+        res = _search_batch(
+            be,
+            tables,
+            m[sl],
+            s[sl],
+            bits_np[sl],
+            ids[sl],
+            seed,
+            budget[sl],
+            exact,
+            schedule,
+            pm[sl],
+            ps[sl],
         )
         out_samples[sl] = res["samples"]
         for k in out:
@@ -344,9 +380,11 @@ def encode(
     B = bits_np.sum(axis=1)
     if exact and on_cap == "raise" and out["capped"].any():
         i = int(np.argmax(out["capped"]))
+        dd = int(np.argmax(dinf_d[i]))
         raise SearchBudgetError(
             f"{fmt_block(i, ids)}: the search hit max_steps = {int(budget[i])} before its "
-            f"stopping bound was reached (expected about 2^{out['dinf'][i]:.1f} steps); "
+            f"stopping bound was reached (expected about 2^{dinf[i]:.1f} steps; dimension "
+            f"{dd} contributes the most, {dinf_d[i, dd]:.1f} bits); "
             f"{int(out['capped'].sum())} blocks in all. Raise max_steps, give the block more "
             "partition bits, or pass on_cap='keep' to accept the best candidate found"
         )
@@ -358,16 +396,12 @@ def encode(
         steps=out["steps"],
         nbits=nbits.astype(np.int64),
         capped=out["capped"],
-        kl_bits=_kl_bits_host(m, s),
-        dinf_bits=out["dinf"],
+        kl_bits=kl_bits(m, s, np),
+        dinf_bits=dinf,
         partition_bits=B.astype(np.int64),
         method=method,
         seed=seed,
     )
-
-
-def _kl_bits_host(m: np.ndarray, s: np.ndarray) -> np.ndarray:
-    return kl_bits(m, s, np)
 
 
 def _batches(bits_np: np.ndarray):
@@ -387,44 +421,52 @@ def _batches(bits_np: np.ndarray):
         lo = hi
 
 
-def _encode_batch(be, m, s, bits_np, ids, seed, budget, exact, schedule, on_cap, pm, ps,
-                  row0, max_steps):
-    xp = be.xp
-    m_d, s_d = be.asarray(m), be.asarray(s)
-    bits_d = be.asarray(bits_np)
-    tables = build_tables(be, m_d, s_d, bits_d, bits_np, "sup" if exact else "qmass")
-    dinf = (
-        be.to_numpy(tables.log_rmax) / LN2 if exact else np.full(m.shape[0], np.nan)
+def _tables(be, m, s, bits_np, exact):
+    return build_tables(
+        be, be.asarray(m), be.asarray(s), be.asarray(bits_np), bits_np, "sup" if exact else "qmass"
     )
-    if exact and on_cap == "raise":
-        _precheck(dinf, be.to_numpy(tables.log_rmax_d) / LN2, m, s, budget, ids, row0)
+
+
+def _search_batch(be, tables, m, s, bits_np, ids, seed, budget, exact, schedule, pm, ps):
+    xp = be.xp
+    s_d = be.asarray(s)
     shift = np.concatenate(
         [np.zeros((bits_np.shape[0], 1), np.int64), np.cumsum(bits_np, axis=1)[:, :-1]], axis=1
     )
     keys = block_keys(seed, be.asarray(ids), xp)
     prob = SearchProblem(
-        m=m_d, s=s_d, log_s=xp.log(s_d), bits=bits_d, shift=be.asarray(shift),
-        inv_J=be.asarray(np.ldexp(1.0, -bits_np)), tables=tables, keys=keys,
-        budget=be.asarray(budget), exact=exact,
+        m=be.asarray(m),
+        s=s_d,
+        log_s=xp.log(s_d),
+        bits=be.asarray(bits_np),
+        shift=be.asarray(shift),
+        inv_J=be.asarray(np.ldexp(1.0, -bits_np)),
+        tables=tables,
+        keys=keys,
+        budget=be.asarray(budget),
+        exact=exact,
     )
     outcome = run_search(be, prob, schedule)
     samples = _regenerate(be, outcome.bin, outcome.local, bits_np, keys[0], keys[1], pm, ps)
     return {
-        "samples": samples, "bin": outcome.bin, "local": outcome.local,
-        "steps": outcome.steps, "capped": outcome.capped, "dinf": dinf,
+        "samples": samples,
+        "bin": outcome.bin,
+        "local": outcome.local,
+        "steps": outcome.steps,
+        "capped": outcome.capped,
     }
 
 
-def _precheck(dinf, dinf_d, m, s, budget, ids, row0):
+def _precheck(dinf, dinf_d, m, s, budget, ids):
+    """Refuse, before any search, blocks whose expected steps 2^D_inf exceed max_steps."""
     over = dinf > np.log2(budget.astype(np.float64))
     if not over.any():
         return
     i = int(np.argmax(over))
     dd = int(np.argmax(dinf_d[i]))
-    gi = row0 + i
     near = " (near-collapsed: tiny KL, huge D_inf)" if abs(1.0 - s[i, dd]) < 0.05 else ""
     raise SearchBudgetError(
-        f"{fmt_block(i, ids)} (row {gi}): the exact search would need about "
+        f"{fmt_block(i, ids)}: the exact search would need about "
         f"2^{dinf[i]:.1f} = {2.0 ** dinf[i]:.3g} candidates on average (D_inf[Q||P'] = "
         f"{dinf[i]:.1f} bits) but max_steps = {int(budget[i])}; dimension {dd} contributes "
         f"{dinf_d[i, dd]:.1f} bits (sigma/prior_sigma = {s[i, dd]:.6g}, "
@@ -436,7 +478,6 @@ def _precheck(dinf, dinf_d, m, s, budget, ids, row0):
 
 def _regenerate(be, bin_np, local_np, bits_np, k0, k1, pm, ps):
     """Samples ``x = prior_mu + prior_sigma * G(seed, j, n)`` on the backend, to the host."""
-    xp = be.xp
     j = be.asarray(bin_np)[:, None]
     local = be.asarray(local_np)[:, None]
     shift = np.concatenate(
@@ -479,6 +520,10 @@ def decode(
     elif dim is not None and dim != indices.dim:
         raise InputError(f"dim = {dim} contradicts indices.dim = {indices.dim}")
     n, d = len(indices), indices.dim
+    if isinstance(d, bool) or not isinstance(d, int | np.integer) or not 1 <= d <= MAX_DIM:
+        raise InputError(
+            f"dim (the block dimension d) must be an integer in [1, {MAX_DIM}]; got {d!r}"
+        )
     ids = _stream_ids(stream_ids, n)
     seed = _seed(seed)
     pm = _float_2d("prior_mu", prior_mu, (n, d))
@@ -500,15 +545,15 @@ def decode(
     if bad.any():
         i = int(np.argmax(bad))
         raise InputError(
-            f"{fmt_block(i, ids)}: indices.local[{i}] = {int(local[i])} must be in "
-            f"[1, 2^48)"
+            f"{fmt_block(i, ids)}: indices.local[{i}] = {int(local[i])} must be in [1, 2^48)"
         )
     be = get_backend(backend)
     k0, k1, _, _ = block_keys(seed, be.asarray(ids), be.xp)
     if n == 0:
         return np.empty((0, d), dtype=np.float64)
-    return _regenerate(be, j, local, bits_np, k0, k1, np.ascontiguousarray(pm),
-                       np.ascontiguousarray(ps))
+    return _regenerate(
+        be, j, local, bits_np, k0, k1, np.ascontiguousarray(pm), np.ascontiguousarray(ps)
+    )
 
 
 def _infer_dim(*arrays) -> int:
@@ -521,12 +566,13 @@ def _infer_dim(*arrays) -> int:
     )
 
 
-def expected_steps_bits(dinf_bits) -> np.ndarray:
-    """log2 of the expected number of candidates of an exact search (``= D_inf[Q||P']``)."""
-    return np.asarray(dinf_bits, dtype=np.float64)
-
-
 __all__ = [
-    "METHODS", "EXACT_METHODS", "DEFAULT_MAX_STEPS", "ChunkSchedule", "EncodeResult",
-    "Indices", "decode", "encode", "GaussianRatio", "math",
+    "METHODS",
+    "EXACT_METHODS",
+    "DEFAULT_MAX_STEPS",
+    "ChunkSchedule",
+    "EncodeResult",
+    "Indices",
+    "decode",
+    "encode",
 ]

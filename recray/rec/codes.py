@@ -122,8 +122,7 @@ def write_universal(n: int) -> str:
 
 
 _DECODE = {
-    format(int(CLASS_CODES[ell]), f"0{int(CLASS_LENGTHS[ell])}b"): ell
-    for ell in range(N_CLASSES)
+    format(int(CLASS_CODES[ell]), f"0{int(CLASS_LENGTHS[ell])}b"): ell for ell in range(N_CLASSES)
 }
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 
 LN2 = math.log(2.0)
+EDGE_CACHE_MAX_BITS = 16
+_EDGE_CACHE: dict = {}
 
 
 class StandardNormalPrior:
@@ -34,15 +36,21 @@ class StandardNormalPrior:
     def edges(self, b: int):
         """Interval edges ``a_0 = -inf < a_1 < ... < a_J = +inf`` (shape ``(J + 1,)``),
         ``a_k = Phi^{-1}(k / J)``; the upper half is computed through the complement
-        (``-Phi^{-1}((J - k) / J)``) so no quantile rounds towards 1."""
+        (``-Phi^{-1}((J - k) / J)``) so no quantile rounds towards 1. Cached per ``b`` up to
+        :data:`EDGE_CACHE_MAX_BITS` (do not modify the returned array)."""
+        key = (self.be.name, b)
+        hit = _EDGE_CACHE.get(key)
+        if hit is not None:
+            return hit
         xp, ndtri = self.be.xp, self.be.special.ndtri
         J = 1 << b
         k = xp.arange(J + 1, dtype=xp.float64)
         inv = 2.0**-b
         with self.be.errstate():
-            lower = ndtri(k * inv)
-            upper = -ndtri((J - k) * inv)
-        return xp.where(2 * k <= J, lower, upper)
+            out = xp.where(2 * k <= J, ndtri(k * inv), -ndtri((J - k) * inv))
+        if b <= EDGE_CACHE_MAX_BITS:
+            _EDGE_CACHE[key] = out
+        return out
 
     def sample_in_interval(self, k, u, inv_J):
         """``y = Phi^{-1}((k + u) / J)``: a sample of ``N(0,1)`` restricted to interval ``k``.

@@ -17,7 +17,14 @@ block's randomness depends only on ``(seed, stream id)``, never on its batch.
 from __future__ import annotations
 
 from recray.rec.gaussian import StandardNormalPrior
-from recray.rec.philox import DOMAIN_PRIVATE, DOMAIN_SHARED, derive_keys, philox4x32, split64, uniform53
+from recray.rec.philox import (
+    DOMAIN_PRIVATE,
+    DOMAIN_SHARED,
+    derive_keys,
+    philox4x32,
+    split64,
+    uniform53,
+)
 
 MAX_LOCAL_INDEX = 1 << 48
 MAX_DIM = 1 << 17

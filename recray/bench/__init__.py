@@ -1,0 +1,1 @@
+"""Benchmarks behind ``recray bench``: figures we report, never timed unit tests."""
