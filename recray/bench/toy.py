@@ -37,7 +37,7 @@ class ToyConfig:
     runs: int = 100
     orc_runs: int = 200
     orc_budget: int = 2**14
-    pfr_step_cap: float = 2.0**20  # do not run pfr above this predicted mean
+    pfr_step_cap: float = 2.0**21  # do not run pfr above this predicted mean
     sp_step_cap: float = 2.0**18
     ablation_families: tuple = ("shifted", "narrow", "typical")
     seed: int = 0
@@ -197,9 +197,9 @@ def run_toy(cfg: ToyConfig, backend=None, progress=None) -> list[dict]:
                 for alloc in ("uniform", "random", "collapsed-only"):
                     jobs.append(("exact", fam, t, "sp-pfr", alloc))
     for t in tg.sweep("typical", quick=cfg.runs < 100):
-        if t <= 24:
+        if t <= 24:  # plain ORC is visibly biased well before this
             jobs.append(("budget", "typical", t, "orc", None))
-            jobs.append(("budget", "typical", t, "sp-orc", None))
+        jobs.append(("budget", "typical", t, "sp-orc", None))
     records = []
     bar = progress(total=len(jobs), desc="bench toy", unit="case") if progress else None
     for kind, fam, t, method, alloc in jobs:
@@ -220,15 +220,41 @@ def _steps(r):
 
 
 def largest_kl_under(records, method, limit=2.0**16):
-    """Largest swept KL (typical family) whose mean steps (measured, else predicted) stay
-    under ``limit``; ``(kl, measured?)``."""
-    rows = [r for r in records if r["family"] == "typical" and r["method"] == method]
+    """Largest KL (typical family) whose mean steps stay under ``limit``.
+
+    Returns ``(kl, interpolated, at_sweep_max)``: ``kl`` is the largest swept KL under the
+    limit (measured steps, else predicted); ``interpolated`` the crossing found by linear
+    interpolation of log2(steps) between that point and the next (None when no point of the
+    sweep crosses); ``at_sweep_max`` says the sweep ended before the limit was reached.
+    """
+    rows = sorted(
+        (r for r in records if r["family"] == "typical" and r["method"] == method),
+        key=lambda r: r["d_kl"],
+    )
     ok = [r for r in rows if _steps(r) < limit]
     if not ok:
-        return None, False, False
-    best = max(ok, key=lambda r: r["d_kl"])
-    capped = best["d_kl"] == max(r["d_kl"] for r in rows)
-    return best["d_kl"], best["mean_steps"] is not None, capped
+        return None, None, False
+    best = ok[-1]
+    later = [r for r in rows if r["d_kl"] > best["d_kl"] and _steps(r) >= limit]
+    if not later:
+        return best["d_kl"], None, True
+    nxt = later[0]
+    a, b = math.log2(_steps(best)), math.log2(_steps(nxt))
+    frac = (math.log2(limit) - a) / (b - a)
+    return best["d_kl"], best["d_kl"] + frac * (nxt["d_kl"] - best["d_kl"]), False
+
+
+def largest_unbiased_kl(records, method, alpha=0.01):
+    """Largest KL at which the fixed-budget method's samples still pass the KS test."""
+    rows = sorted(
+        (r for r in records if r["method"] == method and "ks_pvalue" in r), key=lambda r: r["d_kl"]
+    )
+    good = None
+    for r in rows:
+        if r["ks_pvalue"] < alpha:
+            break
+        good = r["d_kl"]
+    return good
 
 
 def summarize(records) -> dict:
@@ -239,22 +265,30 @@ def summarize(records) -> dict:
     if r_sp:
         out["typical_kl16_sp_pfr_mean_steps"] = r_sp["mean_steps"]
         out["typical_kl16_d_kl"] = r_sp["d_kl"]
+        out["typical_kl16_sp_pfr_mean_nbits"] = r_sp["mean_nbits"]
+        kl = r_sp["d_kl"]
+        out["typical_kl16_nbits_bound"] = kl + math.log2(kl + 1) + 2
     if r_pfr:
         out["typical_kl16_pfr_mean_steps"] = r_pfr["mean_steps"]
         out["typical_kl16_pfr_predicted_steps"] = r_pfr["predicted_steps"]
-    sp = largest_kl_under(records, "sp-pfr/mi")
-    pf = largest_kl_under(records, "pfr")
-    out["largest_kl_under_2^16_sp_pfr"] = sp[0]
-    out["largest_kl_under_2^16_sp_pfr_is_sweep_max"] = bool(sp[2]) if sp[0] else None
-    out["largest_kl_under_2^16_pfr"] = pf[0]
-    if sp[0] and pf[0]:
-        out["largest_kl_ratio"] = sp[0] / pf[0]
-    excess = []
-    for r in records:
-        if r["method"] == "sp-pfr/mi" and r["mean_nbits"] is not None:
-            bound = r["d_kl"] + math.log2(r["d_kl"] + 1) + 2
-            excess.append(r["mean_nbits"] - bound)
-    out["sp_pfr_max_nbits_minus_bound"] = max(excess) if excess else None
+    for name, method in (("sp_pfr", "sp-pfr/mi"), ("pfr", "pfr")):
+        kl, interp, at_max = largest_kl_under(records, method)
+        out[f"largest_kl_under_2^16_{name}"] = kl
+        out[f"largest_kl_under_2^16_{name}_interpolated"] = interp
+        out[f"largest_kl_under_2^16_{name}_is_sweep_max"] = at_max
+    sp = out["largest_kl_under_2^16_sp_pfr"]
+    pf = out["largest_kl_under_2^16_pfr_interpolated"] or out["largest_kl_under_2^16_pfr"]
+    if sp and pf:
+        out["largest_kl_ratio_sp_pfr_over_pfr"] = sp / pf
+    for fam in tg.FAMILIES:
+        excess = [
+            r["mean_nbits"] - (r["d_kl"] + math.log2(r["d_kl"] + 1) + 2)
+            for r in records
+            if r["family"] == fam and r["method"] == "sp-pfr/mi" and r["mean_nbits"] is not None
+        ]
+        out[f"sp_pfr_max_nbits_minus_bound_{fam}"] = max(excess) if excess else None
+    for method in ("orc", "sp-orc"):
+        out[f"largest_unbiased_kl_{method}"] = largest_unbiased_kl(records, method)
     return out
 
 
@@ -301,7 +335,7 @@ def plot(records, out_dir) -> list[str]:
                 key=lambda r: r["d_inf"],
             )
             meas = [r for r in rows if r["mean_steps"] is not None]
-            ax.semilogy(
+            (line,) = ax.semilogy(
                 [r["d_inf"] for r in meas],
                 [r["mean_steps"] for r in meas],
                 style,
@@ -314,9 +348,10 @@ def plot(records, out_dir) -> list[str]:
                     [r["predicted_steps"] for r in pred],
                     style[0],
                     mfc="none",
-                    label=f"{method.split('/')[0]} (predicted)",
+                    color=line.get_color(),
+                    label=f"{method.split('/')[0]} (predicted E[2^D_inf], not run)",
                 )
-        ax.axhline(2**16, color="grey", ls=":", lw=1)
+        ax.axhline(2**16, color="grey", ls=":", lw=1, label="2^16")
         ax.set_title(f"{fam} (5-D, one collapsed dim)")
         ax.set_xlabel("D_inf[Q||P] (bits)")
         ax.set_ylabel("mean search steps")
@@ -368,7 +403,24 @@ def plot(records, out_dir) -> list[str]:
                     (r for r in records if r["family"] == fam and r["method"] == f"sp-pfr/{alloc}"),
                     key=lambda r: r["d_kl"],
                 )
-                ax.semilogy([r["d_kl"] for r in rows], [_steps(r) for r in rows], "o-", label=alloc)
+                (line,) = ax.semilogy(
+                    [r["d_kl"] for r in rows], [_steps(r) for r in rows], "-", label=alloc
+                )
+                pred = [r for r in rows if r["mean_steps"] is None]
+                meas = [r for r in rows if r["mean_steps"] is not None]
+                ax.semilogy(
+                    [r["d_kl"] for r in meas],
+                    [r["mean_steps"] for r in meas],
+                    "o",
+                    color=line.get_color(),
+                )
+                ax.semilogy(
+                    [r["d_kl"] for r in pred],
+                    [r["predicted_steps"] for r in pred],
+                    "o",
+                    mfc="none",
+                    color=line.get_color(),
+                )
             ax.set_title(f"{fam}: SP-PFR bit allocation")
             ax.set_xlabel("D_KL (bits)")
             ax.set_ylabel("mean steps (hollow: predicted)")

@@ -42,20 +42,19 @@ def cmd_bench_toy(args) -> int:
     from recray.bench import toy
 
     cfg = toy.ToyConfig.quick() if args.quick else toy.ToyConfig()
-    records = toy.run_toy(cfg, backend=args.backend, progress=_progress())
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        records, config = saved["records"], saved.get("config", {})
+    else:
+        records = toy.run_toy(cfg, backend=args.backend, progress=_progress())
+        config = cfg.__dict__ | {"quick": bool(args.quick)}
     print(toy.format_table(records))
     summary = toy.summarize(records)
     print("\nsummary:")
     for k, v in summary.items():
         print(f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}")
-    _write_json(
-        args.json,
-        {
-            "records": records,
-            "summary": summary,
-            "config": cfg.__dict__ | {"quick": bool(args.quick)},
-        },
-    )
+    _write_json(args.json, {"records": records, "summary": summary, "config": config})
     if args.plots:
         for p in toy.plot(records, args.plots):
             print(f"wrote {p}")
@@ -86,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--quick", action="store_true", help="fewer runs and sweep points (<60 s)")
     toy.add_argument("--json", metavar="PATH", help="write records and summary as JSON")
     toy.add_argument("--plots", metavar="DIR", help="write PNG figures into DIR")
+    toy.add_argument(
+        "--from-json",
+        metavar="PATH",
+        help="do not run: print and plot the records of an earlier --json",
+    )
     toy.add_argument("--backend", choices=("numpy", "cupy"), default=None)
     toy.set_defaults(func=cmd_bench_toy)
     thr = bsub.add_parser("throughput", help="blocks/s and samples/s, batched vs one per call")

@@ -130,24 +130,23 @@ def sample_bins(tables: BinTables, rows, u, xp, cols=None):
 
     ``rows`` (A,) int64 selects blocks, ``cols`` (list of e dimension indices, default all)
     the dimensions; ``u`` (A, c, e) float64 uniforms in (0, 1). Returns ``k`` (A, c, e)
-    int64: the first interval whose cumulative weight is >= u, found by a vectorized binary
-    search of depth ``max_bits`` inside each segment. Intervals of zero weight are never
-    drawn.
+    int64: the first interval whose cumulative weight is >= u (so intervals of zero weight
+    are never drawn). A branch-free lower-bound search with power-of-two steps, ``max_bits``
+    rounds; table positions fit int32 (a batch's tables hold < 2^31 entries).
     """
     off = tables.offsets[rows]
     bits = tables.bits[rows]
     if cols is not None:
         off, bits = off[:, cols], bits[:, cols]
     off = off[:, None, :]  # (A, 1, e)
-    J = xp.left_shift(xp.int64(1), bits)[:, None, :]
-    lo = xp.broadcast_to(off, u.shape).copy()
-    hi = lo + (J - 1)
-    for _ in range(tables.max_bits):
-        mid = (lo + hi) >> 1
-        right = tables.cdf[mid] < u
-        lo = xp.where(right, mid + 1, lo)
-        hi = xp.where(right, hi, mid)
-    return lo - off
+    bits = bits[:, None, :].astype(xp.int32)
+    pos = xp.broadcast_to(off.astype(xp.int32), u.shape).copy()
+    for t in range(tables.max_bits, 0, -1):
+        step = xp.where(bits >= t, xp.int32(1 << (t - 1)), xp.int32(0))  # (A, 1, e)
+        cand = pos + step
+        go = (tables.cdf[xp.maximum(cand - 1, 0)] < u) & (step > 0)
+        pos = xp.where(go, cand, pos)
+    return pos.astype(xp.int64) - off
 
 
 def gather_log_corr(tables: BinTables, rows, k):

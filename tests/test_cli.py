@@ -1,0 +1,66 @@
+"""The command line: ``main(argv)`` returns exit codes; the benchmarks write their records."""
+
+import json
+
+import pytest
+
+from recray.backend import cupy_available
+from recray.bench import throughput, toy
+from recray.cli.main import main
+
+
+def test_version(capsys):
+    assert main(["version"]) == 0
+    assert "rng recipe 1" in capsys.readouterr().out
+
+
+def test_bench_toy_quick_writes_records_and_plots(tmp_path, capsys):
+    out = tmp_path / "toy.json"
+    plots = tmp_path / "plots"
+    assert main(["bench", "toy", "--quick", "--json", str(out), "--plots", str(plots)]) == 0
+    data = json.loads(out.read_text())
+    keys = {"family", "t", "d_kl", "d_inf", "method", "mean_steps", "mean_nbits", "runs"}
+    assert data["records"] and all(keys <= set(r) for r in data["records"])
+    fams = {r["family"] for r in data["records"]}
+    assert fams == {"shifted", "narrow", "typical"}
+    assert {p.name for p in plots.iterdir()} >= {"toy_steps.png", "toy_codelength.png"}
+    s = data["summary"]
+    # the headline claims hold even in the quick sweep
+    assert s["typical_kl16_sp_pfr_mean_steps"] < 200
+    assert s["largest_kl_ratio_sp_pfr_over_pfr"] > 3
+    assert "summary:" in capsys.readouterr().out
+
+
+def test_bench_toy_sp_pfr_beats_pfr_on_every_family():
+    cfg = toy.ToyConfig(runs=16, pfr_step_cap=2.0**14, sp_step_cap=2.0**14, ablation_families=())
+    for fam, t in (("shifted", 1.0), ("narrow", 0.25), ("typical", 8)):
+        pfr = toy.run_exact(fam, t, cfg, "pfr")
+        sp = toy.run_exact(fam, t, cfg, "sp-pfr")
+        assert sp["mean_steps"] < pfr["mean_steps"], (fam, sp, pfr)
+
+
+def test_throughput_small_run_agrees_batched_and_single():
+    r = throughput.run_throughput(n_batched=64, n_single=8, batch=32)
+    assert r["identical_indices"]
+    assert r["batched_blocks_per_s"] > 0 and r["single_blocks_per_s"] > 0
+    assert "speed-up" in throughput.format_result(r)
+
+
+@pytest.mark.skipif(cupy_available(), reason="CuPy works here")
+def test_unusable_backend_is_exit_code_2(capsys):
+    assert main(["bench", "toy", "--quick", "--backend", "cupy"]) == 2
+    assert "backend 'cupy' is not usable" in capsys.readouterr().err
+
+
+def test_jobs_entrypoint_forwards_to_bench(tmp_path):
+    import runpy
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["jobs/bench.py", "--help"]
+    try:
+        with pytest.raises(SystemExit) as exc:
+            runpy.run_path("jobs/bench.py", run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert exc.value.code == 0
