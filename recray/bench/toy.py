@@ -315,6 +315,36 @@ def format_table(records) -> str:
     return "\n".join(lines)
 
 
+def _plot_series(ax, rows, x_key, label, style="o-"):
+    """One method's mean steps against ``x_key``: filled markers measured, hollow markers
+    predicted (not run), one line through both."""
+    rows = sorted(rows, key=lambda r: r[x_key])
+    (line,) = ax.semilogy(
+        [r[x_key] for r in rows], [_steps(r) for r in rows], style[1:], label=label
+    )
+    for measured in (True, False):
+        sel = [r for r in rows if (r["mean_steps"] is not None) == measured]
+        ax.semilogy(
+            [r[x_key] for r in sel],
+            [_steps(r) for r in sel],
+            style[0],
+            color=line.get_color(),
+            mfc=None if measured else "none",
+        )
+
+
+def _save(fig, out_dir, name, paths):
+    import os
+
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = os.path.join(out_dir, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+
+
 def plot(records, out_dir) -> list[str]:
     """Write the figures as PNG into ``out_dir``; returns their paths."""
     import os
@@ -330,37 +360,14 @@ def plot(records, out_dir) -> list[str]:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     for ax, fam in zip(axes, tg.FAMILIES, strict=True):
         for method, style in (("pfr", "o-"), ("sp-pfr/mi", "s-")):
-            rows = sorted(
-                (r for r in records if r["family"] == fam and r["method"] == method),
-                key=lambda r: r["d_inf"],
-            )
-            meas = [r for r in rows if r["mean_steps"] is not None]
-            (line,) = ax.semilogy(
-                [r["d_inf"] for r in meas],
-                [r["mean_steps"] for r in meas],
-                style,
-                label=f"{method.split('/')[0]} (measured)",
-            )
-            pred = [r for r in rows if r["mean_steps"] is None]
-            if pred:
-                ax.semilogy(
-                    [r["d_inf"] for r in pred],
-                    [r["predicted_steps"] for r in pred],
-                    style[0],
-                    mfc="none",
-                    color=line.get_color(),
-                    label=f"{method.split('/')[0]} (predicted E[2^D_inf], not run)",
-                )
+            rows = [r for r in records if r["family"] == fam and r["method"] == method]
+            _plot_series(ax, rows, "d_inf", method.split("/")[0], style)
         ax.axhline(2**16, color="grey", ls=":", lw=1, label="2^16")
         ax.set_title(f"{fam} (5-D, one collapsed dim)")
         ax.set_xlabel("D_inf[Q||P] (bits)")
-        ax.set_ylabel("mean search steps")
+        ax.set_ylabel("mean steps (hollow: E[2^D_inf], not run)")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    p = os.path.join(out_dir, "toy_steps.png")
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
+    _save(fig, out_dir, "toy_steps.png", paths)
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     for ax, fam in zip(axes, tg.FAMILIES, strict=True):
@@ -386,11 +393,7 @@ def plot(records, out_dir) -> list[str]:
         ax.set_xlabel("D_KL[Q||P] (bits)")
         ax.set_ylabel("mean codelength (bits)")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    p = os.path.join(out_dir, "toy_codelength.png")
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
+    _save(fig, out_dir, "toy_codelength.png", paths)
 
     fams = sorted(
         {r["family"] for r in records if r["method"] == "sp-pfr/uniform"}, key=tg.FAMILIES.index
@@ -399,37 +402,15 @@ def plot(records, out_dir) -> list[str]:
         fig, axes = plt.subplots(1, len(fams), figsize=(4.7 * len(fams), 4.2), squeeze=False)
         for ax, fam in zip(axes[0], fams, strict=True):
             for alloc in ("mi", "uniform", "random", "collapsed-only"):
-                rows = sorted(
-                    (r for r in records if r["family"] == fam and r["method"] == f"sp-pfr/{alloc}"),
-                    key=lambda r: r["d_kl"],
-                )
-                (line,) = ax.semilogy(
-                    [r["d_kl"] for r in rows], [_steps(r) for r in rows], "-", label=alloc
-                )
-                pred = [r for r in rows if r["mean_steps"] is None]
-                meas = [r for r in rows if r["mean_steps"] is not None]
-                ax.semilogy(
-                    [r["d_kl"] for r in meas],
-                    [r["mean_steps"] for r in meas],
-                    "o",
-                    color=line.get_color(),
-                )
-                ax.semilogy(
-                    [r["d_kl"] for r in pred],
-                    [r["predicted_steps"] for r in pred],
-                    "o",
-                    mfc="none",
-                    color=line.get_color(),
-                )
+                rows = [
+                    r for r in records if r["family"] == fam and r["method"] == f"sp-pfr/{alloc}"
+                ]
+                _plot_series(ax, rows, "d_kl", alloc)
             ax.set_title(f"{fam}: SP-PFR bit allocation")
             ax.set_xlabel("D_KL (bits)")
             ax.set_ylabel("mean steps (hollow: predicted)")
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        p = os.path.join(out_dir, "toy_allocation.png")
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+        _save(fig, out_dir, "toy_allocation.png", paths)
 
     rows = [r for r in records if "z_std" in r]
     if rows:
@@ -442,9 +423,5 @@ def plot(records, out_dir) -> list[str]:
         ax.set_ylabel("std of (x - mu)/sigma  (exact: 1)")
         ax.set_title(f"fixed budget N = {rows[0]['n_samples']}: bias")
         ax.legend()
-        fig.tight_layout()
-        p = os.path.join(out_dir, "toy_orc_bias.png")
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+        _save(fig, out_dir, "toy_orc_bias.png", paths)
     return paths

@@ -421,6 +421,11 @@ def _batches(bits_np: np.ndarray):
         lo = hi
 
 
+def _bit_offsets(bits_np: np.ndarray) -> np.ndarray:
+    """Bit offset of each dimension's field in the flat bin id: ``o_d = b_0 + ... + b_{d-1}``."""
+    return np.cumsum(bits_np, axis=1) - bits_np
+
+
 def _tables(be, m, s, bits_np, exact):
     return build_tables(
         be, be.asarray(m), be.asarray(s), be.asarray(bits_np), bits_np, "sup" if exact else "qmass"
@@ -430,9 +435,7 @@ def _tables(be, m, s, bits_np, exact):
 def _search_batch(be, tables, m, s, bits_np, ids, seed, budget, exact, schedule, pm, ps):
     xp = be.xp
     s_d = be.asarray(s)
-    shift = np.concatenate(
-        [np.zeros((bits_np.shape[0], 1), np.int64), np.cumsum(bits_np, axis=1)[:, :-1]], axis=1
-    )
+    shift = _bit_offsets(bits_np)
     keys = block_keys(seed, be.asarray(ids), xp)
     prob = SearchProblem(
         m=be.asarray(m),
@@ -480,9 +483,7 @@ def _regenerate(be, bin_np, local_np, bits_np, k0, k1, pm, ps):
     """Samples ``x = prior_mu + prior_sigma * G(seed, j, n)`` on the backend, to the host."""
     j = be.asarray(bin_np)[:, None]
     local = be.asarray(local_np)[:, None]
-    shift = np.concatenate(
-        [np.zeros((bits_np.shape[0], 1), np.int64), np.cumsum(bits_np, axis=1)[:, :-1]], axis=1
-    )
+    shift = _bit_offsets(bits_np)
     mask = np.left_shift(1, bits_np) - 1
     kd = (be.asarray(bin_np)[:, None] >> be.asarray(shift)) & be.asarray(mask)
     inv_J = be.asarray(np.ldexp(1.0, -bits_np))
