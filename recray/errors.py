@@ -9,7 +9,16 @@ from __future__ import annotations
 
 
 class RecrayError(Exception):
-    """Base class of every error recray raises on purpose."""
+    """Base class of every error recray raises on purpose.
+
+    ``block`` and ``dim``, when set, locate the offending entry (row of the call and
+    dimension), so callers that know more (an item id, a plan block) can say it.
+    """
+
+    def __init__(self, message: str = "", *, block: int | None = None, dim: int | None = None):
+        super().__init__(message)
+        self.block = block
+        self.dim = dim
 
 
 class InputError(RecrayError, ValueError):
@@ -41,3 +50,14 @@ def fmt_block(i: int, block_ids=None) -> str:
         return f"block {i}"
     sid = int(block_ids[i])
     return f"block {i} (stream id {sid})" if sid != i else f"block {i}"
+
+
+class MessageError(RecrayError):
+    """A coded message cannot be decoded: corrupted, truncated, or coded under another
+    layout. The message names the item when the caller knows it."""
+
+
+class FormatError(RecrayError):
+    """A run directory or file is not a (complete, compatible) recray bitstream: missing or
+    foreign files, a format version this recray does not read, a plan or prior checksum
+    that does not match, a failed CRC."""

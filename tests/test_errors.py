@@ -462,3 +462,22 @@ def test_decode_rejects_bad_arguments(overrides, pattern):
 def test_decode_rejects_bad_dim(dim):
     with pytest.raises(InputError, match=r"\bdim\b"):
         rec.decode(np.array([[0, 1]]), method="pfr", dim=dim)
+
+
+def test_errors_carry_block_and_dim():
+    mu = np.zeros((4, 3))
+    sigma = np.full((4, 3), 0.5)
+    sigma[2, 1] = 1.5
+    with pytest.raises(UnboundedRatioError) as exc:
+        rec.encode(mu, sigma, method="pfr")
+    assert (exc.value.block, exc.value.dim) == (2, 1)
+
+
+def test_exact_feasible_routes_unbounded_and_expensive_blocks():
+    mu = np.zeros((3, 2))
+    sigma = np.full((3, 2), 0.5)
+    sigma[1, 0] = 1.2  # unbounded
+    mu[2, 1], sigma[2, 1] = 0.3, 0.999  # near-collapsed: huge D_inf
+    ok, dinf = rec.exact_feasible(mu, sigma, method="pfr")
+    assert ok.tolist() == [True, False, False]
+    assert np.isinf(dinf[1]) and dinf[2] > 26 and dinf[0] < 3

@@ -188,8 +188,10 @@ def test_split_every_dim_once_collapsed_last():
     flat = [d for b in blocks for d in b]
     assert sorted(flat) == list(range(mi.size))
     collapsed = [int(d) for d in np.flatnonzero(mi < 0.01)]
-    assert blocks[-1] == collapsed
-    informative = blocks[:-1]
+    n_tail = math.ceil(len(collapsed) / 8)
+    assert [d for b in blocks[-n_tail:] for d in b] == collapsed
+    assert all(len(b) <= 8 for b in blocks[-n_tail:])
+    informative = blocks[:-n_tail]
     assert all(b == sorted(b) for b in blocks)
     assert [b[0] for b in informative] == sorted(b[0] for b in informative)
     assert all(np.all(mi[b] >= 0.01) for b in informative)
@@ -198,7 +200,7 @@ def test_split_every_dim_once_collapsed_last():
 def test_split_block_loads_near_target():
     mi = realistic_mi()
     bb = 16.0
-    blocks = split_blocks(mi, bb)[:-1]
+    blocks = [b for b in split_blocks(mi, bb) if np.all(mi[b] >= 0.01)]
     loads = np.array([mi[b].sum() for b in blocks])
     k = math.ceil(mi[mi >= 0.01].sum() / bb)
     assert len(blocks) == k
@@ -275,10 +277,20 @@ def test_build_plan_consistent(strategy):
         budget = plan.block_budget_bits[i]
         assert budget == int(plan.block_bits_array(i).sum())
         if np.all(mi[list(dims)] < 0.01):
-            assert budget == 0 and i == plan.n_blocks - 1
+            assert budget == 0 and len(dims) <= plan.collapsed_block_size
         else:
             assert budget == min(62, math.floor(mi[list(dims)].sum() + 0.5))
     assert build_plan(mi, 12.0, strategy=strategy, seed=99) == plan
+
+
+def test_collapsed_dims_are_chunked():
+    mi = np.concatenate([np.full(4, 5.0), np.zeros(20)])
+    plan = build_plan(mi, 10.0, collapsed_block_size=8)
+    tail = [b for b in plan.blocks if all(d >= 4 for d in b)]
+    assert [len(b) for b in tail] == [7, 7, 6]
+    assert [d for b in tail for d in b] == list(range(4, 24))
+    with pytest.raises(PlanError, match="collapsed_block_size"):
+        build_plan(mi, 10.0, collapsed_block_size=0)
 
 
 def test_build_plan_rejects_collapsed_only():
@@ -303,11 +315,12 @@ def test_checksum_pinned():
     plan = small_plan()
     assert plan.to_json() == (
         '{"bits":[3,0,2,2,0,4],"block_bits":5.0,"block_budget_bits":[3,4,4,0],'
-        '"blocks":[[0],[2,3],[5],[1,4]],"collapse_threshold":0.01,"dim":6,'
+        '"blocks":[[0],[2,3],[5],[1,4]],"collapse_threshold":0.01,'
+        '"collapsed_block_size":8,"dim":6,'
         '"format":"recray-plan","max_bits_per_dim":24,'
         '"mi_bits":[3.0,0.0,1.5,2.5,0.004,4.0],"seed":1,"strategy":"mi","version":1}'
     )
-    assert plan.checksum() == "4518d2e7ae282425c5e34c97e9995938ac82807d1b088d6c2f5405308c6eaf06"
+    assert plan.checksum() == "c744aa07211f7495c527e2e05906903bd1125511e4809084afc2196dc6d95407"
 
 
 def test_floats_round_trip_exactly():
@@ -362,6 +375,7 @@ def test_from_json_rejects_budget_63():
         "strategy": "uniform",
         "seed": 0,
         "collapse_threshold": 0.01,
+        "collapsed_block_size": 8,
         "max_bits_per_dim": 24,
         "mi_bits": [21.0, 21.0, 21.0],
         "blocks": [[0, 1, 2]],

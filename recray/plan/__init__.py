@@ -65,6 +65,7 @@ _FIELDS = (
     "strategy",
     "seed",
     "collapse_threshold",
+    "collapsed_block_size",
     "max_bits_per_dim",
     "mi_bits",
     "blocks",
@@ -167,10 +168,12 @@ class CodecPlan:
         strategy: allocation strategy, one of :data:`PLAN_STRATEGIES`.
         seed: plan seed in ``[0, 2^64)``.
         collapse_threshold: bits below which a dimension is collapsed.
+        collapsed_block_size: most collapsed dimensions per block (see
+            :func:`recray.plan.blocks.split_blocks` for why they are chunked).
         max_bits_per_dim: upper bound of every ``bits[d]``.
         mi_bits: per-dimension information (bits), length ``d``.
         blocks: dimension indices of each block, ascending inside a block; together they
-            partition ``range(d)``. The collapsed dims, if any, form the last block.
+            partition ``range(d)``. The collapsed dims, if any, form the last blocks.
         bits: partition bits ``b_d`` per dimension, length ``d``.
         block_budget_bits: per block, ``B = sum of bits of its dims``, ``B <= 62``.
     """
@@ -180,6 +183,7 @@ class CodecPlan:
     strategy: str
     seed: int
     collapse_threshold: float
+    collapsed_block_size: int
     max_bits_per_dim: int
     mi_bits: tuple[float, ...]
     blocks: tuple[tuple[int, ...], ...]
@@ -202,6 +206,9 @@ class CodecPlan:
             "seed": check_int(self.seed, "plan field seed", 0, 2**64 - 1),
             "collapse_threshold": check_positive_float(
                 self.collapse_threshold, "plan field collapse_threshold"
+            ),
+            "collapsed_block_size": check_int(
+                self.collapsed_block_size, "plan field collapsed_block_size", 1
             ),
             "max_bits_per_dim": cap,
             "mi_bits": _norm_mi(self.mi_bits, dim),
@@ -306,12 +313,13 @@ def build_plan(
     strategy: str = "mi",
     seed: int = 0,
     collapse_threshold: float = 0.01,
+    collapsed_block_size: int = 8,
     max_bits_per_dim: int = 24,
 ) -> CodecPlan:
     """Blocks and partition bits for per-dimension information ``mi_bits`` (bits, ``(d,)``).
 
-    Blocks come from :func:`split_blocks` (``block_bits`` bits of information each, plus
-    one final block of the collapsed dims). Block ``i``'s budget is
+    Blocks come from :func:`split_blocks` (``block_bits`` bits of information each, then
+    the collapsed dims in blocks of at most ``collapsed_block_size``). Block ``i``'s budget is
     ``B_i = min(floor(sum(mi of its dims) + 0.5), 62, max_bits_per_dim * n_i)``, and 0 for
     the collapsed block; its bits are ``allocate_bits(mi of its dims, B_i, strategy,
     seed=derive_block_seed(seed, i))``. ``strategy`` is one of :data:`PLAN_STRATEGIES`.
@@ -330,7 +338,13 @@ def build_plan(
     seed = check_seed(seed)
     threshold = check_threshold(collapse_threshold)
     cap = check_int(max_bits_per_dim, "max_bits_per_dim", 1)
-    blocks = split_blocks(mi, block_bits, seed=seed, collapse_threshold=threshold)
+    blocks = split_blocks(
+        mi,
+        block_bits,
+        seed=seed,
+        collapse_threshold=threshold,
+        collapsed_block_size=collapsed_block_size,
+    )
     bits = np.zeros(mi.shape[0], dtype=np.int64)
     budgets = []
     for i, dims in enumerate(blocks):
@@ -346,6 +360,7 @@ def build_plan(
         strategy=strategy,
         seed=seed,
         collapse_threshold=threshold,
+        collapsed_block_size=int(collapsed_block_size),
         max_bits_per_dim=cap,
         mi_bits=tuple(float(v) for v in mi),
         blocks=tuple(tuple(b) for b in blocks),

@@ -12,6 +12,7 @@ from recray.rec.api import (
     Indices,
     decode,
     encode,
+    exact_feasible,
 )
 from recray.rec.search import ChunkSchedule
 
@@ -24,4 +25,5 @@ __all__ = [
     "Indices",
     "decode",
     "encode",
+    "exact_feasible",
 ]

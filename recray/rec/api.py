@@ -138,7 +138,9 @@ def _check_finite(name: str, arr: np.ndarray, ids) -> None:
         i, d = _first_bad(bad)
         raise InputError(
             f"{fmt_block(i, ids)}: {name}[{i}, {d}] = {arr[i, d]} is not finite "
-            f"({int(bad.sum())} non-finite entries of {name} in all); remove or fix these rows"
+            f"({int(bad.sum())} non-finite entries of {name} in all); remove or fix these rows",
+            block=i,
+            dim=d,
         )
 
 
@@ -148,7 +150,9 @@ def _check_positive(name: str, arr: np.ndarray, ids) -> None:
         i, d = _first_bad(bad)
         raise InputError(
             f"{fmt_block(i, ids)}: {name}[{i}, {d}] = {arr[i, d]} must be > 0 "
-            f"({int(bad.sum())} entries of {name} are <= 0); scales are standard deviations"
+            f"({int(bad.sum())} entries of {name} are <= 0); scales are standard deviations",
+            block=i,
+            dim=d,
         )
 
 
@@ -235,7 +239,9 @@ def _check_bounded(m: np.ndarray, s: np.ndarray, ids, method: str) -> None:
             f"{fmt_block(i, ids)}, dimension {d}: the density ratio q/p is unbounded ({why}: "
             f"sigma/prior_sigma = {s[i, d]:.6g}, (mu - prior_mu)/prior_sigma = {m[i, d]:.6g}), "
             f"so {method} would never stop; {int((~bounded).sum())} entries are affected. "
-            "Use method='sp-orc' or 'orc' (fixed budget) for such blocks"
+            "Use method='sp-orc' or 'orc' (fixed budget) for such blocks",
+            block=i,
+            dim=d,
         )
 
 
@@ -289,22 +295,9 @@ def encode(
     method = _check_method(method)
     if on_cap not in ("raise", "keep"):
         raise InputError(f"on_cap must be 'raise' or 'keep'; got {on_cap!r}")
-    mu = _float_2d("mu", mu)
-    n, d = mu.shape
-    sigma = _float_2d("sigma", sigma)
-    if sigma.shape != mu.shape:
-        raise InputError(f"sigma has shape {sigma.shape} but mu has {mu.shape}; they must match")
-    if d < 1 or d > MAX_DIM:
-        raise InputError(f"blocks must have 1..{MAX_DIM} dimensions; got d = {d}")
-    ids = _stream_ids(stream_ids, n)
+    t = _targets(mu, sigma, prior_mu, prior_sigma, bits, method, stream_ids)
+    n, d, ids, pm, ps, bits_np, m, s = t.n, t.d, t.ids, t.pm, t.ps, t.bits, t.m, t.s
     seed = _seed(seed)
-    pm = _float_2d("prior_mu", prior_mu, (n, d))
-    ps = _float_2d("prior_sigma", prior_sigma, (n, d))
-    for name, arr in (("mu", mu), ("sigma", sigma), ("prior_mu", pm), ("prior_sigma", ps)):
-        _check_finite(name, arr, ids)
-    _check_positive("sigma", sigma, ids)
-    _check_positive("prior_sigma", ps, ids)
-    bits_np = _bits(bits, method, (n, d), ids)
     exact = method in EXACT_METHODS
     if exact:
         budget = _int_param(
@@ -323,8 +316,6 @@ def encode(
             )
         nsamp = _int_param("n_samples", n_samples, n, 1, MAX_SAMPLES_LIMIT)
         budget = nsamp
-    m = (mu - pm) / ps
-    s = sigma / ps
     if exact:
         _check_bounded(m, s, ids, method)
 
@@ -337,12 +328,7 @@ def encode(
     if exact:
         # the bound of every block is known before any search starts; with one internal
         # batch (the common case) its tables are reused by the search
-        for lo, hi in batches:
-            tables = _tables(be, m[lo:hi], s[lo:hi], bits_np[lo:hi], exact)
-            dinf[lo:hi] = be.to_numpy(tables.log_rmax) / LN2
-            dinf_d[lo:hi] = be.to_numpy(tables.log_rmax_d) / LN2
-            if len(batches) == 1:
-                kept[lo] = tables
+        dinf, dinf_d, kept = _exact_bounds(be, m, s, bits_np, batches)
         if on_cap == "raise":
             _precheck(dinf, dinf_d, m, s, budget, ids)
 
@@ -386,7 +372,9 @@ def encode(
             f"stopping bound was reached (expected about 2^{dinf[i]:.1f} steps; dimension "
             f"{dd} contributes the most, {dinf_d[i, dd]:.1f} bits); "
             f"{int(out['capped'].sum())} blocks in all. Raise max_steps, give the block more "
-            "partition bits, or pass on_cap='keep' to accept the best candidate found"
+            "partition bits, or pass on_cap='keep' to accept the best candidate found",
+            block=i,
+            dim=dd,
         )
     nbits = codes.index_bits(method, out["local"], B, nsamp)
     indices = Indices(out["bin"].copy(), out["local"].copy(), d)
@@ -419,6 +407,90 @@ def _batches(bits_np: np.ndarray):
         hi = min(hi, lo + MAX_BATCH_BLOCKS, n)
         yield lo, hi
         lo = hi
+
+
+@dataclass(frozen=True)
+class _Targets:
+    """Validated inputs of one call, host arrays ``(n, d)``; ``m``, ``s`` standardized."""
+
+    n: int
+    d: int
+    ids: np.ndarray
+    pm: np.ndarray
+    ps: np.ndarray
+    bits: np.ndarray
+    m: np.ndarray
+    s: np.ndarray
+
+
+def _targets(mu, sigma, prior_mu, prior_sigma, bits, method, stream_ids) -> _Targets:
+    mu = _float_2d("mu", mu)
+    n, d = mu.shape
+    sigma = _float_2d("sigma", sigma)
+    if sigma.shape != mu.shape:
+        raise InputError(f"sigma has shape {sigma.shape} but mu has {mu.shape}; they must match")
+    if d < 1 or d > MAX_DIM:
+        raise InputError(f"blocks must have 1..{MAX_DIM} dimensions; got d = {d}")
+    ids = _stream_ids(stream_ids, n)
+    pm = _float_2d("prior_mu", prior_mu, (n, d))
+    ps = _float_2d("prior_sigma", prior_sigma, (n, d))
+    for name, arr in (("mu", mu), ("sigma", sigma), ("prior_mu", pm), ("prior_sigma", ps)):
+        _check_finite(name, arr, ids)
+    _check_positive("sigma", sigma, ids)
+    _check_positive("prior_sigma", ps, ids)
+    bits_np = _bits(bits, method, (n, d), ids)
+    return _Targets(n, d, ids, pm, ps, bits_np, (mu - pm) / ps, sigma / ps)
+
+
+def _exact_bounds(be, m, s, bits_np, batches):
+    """``D_inf[Q||P']`` per block and per dimension (bits) for the sup weights, and the
+    tables when there is a single batch (to reuse)."""
+    n, d = m.shape
+    dinf = np.full(n, np.nan)
+    dinf_d = np.full((n, d), np.nan)
+    kept = {}
+    for lo, hi in batches:
+        tables = _tables(be, m[lo:hi], s[lo:hi], bits_np[lo:hi], True)
+        dinf[lo:hi] = be.to_numpy(tables.log_rmax) / LN2
+        dinf_d[lo:hi] = be.to_numpy(tables.log_rmax_d) / LN2
+        if len(batches) == 1:
+            kept[lo] = tables
+    return dinf, dinf_d, kept
+
+
+def exact_feasible(
+    mu,
+    sigma,
+    *,
+    prior_mu=0.0,
+    prior_sigma=1.0,
+    bits=None,
+    method="sp-pfr",
+    max_steps=None,
+    backend=None,
+):
+    """Which blocks an exact method (``pfr``/``sp-pfr``) can code within ``max_steps``.
+
+    Same inputs as :func:`encode`. Returns ``(feasible, dinf_bits)``: bool ``(n,)``, True
+    where the density ratio is bounded and the expected number of candidates
+    ``2^D_inf[Q||P']`` is at most ``max_steps``; and ``D_inf[Q||P']`` in bits (``inf`` where
+    unbounded). Callers route the other blocks to a fixed-budget method.
+    """
+    if method not in EXACT_METHODS:
+        raise InputError(f"exact_feasible is for {EXACT_METHODS}; got {method!r}")
+    t = _targets(mu, sigma, prior_mu, prior_sigma, bits, method, None)
+    cap = DEFAULT_MAX_STEPS if max_steps is None else max_steps
+    budget = _int_param("max_steps", cap, t.n, 1, MAX_STEPS_LIMIT)
+    bounded = (t.s < 1.0) | ((t.s == 1.0) & (t.m == 0.0))
+    ok = bounded.all(axis=1)
+    dinf = np.full(t.n, np.inf)
+    if ok.any():
+        rows = np.flatnonzero(ok)
+        be = get_backend(backend)
+        sub_bits = t.bits[rows]
+        d_rows, _, _ = _exact_bounds(be, t.m[rows], t.s[rows], sub_bits, list(_batches(sub_bits)))
+        dinf[rows] = d_rows
+    return ok & (dinf <= np.log2(budget.astype(np.float64))), dinf
 
 
 def _bit_offsets(bits_np: np.ndarray) -> np.ndarray:
@@ -475,7 +547,9 @@ def _precheck(dinf, dinf_d, m, s, budget, ids):
         f"{dinf_d[i, dd]:.1f} bits (sigma/prior_sigma = {s[i, dd]:.6g}, "
         f"(mu - prior_mu)/prior_sigma = {m[i, dd]:.6g}){near}. {int(over.sum())} blocks "
         "are affected. Give that dimension partition bits, use method='sp-orc', raise "
-        "max_steps, or pass on_cap='keep'"
+        "max_steps, or pass on_cap='keep'",
+        block=i,
+        dim=dd,
     )
 
 
@@ -568,6 +642,7 @@ def _infer_dim(*arrays) -> int:
 
 
 __all__ = [
+    "exact_feasible",
     "METHODS",
     "EXACT_METHODS",
     "DEFAULT_MAX_STEPS",
