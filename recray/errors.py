@@ -61,3 +61,8 @@ class FormatError(RecrayError):
     """A run directory or file is not a (complete, compatible) recray bitstream: missing or
     foreign files, a format version this recray does not read, a plan or prior checksum
     that does not match, a failed CRC."""
+
+
+def fmt_item(item_id) -> str:
+    """How messages name an item: its id as Python writes it (``7``, ``'img-0042'``)."""
+    return repr(item_id.item() if hasattr(item_id, "item") else item_id)

@@ -71,6 +71,103 @@ def cmd_bench_throughput(args) -> int:
     return 0 if r["identical_indices"] else 1
 
 
+def cmd_synth(args) -> int:
+    from recray.latents import synthesize
+
+    lat, pri = synthesize(
+        args.n,
+        args.dim,
+        args.out,
+        seed=args.seed,
+        informative_fraction=args.informative_fraction,
+        string_ids=args.string_ids,
+    )
+    print(f"wrote {lat}\nwrote {pri}")
+    return 0
+
+
+def cmd_compress(args) -> int:
+    from recray.pipeline import local
+
+    summary = local.compress(
+        args.latents,
+        args.prior,
+        args.out,
+        method=args.method,
+        block_bits=args.block_bits,
+        n_samples=args.n_samples,
+        allocation=args.allocation,
+        seed=args.seed,
+        backend=args.backend,
+        max_steps=args.max_steps,
+        on_unbounded=args.on_unbounded,
+        batch_size=args.batch_size,
+        debug_samples=args.debug_samples,
+        progress=_progress(),
+    )
+    print(local.format_inspect(summary))
+    return 0
+
+
+def cmd_decompress(args) -> int:
+    from recray.pipeline import local
+
+    r = local.decompress(
+        args.run, args.out, backend=args.backend, prior_path=args.prior, progress=_progress()
+    )
+    print(f"decoded {r['items']:,} items into {r['out']}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from recray.pipeline import local
+
+    r = local.inspect(args.run)
+    if args.json:
+        print(json.dumps(r, indent=1, sort_keys=True))
+    else:
+        print(local.format_inspect(r))
+    return 0
+
+
+def _add_compress_args(c) -> None:
+    from recray import rec
+
+    c.add_argument("--method", choices=rec.METHODS, default="sp-pfr")
+    c.add_argument(
+        "--block-bits",
+        type=float,
+        default=16.0,
+        help="information per block (bits) of the codec plan",
+    )
+    c.add_argument(
+        "--n-samples",
+        type=int,
+        default=1 << 16,
+        help="fixed budget N of orc/sp-orc (and of the --on-unbounded fallback)",
+    )
+    c.add_argument("--allocation", choices=("mi", "uniform", "random"), default="mi")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--backend", choices=("numpy", "cupy"), default=None)
+    c.add_argument(
+        "--max-steps", type=int, default=None, help="step cap of the exact methods (default 2^26)"
+    )
+    c.add_argument(
+        "--on-unbounded",
+        choices=("error", "orc"),
+        default="error",
+        help="blocks an exact method cannot code (posterior wider than the prior, "
+        "or expected steps above the cap): fail, or code them with the "
+        "fixed-budget twin",
+    )
+    c.add_argument("--batch-size", type=int, default=4096, help="items per batch")
+    c.add_argument(
+        "--debug-samples",
+        action="store_true",
+        help="also store the encoder's latents (column z_debug) for round-trip checks",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="recray",
@@ -97,6 +194,36 @@ def build_parser() -> argparse.ArgumentParser:
     thr.add_argument("--json", metavar="PATH")
     thr.add_argument("--backend", choices=("numpy", "cupy"), default=None)
     thr.set_defaults(func=cmd_bench_throughput)
+
+    ds = sub.add_parser("datasets", help="prepare data sets")
+    dsub = ds.add_subparsers(dest="datasets", required=True)
+    syn = dsub.add_parser("synth", help="a synthetic latent data set and its prior")
+    syn.add_argument("--n", type=int, required=True, help="items")
+    syn.add_argument("--dim", type=int, required=True, help="latent dimensions D")
+    syn.add_argument("--out", required=True, help="directory for latents.parquet, prior.json")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--informative-fraction", type=float, default=0.5)
+    syn.add_argument("--string-ids", action="store_true")
+    syn.set_defaults(func=cmd_synth)
+
+    c = sub.add_parser("compress", help="compress a latent data set into a run directory")
+    c.add_argument("latents", help="Parquet file or directory: id, mu, sigma")
+    c.add_argument("--prior", required=True, help="prior JSON: mu, sigma, mutual_information_bits")
+    c.add_argument("--out", required=True, help="run directory to create")
+    _add_compress_args(c)
+    c.set_defaults(func=cmd_compress)
+
+    d = sub.add_parser("decompress", help="decode a run directory into latents")
+    d.add_argument("run", help="run directory")
+    d.add_argument("--out", required=True, help="Parquet file to create: id, z")
+    d.add_argument("--prior", default=None, help="check the run was coded with this prior")
+    d.add_argument("--backend", choices=("numpy", "cupy"), default=None)
+    d.set_defaults(func=cmd_decompress)
+
+    ins = sub.add_parser("inspect", help="bitrate and diagnostics of a run")
+    ins.add_argument("run")
+    ins.add_argument("--json", action="store_true")
+    ins.set_defaults(func=cmd_inspect)
 
     ver = sub.add_parser("version", help="print the version and the format versions")
     ver.set_defaults(func=cmd_version)

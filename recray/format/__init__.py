@@ -1,0 +1,1 @@
+"""The bitstream format: messages, run directories and their files."""

@@ -1,0 +1,480 @@
+"""Per-item messages: all block indices of one item, range coded into one byte string.
+
+An item's blocks each carry an index ``(bin, local)`` (see ``docs/FORMAT.md`` section 6):
+``bin`` in ``B_b`` raw bits, ``local`` with the universal (log-class) code for ``sp-pfr``,
+``sp-orc`` and ``pfr``, or ``local - 1`` in ``raw_bits = ceil(log2 N)`` raw bits for ``orc``.
+This module codes all of them with one ``constriction`` range coder (a queue: the first
+symbol in is the first out) and trims the result to the shortest byte string that still
+decodes, so a message costs within a few bits of the ideal ``sum -log2 P``.
+
+Wire format (``MESSAGE_CODEC_VERSION = 1``), symbols in this order:
+
+1. code ``"universal"`` only: the class ``l_b = floor(log2 local_b)`` of every block, in
+   block order, each with the fixed categorical model of
+   :data:`recray.rec.codes.CLASS_PROBS` (63 classes, ``Categorical(..., perfect=False)``);
+2. block by block, the bit fields as uniform chunks: first the ``B_b`` bits of ``bin_b``,
+   then the ``l_b`` bits of ``local_b`` below its leading one (universal) or the
+   ``raw_bits`` bits of ``local_b - 1`` (raw). A field is cut into chunks of at most 16 bits,
+   lowest chunk first; a chunk of ``k`` bits is one ``Uniform(2^k)`` symbol; a field of 0
+   bits adds no symbol.
+
+The encoder's ``uint32`` words are written big-endian (so the data ends at the last byte),
+then cut to the shortest prefix that, possibly rounded up by one unit in its last byte and
+zero-padded to whole words, decodes to exactly the same symbols (verified by decoding).
+A message with no symbols is ``b""``; a message with symbols is at least one byte.
+
+Guarantees and requirements
+---------------------------
+* Sender and receiver must share the :class:`IndexLayout` of the item (from the codec
+  plan): the message does not say how many blocks it holds or how wide their fields are.
+* Both sides must use the same ``MESSAGE_CODEC_VERSION`` and the same ``constriction``
+  model quantization: the class model is ``Categorical(CLASS_PROBS, perfect=False)``.
+  ``perfect=False`` is constriction's fast quantization, recommended by its docs and the
+  future default; ``perfect=True`` (the legacy default when neither ``lazy`` nor
+  ``perfect`` is given) searches longer for a marginally closer fit and gives *other
+  bytes*, so the flag is part of the wire format. ``Uniform(2^k)`` with ``k <= 16`` is
+  exact at constriction's 24-bit precision. ``pyproject.toml`` pins ``constriction < 0.6``;
+  the golden-bytes test in ``tests/test_messages.py`` catches any change.
+* Byte order: each 32-bit word big-endian; the receiver pads with zero bytes up to a
+  multiple of 4, and constriction's decoder reads zero words past the end of its data
+  (the trimmed message relies on both). Trailing bytes are significant: do not strip or
+  add any; store messages length-delimited (e.g. an Arrow binary column).
+* A corrupted or foreign message either raises :class:`~recray.errors.MessageError` or
+  decodes *silently* to wrong indices (range coding has no redundancy to detect it); the
+  row-level CRC of the bitstream guards against that, not this codec.
+* ``local`` must lie in ``[1, 2^48)`` (the candidate-generation limit), and for ``"raw"``
+  in ``[1, 2^raw_bits]``; ``bin_b`` in ``[0, 2^B_b)`` with ``B_b <= 62``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import constriction
+import numpy as np
+
+from recray.errors import InputError, MessageError, fmt_item
+from recray.rec.codes import CLASS_PROBS, N_CLASSES
+from recray.rec.randomness import MAX_LOCAL_INDEX
+
+__all__ = [
+    "CHUNK_BITS",
+    "CODES",
+    "MESSAGE_CODEC_VERSION",
+    "IndexLayout",
+    "decode_message",
+    "decode_messages",
+    "encode_message",
+    "encode_messages",
+    "ideal_bits",
+]
+
+MESSAGE_CODEC_VERSION = 1
+CODES = ("universal", "raw")
+CHUNK_BITS = 16  # widest uniform symbol (constriction's Uniform needs size < 2^24)
+MAX_BIN_BITS = 62
+MAX_RAW_BITS = 48
+_N_CHUNKS = -(-max(MAX_BIN_BITS, MAX_RAW_BITS, N_CLASSES - 1) // CHUNK_BITS)  # 4
+_MAX_CLASS = MAX_LOCAL_INDEX.bit_length() - 2  # 47: local < 2^48
+
+_queue = constriction.stream.queue
+_model = constriction.stream.model
+_CLASS_MODEL = _model.Categorical(np.asarray(CLASS_PROBS, dtype=np.float64), perfect=False)
+_UNIFORM = _model.Uniform()
+_NEG_LOG2_CLASS = -np.log2(np.asarray(CLASS_PROBS, dtype=np.float64))
+_CHUNK_SHIFTS = np.arange(_N_CHUNKS, dtype=np.int64) * CHUNK_BITS
+# chunk widths of a field of w bits, w = 0..62: row w is (16, 16, ..., remainder, 0, ...)
+_CHUNK_TABLE = np.clip(
+    np.arange(MAX_BIN_BITS + 1, dtype=np.int64)[:, None] - _CHUNK_SHIFTS, 0, CHUNK_BITS
+)
+
+
+# ----------------------------------------------------------------------------- layout
+@dataclass(frozen=True)
+class IndexLayout:
+    """What sender and receiver both know about an item's blocks (from the codec plan).
+
+    ``bin_bits``: ``B_b`` per block (ints in ``[0, 62]``; a list is accepted and stored as a
+    tuple). ``code``: ``"universal"`` (``sp-pfr``, ``sp-orc``, ``pfr``: ``local >= 1`` with
+    the log-class code) or ``"raw"`` (``orc``: ``local - 1`` in ``raw_bits`` bits).
+    ``raw_bits``: ``ceil(log2 N)`` in ``[0, 48]`` (0 means ``N = 1``); read only for
+    ``"raw"``.
+    """
+
+    bin_bits: tuple[int, ...]
+    code: str = "universal"
+    raw_bits: int = 0
+
+    def __post_init__(self) -> None:
+        try:
+            bits = tuple(self.bin_bits)
+        except TypeError:
+            raise InputError(
+                f"IndexLayout.bin_bits must be a sequence of ints; got {self.bin_bits!r}"
+            ) from None
+        for b, v in enumerate(bits):
+            if isinstance(v, bool) or not isinstance(v, int | np.integer):
+                raise InputError(f"IndexLayout.bin_bits[{b}] must be an int; got {v!r}")
+            if not 0 <= int(v) <= MAX_BIN_BITS:
+                raise InputError(
+                    f"IndexLayout.bin_bits[{b}] = {int(v)} must be in [0, {MAX_BIN_BITS}]"
+                )
+        object.__setattr__(self, "bin_bits", tuple(int(v) for v in bits))
+        if self.code not in CODES:
+            raise InputError(f"IndexLayout.code must be one of {CODES}; got {self.code!r}")
+        rb = self.raw_bits
+        if isinstance(rb, bool) or not isinstance(rb, int | np.integer):
+            raise InputError(f"IndexLayout.raw_bits must be an int; got {rb!r}")
+        if not 0 <= int(rb) <= MAX_RAW_BITS:
+            raise InputError(f"IndexLayout.raw_bits = {int(rb)} must be in [0, {MAX_RAW_BITS}]")
+        object.__setattr__(self, "raw_bits", int(rb))
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of blocks of the item."""
+        return len(self.bin_bits)
+
+
+@lru_cache(maxsize=256)
+def _bin_bits_array(layout: IndexLayout) -> np.ndarray:
+    out = np.asarray(layout.bin_bits, dtype=np.int64)
+    out.flags.writeable = False
+    return out
+
+
+# ----------------------------------------------------------------------------- validation
+def _int_array(name: str, value, shape: tuple[int, ...]) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind == "f"):
+        raise InputError(f"{name} must be an integer array; got dtype {arr.dtype}")
+    if arr.shape != shape:
+        raise InputError(
+            f"{name} must have shape {shape} (items, blocks of the layout); got {arr.shape}"
+        )
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) >= 1 << 63:
+        raise InputError(f"{name} holds a value >= 2^63")
+    return arr.astype(np.int64, copy=False)
+
+
+def _first_bad(name: str, arr: np.ndarray, bad: np.ndarray, two_d: bool) -> tuple[str, int]:
+    """``("local[i, b] = v", b)`` for the first flagged entry (``"local[b] = v"`` in 1-D)."""
+    row, col = (int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
+    where = f"[{row}, {col}]" if two_d else f"[{col}]"
+    return f"{name}{where} = {int(arr[row, col])}", col
+
+
+def _check_indices(bins: np.ndarray, local: np.ndarray, layout: IndexLayout, two_d: bool):
+    """Range checks of int64 ``(n_items, n_blocks)`` indices; ``two_d`` only shapes messages."""
+    B = _bin_bits_array(layout)
+    bad = (bins < 0) | (bins >= np.left_shift(np.int64(1), B))
+    if bad.any():
+        what, b = _first_bad("bins", bins, bad, two_d)
+        raise InputError(
+            f"{what} does not fit block {b}'s B = {int(B[b])} partition bits: "
+            f"must be in [0, 2^{int(B[b])}); bins, local or the layout do not match"
+        )
+    if layout.code == "raw" and layout.raw_bits < MAX_RAW_BITS:
+        hi, bound = 1 << layout.raw_bits, f"[1, 2^{layout.raw_bits}] (raw code, N <= 2^raw_bits)"
+    else:
+        hi, bound = MAX_LOCAL_INDEX - 1, "[1, 2^48)"
+    bad = (local < 1) | (local > hi)
+    if bad.any():
+        what, _ = _first_bad("local", local, bad, two_d)
+        raise InputError(f"{what} must be in {bound}")
+
+
+# ----------------------------------------------------------------------------- symbols
+def _field_widths(classes: np.ndarray | None, layout: IndexLayout, n_items: int) -> np.ndarray:
+    """Bit widths of the fields ``(n_items, 2 n_blocks)``: bin_0, low_0, bin_1, low_1, ..."""
+    nb = layout.n_blocks
+    widths = np.empty((n_items, 2 * nb), dtype=np.int64)
+    widths[:, 0::2] = _bin_bits_array(layout)
+    widths[:, 1::2] = classes if layout.code == "universal" else layout.raw_bits
+    return widths
+
+
+def _chunk_widths(widths: np.ndarray) -> np.ndarray:
+    """``(..., n_fields, 4)`` chunk widths: 16 bits each, the top chunk the remainder."""
+    return _CHUNK_TABLE[widths]
+
+
+def _floor_log2(local: np.ndarray) -> np.ndarray:
+    """``floor(log2 local)`` for int64 ``1 <= local < 2^48``: exact, since such integers are
+    exact in float64 and ``frexp`` reads the exponent (much faster than
+    :func:`recray.rec.codes.floor_log2` on small arrays)."""
+    return np.frexp(local.astype(np.float64))[1].astype(np.int64) - 1
+
+
+def _symbols(bins: np.ndarray, local: np.ndarray, layout: IndexLayout):
+    """Symbols of ``n_items`` messages. ``bins``/``local`` int64 ``(n_items, n_blocks)``.
+
+    Returns ``classes`` int32 ``(n_items, n_blocks)`` (``None`` for ``"raw"``), chunk values
+    and chunk widths (bits) ``(n_items, 2 n_blocks, 4)`` int64, and the chunk mask (width > 0).
+    Flattening an item's masked chunks gives its uniform symbols in wire order.
+    """
+    n_items, nb = bins.shape
+    values = np.empty((n_items, 2 * nb), dtype=np.int64)
+    values[:, 0::2] = bins
+    if layout.code == "universal":
+        classes = _floor_log2(local)
+        values[:, 1::2] = local - np.left_shift(np.int64(1), classes)
+    else:
+        classes = None
+        values[:, 1::2] = local - 1
+    cw = _chunk_widths(_field_widths(classes, layout, n_items))
+    cv = (values[..., None] >> _CHUNK_SHIFTS) & (np.left_shift(np.int64(1), cw) - 1)
+    cls32 = None if classes is None else classes.astype(np.int32)
+    return cls32, cv, cw, cw > 0
+
+
+def _words_to_bytes(words: np.ndarray) -> bytes:
+    return np.asarray(words, dtype=np.uint32).astype(">u4").tobytes()
+
+
+def _bytes_to_words(data: bytes) -> np.ndarray:
+    pad = -len(data) % 4
+    if pad:
+        data = bytes(data) + b"\0" * pad
+    return np.frombuffer(data, dtype=">u4").astype(np.uint32)
+
+
+def _decode_symbols(data: bytes, layout: IndexLayout):
+    """Decode the raw symbols of one message (no range checks on the reassembled values).
+
+    Returns ``classes`` int32 ``(n_blocks,)`` or ``None`` (raw), the chunk widths
+    ``(2 n_blocks, 4)`` and mask, and the uniform symbols int32 in wire order.
+    Raises :class:`MessageError` when constriction rejects the data.
+    """
+    try:
+        words = _bytes_to_words(data)
+    except (TypeError, ValueError) as exc:
+        raise MessageError(f"message must be bytes; got {type(data).__name__}") from exc
+    nb = layout.n_blocks
+    try:
+        decoder = _queue.RangeDecoder(words)
+        classes = None
+        if layout.code == "universal" and nb:
+            classes = np.asarray(decoder.decode(_CLASS_MODEL, nb), dtype=np.int32)
+        elif layout.code == "universal":
+            classes = np.zeros(0, dtype=np.int32)
+        cw = _chunk_widths(_field_widths(classes, layout, 1)[0])
+        mask = cw > 0
+        sizes = np.left_shift(1, cw[mask]).astype(np.int32)
+        chunks = (
+            np.asarray(decoder.decode(_UNIFORM, sizes), dtype=np.int32)
+            if sizes.size
+            else np.zeros(0, dtype=np.int32)
+        )
+    except (AssertionError, ValueError, RuntimeError, OverflowError) as exc:
+        raise MessageError(
+            f"message does not decode under this layout: constriction says {exc}"
+        ) from exc
+    return classes, cw, mask, chunks
+
+
+def _encode_words(classes, chunks: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    encoder = _queue.RangeEncoder()
+    if classes is not None and classes.size:
+        encoder.encode(classes, _CLASS_MODEL)
+    if chunks.size:
+        encoder.encode(chunks, _UNIFORM, sizes)
+    return encoder.get_compressed()
+
+
+def _decodes_to(candidate: bytes, layout: IndexLayout, classes, sizes, chunks) -> bool:
+    """Whether ``candidate`` decodes to exactly these symbols.
+
+    The same decoder calls as :func:`_decode_symbols` (same words, models and order); once
+    the classes match, the chunk sizes :func:`_decode_symbols` would derive from them are
+    ``sizes``, so they are passed in rather than recomputed.
+    """
+    try:
+        decoder = _queue.RangeDecoder(_bytes_to_words(candidate))
+        if classes is not None:
+            got = decoder.decode(_CLASS_MODEL, layout.n_blocks)
+            if got.tobytes() != classes.tobytes():
+                return False
+        if sizes.size:
+            got = decoder.decode(_UNIFORM, sizes)
+            return got.tobytes() == chunks.tobytes()
+        return True
+    except (AssertionError, ValueError, RuntimeError, OverflowError):
+        return False
+
+
+def _candidates(full: bytes, n: int) -> list[bytes]:
+    """The ``n``-byte prefix of ``full`` plus one unit in its last byte, then the prefix.
+
+    The sealed range-coder output sits just above the interval's lower end, so the rounded-up
+    prefix is the one that usually decodes: it is tried first.
+    """
+    head = full[:n]
+    up = int.from_bytes(head, "big") + 1
+    if up < 1 << (8 * n):
+        return [up.to_bytes(n, "big"), head]
+    return [head]
+
+
+def _shortest(full: bytes, ideal: float, layout: IndexLayout, classes, sizes, chunks) -> bytes:
+    """Shortest byte string (>= 1 byte) decoding to these symbols, else ``full``.
+
+    The byte strings that decode to the message are those whose zero-padded value lies in
+    the coder's final interval ``[low, high)``; for ``n`` bytes the smallest grid point
+    ``>= low`` is one of the two candidates, and if ``n`` bytes suffice so do ``n + 1``.
+    So start at the ideal length rounded up to bytes (one byte lower when that is the
+    whole output; constriction's quantization may cost a fraction of a bit more), walk
+    down while a candidate decodes and up while none does. Each candidate is verified by
+    decoding, so the result is correct even if this reasoning were off.
+    """
+
+    def ok(n: int) -> bytes | None:
+        for cand in _candidates(full, n):
+            if _decodes_to(cand, layout, classes, sizes, chunks):
+                return cand
+        return None
+
+    start = min(len(full) - 1, max(1, math.ceil(ideal / 8.0)))
+    best = ok(start) if start >= 1 else None
+    if best is not None:
+        n = start - 1
+        while n >= 1:
+            shorter = ok(n)
+            if shorter is None:
+                break
+            best, n = shorter, n - 1
+        return best
+    for n in range(start + 1, len(full)):
+        best = ok(n)
+        if best is not None:
+            return best
+    return full
+
+
+def _ideal_rows(classes, cw: np.ndarray) -> np.ndarray:
+    bits = cw.sum(axis=(-1, -2)).astype(np.float64)
+    if classes is not None:
+        bits = bits + _NEG_LOG2_CLASS[classes].sum(axis=-1)
+    return bits
+
+
+def _encode_rows(bins: np.ndarray, local: np.ndarray, layout: IndexLayout) -> list[bytes]:
+    classes, cv, cw, mask = _symbols(bins, local, layout)
+    ideal = _ideal_rows(classes, cw)
+    sizes_all = np.left_shift(1, cw).astype(np.int32)
+    cv32 = cv.astype(np.int32)
+    out: list[bytes] = []
+    for i in range(bins.shape[0]):
+        m = mask[i]
+        chunks = cv32[i][m]
+        cls = None if classes is None else classes[i]
+        if not chunks.size and (cls is None or not cls.size):
+            out.append(b"")
+            continue
+        sizes = sizes_all[i][m]
+        full = _words_to_bytes(_encode_words(cls, chunks, sizes))
+        out.append(_shortest(full, float(ideal[i]), layout, cls, sizes, chunks))
+    return out
+
+
+# ----------------------------------------------------------------------------- public API
+def encode_message(bins, local, layout: IndexLayout) -> bytes:
+    """Code one item's block indices into the shortest byte string that decodes to them.
+
+    ``bins``: int ``(n_blocks,)``, ``bins[b]`` in ``[0, 2^B_b)``; ``local``: int
+    ``(n_blocks,)``, in ``[1, 2^48)`` (``"universal"``) or ``[1, 2^raw_bits]`` (``"raw"``).
+    Returns ``b""`` when the layout leaves nothing to code. Raises
+    :class:`~recray.errors.InputError` naming the field on a wrong shape, dtype or value.
+    """
+    nb = layout.n_blocks
+    b = _int_array("bins", bins, (nb,))[None, :]
+    n = _int_array("local", local, (nb,))[None, :]
+    _check_indices(b, n, layout, two_d=False)
+    return _encode_rows(b, n, layout)[0]
+
+
+def encode_messages(bins, local, layout: IndexLayout) -> list[bytes]:
+    """:func:`encode_message` for ``n_items`` items sharing ``layout``.
+
+    ``bins``, ``local``: int ``(n_items, n_blocks)``. Symbols and checks are vectorized over
+    items; one range coder runs per item.
+    """
+    b = np.asarray(bins)
+    shape = (b.shape[0] if b.ndim == 2 else 0, layout.n_blocks)
+    if b.ndim != 2:
+        raise InputError(f"bins must have shape (n_items, {layout.n_blocks}); got {b.shape}")
+    b = _int_array("bins", b, shape)
+    n = _int_array("local", local, shape)
+    _check_indices(b, n, layout, two_d=True)
+    return _encode_rows(b, n, layout)
+
+
+def decode_message(data: bytes, layout: IndexLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one message into ``(bins, local)``, both int64 ``(n_blocks,)``.
+
+    Raises :class:`~recray.errors.MessageError` when the data cannot be decoded under
+    ``layout`` (constriction rejects it, or a class would give ``local >= 2^48``). A
+    corrupted message may also decode silently to wrong indices: the bitstream's row CRC,
+    not this codec, detects that.
+    """
+    classes, cw, mask, chunks = _decode_symbols(data, layout)
+    if classes is not None and classes.size and int(classes.max()) > _MAX_CLASS:
+        b = int(np.argmax(classes > _MAX_CLASS))
+        raise MessageError(
+            f"message does not decode under this layout: block {b} has class "
+            f"{int(classes[b])}, i.e. local >= 2^{int(classes[b])} (limit 2^48)"
+        )
+    cv = np.zeros(cw.shape, dtype=np.int64)
+    cv[mask] = chunks
+    values = (cv << _CHUNK_SHIFTS).sum(axis=-1)
+    bins = values[0::2].copy()
+    if classes is not None:
+        local = np.left_shift(np.int64(1), classes.astype(np.int64)) + values[1::2]
+    else:
+        local = values[1::2] + 1
+        if local.size and int(local.max()) >= MAX_LOCAL_INDEX:
+            raise MessageError("message does not decode under this layout: a local index >= 2^48")
+    return bins, local
+
+
+def decode_messages(
+    messages: Sequence[bytes], layout: IndexLayout, item_ids: Sequence | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode ``n_items`` messages into ``(bins, local)``, int64 ``(n_items, n_blocks)``.
+
+    ``item_ids`` (optional, length ``n_items``) names the failing item in a
+    :class:`~recray.errors.MessageError` (``"item 'abc': ..."``); without it the row number
+    is used.
+    """
+    n_items, nb = len(messages), layout.n_blocks
+    if item_ids is not None and len(item_ids) != n_items:
+        raise InputError(f"item_ids has length {len(item_ids)} but there are {n_items} messages")
+    bins = np.empty((n_items, nb), dtype=np.int64)
+    local = np.empty((n_items, nb), dtype=np.int64)
+    for i, msg in enumerate(messages):
+        try:
+            bins[i], local[i] = decode_message(msg, layout)
+        except MessageError as exc:
+            name = f"item {fmt_item(item_ids[i])}" if item_ids is not None else f"item {i}"
+            raise MessageError(f"{name}: {exc}") from exc
+    return bins, local
+
+
+def ideal_bits(bins, local, layout: IndexLayout):
+    """Ideal message length ``sum -log2 P`` in bits (before the coder's < ~1 byte overhead).
+
+    ``bins``, ``local``: int ``(n_blocks,)`` gives a float; ``(n_items, n_blocks)`` gives a
+    float64 array ``(n_items,)``. Class costs use the exact :data:`CLASS_PROBS`, not
+    constriction's quantized ones.
+    """
+    nb = layout.n_blocks
+    two_d = np.ndim(bins) == 2
+    shape = (np.shape(bins)[0], nb) if two_d else (nb,)
+    b = _int_array("bins", bins, shape).reshape(-1, nb)
+    n = _int_array("local", local, shape).reshape(-1, nb)
+    _check_indices(b, n, layout, two_d=two_d)
+    classes, _, cw, _ = _symbols(b, n, layout)
+    bits = _ideal_rows(classes, cw)
+    return bits if two_d else float(bits[0])

@@ -1,0 +1,220 @@
+"""Reading latents and priors, with errors that name the item and the field.
+
+**Latents**: a Parquet data set (one file or a directory of files) with columns
+
+* ``id``: int64 or string, unique;
+* ``mu``, ``sigma``: list or fixed-size list of float32/float64 of length ``D`` (one
+  posterior ``N(mu, diag(sigma^2))`` per item; ``sigma > 0``, all finite).
+
+**Prior**: a JSON file ``{"mu": [D], "sigma": [D], "mutual_information_bits": [D]}``: the
+coding distribution ``N(mu, diag(sigma^2))`` and the per-dimension information (bits)
+estimated from training data. The codec plan is derived from it, so both sides know it.
+
+Batches are streamed through pyarrow (``iter_batches``), so memory does not grow with the
+data set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from recray.errors import FormatError, InputError, fmt_item
+
+PRIOR_KEYS = ("mu", "sigma", "mutual_information_bits")
+
+
+@dataclass(frozen=True)
+class Prior:
+    """The coding prior ``N(mu, diag(sigma^2))`` and per-dimension information (bits)."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    mi_bits: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return int(self.mu.shape[0])
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces, floats as repr): what is checksummed."""
+        d = {
+            "mu": [float(v) for v in self.mu],
+            "sigma": [float(v) for v in self.sigma],
+            "mutual_information_bits": [float(v) for v in self.mi_bits],
+        }
+        return json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    def checksum(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, d, where: str = "prior") -> Prior:
+        if not isinstance(d, dict):
+            raise InputError(f"{where}: expected a JSON object with keys {PRIOR_KEYS}")
+        missing = [k for k in PRIOR_KEYS if k not in d]
+        if missing:
+            raise InputError(f"{where}: missing key(s) {missing}; expected {PRIOR_KEYS}")
+        arrs = {}
+        for k in PRIOR_KEYS:
+            try:
+                a = np.asarray(d[k], dtype=np.float64)
+            except (TypeError, ValueError):
+                raise InputError(f"{where}: {k} must be a list of numbers") from None
+            if a.ndim != 1 or a.size == 0:
+                raise InputError(f"{where}: {k} must be a non-empty list; got shape {a.shape}")
+            if not np.all(np.isfinite(a)):
+                i = int(np.argmax(~np.isfinite(a)))
+                raise InputError(f"{where}: {k}[{i}] = {a[i]} is not finite")
+            arrs[k] = a
+        dims = {k: a.size for k, a in arrs.items()}
+        if len(set(dims.values())) != 1:
+            raise InputError(f"{where}: lengths differ {dims}; all three must have length D")
+        if (arrs["sigma"] <= 0).any():
+            i = int(np.argmax(arrs["sigma"] <= 0))
+            raise InputError(f"{where}: sigma[{i}] = {arrs['sigma'][i]} must be > 0")
+        mi = arrs["mutual_information_bits"]
+        if (mi < 0).any():
+            i = int(np.argmax(mi < 0))
+            raise InputError(f"{where}: mutual_information_bits[{i}] = {mi[i]} must be >= 0")
+        return cls(arrs["mu"], arrs["sigma"], mi)
+
+
+def read_prior(path: str) -> Prior:
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"prior file {path!r} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"prior file {path!r} cannot be read as JSON: {exc}") from None
+    return Prior.from_dict(d, where=f"prior file {path!r}")
+
+
+def _vector_type_ok(t: pa.DataType) -> bool:
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return pa.types.is_float32(t.value_type) or pa.types.is_float64(t.value_type)
+    return False
+
+
+def _id_kind(t: pa.DataType) -> str | None:
+    if pa.types.is_int64(t) or pa.types.is_int32(t):
+        return "int"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    return None
+
+
+class LatentSource:
+    """A validated latent data set: schema checked on open, values checked per batch."""
+
+    def __init__(self, path: str, dim: int):
+        self.path = path
+        self.dim = dim
+        try:
+            self.dataset = pads.dataset(path, format="parquet")
+            schema = self.dataset.schema
+        except FileNotFoundError:
+            raise InputError(f"latents {path!r} do not exist") from None
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise FormatError(
+                f"latents {path!r} are not a readable Parquet data set: {exc}"
+            ) from None
+        names = set(schema.names)
+        for col in ("id", "mu", "sigma"):
+            if col not in names:
+                raise InputError(
+                    f"latents {path!r}: missing column {col!r} (have {sorted(names)}); the "
+                    "input needs id, mu and sigma"
+                )
+        self.id_kind = _id_kind(schema.field("id").type)
+        if self.id_kind is None:
+            raise InputError(
+                f"latents {path!r}: column 'id' has type {schema.field('id').type}; "
+                "use int64 or string"
+            )
+        for col in ("mu", "sigma"):
+            t = schema.field(col).type
+            if not _vector_type_ok(t):
+                raise InputError(
+                    f"latents {path!r}: column {col!r} has type {t}; use a list or fixed-size "
+                    "list of float32/float64"
+                )
+            if pa.types.is_fixed_size_list(t) and t.list_size != dim:
+                raise InputError(
+                    f"latents {path!r}: column {col!r} holds vectors of length {t.list_size} "
+                    f"but the prior has D = {dim}"
+                )
+
+    def count_rows(self) -> int:
+        return self.dataset.count_rows()
+
+    def batches(
+        self, batch_size: int
+    ) -> Iterator[tuple[np.ndarray | list, np.ndarray, np.ndarray]]:
+        """``(ids, mu, sigma)`` per batch: ids an int64 array or a list of str; ``mu``,
+        ``sigma`` float64 ``(n, D)``, validated (finite, sigma > 0, length D, no nulls)."""
+        for rb in self.dataset.to_batches(columns=["id", "mu", "sigma"], batch_size=batch_size):
+            if rb.num_rows == 0:
+                continue
+            yield self._convert(rb)
+
+    def _convert(self, rb: pa.RecordBatch):
+        id_col = rb.column("id")
+        if id_col.null_count:
+            i = int(np.argmax(np.asarray(id_col.is_null())))
+            raise InputError(f"latents: row {i} of a batch has a null id")
+        ids = id_col.to_numpy().astype(np.int64) if self.id_kind == "int" else id_col.to_pylist()
+        out = []
+        for col in ("mu", "sigma"):
+            out.append(self._vectors(rb.column(col), col, ids))
+        mu, sigma = out
+        for name, arr in (("mu", mu), ("sigma", sigma)):
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                i, d = (int(v) for v in np.argwhere(bad)[0])
+                raise InputError(
+                    f"item {fmt_item(ids[i])}: {name}[{d}] = {arr[i, d]} is not finite "
+                    f"({int(bad.any(axis=1).sum())} items of this batch affected)"
+                )
+        bad = sigma <= 0
+        if bad.any():
+            i, d = (int(v) for v in np.argwhere(bad)[0])
+            raise InputError(f"item {fmt_item(ids[i])}: sigma[{d}] = {sigma[i, d]} must be > 0")
+        return ids, mu, sigma
+
+    def _vectors(self, arr: pa.Array, name: str, ids) -> np.ndarray:
+        n = len(arr)
+        if arr.null_count:
+            i = int(np.argmax(np.asarray(arr.is_null())))
+            raise InputError(f"item {fmt_item(ids[i])}: {name} is null")
+        lengths = np.asarray(pc.list_value_length(arr).to_numpy(zero_copy_only=False))
+        bad = lengths != self.dim
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(
+                f"item {fmt_item(ids[i])}: {name} has length {int(lengths[i])}, but the prior has "
+                f"D = {self.dim}"
+            )
+        values = pc.list_flatten(arr)
+        if values.null_count:
+            j = int(np.argmax(np.asarray(values.is_null())))
+            raise InputError(f"item {fmt_item(ids[j // self.dim])}: {name}[{j % self.dim}] is null")
+        return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64).reshape(
+            n, self.dim
+        )
+
+
+def kl_bits_per_dim(mu, sigma, prior: Prior) -> np.ndarray:
+    """``D_KL[N(mu, s^2) || prior]`` per dimension, bits; arrays ``(n, D)``."""
+    m = (mu - prior.mu) / prior.sigma
+    s = sigma / prior.sigma
+    return ((s * s + m * m - 1.0) / 2.0 - np.log(s)) / math.log(2.0)

@@ -1,0 +1,324 @@
+"""compress / decompress / inspect on synthetic latents: exact round trips, honest bitrates,
+and every bad input refused with nothing published."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy import stats
+
+from recray.cli.main import main
+from recray.errors import FormatError, InputError, MessageError, UnboundedRatioError
+from recray.latents import synthesize
+from recray.pipeline import local
+
+FAST = dict(block_bits=8.0, batch_size=128)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    d = tmp_path_factory.mktemp("synth")
+    lat, pri = synthesize(600, 12, str(d), seed=3)
+    return lat, pri
+
+
+@pytest.fixture(scope="module")
+def run(synth, tmp_path_factory):
+    lat, pri = synth
+    out = str(tmp_path_factory.mktemp("runs") / "run")
+    local.compress(lat, pri, out, debug_samples=True, rows_per_part=250, **FAST)
+    return out
+
+
+def _table(path):
+    return pq.read_table(path)
+
+
+def _vectors(col):
+    return np.stack(col.to_numpy(zero_copy_only=False)).astype(np.float64)
+
+
+def test_round_trip_is_bit_exact(run, tmp_path):
+    out = str(tmp_path / "dec.parquet")
+    r = local.decompress(run, out)
+    assert r["items"] == 600
+    dec = _table(out)
+    enc = pa.concat_tables(
+        [
+            _table(p)
+            for p in sorted(os.path.join(run, f) for f in os.listdir(run) if f.endswith(".parquet"))
+        ]
+    )
+    assert dec.column("id").to_pylist() == enc.column("id").to_pylist()
+    assert np.array_equal(_vectors(dec.column("z")), _vectors(enc.column("z_debug")))
+
+
+def test_decoded_latents_follow_the_posteriors(run, synth, tmp_path):
+    lat, _ = synth
+    out = str(tmp_path / "dec.parquet")
+    local.decompress(run, out)
+    z = _vectors(_table(out).column("z"))
+    src = _table(lat)
+    mu, sigma = _vectors(src.column("mu")), _vectors(src.column("sigma"))
+    scores = (z - mu) / sigma
+    p = min(stats.kstest(scores[:, d], "norm").pvalue for d in range(scores.shape[1]))
+    assert p * scores.shape[1] > 1e-3, p
+
+
+def test_bitrate_is_what_was_written(run):
+    r = local.inspect(run)
+    msgs = []
+    nbits = []
+    for f in sorted(os.listdir(run)):
+        if f.endswith(".parquet"):
+            t = _table(os.path.join(run, f))
+            msgs += t.column("message").to_pylist()
+            nbits += t.column("nbits").to_pylist()
+    payload = sum(len(m) for m in msgs)
+    assert r["payload_bytes"] == payload
+    assert nbits == [8 * len(m) for m in msgs]
+    assert r["bits_per_item"] == pytest.approx(8 * payload / 600)
+    man = json.load(open(os.path.join(run, "manifest.json")))
+    assert man["payload_bytes"] == payload and man["items"] == 600
+    assert len(man["parts"]) == 3  # 250 rows per part
+    headers = sum(
+        os.path.getsize(os.path.join(run, f)) for f in ("plan.json", "prior.json", "manifest.json")
+    )
+    assert r["bits_per_item_with_headers"] == pytest.approx(8 * (payload + headers) / 600)
+    assert r["bits_per_item"] > r["mean_kl_bits_per_item"]
+
+
+def test_cli_worked_example(tmp_path, capsys):
+    d = str(tmp_path / "syn")
+    assert main(["datasets", "synth", "--n", "200", "--dim", "8", "--out", d, "--string-ids"]) == 0
+    run_dir = str(tmp_path / "run")
+    assert (
+        main(
+            [
+                "compress",
+                f"{d}/latents.parquet",
+                "--prior",
+                f"{d}/prior.json",
+                "--out",
+                run_dir,
+                "--block-bits",
+                "8",
+                "--method",
+                "sp-orc",
+                "--n-samples",
+                "256",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["inspect", run_dir, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["items"] == 200 and info["method"] == "sp-orc"
+    out = str(tmp_path / "z.parquet")
+    assert main(["decompress", run_dir, "--out", out]) == 0
+    assert _table(out).column("id").to_pylist()[0] == "item-000000000"
+
+
+def test_every_method_round_trips(synth, tmp_path):
+    lat, pri = synth
+    small = str(tmp_path / "small.parquet")
+    pq.write_table(_table(lat).slice(0, 60), small)
+    for method in ("pfr", "orc", "sp-orc"):
+        out = str(tmp_path / method)
+        local.compress(small, pri, out, method=method, n_samples=512, debug_samples=True, **FAST)
+        dec = str(tmp_path / f"{method}.parquet")
+        local.decompress(out, dec)
+        enc = _table(os.path.join(out, "part-00000.parquet"))
+        assert np.array_equal(_vectors(_table(dec).column("z")), _vectors(enc.column("z_debug"))), (
+            method
+        )
+
+
+# ---------------------------------------------------------------------------- bad input
+def _latents(tmp_path, n=20, dim=12, **over):
+    rng = np.random.default_rng(0)
+    cols = {
+        "id": pa.array(np.arange(n, dtype=np.int64)),
+        "mu": pa.array(list(rng.normal(size=(n, dim)) * 0.5)),
+        "sigma": pa.array(list(np.full((n, dim), 0.5))),
+    }
+    cols.update(over)
+    path = str(tmp_path / "bad.parquet")
+    pq.write_table(pa.table(cols), path)
+    return path
+
+
+def _refused(tmp_path, lat, pri, exc, match, **kw):
+    out = str(tmp_path / "out")
+    with pytest.raises(exc, match=match):
+        local.compress(lat, pri, out, **FAST, **kw)
+    assert not os.path.exists(out)
+    assert not [f for f in os.listdir(tmp_path) if ".partial-" in f]
+
+
+def test_missing_column(tmp_path, synth):
+    lat = str(tmp_path / "nosigma.parquet")
+    pq.write_table(_table(synth[0]).drop(["sigma"]), lat)
+    _refused(tmp_path, lat, synth[1], InputError, "missing column 'sigma'")
+
+
+def test_nan_and_nonpositive_sigma_name_the_item(tmp_path, synth):
+    mu = np.zeros((20, 12))
+    mu[7, 3] = np.nan
+    lat = _latents(tmp_path, mu=pa.array(list(mu)))
+    _refused(tmp_path, lat, synth[1], InputError, r"item 7: mu\[3\] = nan")
+    sig = np.full((20, 12), 0.5)
+    sig[4, 2] = 0.0
+    lat = _latents(tmp_path, sigma=pa.array(list(sig)))
+    _refused(tmp_path, lat, synth[1], InputError, r"item 4: sigma\[2\] = 0.0 must be > 0")
+
+
+def test_wrong_vector_length(tmp_path, synth):
+    rows = [np.zeros(12)] * 20
+    rows[5] = np.zeros(11)
+    lat = _latents(tmp_path, mu=pa.array(rows))
+    _refused(tmp_path, lat, synth[1], InputError, r"item 5: mu has length 11")
+
+
+def test_prior_length_mismatch(tmp_path, synth):
+    lat = _latents(
+        tmp_path,
+        dim=10,
+        mu=pa.array(list(np.zeros((20, 10)))),
+        sigma=pa.array(list(np.full((20, 10), 0.5))),
+    )
+    _refused(tmp_path, lat, synth[1], InputError, "D = 12")
+
+
+def test_duplicate_ids(tmp_path, synth):
+    ids = np.arange(20)
+    ids[9] = 3
+    lat = _latents(tmp_path, id=pa.array(ids))
+    _refused(tmp_path, lat, synth[1], InputError, "duplicate item id 3")
+
+
+def test_unbounded_ratio_and_its_fallback(tmp_path, synth):
+    sig = np.full((20, 12), 0.5)
+    sig[11, 6] = 1.3
+    lat = _latents(tmp_path, sigma=pa.array(list(sig)))
+    _refused(tmp_path, lat, synth[1], UnboundedRatioError, "item 11.*latent dimension 6")
+    out = str(tmp_path / "fallback")
+    info = local.compress(
+        lat, synth[1], out, on_unbounded="orc", n_samples=1024, debug_samples=True, **FAST
+    )
+    assert info["fallback_blocks"] == 1
+    dec = str(tmp_path / "fb.parquet")
+    local.decompress(out, dec)
+    enc = _table(os.path.join(out, "part-00000.parquet"))
+    assert np.array_equal(_vectors(_table(dec).column("z")), _vectors(enc.column("z_debug")))
+
+
+def test_interrupted_run_publishes_nothing(tmp_path, synth, monkeypatch):
+    import recray.pipeline.local as loc
+
+    calls = {"n": 0}
+    real = loc.encode_items
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(loc, "encode_items", flaky)
+    out = str(tmp_path / "out")
+    with pytest.raises(KeyboardInterrupt):
+        local.compress(synth[0], synth[1], out, **FAST)
+    assert not os.path.exists(out)
+    assert not [f for f in os.listdir(tmp_path) if ".partial-" in f]
+
+
+def test_existing_output_is_not_replaced(tmp_path, synth, run):
+    with pytest.raises(InputError, match="already exists"):
+        local.compress(synth[0], synth[1], run, **FAST)
+
+
+# ---------------------------------------------------------------------------- bad runs
+def _copy(run, tmp_path):
+    dst = str(tmp_path / "copy")
+    shutil.copytree(run, dst)
+    return dst
+
+
+def _rehash(run_dir, part):
+    import hashlib
+
+    man_path = os.path.join(run_dir, "manifest.json")
+    man = json.load(open(man_path))
+    for p in man["parts"]:
+        if p["file"] == part:
+            data = open(os.path.join(run_dir, part), "rb").read()
+            p["bytes"] = len(data)
+            p["sha256"] = hashlib.sha256(data).hexdigest()
+    json.dump(man, open(man_path, "w"))
+
+
+def test_corrupted_message_fails_its_crc(run, tmp_path):
+    d = _copy(run, tmp_path)
+    part = "part-00001.parquet"
+    t = _table(os.path.join(d, part))
+    msgs = t.column("message").to_pylist()
+    msgs[17] = bytes([msgs[17][0] ^ 0x40]) + msgs[17][1:]
+    t = t.set_column(t.schema.get_field_index("message"), "message", pa.array(msgs, pa.binary()))
+    pq.write_table(t, os.path.join(d, part))
+    _rehash(d, part)
+    bad_id = t.column("id").to_pylist()[17]
+    with pytest.raises(MessageError, match=rf"item {bad_id}: message fails its CRC"):
+        local.decompress(d, str(tmp_path / "x.parquet"))
+    assert not os.path.exists(tmp_path / "x.parquet")
+
+
+def test_truncated_or_foreign_part(run, tmp_path):
+    d = _copy(run, tmp_path)
+    path = os.path.join(d, "part-00000.parquet")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(FormatError, match="truncated, corrupted or not from this run"):
+        local.decompress(d, str(tmp_path / "x.parquet"))
+    with pytest.raises(FormatError):
+        _rehash(d, "part-00000.parquet")
+        local.decompress(d, str(tmp_path / "y.parquet"))
+
+
+def test_incomplete_run_and_version_and_prior_mismatch(run, tmp_path, synth):
+    d = _copy(run, tmp_path)
+    os.remove(os.path.join(d, "manifest.json"))
+    with pytest.raises(FormatError, match="not complete"):
+        local.decompress(d, str(tmp_path / "x.parquet"))
+    d2 = str(tmp_path / "v")
+    shutil.copytree(run, d2)
+    hdr_path = os.path.join(d2, "plan.json")
+    hdr = json.load(open(hdr_path))
+    hdr["version"] = 99
+    json.dump(hdr, open(hdr_path, "w"))
+    with pytest.raises(FormatError, match="run format version 99; this recray reads version 1"):
+        local.decompress(d2, str(tmp_path / "x.parquet"))
+    other = str(tmp_path / "other")
+    _, other_prior = synthesize(50, 12, other, seed=99)
+    with pytest.raises(FormatError, match="not the prior"):
+        local.decompress(run, str(tmp_path / "x.parquet"), prior_path=other_prior)
+
+
+def test_cli_errors_exit_nonzero(tmp_path, synth, capsys):
+    code = main(
+        [
+            "compress",
+            str(tmp_path / "missing.parquet"),
+            "--prior",
+            synth[1],
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2
+    assert "do not exist" in capsys.readouterr().err
