@@ -64,3 +64,31 @@ def test_jobs_entrypoint_forwards_to_bench(tmp_path):
     finally:
         sys.argv = argv
     assert exc.value.code == 0
+
+
+def test_bench_bitrate_small(tmp_path):
+    from recray.bench import bitrate
+
+    recs = bitrate.run_bitrate(
+        n=40,
+        dim=8,
+        workdir=str(tmp_path),
+        methods=("sp-pfr", "orc"),
+        block_bits=(8.0,),
+        n_samples=256,
+    )
+    assert [r["method"] for r in recs] == ["sp-pfr", "orc"]
+    for r in recs:
+        assert r["items"] == 40 and r["bits_per_item"] > r["kl_bits_per_item"] > 0
+    assert abs(recs[0]["z_std"] - 1) < 0.2  # exact method
+    assert "| sp-pfr | 8 |" in bitrate.format_table(recs)
+
+
+def test_bench_compress_small(tmp_path):
+    from recray.bench import compress
+
+    r = compress.run_compress_bench(
+        n=50, dim=8, block_bits=8.0, workdir=str(tmp_path), extra=["--on-unbounded", "orc"]
+    )
+    assert r["items"] == 50 and r["items_per_s"] > 0 and r["peak_rss_mib"] > 10
+    assert "items/s" in compress.format_result(r)

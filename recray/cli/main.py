@@ -168,6 +168,35 @@ def _add_compress_args(c) -> None:
     )
 
 
+def cmd_bench_bitrate(args) -> int:
+    from recray.bench import bitrate
+
+    records = bitrate.run_bitrate(
+        n=args.n, dim=args.dim, seed=args.seed, workdir=args.workdir, progress=_progress()
+    )
+    print(bitrate.format_table(records))
+    _write_json(args.json, records)
+    return 0
+
+
+def cmd_bench_compress(args) -> int:
+    from recray.bench import compress
+
+    extra = ["--on-unbounded", args.on_unbounded, "--max-steps", str(args.max_steps)]
+    r = compress.run_compress_bench(
+        n=args.n,
+        dim=args.dim,
+        method=args.method,
+        block_bits=args.block_bits,
+        batch_size=args.batch_size,
+        workdir=args.workdir,
+        extra=extra,
+    )
+    print(compress.format_result(r))
+    _write_json(args.json, r)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="recray",
@@ -224,6 +253,25 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("run")
     ins.add_argument("--json", action="store_true")
     ins.set_defaults(func=cmd_inspect)
+
+    br = bsub.add_parser("bitrate", help="bits/item vs KL for every method at 16/32-bit blocks")
+    br.add_argument("--n", type=int, default=2000)
+    br.add_argument("--dim", type=int, default=32)
+    br.add_argument("--seed", type=int, default=0)
+    br.add_argument("--workdir", default=None, help="keep the data and runs here")
+    br.add_argument("--json", metavar="PATH")
+    br.set_defaults(func=cmd_bench_bitrate)
+    bc = bsub.add_parser("compress", help="items/s and peak memory of recray compress")
+    bc.add_argument("--n", type=int, default=1_000_000)
+    bc.add_argument("--dim", type=int, default=64)
+    bc.add_argument("--method", default="sp-pfr")
+    bc.add_argument("--block-bits", type=float, default=16.0)
+    bc.add_argument("--batch-size", type=int, default=4096)
+    bc.add_argument("--on-unbounded", choices=("error", "orc"), default="orc")
+    bc.add_argument("--max-steps", type=int, default=1 << 20)
+    bc.add_argument("--workdir", default=None)
+    bc.add_argument("--json", metavar="PATH")
+    bc.set_defaults(func=cmd_bench_compress)
 
     ver = sub.add_parser("version", help="print the version and the format versions")
     ver.set_defaults(func=cmd_version)

@@ -15,7 +15,8 @@ item key is the int64 id itself or, for string ids, the first 8 bytes (little en
 BLAKE2b-64 of its UTF-8 bytes.
 
 **Fallback.** With ``on_unbounded="orc"`` the blocks an exact method cannot code (unbounded
-ratio, or expected steps above ``max_steps``) are coded with the fixed-budget twin
+ratio, expected steps above ``max_steps``, or a search that hits ``max_steps``; the steps
+spent before the fallback are counted) are coded with the fixed-budget twin
 (``sp-pfr`` -> ``sp-orc``, ``pfr`` -> ``orc``, ``n_samples`` candidates): their index has the
 same form and code, so decoding needs no flag; the item's ``fallback_blocks`` says how many.
 """
@@ -29,7 +30,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recray import rec
-from recray.errors import InputError, RecrayError, fmt_item
+from recray.errors import (
+    InputError,
+    RecrayError,
+    SearchBudgetError,
+    UnboundedRatioError,
+    fmt_item,
+)
 from recray.format.messages import IndexLayout, decode_messages, encode_messages
 from recray.plan import CodecPlan
 from recray.rec.philox import philox4x32, split64
@@ -140,7 +147,10 @@ class EncodedItems:
     samples: np.ndarray
 
 
-def _rows(group: BlockGroup, mu, sigma, spec: CodecSpec):
+def block_rows(group: BlockGroup, mu, sigma, spec: CodecSpec):
+    """The rows ``rec.encode`` codes for ``group``: ``(mu, sigma, prior_mu, prior_sigma,
+    bits)``, each ``(n * g, s)``, item-major (row ``i * g + k`` is block ``k`` of item
+    ``i``)."""
     n = mu.shape[0]
     g, s = group.dims.shape
     take = lambda a: a[:, group.dims].reshape(n * g, s)  # noqa: E731
@@ -162,10 +172,16 @@ def _located(exc: RecrayError, group: BlockGroup, ids, rows=None) -> RecrayError
     where = f"item {fmt_item(ids[item])}, plan block {int(group.blocks[k])}"
     if exc.dim is not None:
         where += f", latent dimension {int(group.dims[k, exc.dim])}"
-    new = type(exc)(
-        f"{where}: {exc}", block=item, dim=None if exc.dim is None else int(group.dims[k, exc.dim])
-    )
-    return new
+    detail = str(exc)
+    if detail.startswith("block "):  # drop the core's own locator (a row of this batch)
+        detail = detail.split(": ", 1)[-1]
+    if isinstance(exc, UnboundedRatioError | SearchBudgetError):
+        detail += (
+            " (recray compress --on-unbounded orc codes such blocks with the "
+            "fixed-budget method instead)"
+        )
+    dim = None if exc.dim is None else int(group.dims[k, exc.dim])
+    return type(exc)(f"{where}: {detail}", block=item, dim=dim)
 
 
 def encode_items(ids, mu, sigma, spec: CodecSpec) -> EncodedItems:
@@ -182,7 +198,7 @@ def encode_items(ids, mu, sigma, spec: CodecSpec) -> EncodedItems:
     common = dict(seed=spec.seed, backend=spec.backend)
     for grp in spec.groups():
         g, s = grp.dims.shape
-        m_r, s_r, pm, ps, bits = _rows(grp, mu, sigma, spec)
+        m_r, s_r, pm, ps, bits = block_rows(grp, mu, sigma, spec)
         sid = sids[:, grp.blocks].reshape(-1)
         exact = spec.method in rec.EXACT_METHODS
         ok = np.ones(n * g, bool)
@@ -197,17 +213,16 @@ def encode_items(ids, mu, sigma, spec: CodecSpec) -> EncodedItems:
                 max_steps=spec.max_steps,
                 backend=spec.backend,
             )
-        parts = [(np.flatnonzero(ok), spec.method)]
-        if not ok.all():
-            parts.append((np.flatnonzero(~ok), FALLBACK[spec.method]))
-        for rows, method in parts:
+        fallback_ok = exact and spec.on_unbounded == "orc"
+        todo = [(np.flatnonzero(ok), spec.method), (np.flatnonzero(~ok), FALLBACK.get(spec.method))]
+        while todo:
+            rows, method = todo.pop(0)
             if rows.size == 0:
                 continue
-            kw = (
-                dict(max_steps=spec.max_steps)
-                if method in rec.EXACT_METHODS
-                else dict(n_samples=spec.n_samples)
-            )
+            if method in rec.EXACT_METHODS:
+                kw = dict(max_steps=spec.max_steps, on_cap="keep" if fallback_ok else "raise")
+            else:
+                kw = dict(n_samples=spec.n_samples)
             try:
                 res = rec.encode(
                     m_r[rows],
@@ -222,14 +237,18 @@ def encode_items(ids, mu, sigma, spec: CodecSpec) -> EncodedItems:
                 )
             except RecrayError as exc:
                 raise _located(exc, grp, ids, rows) from exc
-            item, k = np.divmod(rows, g)
+            done = ~res.capped
+            it_all, k_all = np.divmod(rows, g)
+            steps[it_all, grp.blocks[k_all]] += res.steps  # capped searches count too
+            if not done.all():  # hit the cap at run time: code them with the fallback
+                todo.append((rows[~done], FALLBACK[spec.method]))
+            item, k = np.divmod(rows[done], g)
             blk = grp.blocks[k]
-            bins[item, blk] = res.indices.bin
-            local[item, blk] = res.indices.local
-            steps[item, blk] = res.steps
-            kl[item, blk] = res.kl_bits
+            bins[item, blk] = res.indices.bin[done]
+            local[item, blk] = res.indices.local[done]
+            kl[item, blk] = res.kl_bits[done]
             fallback[item, blk] = method != spec.method
-            samples[item[:, None], grp.dims[k]] = res.samples
+            samples[item[:, None], grp.dims[k]] = res.samples[done]
     messages = encode_messages(bins, local, spec.layout)
     return EncodedItems(
         messages, kl.sum(axis=1), steps.sum(axis=1), fallback.sum(axis=1).astype(np.int32), samples
@@ -244,7 +263,7 @@ def decode_items(ids, messages, spec: CodecSpec) -> np.ndarray:
     z = np.empty((n, spec.plan.dim))
     for grp in spec.groups():
         g, s = grp.dims.shape
-        _, _, pm, ps, bits = _rows(
+        _, _, pm, ps, bits = block_rows(
             grp, np.zeros((n, spec.plan.dim)), np.ones((n, spec.plan.dim)), spec
         )
         idx = rec.Indices(bins[:, grp.blocks].reshape(-1), local[:, grp.blocks].reshape(-1), s)

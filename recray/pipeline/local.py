@@ -33,6 +33,8 @@ from recray.format.run import (
 )
 from recray.latents.io import LatentSource, Prior, read_prior
 from recray.pipeline.codec import CodecSpec, decode_items, encode_items, item_keys
+
+__all__ = ["Run", "compress", "decompress", "inspect", "format_inspect"]
 from recray.plan import CodecPlan, build_plan
 from recray.rec.philox import RNG_VERSION
 

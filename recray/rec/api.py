@@ -369,7 +369,7 @@ def encode(
         dd = int(np.argmax(dinf_d[i]))
         raise SearchBudgetError(
             f"{fmt_block(i, ids)}: the search hit max_steps = {int(budget[i])} before its "
-            f"stopping bound was reached (expected about 2^{dinf[i]:.1f} steps; dimension "
+            f"stopping bound was reached (expected about 2^{dinf[i]:.1f} steps; its dimension "
             f"{dd} contributes the most, {dinf_d[i, dd]:.1f} bits); "
             f"{int(out['capped'].sum())} blocks in all. Raise max_steps, give the block more "
             "partition bits, or pass on_cap='keep' to accept the best candidate found",
@@ -543,7 +543,7 @@ def _precheck(dinf, dinf_d, m, s, budget, ids):
     raise SearchBudgetError(
         f"{fmt_block(i, ids)}: the exact search would need about "
         f"2^{dinf[i]:.1f} = {2.0 ** dinf[i]:.3g} candidates on average (D_inf[Q||P'] = "
-        f"{dinf[i]:.1f} bits) but max_steps = {int(budget[i])}; dimension {dd} contributes "
+        f"{dinf[i]:.1f} bits) but max_steps = {int(budget[i])}; its dimension {dd} contributes "
         f"{dinf_d[i, dd]:.1f} bits (sigma/prior_sigma = {s[i, dd]:.6g}, "
         f"(mu - prior_mu)/prior_sigma = {m[i, dd]:.6g}){near}. {int(over.sum())} blocks "
         "are affected. Give that dimension partition bits, use method='sp-orc', raise "

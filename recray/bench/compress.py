@@ -1,0 +1,91 @@
+"""``recray bench compress``: items/s and peak memory of ``recray compress``.
+
+A synthetic set of ``n`` items of ``dim`` dimensions is written first; then
+``recray compress`` runs in a child process, so its peak resident memory
+(``ru_maxrss`` of the child) is measured alone. Streaming keeps that peak independent of
+``n``: compare two sizes with ``--n``.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+from recray.latents import synthesize
+from recray.pipeline import local
+
+
+def run_compress_bench(
+    n: int = 1_000_000,
+    dim: int = 64,
+    method: str = "sp-pfr",
+    block_bits: float = 16.0,
+    batch_size: int = 4096,
+    seed: int = 0,
+    workdir: str | None = None,
+    extra=(),
+) -> dict:
+    work = workdir or tempfile.mkdtemp(prefix="recray-bench-compress-")
+    t0 = time.perf_counter()
+    lat, pri = synthesize(n, dim, os.path.join(work, f"synth-{n}x{dim}"), seed=seed)
+    t_synth = time.perf_counter() - t0
+    out = os.path.join(work, f"run-{n}x{dim}-{method}")
+    cmd = [
+        sys.executable,
+        "-m",
+        "recray",
+        "compress",
+        lat,
+        "--prior",
+        pri,
+        "--out",
+        out,
+        "--method",
+        method,
+        "--block-bits",
+        str(block_bits),
+        "--batch-size",
+        str(batch_size),
+        "--seed",
+        str(seed),
+        *extra,
+    ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if proc.returncode != 0:
+        raise RuntimeError(f"compress failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    info = local.inspect(out)
+    return {
+        "items": n,
+        "dim": dim,
+        "method": method,
+        "block_bits": block_bits,
+        "batch_size": batch_size,
+        "synth_seconds": t_synth,
+        "compress_seconds": wall,
+        "items_per_s": n / wall,
+        "peak_rss_mib": peak_kib / 1024.0,
+        "peak_rss_note": "" if peak_kib > before else "an earlier child had a higher peak",
+        "bits_per_item": info["bits_per_item"],
+        "mean_kl_bits_per_item": info["mean_kl_bits_per_item"],
+        "mean_steps_per_item": info["mean_steps_per_item"],
+        "run_dir": out,
+    }
+
+
+def format_result(r: dict) -> str:
+    return (
+        f"compress {r['items']:,} items x {r['dim']} dims ({r['method']}, "
+        f"{r['block_bits']:g}-bit blocks, batches of {r['batch_size']}): "
+        f"{r['compress_seconds']:.1f} s, {r['items_per_s']:,.0f} items/s, peak RSS "
+        f"{r['peak_rss_mib']:,.0f} MiB; {r['bits_per_item']:.1f} bits/item for "
+        f"{r['mean_kl_bits_per_item']:.1f} bits of KL, {r['mean_steps_per_item']:.0f} "
+        "steps/item"
+    )
