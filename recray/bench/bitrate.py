@@ -8,9 +8,10 @@ of ``(z - mu) / sigma`` over the informative dimensions (exact methods: 1).
 Exact methods run with ``max_steps = 2^22`` and ``--on-unbounded orc``: the rare blocks
 that would need more (near-collapsed dimensions, far-tail posteriors) are coded by the
 fixed-budget twin and counted (``fallback``); without it one block of 2^26 steps costs
-minutes. Exact methods whose mean predicted cost ``E[2^D_inf]`` per item exceeds the
-benchmark's step budget run on the first items only (a note says how many), or are
-reported as not feasible when fewer than 10 items fit.
+minutes. Every method has a step budget (2^27 candidates): methods whose predicted cost per item
+(``E[2^D_inf]`` summed over blocks for exact methods, ``N`` per block for fixed-budget ones)
+would exceed it run on the first items only (a note says how many), or are reported as not
+feasible when fewer than 10 items fit.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def run_bitrate(
     dim: int = 32,
     seed: int = 0,
     n_samples: int = 1 << 16,
-    step_budget: float = 2.0**28,
+    step_budget: float = 2.0**27,
     max_steps: int = 1 << 22,
     workdir: str | None = None,
     methods=METHODS,
@@ -76,17 +77,18 @@ def run_bitrate(
     bar = progress(total=len(jobs), desc="bench bitrate", unit="run") if progress else None
     for bb, method in jobs:
         rec_ = {"method": method, "block_bits": bb, "n_samples": n_samples}
-        n_run = n
         if method in rec.EXACT_METHODS:
             pred = predicted_steps_per_item(mu[:200], sigma[:200], prior, bb, method, seed)
-            rec_["predicted_steps_per_item"] = pred
-            n_run = int(min(n, step_budget / pred))
-            if n_run < 10:
-                rec_.update(items=0, note=f"not feasible: ~{pred:.2g} steps per item")
-                records.append(rec_)
-                if bar:
-                    bar.update(1)
-                continue
+        else:  # fixed budget: N candidates per block
+            pred = float(n_samples * build_plan(prior.mi_bits, bb, seed=seed).n_blocks)
+        rec_["predicted_steps_per_item"] = pred
+        n_run = int(min(n, step_budget / pred))
+        if n_run < 10:
+            rec_.update(items=0, note=f"not feasible: ~{pred:.2g} steps per item")
+            records.append(rec_)
+            if bar:
+                bar.update(1)
+            continue
         sub = os.path.join(work, f"sub-{n_run}.parquet")
         if not os.path.exists(sub):
             pq.write_table(table.slice(0, n_run), sub)
@@ -101,6 +103,8 @@ def run_bitrate(
             n_samples=n_samples,
             seed=seed,
             debug_samples=True,
+            max_steps=max_steps,
+            on_unbounded="orc",
         )
         sec = time.perf_counter() - t0
         z = np.concatenate(
