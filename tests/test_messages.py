@@ -181,8 +181,26 @@ def full_words(bins, local, layout: IndexLayout) -> int:
         None if classes is None else classes[0],
         cv[0][m].astype(np.int32),
         np.left_shift(1, cw[0][m]).astype(np.int32),
+        layout.class_probs,
     )
     return len(words)
+
+
+def test_near_prior_class_model_is_cheaper_for_first_candidates():
+    """Collapsed blocks (n* = 1 most of the time) cost less under class model 1, and the
+    layout's per-block models round-trip."""
+    default = IndexLayout((0,) * 4)
+    near = IndexLayout((0,) * 4, class_models=(1, 1, 1, 1))
+    mixed = IndexLayout((0,) * 4, class_models=(0, 1, 0, 1))
+    ones = np.ones(4, dtype=np.int64)
+    zeros = np.zeros(4, dtype=np.int64)
+    assert ideal_bits(zeros, ones, near) < ideal_bits(zeros, ones, default) - 4
+    loc = np.array([1, 3, 700, 1])
+    for layout in (default, near, mixed):
+        msg = encode_message(zeros, loc, layout)
+        assert decode_message(msg, layout)[1].tolist() == loc.tolist()
+    with pytest.raises(InputError, match="class_models"):
+        IndexLayout((0, 0), class_models=(0, 2))
 
 
 # ----------------------------------------------------------------------------- errors

@@ -322,3 +322,15 @@ def test_cli_errors_exit_nonzero(tmp_path, synth, capsys):
     )
     assert code == 2
     assert "do not exist" in capsys.readouterr().err
+
+
+def test_collapsed_blocks_use_the_near_prior_class_law(run):
+    from recray.latents.io import Prior
+    from recray.pipeline.local import spec_from_header
+
+    hdr = json.load(open(os.path.join(run, "plan.json")))
+    prior = Prior.from_dict(json.load(open(os.path.join(run, "prior.json"))))
+    spec = spec_from_header(hdr, prior)
+    mi = np.asarray(spec.plan.mi_bits)
+    want = tuple(int(np.all(mi[list(b)] < 0.01)) for b in spec.plan.blocks)
+    assert spec.layout.class_models == want and 0 < sum(want) < len(want)

@@ -11,7 +11,10 @@ Wire format (``MESSAGE_CODEC_VERSION = 1``), symbols in this order:
 
 1. code ``"universal"`` only: the class ``l_b = floor(log2 local_b)`` of every block, in
    block order, each with the fixed categorical model of
-   :data:`recray.rec.codes.CLASS_PROBS` (63 classes, ``Categorical(..., perfect=False)``);
+   class law chosen for the block by ``IndexLayout.class_models`` (a row of
+   :data:`recray.rec.codes.CLASS_MODEL_PROBS`: 0 = ``CLASS_PROBS``, 1 = the near-prior law
+   of collapsed blocks; 63 classes, ``Categorical(..., perfect=False)`` with per-symbol
+   probabilities);
 2. block by block, the bit fields as uniform chunks: first the ``B_b`` bits of ``bin_b``,
    then the ``l_b`` bits of ``local_b`` below its leading one (universal) or the
    ``raw_bits`` bits of ``local_b - 1`` (raw). A field is cut into chunks of at most 16 bits,
@@ -28,7 +31,8 @@ Guarantees and requirements
 * Sender and receiver must share the :class:`IndexLayout` of the item (from the codec
   plan): the message does not say how many blocks it holds or how wide their fields are.
 * Both sides must use the same ``MESSAGE_CODEC_VERSION`` and the same ``constriction``
-  model quantization: the class model is ``Categorical(CLASS_PROBS, perfect=False)``.
+  model quantization: the class models are ``Categorical(perfect=False)`` with the rows of
+  ``CLASS_MODEL_PROBS`` as per-symbol probabilities.
   ``perfect=False`` is constriction's fast quantization, recommended by its docs and the
   future default; ``perfect=True`` (the legacy default when neither ``lazy`` nor
   ``perfect`` is given) searches longer for a marginally closer fit and gives *other
@@ -57,7 +61,7 @@ import constriction
 import numpy as np
 
 from recray.errors import InputError, MessageError, fmt_item
-from recray.rec.codes import CLASS_PROBS, N_CLASSES
+from recray.rec.codes import CLASS_MODEL_PROBS, N_CLASSES
 from recray.rec.randomness import MAX_LOCAL_INDEX
 
 __all__ = [
@@ -82,9 +86,17 @@ _MAX_CLASS = MAX_LOCAL_INDEX.bit_length() - 2  # 47: local < 2^48
 
 _queue = constriction.stream.queue
 _model = constriction.stream.model
-_CLASS_MODEL = _model.Categorical(np.asarray(CLASS_PROBS, dtype=np.float64), perfect=False)
+_CLASS_FAMILY = _model.Categorical(perfect=False)
 _UNIFORM = _model.Uniform()
-_NEG_LOG2_CLASS = -np.log2(np.asarray(CLASS_PROBS, dtype=np.float64))
+
+
+@lru_cache(maxsize=256)
+def _class_probs_of(models: tuple[int, ...]) -> np.ndarray:
+    out = np.ascontiguousarray(CLASS_MODEL_PROBS[list(models)], dtype=np.float64)
+    out.setflags(write=False)
+    return out
+
+
 _CHUNK_SHIFTS = np.arange(_N_CHUNKS, dtype=np.int64) * CHUNK_BITS
 # chunk widths of a field of w bits, w = 0..62: row w is (16, 16, ..., remainder, 0, ...)
 _CHUNK_TABLE = np.clip(
@@ -101,12 +113,15 @@ class IndexLayout:
     tuple). ``code``: ``"universal"`` (``sp-pfr``, ``sp-orc``, ``pfr``: ``local >= 1`` with
     the log-class code) or ``"raw"`` (``orc``: ``local - 1`` in ``raw_bits`` bits).
     ``raw_bits``: ``ceil(log2 N)`` in ``[0, 48]`` (0 means ``N = 1``); read only for
-    ``"raw"``.
+    ``"raw"``. ``class_models``: per block, which class law codes its local index's class
+    (an index into :data:`recray.rec.codes.CLASS_MODEL_PROBS`: 0 default, 1 near-prior);
+    empty means all 0.
     """
 
     bin_bits: tuple[int, ...]
     code: str = "universal"
     raw_bits: int = 0
+    class_models: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -131,6 +146,20 @@ class IndexLayout:
         if not 0 <= int(rb) <= MAX_RAW_BITS:
             raise InputError(f"IndexLayout.raw_bits = {int(rb)} must be in [0, {MAX_RAW_BITS}]")
         object.__setattr__(self, "raw_bits", int(rb))
+        models = tuple(int(v) for v in self.class_models) or (0,) * len(bits)
+        if len(models) != len(bits) or any(
+            v not in range(CLASS_MODEL_PROBS.shape[0]) for v in models
+        ):
+            raise InputError(
+                f"IndexLayout.class_models must hold one model index in "
+                f"[0, {CLASS_MODEL_PROBS.shape[0] - 1}] per block ({len(bits)}); got {models}"
+            )
+        object.__setattr__(self, "class_models", models)
+
+    @property
+    def class_probs(self) -> np.ndarray:
+        """Class probabilities of every block, float64 ``(n_blocks, 63)``."""
+        return _class_probs_of(self.class_models)
 
     @property
     def n_blocks(self) -> int:
@@ -257,7 +286,7 @@ def _decode_symbols(data: bytes, layout: IndexLayout):
         decoder = _queue.RangeDecoder(words)
         classes = None
         if layout.code == "universal" and nb:
-            classes = np.asarray(decoder.decode(_CLASS_MODEL, nb), dtype=np.int32)
+            classes = np.asarray(decoder.decode(_CLASS_FAMILY, layout.class_probs), dtype=np.int32)
         elif layout.code == "universal":
             classes = np.zeros(0, dtype=np.int32)
         cw = _chunk_widths(_field_widths(classes, layout, 1)[0])
@@ -275,10 +304,10 @@ def _decode_symbols(data: bytes, layout: IndexLayout):
     return classes, cw, mask, chunks
 
 
-def _encode_words(classes, chunks: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+def _encode_words(classes, chunks: np.ndarray, sizes: np.ndarray, class_probs) -> np.ndarray:
     encoder = _queue.RangeEncoder()
     if classes is not None and classes.size:
-        encoder.encode(classes, _CLASS_MODEL)
+        encoder.encode(classes, _CLASS_FAMILY, class_probs)
     if chunks.size:
         encoder.encode(chunks, _UNIFORM, sizes)
     return encoder.get_compressed()
@@ -294,7 +323,7 @@ def _decodes_to(candidate: bytes, layout: IndexLayout, classes, sizes, chunks) -
     try:
         decoder = _queue.RangeDecoder(_bytes_to_words(candidate))
         if classes is not None:
-            got = decoder.decode(_CLASS_MODEL, layout.n_blocks)
+            got = decoder.decode(_CLASS_FAMILY, layout.class_probs)
             if got.tobytes() != classes.tobytes():
                 return False
         if sizes.size:
@@ -353,16 +382,18 @@ def _shortest(full: bytes, ideal: float, layout: IndexLayout, classes, sizes, ch
     return full
 
 
-def _ideal_rows(classes, cw: np.ndarray) -> np.ndarray:
+def _ideal_rows(classes, cw: np.ndarray, layout: IndexLayout) -> np.ndarray:
     bits = cw.sum(axis=(-1, -2)).astype(np.float64)
     if classes is not None:
-        bits = bits + _NEG_LOG2_CLASS[classes].sum(axis=-1)
+        probs = layout.class_probs  # (n_blocks, 63)
+        blocks = np.arange(layout.n_blocks)
+        bits = bits - np.log2(probs[blocks, classes]).sum(axis=-1)
     return bits
 
 
 def _encode_rows(bins: np.ndarray, local: np.ndarray, layout: IndexLayout) -> list[bytes]:
     classes, cv, cw, mask = _symbols(bins, local, layout)
-    ideal = _ideal_rows(classes, cw)
+    ideal = _ideal_rows(classes, cw, layout)
     sizes_all = np.left_shift(1, cw).astype(np.int32)
     cv32 = cv.astype(np.int32)
     out: list[bytes] = []
@@ -374,7 +405,7 @@ def _encode_rows(bins: np.ndarray, local: np.ndarray, layout: IndexLayout) -> li
             out.append(b"")
             continue
         sizes = sizes_all[i][m]
-        full = _words_to_bytes(_encode_words(cls, chunks, sizes))
+        full = _words_to_bytes(_encode_words(cls, chunks, sizes, layout.class_probs))
         out.append(_shortest(full, float(ideal[i]), layout, cls, sizes, chunks))
     return out
 
@@ -466,8 +497,8 @@ def ideal_bits(bins, local, layout: IndexLayout):
     """Ideal message length ``sum -log2 P`` in bits (before the coder's < ~1 byte overhead).
 
     ``bins``, ``local``: int ``(n_blocks,)`` gives a float; ``(n_items, n_blocks)`` gives a
-    float64 array ``(n_items,)``. Class costs use the exact :data:`CLASS_PROBS`, not
-    constriction's quantized ones.
+    float64 array ``(n_items,)``. Class costs use the exact class laws of the layout's
+    ``class_models``, not constriction's quantized ones.
     """
     nb = layout.n_blocks
     two_d = np.ndim(bins) == 2
@@ -476,5 +507,5 @@ def ideal_bits(bins, local, layout: IndexLayout):
     n = _int_array("local", local, shape).reshape(-1, nb)
     _check_indices(b, n, layout, two_d=two_d)
     classes, _, cw, _ = _symbols(b, n, layout)
-    bits = _ideal_rows(classes, cw)
+    bits = _ideal_rows(classes, cw, layout)
     return bits if two_d else float(bits[0])

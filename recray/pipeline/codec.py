@@ -116,11 +116,19 @@ class CodecSpec:
         return tuple(self.plan.block_budget_bits) if self.partitioned else (0,) * self.plan.n_blocks
 
     @property
+    def class_models(self) -> tuple[int, ...]:
+        """Class law of each block's local index: 1 (near-prior) for blocks of collapsed
+        dimensions only, whose winner is nearly always the first candidate; 0 otherwise."""
+        mi = np.asarray(self.plan.mi_bits)
+        thr = self.plan.collapse_threshold
+        return tuple(int(bool(np.all(mi[list(b)] < thr))) for b in self.plan.blocks)
+
+    @property
     def layout(self) -> IndexLayout:
         if self.method == "orc":
             raw = int(math.ceil(math.log2(self.n_samples))) if self.n_samples > 1 else 0
             return IndexLayout(bin_bits=self.bin_bits, code="raw", raw_bits=raw)
-        return IndexLayout(bin_bits=self.bin_bits, code="universal", raw_bits=0)
+        return IndexLayout(bin_bits=self.bin_bits, code="universal", class_models=self.class_models)
 
     def groups(self) -> list[BlockGroup]:
         sizes = sorted({len(b) for b in self.plan.blocks})
