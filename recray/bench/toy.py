@@ -89,25 +89,15 @@ def run_exact(family, t, cfg: ToyConfig, method, allocation="mi", backend=None):
     kl_d = tg.kl_bits_per_dim(mu, sigma)
     bits = allocate_rows(kl_d, allocation, cfg.seed) if method == "sp-pfr" else None
     ids = _stream_ids(family, t, cfg.runs)
-    probe = rec.encode(
-        mu,
-        sigma,
-        bits=bits,
-        method=method,
-        seed=cfg.seed,
-        stream_ids=ids,
-        max_steps=1,
-        on_cap="keep",
-        backend=backend,
-    )
-    predicted = float(np.mean(2.0**probe.dinf_bits))
+    _, dinf = rec.exact_feasible(mu, sigma, bits=bits, method=method, backend=backend)
+    predicted = float(np.mean(2.0**dinf))
     cap = cfg.pfr_step_cap if method == "pfr" else cfg.sp_step_cap
     name = method if method == "pfr" else f"{method}/{allocation}"
     base = dict(
         allocation=allocation if method == "sp-pfr" else None,
         predicted_steps=predicted,
-        dinf_prime=float(probe.dinf_bits.mean()),
-        partition_bits=float(probe.partition_bits.mean()),
+        dinf_prime=float(dinf.mean()),
+        partition_bits=float(0.0 if bits is None else bits.sum(axis=1).mean()),
     )
     if predicted > cap:
         return _record(
