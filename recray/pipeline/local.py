@@ -200,7 +200,15 @@ def compress(
             raise InputError(f"latents {latents!r} hold no items")
         totals["payload_bytes"] = writer.payload_bytes
         writer.publish(totals)
-    return inspect(out_dir)
+    # report from the totals just written (inspect() would read every part again)
+    return _report(
+        out_dir,
+        Run.open(out_dir, verify_parts=False),
+        totals["payload_bytes"],
+        totals["kl_bits"],
+        totals["steps"],
+        totals["fallback_blocks"],
+    )
 
 
 def decompress(
@@ -274,8 +282,6 @@ def decompress(
 def inspect(run_dir: str) -> dict:
     """Bitrate and diagnostics of a complete run, from the bytes on disk."""
     run = Run.open(run_dir, verify_parts=False)
-    man = run.manifest
-    items = int(man["items"])
     payload = 0
     kl = steps = fallback = 0.0
     for rb in run.iter_rows(columns=["message", "kl_bits", "steps", "fallback_blocks"]):
@@ -283,6 +289,13 @@ def inspect(run_dir: str) -> dict:
         kl += float(np.sum(rb.column("kl_bits").to_numpy()))
         steps += float(np.sum(rb.column("steps").to_numpy()))
         fallback += float(np.sum(rb.column("fallback_blocks").to_numpy()))
+    return _report(run_dir, run, payload, kl, steps, fallback)
+
+
+def _report(run_dir: str, run: Run, payload: int, kl: float, steps: float, fallback: float) -> dict:
+    """The figures :func:`inspect` prints, from a run's totals."""
+    man = run.manifest
+    items = int(man["items"])
     header_bytes = sum(
         os.path.getsize(os.path.join(run_dir, f)) for f in (PLAN_FILE, PRIOR_FILE, MANIFEST_FILE)
     )
