@@ -1,9 +1,20 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Ray started by tests: no usage reports, no token auth, and its files in a short private
+# directory (not /tmp/ray or $HOME; Unix socket paths must stay under ~107 characters)
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+if "RAY_TMPDIR" not in os.environ:
+    _ray_tmp = tempfile.mkdtemp(prefix="rrt")
+    os.environ["RAY_TMPDIR"] = _ray_tmp
+    atexit.register(shutil.rmtree, _ray_tmp, True)
 
 from recray.backend import cupy_available  # noqa: E402
 

@@ -14,9 +14,9 @@ from scipy import stats
 from recray.cli.main import main
 from recray.errors import FormatError, InputError, MessageError, UnboundedRatioError
 from recray.latents import synthesize
-from recray.pipeline import local
+from recray.pipeline import driver
 
-FAST = dict(block_bits=8.0, batch_size=128)
+FAST = dict(block_bits=8.0, batch_size=128, engine="local")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def synth(tmp_path_factory):
 def run(synth, tmp_path_factory):
     lat, pri = synth
     out = str(tmp_path_factory.mktemp("runs") / "run")
-    local.compress(lat, pri, out, debug_samples=True, rows_per_part=250, **FAST)
+    driver.compress(lat, pri, out, debug_samples=True, shard_rows=250, **FAST)
     return out
 
 
@@ -44,7 +44,7 @@ def _vectors(col):
 
 def test_round_trip_is_bit_exact(run, tmp_path):
     out = str(tmp_path / "dec.parquet")
-    r = local.decompress(run, out)
+    r = driver.decompress(run, out)
     assert r["items"] == 600
     dec = _table(out)
     enc = pa.concat_tables(
@@ -60,7 +60,7 @@ def test_round_trip_is_bit_exact(run, tmp_path):
 def test_decoded_latents_follow_the_posteriors(run, synth, tmp_path):
     lat, _ = synth
     out = str(tmp_path / "dec.parquet")
-    local.decompress(run, out)
+    driver.decompress(run, out)
     z = _vectors(_table(out).column("z"))
     src = _table(lat)
     mu, sigma = _vectors(src.column("mu")), _vectors(src.column("sigma"))
@@ -70,7 +70,7 @@ def test_decoded_latents_follow_the_posteriors(run, synth, tmp_path):
 
 
 def test_bitrate_is_what_was_written(run):
-    r = local.inspect(run)
+    r = driver.inspect(run)
     msgs = []
     nbits = []
     for f in sorted(os.listdir(run)):
@@ -130,9 +130,9 @@ def test_every_method_round_trips(synth, tmp_path):
     pq.write_table(_table(lat).slice(0, 60), small)
     for method in ("pfr", "orc", "sp-orc"):
         out = str(tmp_path / method)
-        local.compress(small, pri, out, method=method, n_samples=512, debug_samples=True, **FAST)
+        driver.compress(small, pri, out, method=method, n_samples=512, debug_samples=True, **FAST)
         dec = str(tmp_path / f"{method}.parquet")
-        local.decompress(out, dec)
+        driver.decompress(out, dec)
         enc = _table(os.path.join(out, "part-00000.parquet"))
         assert np.array_equal(_vectors(_table(dec).column("z")), _vectors(enc.column("z_debug"))), (
             method
@@ -156,7 +156,7 @@ def _latents(tmp_path, n=20, dim=12, **over):
 def _refused(tmp_path, lat, pri, exc, match, **kw):
     out = str(tmp_path / "out")
     with pytest.raises(exc, match=match):
-        local.compress(lat, pri, out, **FAST, **kw)
+        driver.compress(lat, pri, out, **FAST, **kw)
     assert not os.path.exists(out)
     assert not [f for f in os.listdir(tmp_path) if ".partial-" in f]
 
@@ -208,39 +208,87 @@ def test_unbounded_ratio_and_its_fallback(tmp_path, synth):
     lat = _latents(tmp_path, sigma=pa.array(list(sig)))
     _refused(tmp_path, lat, synth[1], UnboundedRatioError, "item 11.*latent dimension 6")
     out = str(tmp_path / "fallback")
-    info = local.compress(
+    info = driver.compress(
         lat, synth[1], out, on_unbounded="orc", n_samples=1024, debug_samples=True, **FAST
     )
     assert info["fallback_blocks"] == 1
     dec = str(tmp_path / "fb.parquet")
-    local.decompress(out, dec)
+    driver.decompress(out, dec)
     enc = _table(os.path.join(out, "part-00000.parquet"))
     assert np.array_equal(_vectors(_table(dec).column("z")), _vectors(enc.column("z_debug")))
 
 
-def test_interrupted_run_publishes_nothing(tmp_path, synth, monkeypatch):
-    import recray.pipeline.local as loc
+def _interrupt_after(monkeypatch, n_calls, exc=KeyboardInterrupt):
+    import recray.pipeline.local_engine as eng
 
     calls = {"n": 0}
-    real = loc.encode_items
+    real = eng.encode_table
 
     def flaky(*a, **k):
         calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
+        if calls["n"] == n_calls:
+            raise exc
         return real(*a, **k)
 
-    monkeypatch.setattr(loc, "encode_items", flaky)
+    monkeypatch.setattr(eng, "encode_table", flaky)
+
+
+def _files(run_dir):
+    return {f: open(os.path.join(run_dir, f), "rb").read() for f in sorted(os.listdir(run_dir))}
+
+
+def test_interrupted_run_is_resumed_to_the_same_bytes(tmp_path, synth, monkeypatch):
+    kw = dict(FAST, batch_size=100, shard_rows=200)
+    clean = str(tmp_path / "clean")
+    driver.compress(synth[0], synth[1], clean, **kw)
     out = str(tmp_path / "out")
+    _interrupt_after(monkeypatch, 5)  # shards of 2 batches: shards 0 and 1 are committed
     with pytest.raises(KeyboardInterrupt):
-        local.compress(synth[0], synth[1], out, **FAST)
+        driver.compress(synth[0], synth[1], out, **kw)
+    monkeypatch.undo()
     assert not os.path.exists(out)
-    assert not [f for f in os.listdir(tmp_path) if ".partial-" in f]
+    partial = tmp_path / ".out.partial"
+    assert sorted(f for f in os.listdir(partial) if f.endswith(".parquet")) == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+    ]
+    with pytest.raises(InputError, match="pass --resume"):
+        driver.compress(synth[0], synth[1], out, **kw)
+    with pytest.raises(InputError, match="codec settings .* differ"):
+        driver.compress(synth[0], synth[1], out, resume=True, **(kw | {"seed": 5}))
+    info = driver.compress(synth[0], synth[1], out, resume=True, **kw)
+    assert info["resumed_shards"] == 2 and info["shards"] == 3
+    assert _files(out) == _files(clean)
+    assert not partial.exists()
+
+
+def test_bad_input_mid_run_publishes_nothing(tmp_path, synth, monkeypatch):
+    _interrupt_after(monkeypatch, 3, InputError("item 7: planted"))
+    out = str(tmp_path / "out")
+    with pytest.raises(InputError, match="planted"):
+        driver.compress(synth[0], synth[1], out, **(FAST | {"shard_rows": 128}))
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("batch_size", [37, 600])
+def test_bytes_do_not_depend_on_batch_size(tmp_path, synth, run, batch_size):
+    out = str(tmp_path / "b")
+    driver.compress(
+        synth[0],
+        synth[1],
+        out,
+        debug_samples=True,
+        shard_rows=250,
+        **(FAST | {"batch_size": batch_size}),
+    )
+    assert _files(out) == _files(run)
+    man = json.load(open(os.path.join(out, "manifest.json")))
+    assert [p["rows"] for p in man["parts"]] == [250, 250, 100] and man["items"] == 600
 
 
 def test_existing_output_is_not_replaced(tmp_path, synth, run):
     with pytest.raises(InputError, match="already exists"):
-        local.compress(synth[0], synth[1], run, **FAST)
+        driver.compress(synth[0], synth[1], run, **FAST)
 
 
 # ---------------------------------------------------------------------------- bad runs
@@ -274,7 +322,7 @@ def test_corrupted_message_fails_its_crc(run, tmp_path):
     _rehash(d, part)
     bad_id = t.column("id").to_pylist()[17]
     with pytest.raises(MessageError, match=rf"item {bad_id}: message fails its CRC"):
-        local.decompress(d, str(tmp_path / "x.parquet"))
+        driver.decompress(d, str(tmp_path / "x.parquet"))
     assert not os.path.exists(tmp_path / "x.parquet")
 
 
@@ -284,17 +332,17 @@ def test_truncated_or_foreign_part(run, tmp_path):
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
     with pytest.raises(FormatError, match="truncated, corrupted or not from this run"):
-        local.decompress(d, str(tmp_path / "x.parquet"))
+        driver.decompress(d, str(tmp_path / "x.parquet"))
     with pytest.raises(FormatError):
         _rehash(d, "part-00000.parquet")
-        local.decompress(d, str(tmp_path / "y.parquet"))
+        driver.decompress(d, str(tmp_path / "y.parquet"))
 
 
 def test_incomplete_run_and_version_and_prior_mismatch(run, tmp_path, synth):
     d = _copy(run, tmp_path)
     os.remove(os.path.join(d, "manifest.json"))
     with pytest.raises(FormatError, match="not complete"):
-        local.decompress(d, str(tmp_path / "x.parquet"))
+        driver.decompress(d, str(tmp_path / "x.parquet"))
     d2 = str(tmp_path / "v")
     shutil.copytree(run, d2)
     hdr_path = os.path.join(d2, "plan.json")
@@ -302,11 +350,11 @@ def test_incomplete_run_and_version_and_prior_mismatch(run, tmp_path, synth):
     hdr["version"] = 99
     json.dump(hdr, open(hdr_path, "w"))
     with pytest.raises(FormatError, match="run format version 99; this recray reads version 1"):
-        local.decompress(d2, str(tmp_path / "x.parquet"))
+        driver.decompress(d2, str(tmp_path / "x.parquet"))
     other = str(tmp_path / "other")
     _, other_prior = synthesize(50, 12, other, seed=99)
     with pytest.raises(FormatError, match="not the prior"):
-        local.decompress(run, str(tmp_path / "x.parquet"), prior_path=other_prior)
+        driver.decompress(run, str(tmp_path / "x.parquet"), prior_path=other_prior)
 
 
 def test_cli_errors_exit_nonzero(tmp_path, synth, capsys):
@@ -326,7 +374,7 @@ def test_cli_errors_exit_nonzero(tmp_path, synth, capsys):
 
 def test_collapsed_blocks_use_the_near_prior_class_law(run):
     from recray.latents.io import Prior
-    from recray.pipeline.local import spec_from_header
+    from recray.pipeline.driver import spec_from_header
 
     hdr = json.load(open(os.path.join(run, "plan.json")))
     prior = Prior.from_dict(json.load(open(os.path.join(run, "prior.json"))))

@@ -3,7 +3,9 @@
 A synthetic set of ``n`` items of ``dim`` dimensions is written first; then
 ``recray compress`` runs in a child process, so its peak resident memory
 (``ru_maxrss`` of the child) is measured alone. Streaming keeps that peak independent of
-``n``: compare two sizes with ``--n``.
+``n``: compare two sizes with ``--n``. It runs the in-process engine (``--engine local``):
+Ray's workers are not children of the measured process, so their memory would not be
+counted; ``recray bench scale`` measures the Ray engine.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import tempfile
 import time
 
 from recray.latents import synthesize
-from recray.pipeline import local
+from recray.pipeline import driver
 
 
 def run_compress_bench(
@@ -52,6 +54,8 @@ def run_compress_bench(
         str(batch_size),
         "--seed",
         str(seed),
+        "--engine",
+        "local",
         *extra,
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -61,7 +65,7 @@ def run_compress_bench(
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if proc.returncode != 0:
         raise RuntimeError(f"compress failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    info = local.inspect(out)
+    info = driver.inspect(out)
     return {
         "items": n,
         "dim": dim,

@@ -87,9 +87,10 @@ def cmd_synth(args) -> int:
 
 
 def cmd_compress(args) -> int:
-    from recray.pipeline import local
+    from recray.pipeline import driver
+    from recray.pipeline.options import RayOptions
 
-    summary = local.compress(
+    summary = driver.compress(
         args.latents,
         args.prior,
         args.out,
@@ -103,16 +104,32 @@ def cmd_compress(args) -> int:
         on_unbounded=args.on_unbounded,
         batch_size=args.batch_size,
         debug_samples=args.debug_samples,
+        shard_rows=args.shard_rows,
+        engine=args.engine,
+        ray_options=RayOptions(
+            address=args.address,
+            actors=args.actors,
+            actor_cpus=args.actor_cpus,
+            retries=args.retries,
+        ),
+        resume=args.resume,
         progress=_progress(),
     )
-    print(local.format_inspect(summary))
+    print(driver.format_inspect(summary))
+    extra = f", {summary['actors']} actors ({summary['backend']})" if summary["actors"] else ""
+    resumed = (
+        f"; resumed: {summary['resumed_shards']} of {summary['shards']} shards were committed"
+        if summary["resumed_shards"]
+        else ""
+    )
+    print(f"  engine                {summary['engine']}{extra}{resumed}")
     return 0
 
 
 def cmd_decompress(args) -> int:
-    from recray.pipeline import local
+    from recray.pipeline import driver
 
-    r = local.decompress(
+    r = driver.decompress(
         args.run, args.out, backend=args.backend, prior_path=args.prior, progress=_progress()
     )
     print(f"decoded {r['items']:,} items into {r['out']}")
@@ -120,13 +137,13 @@ def cmd_decompress(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from recray.pipeline import local
+    from recray.pipeline import driver
 
-    r = local.inspect(args.run)
+    r = driver.inspect(args.run)
     if args.json:
         print(json.dumps(r, indent=1, sort_keys=True))
     else:
-        print(local.format_inspect(r))
+        print(driver.format_inspect(r))
     return 0
 
 
@@ -160,7 +177,49 @@ def _add_compress_args(c) -> None:
         "or expected steps above the cap): fail, or code them with the "
         "fixed-budget twin",
     )
-    c.add_argument("--batch-size", type=int, default=4096, help="items per batch")
+    c.add_argument(
+        "--batch-size", type=int, default=4096, help="items per search call (per actor batch)"
+    )
+    c.add_argument(
+        "--shard-rows",
+        type=int,
+        default=1 << 16,
+        help="items per shard: the unit of commit and resume, one Parquet part each",
+    )
+    c.add_argument(
+        "--engine",
+        choices=("ray", "local"),
+        default="ray",
+        help="ray: a Ray Data actor pool (local Ray unless --address/RAY_ADDRESS); "
+        "local: in this process. Both write the same bytes",
+    )
+    c.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join: auto, ray://host:10001, host:6379 (default: RAY_ADDRESS, "
+        "else a local Ray started for this run)",
+    )
+    c.add_argument(
+        "--actors", type=int, default=None, help="actor pool size (default: GPUs, else CPUs)"
+    )
+    c.add_argument(
+        "--actor-cpus",
+        type=float,
+        default=0.5,
+        help="CPUs reserved per NumPy actor (fractional keeps a slot for Ray Data's reads)",
+    )
+    c.add_argument(
+        "--retries",
+        type=int,
+        default=4,
+        help="Ray read-task retries and actor restarts/task retries after a node or worker dies",
+    )
+    c.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an unfinished run of --out (same input and settings): "
+        "committed shards are kept",
+    )
     c.add_argument(
         "--debug-samples",
         action="store_true",
@@ -297,3 +356,7 @@ def main(argv=None) -> int:
 
 def entry() -> None:  # console-script entry point
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -6,14 +6,18 @@ A run directory holds
   method, seed, budgets, the prior's checksum, the id type, and the versions of the RNG
   recipe and the message codec;
 * ``prior.json``: the coding prior (so a run decodes on its own; its checksum must match);
-* ``part-NNNNN.parquet``: one row per item: ``id``, ``message`` (binary), ``nbits``
-  (``8 * len(message)``), ``crc32`` (of ``message``), and diagnostics ``kl_bits``,
-  ``steps``, ``fallback_blocks`` (and ``z_debug`` when asked for);
+* ``part-NNNNN.parquet``: part ``k`` holds shard ``k``, the items ``[k*S, (k+1)*S)`` of the
+  input in input order (``S`` = ``shard_rows`` in the header), one row per item: ``id``,
+  ``message`` (binary), ``nbits`` (``8 * len(message)``), ``crc32`` (of ``message``),
+  and diagnostics ``kl_bits``, ``steps``, ``fallback_blocks`` (and ``z_debug`` when
+  asked for);
 * ``manifest.json``, written **last**: every part with its rows, bytes and SHA-256, the
   number of items and payload bytes. A directory without it is not a complete run.
 
-A run is written under a temporary sibling name and renamed into place in one step, so an
-interrupted run never looks complete and a failed one leaves nothing behind.
+A run is written under the sibling name ``.<name>.partial`` and renamed into place in one
+step, so an interrupted run never looks complete; its committed parts let ``--resume``
+finish it. The bytes of every file depend only on the input, the header and the shard size:
+not on the engine, the number of workers, batch sizes or the backend.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 import zlib
 from dataclasses import dataclass
 
@@ -31,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recray.errors import FormatError, InputError, MessageError, fmt_item
+from recray.errors import FormatError, InputError, MessageError, RecrayError, fmt_item
 
 RUN_FORMAT = "recray-run"
 RUN_FORMAT_VERSION = 1
@@ -74,11 +77,29 @@ def _write_json(path: str, obj) -> None:
         f.write("\n")
 
 
-class RunWriter:
-    """Writes a run into a temporary directory and publishes it atomically.
+PARTIAL_SUFFIX = ".partial"
+RESUME_FILE = "resume.json"
 
-    Use as a context manager: on an exception the temporary directory is removed and
-    nothing is published; :meth:`publish` writes the manifest and renames the directory.
+
+def part_name(shard: int) -> str:
+    return f"part-{shard:05d}.parquet"
+
+
+class RunWriter:
+    """Writes a run as one Parquet part per shard and publishes it atomically.
+
+    Parts go into the partial directory ``.<name>.partial`` next to ``out_dir``; each is
+    written under a temporary name and renamed, so a part file that exists is complete
+    (it is the commit of its shard). :meth:`publish` writes the manifest last and renames
+    the directory into place.
+
+    ``resume=True`` reopens an existing partial directory whose header and input
+    fingerprint match (a run stopped by a crash, a kill or Ctrl-C) and keeps the parts it
+    holds: :attr:`committed` lists their shards. Without it an existing partial directory
+    is an error, so two runs never mix parts.
+
+    Use as a context manager: a :class:`RecrayError` (bad input, which a resume cannot
+    mend) removes the partial directory; any other exception keeps it for ``--resume``.
     """
 
     def __init__(
@@ -87,7 +108,9 @@ class RunWriter:
         header: dict,
         prior_json: str,
         schema: pa.Schema,
-        rows_per_part: int = 1 << 18,
+        *,
+        fingerprint: dict,
+        resume: bool = False,
     ):
         self.out_dir = os.path.abspath(out_dir)
         if os.path.exists(self.out_dir):
@@ -96,84 +119,111 @@ class RunWriter:
             )
         parent = os.path.dirname(self.out_dir)
         os.makedirs(parent, exist_ok=True)
-        self.tmp = os.path.join(
-            parent, f".{os.path.basename(self.out_dir)}.partial-{uuid.uuid4().hex[:12]}"
-        )
-        os.makedirs(self.tmp)
+        self.tmp = os.path.join(parent, f".{os.path.basename(self.out_dir)}{PARTIAL_SUFFIX}")
         self.schema = schema
-        self.rows_per_part = rows_per_part
-        self.parts: list[dict] = []
-        self._writer = None
-        self._rows_in_part = 0
-        self.items = 0
-        self.payload_bytes = 0
-        _write_json(os.path.join(self.tmp, PLAN_FILE), header)
-        with open(os.path.join(self.tmp, PRIOR_FILE), "w") as f:
-            f.write(prior_json + "\n")
+        self.keep_on_error = True
+        resume_doc = {"fingerprint": fingerprint, "header": header, "prior": prior_json}
+        if os.path.exists(self.tmp):
+            if not resume:
+                raise InputError(
+                    f"an unfinished run of {out_dir!r} exists at {self.tmp!r}: pass --resume "
+                    "to continue it, or remove that directory to start again"
+                )
+            saved = _read_json(os.path.join(self.tmp, RESUME_FILE), "resume record")
+            for key, what in (
+                ("header", "codec settings (plan, method, seed, budgets)"),
+                ("prior", "prior"),
+                ("fingerprint", "input latents (files, sizes, rows)"),
+            ):
+                if saved.get(key) != resume_doc[key]:
+                    raise InputError(
+                        f"cannot resume {out_dir!r}: the {what} differ from the unfinished "
+                        f"run's; use the same arguments, or remove {self.tmp!r} to start again"
+                    )
+        else:
+            os.makedirs(self.tmp)
+            _write_json(os.path.join(self.tmp, PLAN_FILE), header)
+            with open(os.path.join(self.tmp, PRIOR_FILE), "w") as f:
+                f.write(prior_json + "\n")
+            _write_json(os.path.join(self.tmp, RESUME_FILE), resume_doc)
+        self.committed: set[int] = {
+            int(n[5:10])
+            for n in os.listdir(self.tmp)
+            if n.startswith("part-") and n.endswith(".parquet") and len(n) == 18
+        }
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
+        if exc_type is not None and (issubclass(exc_type, RecrayError) or not self.keep_on_error):
             self.abort()
         return False
 
-    def write(self, table: pa.Table) -> None:
-        """Append rows (a table with :attr:`schema`), rolling over to a new part file when
-        the current one is full."""
-        start = 0
-        while start < table.num_rows:
-            if self._writer is None:
-                name = f"part-{len(self.parts):05d}.parquet"
-                self._writer = pq.ParquetWriter(os.path.join(self.tmp, name), self.schema)
-                self.parts.append({"file": name, "rows": 0})
-                self._rows_in_part = 0
-            take = min(self.rows_per_part - self._rows_in_part, table.num_rows - start)
-            chunk = table.slice(start, take)
-            self._writer.write_table(chunk)
-            self.parts[-1]["rows"] += take
-            self._rows_in_part += take
-            start += take
-            if self._rows_in_part >= self.rows_per_part:
-                self._close_part()
-        self.items += table.num_rows
-        lengths = pc.binary_length(table.column("message"))
-        self.payload_bytes += int(pc.sum(lengths).as_py() or 0)
+    def commit(self, shard: int, table: pa.Table) -> None:
+        """Write the rows of ``shard`` (a table with :attr:`schema`, in item order) as its
+        part: the bytes depend only on the rows, not on how they were batched."""
+        if shard in self.committed:
+            raise FormatError(f"shard {shard} is committed already; a part is written once")
+        table = table.select(self.schema.names).cast(self.schema).combine_chunks()
+        final = os.path.join(self.tmp, part_name(shard))
+        tmp = final + ".tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)
+        self.committed.add(shard)
 
-    def _close_part(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+    def part_paths(self, n_shards: int) -> list[str]:
+        return [os.path.join(self.tmp, part_name(k)) for k in range(n_shards)]
 
-    def publish(self, summary: dict) -> str:
-        """Close the last part, write the manifest (last), rename into place."""
-        self._close_part()
-        for p in self.parts:
-            path = os.path.join(self.tmp, p["file"])
-            p["bytes"] = os.path.getsize(path)
-            p["sha256"] = _sha256(path)
+    def totals(self, n_shards: int) -> dict:
+        """Items, payload bytes and diagnostics summed over the parts, in shard order."""
+        t = {"items": 0, "payload_bytes": 0, "kl_bits": 0.0, "steps": 0, "fallback_blocks": 0}
+        for path in self.part_paths(n_shards):
+            tab = pq.read_table(path, columns=["message", "kl_bits", "steps", "fallback_blocks"])
+            t["items"] += tab.num_rows
+            t["payload_bytes"] += int(pc.sum(pc.binary_length(tab.column("message"))).as_py() or 0)
+            t["kl_bits"] += float(np.sum(tab.column("kl_bits").to_numpy()))
+            t["steps"] += int(np.sum(tab.column("steps").to_numpy()))
+            t["fallback_blocks"] += int(np.sum(tab.column("fallback_blocks").to_numpy()))
+        return t
+
+    def publish(self, n_shards: int, summary: dict) -> str:
+        """Check that shards ``0 .. n_shards-1`` are all committed, write the manifest (last)
+        and rename the directory into place."""
+        missing = sorted(set(range(n_shards)) - self.committed)
+        if missing:
+            raise FormatError(
+                f"cannot publish {self.out_dir!r}: shards {missing[:5]} have no part "
+                f"({len(missing)} missing); run again with --resume"
+            )
+        parts = []
+        for k, path in enumerate(self.part_paths(n_shards)):
+            parts.append(
+                {
+                    "file": part_name(k),
+                    "rows": pq.ParquetFile(path).metadata.num_rows,
+                    "bytes": os.path.getsize(path),
+                    "sha256": _sha256(path),
+                }
+            )
         manifest = {
             "format": MANIFEST_FORMAT,
             "version": RUN_FORMAT_VERSION,
-            "items": self.items,
-            "payload_bytes": self.payload_bytes,
-            "parts": self.parts,
+            "items": summary["items"],
+            "payload_bytes": summary["payload_bytes"],
+            "parts": parts,
             "plan_sha256": _sha256(os.path.join(self.tmp, PLAN_FILE)),
             "summary": summary,
         }
+        os.remove(os.path.join(self.tmp, RESUME_FILE))
         _write_json(os.path.join(self.tmp, MANIFEST_FILE), manifest)
         if os.path.exists(self.out_dir):
-            self.abort()
             raise InputError(f"output {self.out_dir!r} appeared while writing; not replaced")
         os.rename(self.tmp, self.out_dir)
         return self.out_dir
 
     def abort(self) -> None:
-        try:
-            self._close_part()
-        finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @dataclass

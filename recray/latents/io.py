@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from recray.errors import FormatError, InputError, fmt_item
 
@@ -157,6 +159,32 @@ class LatentSource:
     def count_rows(self) -> int:
         return self.dataset.count_rows()
 
+    def row_index(self) -> RowIndex:
+        """Where every row lives (files and row groups, in data set order): what a reader
+        of row ranges needs; small and picklable, so it travels to Ray read tasks."""
+        files, counts = [], []
+        for path in self.dataset.files:
+            try:
+                md = pq.ParquetFile(path).metadata
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise FormatError(f"latents file {path!r} is not readable Parquet: {exc}") from None
+            files.append(path)
+            counts.append(tuple(md.row_group(g).num_rows for g in range(md.num_row_groups)))
+        return RowIndex(self.dim, self.id_kind, tuple(files), tuple(counts))
+
+    def fingerprint(self) -> dict:
+        """What identifies the input of a run for ``--resume``: files, sizes, row counts."""
+        idx = self.row_index()
+        return {
+            "files": [
+                {"name": os.path.basename(f), "bytes": os.path.getsize(f), "rows": sum(c)}
+                for f, c in zip(idx.files, idx.row_groups, strict=True)
+            ],
+            "rows": idx.n_rows,
+            "dim": self.dim,
+            "id_kind": self.id_kind,
+        }
+
     def batches(
         self, batch_size: int
     ) -> Iterator[tuple[np.ndarray | list, np.ndarray, np.ndarray]]:
@@ -168,6 +196,30 @@ class LatentSource:
             yield self._convert(rb)
 
     def _convert(self, rb: pa.RecordBatch):
+        return validate_batch(rb, self.dim, self.id_kind)
+
+
+def validate_batch(rb, dim: int, id_kind: str):
+    """``(ids, mu, sigma)`` of a record batch or table with columns id/mu/sigma, checked:
+    no nulls, vectors of length ``dim``, finite values, ``sigma > 0``. Errors name the item
+    and the field."""
+    if isinstance(rb, pa.Table):
+        rb = _as_record_batch(rb)
+    return _Validator(dim, id_kind).convert(rb)
+
+
+def _as_record_batch(t: pa.Table) -> pa.RecordBatch:
+    t = t.combine_chunks()
+    cols = [c.chunk(0) if c.num_chunks else pa.array([], type=c.type) for c in t.columns]
+    return pa.RecordBatch.from_arrays(cols, schema=t.schema)
+
+
+class _Validator:
+    def __init__(self, dim: int, id_kind: str):
+        self.dim = dim
+        self.id_kind = id_kind
+
+    def convert(self, rb):
         id_col = rb.column("id")
         if id_col.null_count:
             i = int(np.argmax(np.asarray(id_col.is_null())))
@@ -211,6 +263,53 @@ class LatentSource:
         return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64).reshape(
             n, self.dim
         )
+
+
+@dataclass(frozen=True)
+class RowIndex:
+    """Files of a latent data set and the row counts of their row groups, in order.
+
+    ``read(start, stop)`` returns rows ``[start, stop)`` of the whole data set, validated
+    like :meth:`LatentSource.batches`; it reads only the row groups it needs.
+    """
+
+    dim: int
+    id_kind: str
+    files: tuple[str, ...]
+    row_groups: tuple[tuple[int, ...], ...]
+
+    @property
+    def n_rows(self) -> int:
+        return sum(sum(c) for c in self.row_groups)
+
+    def read_table(self, start: int, stop: int) -> pa.Table:
+        """Rows ``[start, stop)`` as a table with columns id, mu, sigma (not validated)."""
+        if not 0 <= start <= stop <= self.n_rows:
+            raise InputError(f"row range [{start}, {stop}) outside the {self.n_rows} latent rows")
+        pieces = []
+        offset = 0
+        for path, counts in zip(self.files, self.row_groups, strict=True):
+            for g, n in enumerate(counts):
+                lo, hi = max(start, offset), min(stop, offset + n)
+                if lo < hi:
+                    t = pq.ParquetFile(path).read_row_group(g, columns=["id", "mu", "sigma"])
+                    pieces.append(t.slice(lo - offset, hi - lo))
+                offset += n
+                if offset >= stop:
+                    break
+            if offset >= stop:
+                break
+        if not pieces:
+            return (
+                pq.ParquetFile(self.files[0])
+                .schema_arrow.empty_table()
+                .select(["id", "mu", "sigma"])
+            )
+        return pa.concat_tables(pieces)
+
+    def read(self, start: int, stop: int):
+        """Validated ``(ids, mu, sigma)`` of rows ``[start, stop)``."""
+        return validate_batch(self.read_table(start, stop), self.dim, self.id_kind)
 
 
 def kl_bits_per_dim(mu, sigma, prior: Prior) -> np.ndarray:

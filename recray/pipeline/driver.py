@@ -1,8 +1,10 @@
-"""Single-process drivers of ``recray compress / decompress / inspect``.
+"""Drivers of ``recray compress / decompress / inspect``.
 
-Batches of items stream from the latent data set through :mod:`recray.pipeline.codec` into
-Parquet parts; memory is bounded by the batch size (plus 8 bytes per item for the
-duplicate-id check).
+``compress`` cuts the input into shards (:mod:`recray.pipeline.shards`), hands the pending
+ones to an engine (Ray Data by default, :mod:`recray.pipeline.ray_engine`; or in-process,
+:mod:`recray.pipeline.local_engine`), commits one part per shard, checks ids for
+duplicates (8 bytes per item) and publishes the run. Decoding is light next to the
+search (one candidate per block) and runs in this process, streaming part by part.
 """
 
 from __future__ import annotations
@@ -28,15 +30,17 @@ from recray.format.run import (
     Run,
     RunWriter,
     check_crcs,
-    crc32_of,
     part_schema,
 )
 from recray.latents.io import LatentSource, Prior, read_prior
-from recray.pipeline.codec import CodecSpec, decode_items, encode_items, item_keys
-
-__all__ = ["Run", "compress", "decompress", "inspect", "format_inspect"]
+from recray.pipeline.codec import CodecSpec, decode_items, item_keys
+from recray.pipeline.local_engine import run_local
+from recray.pipeline.options import RayOptions
+from recray.pipeline.shards import DEFAULT_SHARD_ROWS, shard_ranges
 from recray.plan import CodecPlan, build_plan
 from recray.rec.philox import RNG_VERSION
+
+__all__ = ["Run", "RayOptions", "compress", "decompress", "inspect", "format_inspect"]
 
 
 def run_header(spec: CodecSpec, prior: Prior, id_kind: str) -> dict:
@@ -87,43 +91,37 @@ def spec_from_header(header: dict, prior: Prior, backend=None) -> CodecSpec:
     )
 
 
-class _IdTracker:
-    """Collects 64-bit item keys to find duplicate ids at the end of a run."""
+def check_unique_ids(part_paths: list[str], id_kind: str) -> None:
+    """Raise :class:`InputError` naming a duplicate item id across the parts, if any
+    (8 bytes of memory per item)."""
+    keys = []
+    for path in part_paths:
+        col = pq.read_table(path, columns=["id"]).column("id")
+        keys.append(item_keys(col.to_numpy() if id_kind == "int" else col.to_pylist()))
+    if not keys:
+        return
+    srt = np.sort(np.concatenate(keys))
+    dup = srt[1:][srt[1:] == srt[:-1]]
+    if dup.size == 0:
+        return
+    if id_kind == "int":
+        raise InputError(
+            f"duplicate item id {int(dup[0].view(np.int64))!r} "
+            f"({dup.size} duplicates in all); ids must be unique"
+        )
+    # string ids: confirm on the strings (a 64-bit hash can collide)
+    wanted = {int(k) for k in dup}
+    seen: dict[int, str] = {}
+    for path in part_paths:
+        for s in pq.read_table(path, columns=["id"]).column("id").to_pylist():
+            k = int(item_keys([s])[0])
+            if k in wanted:
+                if seen.get(k) == s:
+                    raise InputError(f"duplicate item id {s!r}; ids must be unique")
+                seen[k] = s
 
-    def __init__(self, id_kind: str):
-        self.id_kind = id_kind
-        self.keys: list[np.ndarray] = []
 
-    def add(self, ids) -> None:
-        self.keys.append(item_keys(ids))
-
-    def check(self, run_tmp: str) -> None:
-        if not self.keys:
-            return
-        keys = np.concatenate(self.keys)
-        srt = np.sort(keys)
-        dup = srt[1:][srt[1:] == srt[:-1]]
-        if dup.size == 0:
-            return
-        if self.id_kind == "int":
-            raise InputError(
-                f"duplicate item id {int(dup[0].view(np.int64))!r} "
-                f"({dup.size} duplicates in all); ids must be unique"
-            )
-        # string ids: confirm on the written parts (a 64-bit hash can collide)
-        wanted = set(int(k) for k in dup)
-        seen: dict[int, str] = {}
-        for name in sorted(os.listdir(run_tmp)):
-            if not name.endswith(".parquet"):
-                continue
-            for s in (
-                pq.read_table(os.path.join(run_tmp, name), columns=["id"]).column("id").to_pylist()
-            ):
-                k = int(item_keys([s])[0])
-                if k in wanted:
-                    if k in seen and seen[k] == s:
-                        raise InputError(f"duplicate item id {s!r}; ids must be unique")
-                    seen[k] = s
+ENGINES = ("ray", "local")
 
 
 def compress(
@@ -140,12 +138,29 @@ def compress(
     max_steps: int | None = None,
     on_unbounded: str = "error",
     batch_size: int = 4096,
-    rows_per_part: int = 1 << 18,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
     debug_samples: bool = False,
+    engine: str = "ray",
+    ray_options: RayOptions | None = None,
+    resume: bool = False,
     progress=None,
 ) -> dict:
     """Compress a latent data set into the run directory ``out_dir`` (see
-    :mod:`recray.format.run`); returns the run summary. Publishes nothing on error."""
+    :mod:`recray.format.run`); returns the run summary (:func:`inspect`'s figures plus
+    ``engine``, ``actors``, ``resumed_shards``).
+
+    ``engine="ray"`` (the default) runs the Ray Data pipeline of
+    :mod:`recray.pipeline.ray_engine` (a local Ray unless ``ray_options.address`` or
+    ``RAY_ADDRESS`` names a cluster); ``"local"`` codes in this process. Both write the same
+    bytes for the same input, settings and ``shard_rows``, whatever ``batch_size``, the
+    number of actors or the backend. ``resume=True`` continues an unfinished run of
+    ``out_dir`` (same input and settings), coding only the shards it lacks. Bad input
+    publishes nothing.
+    """
+    if engine not in ENGINES:
+        raise InputError(f"engine must be one of {ENGINES}; got {engine!r}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1; got {batch_size}")
     prior = read_prior(prior_path)
     plan = build_plan(prior.mi_bits, block_bits, strategy=allocation, seed=seed)
     spec = CodecSpec(
@@ -161,47 +176,48 @@ def compress(
     )
     _ = spec.layout  # validates n_samples for orc before any work
     src = LatentSource(latents, prior.dim)
+    index = src.row_index()
+    if index.n_rows == 0:
+        raise InputError(f"latents {latents!r} hold no items")
+    shards = shard_ranges(index.n_rows, shard_rows)
     schema = part_schema(src.id_kind, prior.dim, debug_samples)
-    bar = progress(total=src.count_rows(), unit="item", desc="compress") if progress else None
-    totals = {"items": 0, "kl_bits": 0.0, "steps": 0, "fallback_blocks": 0}
-    tracker = _IdTracker(src.id_kind)
+    header = run_header(spec, prior, src.id_kind) | {"shard_rows": int(shard_rows)}
     with RunWriter(
-        out_dir, run_header(spec, prior, src.id_kind), prior.to_json(), schema, rows_per_part
+        out_dir, header, prior.to_json(), schema, fingerprint=src.fingerprint(), resume=resume
     ) as writer:
-        for ids, mu, sigma in src.batches(batch_size):
-            tracker.add(ids)
-            enc = encode_items(ids, mu, sigma, spec)
-            cols = {
-                "id": pa.array(ids, type=schema.field("id").type),
-                "message": pa.array(enc.messages, type=pa.binary()),
-                "nbits": pa.array(
-                    8 * np.fromiter(map(len, enc.messages), np.int64, len(enc.messages))
-                ),
-                "crc32": pa.array(crc32_of(enc.messages)),
-                "kl_bits": pa.array(enc.kl_bits),
-                "steps": pa.array(enc.steps),
-                "fallback_blocks": pa.array(enc.fallback_blocks),
-            }
-            if debug_samples:
-                cols["z_debug"] = pa.FixedSizeListArray.from_arrays(
-                    pa.array(enc.samples.reshape(-1)), prior.dim
+        pending = [(k, a, b) for k, (a, b) in enumerate(shards) if k not in writer.committed]
+        done_rows = sum(b - a for k, (a, b) in enumerate(shards) if k in writer.committed)
+        bar = (
+            progress(total=index.n_rows, initial=done_rows, unit="item", desc="compress")
+            if progress
+            else None
+        )
+        try:
+            if engine == "local":
+                used = run_local(
+                    index, pending, spec, schema, writer, batch_size=batch_size, progress=bar
                 )
-            writer.write(pa.table(cols, schema=schema))
-            totals["items"] += len(ids)
-            totals["kl_bits"] += float(enc.kl_bits.sum())
-            totals["steps"] += int(enc.steps.sum())
-            totals["fallback_blocks"] += int(enc.fallback_blocks.sum())
+            else:
+                from recray.pipeline.ray_engine import run_ray
+
+                used = run_ray(
+                    index,
+                    pending,
+                    spec,
+                    schema,
+                    writer,
+                    batch_size=batch_size,
+                    opts=ray_options or RayOptions(),
+                    progress=bar,
+                )
+        finally:
             if bar:
-                bar.update(len(ids))
-        if bar:
-            bar.close()
-        tracker.check(writer.tmp)
-        if totals["items"] == 0:
-            raise InputError(f"latents {latents!r} hold no items")
-        totals["payload_bytes"] = writer.payload_bytes
-        writer.publish(totals)
+                bar.close()
+        check_unique_ids(writer.part_paths(len(shards)), src.id_kind)
+        totals = writer.totals(len(shards))
+        writer.publish(len(shards), totals)
     # report from the totals just written (inspect() would read every part again)
-    return _report(
+    report = _report(
         out_dir,
         Run.open(out_dir, verify_parts=False),
         totals["payload_bytes"],
@@ -209,6 +225,13 @@ def compress(
         totals["steps"],
         totals["fallback_blocks"],
     )
+    return report | {
+        "engine": engine,
+        "actors": used["actors"],
+        "backend": used["backend"],
+        "resumed_shards": len(shards) - len(pending),
+        "shards": len(shards),
+    }
 
 
 def decompress(

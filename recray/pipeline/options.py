@@ -1,0 +1,25 @@
+"""Options of the Ray engine (here so that callers need not import Ray)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How the run uses Ray.
+
+    ``address``: ``None`` starts a local Ray (or uses ``RAY_ADDRESS`` / an initialized
+    Ray), ``"auto"`` joins the cluster on this machine, ``"ray://host:10001"`` a remote
+    one. ``actors``: actor pool size (default: one per GPU, else one per CPU).
+    ``actor_cpus``: CPUs each NumPy actor reserves (fractional on purpose, see the module
+    docstring). ``retries``: read-task retries and actor restarts / task retries.
+    ``resources``: custom Ray resources each actor asks for (e.g. ``{"encoder": 1}`` to
+    keep actors on nodes started with ``--resources '{"encoder": 2}'``).
+    """
+
+    address: str | None = None
+    actors: int | None = None
+    actor_cpus: float = 0.5
+    retries: int = 4
+    resources: dict | None = None
