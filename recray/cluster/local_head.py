@@ -285,6 +285,8 @@ def start_head(
     args = ["--head", "--temp-dir", temp_dir, "--num-cpus", str(num_cpus)]
     args += ["--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1"]
     args += ["--include-dashboard", "true", "--disable-usage-stats"]
+    # workers bind OS-chosen ports, not the shared default range 10002-19999
+    args += ["--min-worker-port", "0", "--max-worker-port", "0"]
     args += ["--object-store-memory", str(int(object_store_memory))]
     if num_gpus is not None:
         args += ["--num-gpus", str(num_gpus)]
@@ -306,8 +308,9 @@ def start_head(
         head.processes()
         if proc.poll() is not None or time.monotonic() > deadline:
             why = "exited" if proc.poll() is not None else f"not ready after {timeout:.0f} s"
+            tail = _tail(log_path)  # before stop() removes the directory
             head.stop()
-            raise RuntimeError(f"Ray head node {why}; its log ends:\n{_tail(log_path)}")
+            raise RuntimeError(f"Ray head node {why}; its log ends:\n{tail}")
         time.sleep(0.25)
     head.processes()
     return head
@@ -329,6 +332,7 @@ def start_worker(
     ports = dict(zip(_WORKER_PORTS, free_ports(len(_WORKER_PORTS)), strict=True))
     args = ["--address", head.address, "--num-cpus", str(num_cpus)]
     args += ["--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    args += ["--min-worker-port", "0", "--max-worker-port", "0"]
     args += ["--object-store-memory", str(int(object_store_memory))]
     if num_gpus is not None:
         args += ["--num-gpus", str(num_gpus)]
@@ -349,8 +353,9 @@ def start_worker(
             return node
         if proc.poll() is not None or time.monotonic() > deadline:
             why = "exited" if proc.poll() is not None else f"not ready after {timeout:.0f} s"
+            tail = _tail(log_path)
             node.stop()
-            raise RuntimeError(f"Ray worker node {why}; its log ends:\n{_tail(log_path)}")
+            raise RuntimeError(f"Ray worker node {why}; its log ends:\n{tail}")
         time.sleep(0.25)
 
 
