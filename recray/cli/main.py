@@ -2,6 +2,11 @@
 
     recray bench toy [--quick] [--json PATH] [--plots DIR] [--backend B]
     recray bench throughput [--quick] [--json PATH] [--backend B]
+    recray bench bitrate | compress | scale [...]
+    recray datasets synth --n N --dim D --out DIR
+    recray compress LATENTS --prior P --out RUN [--engine ray|local] [--address A] [--resume]
+    recray decompress RUN --out Z.parquet
+    recray inspect RUN
     recray version
 
 ``main(argv)`` returns the exit code: 0 on success, 2 on a :class:`RecrayError` (bad input,
@@ -256,6 +261,22 @@ def cmd_bench_compress(args) -> int:
     return 0
 
 
+def cmd_bench_scale(args) -> int:
+    from recray.bench import scale
+
+    def show(rec):
+        print(
+            f"  {rec['setup']}, {rec['actors']} actors: {rec['items_per_s']:.1f} items/s",
+            flush=True,
+        )
+
+    kw = dict(n=800, shard_rows=200) if args.quick else dict(n=args.n)
+    r = scale.run_scale(dim=args.dim, workdir=args.workdir, progress=show, **kw)
+    print(scale.format_result(r))
+    _write_json(args.json, r)
+    return 0 if r["summary"]["identical_bytes"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="recray",
@@ -331,6 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--workdir", default=None)
     bc.add_argument("--json", metavar="PATH")
     bc.set_defaults(func=cmd_bench_compress)
+
+    bs = bsub.add_parser(
+        "scale", help="Ray engine items/s: 1 and 2 actors, simulated multi-node cluster"
+    )
+    bs.add_argument("--n", type=int, default=4000)
+    bs.add_argument("--dim", type=int, default=32)
+    bs.add_argument("--quick", action="store_true", help="800 items (a smoke run)")
+    bs.add_argument("--workdir", default=None)
+    bs.add_argument("--json", metavar="PATH")
+    bs.set_defaults(func=cmd_bench_scale)
 
     ver = sub.add_parser("version", help="print the version and the format versions")
     ver.set_defaults(func=cmd_version)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 
 import numpy as np
@@ -213,9 +214,11 @@ def compress(
         finally:
             if bar:
                 bar.close()
+        t_pub = time.perf_counter()
         check_unique_ids(writer.part_paths(len(shards)), src.id_kind)
         totals = writer.totals(len(shards))
         writer.publish(len(shards), totals)
+        publish_s = time.perf_counter() - t_pub
     # report from the totals just written (inspect() would read every part again)
     report = _report(
         out_dir,
@@ -231,6 +234,8 @@ def compress(
         "backend": used["backend"],
         "resumed_shards": len(shards) - len(pending),
         "shards": len(shards),
+        "driver_seconds": used["driver_seconds"],
+        "publish_seconds": publish_s,
     }
 
 

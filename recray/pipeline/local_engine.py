@@ -35,4 +35,4 @@ def run_local(
             if progress:
                 progress.update(b - a)
         writer.commit(k, pa.concat_tables(pieces))
-    return {"actors": 0, "backend": spec.backend or "numpy"}
+    return {"actors": 0, "backend": spec.backend or "numpy", "driver_seconds": 0.0}

@@ -1,0 +1,142 @@
+"""``recray bench scale``: items/s of the Ray engine with 1 and 2 actors on a local Ray,
+and through a simulated multi-node cluster (``ray.cluster_utils.Cluster``: a head and
+worker nodes on this machine), against the in-process engine.
+
+Every run codes the same synthetic data set with the same settings and must write the
+same bytes as the in-process run (checked). Ray's start-up is excluded (Ray is up before
+the clock starts); the actor pool's start-up is included, as a user pays it per run.
+
+Also reported: the driver's serial time (regrouping rows, committing parts, the duplicate
+id check and the manifest), from which ``docs/SCALING.md`` bounds larger clusters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+
+from recray.latents import synthesize
+from recray.pipeline import driver
+from recray.pipeline.options import RayOptions
+
+
+def _digest(run_dir: str) -> str:
+    h = hashlib.sha256()
+    for f in sorted(os.listdir(run_dir)):
+        h.update(f.encode())
+        with open(os.path.join(run_dir, f), "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()
+
+
+def run_scale(
+    n: int = 4000,
+    dim: int = 32,
+    block_bits: float = 16.0,
+    batch_size: int = 128,
+    shard_rows: int = 500,
+    actors: tuple[int, ...] = (1, 2),
+    cluster_workers: int = 2,
+    seed: int = 0,
+    workdir: str | None = None,
+    progress=None,
+) -> dict:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_worker_niceness", "0")  # see recray.pipeline.ray_engine
+    work = workdir or tempfile.mkdtemp(prefix="recray-bench-scale-")
+    lat, pri = synthesize(n, dim, os.path.join(work, f"synth-{n}x{dim}"), seed=seed)
+    settings = dict(
+        block_bits=block_bits,
+        batch_size=batch_size,
+        shard_rows=shard_rows,
+        on_unbounded="orc",
+        max_steps=1 << 20,
+        seed=seed,
+    )
+    records = []
+
+    def one(setup: str, engine: str, n_actors: int, opts: RayOptions | None):
+        out = os.path.join(work, f"run-{setup}-{n_actors}")
+        t0 = time.perf_counter()
+        info = driver.compress(lat, pri, out, engine=engine, ray_options=opts, **settings)
+        wall = time.perf_counter() - t0
+        rec = {
+            "setup": setup,
+            "engine": engine,
+            "actors": n_actors,
+            "items": n,
+            "wall_s": wall,
+            "items_per_s": n / wall,
+            "driver_s": info["driver_seconds"],
+            "publish_s": info["publish_seconds"],
+            "bits_per_item": info["bits_per_item"],
+            "digest": _digest(out),
+        }
+        records.append(rec)
+        if progress:
+            progress(rec)
+        return rec
+
+    base = one("in-process", "local", 0, None)
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(include_dashboard=False, logging_level="warning")
+    try:
+        for a in actors:
+            one("local-ray", "ray", a, RayOptions(actors=a))
+    finally:
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 1})
+    try:
+        for _ in range(cluster_workers):
+            cluster.add_node(num_cpus=1, resources={"encoder": 1})
+        cluster.wait_for_nodes()
+        one(
+            f"cluster-{cluster_workers}-workers",
+            "ray",
+            cluster_workers,
+            RayOptions(address=cluster.address, actors=cluster_workers, resources={"encoder": 1}),
+        )
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    ray_runs = {r["actors"]: r for r in records if r["setup"] == "local-ray"}
+    summary = {
+        "identical_bytes": all(r["digest"] == base["digest"] for r in records),
+        "cpus": os.cpu_count(),
+    }
+    if 1 in ray_runs:
+        r1 = ray_runs[1]["items_per_s"]
+        summary["per_actor_items_per_s"] = r1
+        for a, r in ray_runs.items():
+            if a > 1:
+                summary[f"efficiency_{a}_actors"] = r["items_per_s"] / (a * r1)
+        cl = records[-1]
+        summary["efficiency_cluster"] = cl["items_per_s"] / (cl["actors"] * r1)
+    serial = [r["driver_s"] + r["publish_s"] for r in records if r["engine"] == "ray"]
+    summary["driver_serial_items_per_s"] = n / max(min(serial), 1e-9) if serial else None
+    return {
+        "config": settings | {"n": n, "dim": dim, "method": "sp-pfr"},
+        "records": records,
+        "summary": summary,
+    }
+
+
+def format_result(r: dict) -> str:
+    lines = [
+        f"{'setup':<22} {'actors':>6} {'wall s':>8} {'items/s':>9} {'driver s':>9} "
+        f"{'publish s':>9} {'bits/item':>9}"
+    ]
+    for x in r["records"]:
+        lines.append(
+            f"{x['setup']:<22} {x['actors']:>6} {x['wall_s']:>8.1f} {x['items_per_s']:>9.1f} "
+            f"{x['driver_s']:>9.2f} {x['publish_s']:>9.2f} {x['bits_per_item']:>9.2f}"
+        )
+    lines.append("")
+    for k, v in r["summary"].items():
+        lines.append(f"  {k}: {v:.3g}" if isinstance(v, float) else f"  {k}: {v}")
+    return "\n".join(lines)
