@@ -277,3 +277,33 @@ def test_layout_validation():
     with pytest.raises(InputError, match="bin_bits"):
         IndexLayout((3, 2.0))
     assert IndexLayout([1, 2]) == IndexLayout((1, 2)) and hash(IndexLayout([1, 2]))
+
+
+def test_tail_symbols_share_the_message_and_its_termination():
+    import constriction
+
+    from recray.format.messages import Tail, decode_message_head
+
+    layout = IndexLayout(bin_bits=(6, 0), code="universal", class_models=(0, 1))
+    rng = np.random.default_rng(4)
+    fam = constriction.stream.model.Categorical(perfect=False)
+    bins = np.array([[5, 0], [63, 0], [0, 0]])
+    local = np.array([[1, 1], [3, 1], [70, 2]])
+    tails, probs = [], []
+    for _ in range(3):
+        p = rng.dirichlet(np.full(16, 0.3), size=50)
+        x = np.array([rng.choice(16, p=row) for row in p], dtype=np.int32)
+        ideal = float(-np.log2(p[np.arange(50), x]).sum())
+        tails.append([Tail(x, fam, p, ideal)])
+        probs.append(p)
+    msgs = encode_messages(bins, local, layout, tails)
+    for i, m in enumerate(msgs):
+        b, n, dec = decode_message_head(m, layout)
+        assert b.tolist() == bins[i].tolist() and n.tolist() == local[i].tolist()
+        got = dec.decode(fam, probs[i])
+        assert got.tolist() == tails[i][0].symbols.tolist()
+        # one termination: within ~2 bytes of the ideal of indices plus tail
+        ideal = ideal_bits(bins[i], local[i], layout) + tails[i][0].ideal_bits
+        assert 8 * len(m) <= ideal + 16
+        # and never longer than coding the tail separately would be
+        assert len(m) <= len(encode_message(bins[i], local[i], layout)) + int(ideal) // 8 + 3

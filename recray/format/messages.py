@@ -19,7 +19,10 @@ Wire format (``MESSAGE_CODEC_VERSION = 1``), symbols in this order:
    then the ``l_b`` bits of ``local_b`` below its leading one (universal) or the
    ``raw_bits`` bits of ``local_b - 1`` (raw). A field is cut into chunks of at most 16 bits,
    lowest chunk first; a chunk of ``k`` bits is one ``Uniform(2^k)`` symbol; a field of 0
-   bits adds no symbol.
+   bits adds no symbol;
+3. only in codec messages (e.g. ``recray codec mnist``): the application's :class:`Tail`
+   symbols (its data under a model conditioned on the decoded latent), in the same coder,
+   so the item pays one termination, not two, and no length field.
 
 The encoder's ``uint32`` words are written big-endian (so the data ends at the last byte),
 then cut to the shortest prefix that, possibly rounded up by one unit in its last byte and
@@ -274,7 +277,8 @@ def _decode_symbols(data: bytes, layout: IndexLayout):
     """Decode the raw symbols of one message (no range checks on the reassembled values).
 
     Returns ``classes`` int32 ``(n_blocks,)`` or ``None`` (raw), the chunk widths
-    ``(2 n_blocks, 4)`` and mask, and the uniform symbols int32 in wire order.
+    ``(2 n_blocks, 4)`` and mask, the uniform symbols int32 in wire order, and the decoder
+    (positioned after them).
     Raises :class:`MessageError` when constriction rejects the data.
     """
     try:
@@ -301,19 +305,25 @@ def _decode_symbols(data: bytes, layout: IndexLayout):
         raise MessageError(
             f"message does not decode under this layout: constriction says {exc}"
         ) from exc
-    return classes, cw, mask, chunks
+    return classes, cw, mask, chunks, decoder
 
 
-def _encode_words(classes, chunks: np.ndarray, sizes: np.ndarray, class_probs) -> np.ndarray:
+def _encode_words(
+    classes, chunks: np.ndarray, sizes: np.ndarray, class_probs, tail: Sequence = ()
+) -> np.ndarray:
     encoder = _queue.RangeEncoder()
     if classes is not None and classes.size:
         encoder.encode(classes, _CLASS_FAMILY, class_probs)
     if chunks.size:
         encoder.encode(chunks, _UNIFORM, sizes)
+    for t in tail:
+        t.encode(encoder)
     return encoder.get_compressed()
 
 
-def _decodes_to(candidate: bytes, layout: IndexLayout, classes, sizes, chunks) -> bool:
+def _decodes_to(
+    candidate: bytes, layout: IndexLayout, classes, sizes, chunks, tail: Sequence = ()
+) -> bool:
     """Whether ``candidate`` decodes to exactly these symbols.
 
     The same decoder calls as :func:`_decode_symbols` (same words, models and order); once
@@ -328,8 +338,9 @@ def _decodes_to(candidate: bytes, layout: IndexLayout, classes, sizes, chunks) -
                 return False
         if sizes.size:
             got = decoder.decode(_UNIFORM, sizes)
-            return got.tobytes() == chunks.tobytes()
-        return True
+            if got.tobytes() != chunks.tobytes():
+                return False
+        return all(t.decodes_from(decoder) for t in tail)
     except (AssertionError, ValueError, RuntimeError, OverflowError):
         return False
 
@@ -347,7 +358,9 @@ def _candidates(full: bytes, n: int) -> list[bytes]:
     return [head]
 
 
-def _shortest(full: bytes, ideal: float, layout: IndexLayout, classes, sizes, chunks) -> bytes:
+def _shortest(
+    full: bytes, ideal: float, layout: IndexLayout, classes, sizes, chunks, tail: Sequence = ()
+) -> bytes:
     """Shortest byte string (>= 1 byte) decoding to these symbols, else ``full``.
 
     The byte strings that decode to the message are those whose zero-padded value lies in
@@ -361,7 +374,7 @@ def _shortest(full: bytes, ideal: float, layout: IndexLayout, classes, sizes, ch
 
     def ok(n: int) -> bytes | None:
         for cand in _candidates(full, n):
-            if _decodes_to(cand, layout, classes, sizes, chunks):
+            if _decodes_to(cand, layout, classes, sizes, chunks, tail):
                 return cand
         return None
 
@@ -391,7 +404,9 @@ def _ideal_rows(classes, cw: np.ndarray, layout: IndexLayout) -> np.ndarray:
     return bits
 
 
-def _encode_rows(bins: np.ndarray, local: np.ndarray, layout: IndexLayout) -> list[bytes]:
+def _encode_rows(
+    bins: np.ndarray, local: np.ndarray, layout: IndexLayout, tails: Sequence | None = None
+) -> list[bytes]:
     classes, cv, cw, mask = _symbols(bins, local, layout)
     ideal = _ideal_rows(classes, cw, layout)
     sizes_all = np.left_shift(1, cw).astype(np.int32)
@@ -401,13 +416,46 @@ def _encode_rows(bins: np.ndarray, local: np.ndarray, layout: IndexLayout) -> li
         m = mask[i]
         chunks = cv32[i][m]
         cls = None if classes is None else classes[i]
-        if not chunks.size and (cls is None or not cls.size):
+        tail = () if tails is None else tuple(tails[i])
+        if not chunks.size and (cls is None or not cls.size) and not tail:
             out.append(b"")
             continue
         sizes = sizes_all[i][m]
-        full = _words_to_bytes(_encode_words(cls, chunks, sizes, layout.class_probs))
-        out.append(_shortest(full, float(ideal[i]), layout, cls, sizes, chunks))
+        full = _words_to_bytes(_encode_words(cls, chunks, sizes, layout.class_probs, tail))
+        bits = float(ideal[i]) + sum(t.ideal_bits for t in tail)
+        out.append(_shortest(full, bits, layout, cls, sizes, chunks, tail))
     return out
+
+
+@dataclass(frozen=True)
+class Tail:
+    """Symbols an application appends to an item's message, in the same range coder,
+    after the block indices (e.g. a codec's pixels under ``p(x | z)``): one message, one
+    termination. ``symbols`` int32 ``(m,)``; ``model`` a constriction model family, with
+    ``params`` its per-symbol parameters (e.g. ``Categorical(perfect=False)`` and float64
+    probabilities ``(m, K)``) or ``None`` for a fixed model; ``ideal_bits`` the symbols'
+    ``-log2 P`` (where the search for the shortest message starts)."""
+
+    symbols: np.ndarray
+    model: object
+    params: np.ndarray | None
+    ideal_bits: float
+
+    def encode(self, encoder) -> None:
+        if self.params is None:
+            encoder.encode(self.symbols, self.model)
+        else:
+            encoder.encode(self.symbols, self.model, self.params)
+
+    def decode(self, decoder) -> np.ndarray:
+        if self.params is None:
+            return decoder.decode(self.model, len(self.symbols))
+        return decoder.decode(self.model, self.params)
+
+    def decodes_from(self, decoder) -> bool:
+        return np.asarray(self.decode(decoder)).astype(np.int32).tobytes() == (
+            np.asarray(self.symbols, dtype=np.int32).tobytes()
+        )
 
 
 # ----------------------------------------------------------------------------- public API
@@ -426,11 +474,13 @@ def encode_message(bins, local, layout: IndexLayout) -> bytes:
     return _encode_rows(b, n, layout)[0]
 
 
-def encode_messages(bins, local, layout: IndexLayout) -> list[bytes]:
+def encode_messages(bins, local, layout: IndexLayout, tails: Sequence | None = None) -> list[bytes]:
     """:func:`encode_message` for ``n_items`` items sharing ``layout``.
 
     ``bins``, ``local``: int ``(n_items, n_blocks)``. Symbols and checks are vectorized over
-    items; one range coder runs per item.
+    items; one range coder runs per item. ``tails`` (optional): per item a sequence of
+    :class:`Tail` coded after the indices in the same coder; the receiver reads them with
+    :func:`decode_message_head` and then the decoder it returns.
     """
     b = np.asarray(bins)
     shape = (b.shape[0] if b.ndim == 2 else 0, layout.n_blocks)
@@ -439,7 +489,9 @@ def encode_messages(bins, local, layout: IndexLayout) -> list[bytes]:
     b = _int_array("bins", b, shape)
     n = _int_array("local", local, shape)
     _check_indices(b, n, layout, two_d=True)
-    return _encode_rows(b, n, layout)
+    if tails is not None and len(tails) != shape[0]:
+        raise InputError(f"tails has {len(tails)} entries for {shape[0]} items")
+    return _encode_rows(b, n, layout, tails)
 
 
 def decode_message(data: bytes, layout: IndexLayout) -> tuple[np.ndarray, np.ndarray]:
@@ -450,7 +502,16 @@ def decode_message(data: bytes, layout: IndexLayout) -> tuple[np.ndarray, np.nda
     corrupted message may also decode silently to wrong indices: the bitstream's row CRC,
     not this codec, detects that.
     """
-    classes, cw, mask, chunks = _decode_symbols(data, layout)
+    bins, local, _ = decode_message_head(data, layout)
+    return bins, local
+
+
+def decode_message_head(data: bytes, layout: IndexLayout):
+    """Decode the block indices at the head of a message: ``(bins, local, decoder)``, the
+    constriction decoder positioned after them, to read the message's :class:`Tail`
+    symbols (``tail.decode(decoder)``, then ``decoder.maybe_exhausted()`` says whether the
+    message ended where it should)."""
+    classes, cw, mask, chunks, decoder = _decode_symbols(data, layout)
     if classes is not None and classes.size and int(classes.max()) > _MAX_CLASS:
         b = int(np.argmax(classes > _MAX_CLASS))
         raise MessageError(
@@ -467,7 +528,7 @@ def decode_message(data: bytes, layout: IndexLayout) -> tuple[np.ndarray, np.nda
         local = values[1::2] + 1
         if local.size and int(local.max()) >= MAX_LOCAL_INDEX:
             raise MessageError("message does not decode under this layout: a local index >= 2^48")
-    return bins, local
+    return bins, local, decoder
 
 
 def decode_messages(
