@@ -1,0 +1,1 @@
+"""Entropy coding of a codec's data under a model's exact probabilities (constriction)."""

@@ -1,0 +1,1 @@
+"""Data sets that recray's codecs and benchmarks read (obtained offline, checksum-pinned)."""
