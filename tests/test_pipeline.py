@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import rehash_part
 from scipy import stats
 
 from recray.cli.main import main
@@ -298,19 +299,6 @@ def _copy(run, tmp_path):
     return dst
 
 
-def _rehash(run_dir, part):
-    import hashlib
-
-    man_path = os.path.join(run_dir, "manifest.json")
-    man = json.load(open(man_path))
-    for p in man["parts"]:
-        if p["file"] == part:
-            data = open(os.path.join(run_dir, part), "rb").read()
-            p["bytes"] = len(data)
-            p["sha256"] = hashlib.sha256(data).hexdigest()
-    json.dump(man, open(man_path, "w"))
-
-
 def test_corrupted_message_fails_its_crc(run, tmp_path):
     d = _copy(run, tmp_path)
     part = "part-00001.parquet"
@@ -319,7 +307,7 @@ def test_corrupted_message_fails_its_crc(run, tmp_path):
     msgs[17] = bytes([msgs[17][0] ^ 0x40]) + msgs[17][1:]
     t = t.set_column(t.schema.get_field_index("message"), "message", pa.array(msgs, pa.binary()))
     pq.write_table(t, os.path.join(d, part))
-    _rehash(d, part)
+    rehash_part(d, part)
     bad_id = t.column("id").to_pylist()[17]
     with pytest.raises(MessageError, match=rf"item {bad_id}: message fails its CRC"):
         driver.decompress(d, str(tmp_path / "x.parquet"))
@@ -334,7 +322,7 @@ def test_truncated_or_foreign_part(run, tmp_path):
     with pytest.raises(FormatError, match="truncated, corrupted or not from this run"):
         driver.decompress(d, str(tmp_path / "x.parquet"))
     with pytest.raises(FormatError):
-        _rehash(d, "part-00000.parquet")
+        rehash_part(d, "part-00000.parquet")
         driver.decompress(d, str(tmp_path / "y.parquet"))
 
 

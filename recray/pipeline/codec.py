@@ -265,8 +265,14 @@ def encode_items(ids, mu, sigma, spec: CodecSpec) -> EncodedItems:
 
 def decode_items(ids, messages, spec: CodecSpec) -> np.ndarray:
     """Latents ``(n, D)`` float64 of ``n`` messages (CRCs checked by the caller)."""
-    n = len(messages)
     bins, local = decode_messages(messages, spec.layout, item_ids=ids)
+    return decode_indices(ids, bins, local, spec)
+
+
+def decode_indices(ids, bins: np.ndarray, local: np.ndarray, spec: CodecSpec) -> np.ndarray:
+    """Latents ``(n, D)`` float64 from the block indices ``bins``, ``local`` int64
+    ``(n, n_blocks)`` of ``n`` items (what the messages carry)."""
+    n = bins.shape[0]
     sids = block_stream_ids(item_keys(ids), spec.plan.n_blocks)
     z = np.empty((n, spec.plan.dim))
     for grp in spec.groups():

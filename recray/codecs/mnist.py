@@ -1,0 +1,378 @@
+"""``recray codec mnist``: lossless MNIST with a VAE, its latent sent by REC.
+
+Encoding one image ``x`` (uint8, 784 pixels):
+
+1. the VAE's encoder gives the posterior ``q(z|x) = N(mu, diag(sigma^2))``;
+2. the REC pipeline (:func:`recray.pipeline.driver.compress`: Ray by default) codes a sample
+   ``z ~ q`` as block indices under the plan built from the model's prior file;
+3. the encoder decodes those indices exactly as the receiver will, and codes the pixels
+   under ``p(x | z)`` (:func:`recray.models.vae.pixel_probabilities`, a 256-level
+   categorical per pixel) **in the same range coder, after the indices**
+   (:class:`recray.format.messages.Tail`): one message per image, one termination, no
+   length field.
+
+Decoding reads the indices at the head of each message, regenerates ``z``, rebuilds the
+same tables and reads the pixels from the same decoder; a message that does not end where
+its 784 pixels end is reported by image id. The run directory is a recray run (plan,
+prior, parts, manifest) whose header also records the codec, the MNIST split and the
+model's SHA-256; decoding with other weights is refused before any work.
+
+**Exactness.** The tables must be bit-identical on both sides: ``pixel_probabilities``
+evaluates each row alone, in float64, on one torch thread, so batching and process do not
+matter (tested across processes); the weights' checksum is checked; the torch build and CPU
+family must match (the run header records the torch version).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+import uuid
+
+import constriction
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recray.errors import FormatError, InputError, MessageError, fmt_item
+from recray.format.messages import Tail, decode_message_head, decode_messages, encode_messages
+from recray.format.run import Run, RunWriter, check_crcs, crc32_of, part_schema
+from recray.latents.io import Prior, read_prior
+from recray.pipeline import driver
+from recray.pipeline.codec import decode_indices
+from recray.pipeline.driver import spec_from_header
+from recray.pipeline.options import RayOptions
+
+CODEC_NAME = "mnist-vae"
+CODEC_VERSION = 1
+PIXELS = 784
+LEVELS = 256
+PIXEL_MODEL = constriction.stream.model.Categorical(perfect=False)
+TABLE_CHUNK = 64  # rows of (784, 256) float64 tables at a time: 100 MB
+
+
+def _model(weights):
+    from recray.models.vae import DEFAULT_WEIGHTS, load_mnist_vae
+
+    return load_mnist_vae(weights or DEFAULT_WEIGHTS)
+
+
+def prior_path(weights=None) -> str:
+    from recray.models.vae import DEFAULT_WEIGHTS
+
+    w = str(weights or DEFAULT_WEIGHTS)
+    return os.path.splitext(w)[0] + "_prior.json"
+
+
+def _images(split: str, limit: int | None, data_dir) -> np.ndarray:
+    from recray.data.mnist import load_mnist
+
+    images, _ = load_mnist(split, data_dir)
+    if limit is not None:
+        if limit < 1:
+            raise InputError(f"--limit must be >= 1; got {limit}")
+        images = images[:limit]
+    return np.ascontiguousarray(images.reshape(-1, PIXELS))
+
+
+def _tables(model, z: np.ndarray) -> np.ndarray:
+    from recray.models.vae import pixel_probabilities
+
+    return pixel_probabilities(model, z)
+
+
+def _pixel_tails(images: np.ndarray, probs: np.ndarray) -> list[list[Tail]]:
+    rows = np.arange(PIXELS)
+    out = []
+    for x, p in zip(images, probs, strict=True):
+        ideal = float(-np.log2(np.maximum(p[rows, x], 2.0**-24)).sum())
+        out.append([Tail(x.astype(np.int32), PIXEL_MODEL, np.ascontiguousarray(p), ideal)])
+    return out
+
+
+def _write_latents(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
+    n, d = mu.shape
+    vec = lambda a: pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), d)  # noqa: E731
+    pq.write_table(
+        pa.table(
+            {"id": pa.array(np.arange(n, dtype=np.int64)), "mu": vec(mu), "sigma": vec(sigma)}
+        ),
+        path,
+    )
+
+
+def compress(
+    out_dir: str,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    method: str = "sp-pfr",
+    block_bits: float = 48.0,
+    n_samples: int = 1 << 16,
+    seed: int = 0,
+    max_steps: int = 1 << 20,
+    engine: str = "ray",
+    ray_options: RayOptions | None = None,
+    batch_size: int = 256,
+    shard_rows: int = 2048,
+    data_dir=None,
+    weights=None,
+    progress=None,
+) -> dict:
+    """Compress MNIST ``split`` (its first ``limit`` images) into the run ``out_dir``;
+    returns the figures of :func:`summary` plus timings. Item ids are image indices in
+    the split. Blocks an exact method cannot code are coded with its fixed-budget twin
+    (``--on-unbounded orc``)."""
+    if os.path.exists(out_dir):
+        raise InputError(f"output {out_dir!r} already exists; remove it or choose another --out")
+    t_start = time.perf_counter()
+    model = _model(weights)
+    prior = read_prior(prior_path(weights))
+    images = _images(split, limit, data_dir)
+    n = images.shape[0]
+    from recray.models.vae import posteriors
+
+    mu, sigma = posteriors(model, images)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    work = os.path.join(parent, f".{os.path.basename(out_dir)}.work-{uuid.uuid4().hex[:8]}")
+    os.makedirs(work)
+    try:
+        lat = os.path.join(work, "latents.parquet")
+        _write_latents(lat, mu, sigma)
+        t_rec = time.perf_counter()
+        latent_run = os.path.join(work, "latent-run")
+        rec_info = driver.compress(
+            lat,
+            prior_path(weights),
+            latent_run,
+            method=method,
+            block_bits=block_bits,
+            n_samples=n_samples,
+            seed=seed,
+            max_steps=max_steps,
+            on_unbounded="orc",
+            batch_size=batch_size,
+            shard_rows=shard_rows,
+            engine=engine,
+            ray_options=ray_options,
+            progress=progress,
+        )
+        rec_s = time.perf_counter() - t_rec
+        t_pix = time.perf_counter()
+        info = _write_codec_run(latent_run, out_dir, model, prior, images, split, progress)
+        pixel_s = time.perf_counter() - t_pix
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    total_s = time.perf_counter() - t_start
+    return info | {
+        "rec_seconds": rec_s,
+        "pixel_seconds": pixel_s,
+        "encode_seconds": total_s,
+        "encode_ms_per_image": 1e3 * total_s / n,
+        "rec_ms_per_image": 1e3 * rec_s / n,
+        "latent_only_bits_per_image": rec_info["bits_per_item"],
+        "fallback_blocks": rec_info["fallback_blocks"],
+        "engine": rec_info["engine"],
+        "actors": rec_info["actors"],
+    }
+
+
+def _codec_header(latent_header: dict, model, split: str) -> dict:
+    import torch
+
+    return latent_header | {
+        "codec": {
+            "name": CODEC_NAME,
+            "version": CODEC_VERSION,
+            "model_sha256": model.model_checksum,
+            "model_config": {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(model.config).items()
+            },
+            "torch_version": torch.__version__,
+            "split": split,
+            "pixels": PIXELS,
+            "levels": LEVELS,
+            "pixel_model": "constriction Categorical(perfect=False), float64 tables",
+        }
+    }
+
+
+def _write_codec_run(latent_run, out_dir, model, prior: Prior, images, split, progress):
+    run = Run.open(latent_run)
+    spec = spec_from_header(run.header, prior)
+    header = _codec_header(run.header, model, split)
+    schema = part_schema("int", prior.dim, False)
+    schema = schema.append(pa.field("latent_nbits", pa.int64()))
+    schema = schema.append(pa.field("pixel_ideal_bits", pa.float64()))
+    fingerprint = {"split": split, "images": int(images.shape[0])}
+    bar = progress(total=images.shape[0], unit="image", desc="pixels") if progress else None
+    with RunWriter(out_dir, header, prior.to_json(), schema, fingerprint=fingerprint) as writer:
+        for k, path in enumerate(run.part_paths()):
+            t = pq.read_table(path)
+            ids = t.column("id").to_numpy()
+            lat_msgs = t.column("message").to_pylist()
+            check_crcs(ids, lat_msgs, t.column("crc32").to_numpy())
+            bins, local = decode_messages(lat_msgs, spec.layout, item_ids=ids)
+            msgs, ideal = [], []
+            for a in range(0, len(ids), TABLE_CHUNK):
+                sl = slice(a, a + TABLE_CHUNK)
+                z = decode_indices(ids[sl], bins[sl], local[sl], spec)
+                tails = _pixel_tails(images[ids[sl]], _tables(model, z))
+                msgs += encode_messages(bins[sl], local[sl], spec.layout, tails)
+                ideal += [tl[0].ideal_bits for tl in tails]
+                if bar:
+                    bar.update(len(tails))
+            cols = {
+                "id": pa.array(ids, pa.int64()),
+                "message": pa.array(msgs, pa.binary()),
+                "nbits": pa.array(8 * np.fromiter(map(len, msgs), np.int64, len(msgs))),
+                "crc32": pa.array(crc32_of(msgs)),
+                "kl_bits": t.column("kl_bits"),
+                "steps": t.column("steps"),
+                "fallback_blocks": t.column("fallback_blocks"),
+                "latent_nbits": t.column("nbits"),
+                "pixel_ideal_bits": pa.array(np.asarray(ideal, np.float64)),
+            }
+            writer.commit(k, pa.table(cols, schema=schema))
+        n_parts = len(run.part_paths())
+        totals = writer.totals(n_parts)
+        writer.publish(n_parts, totals)
+    if bar:
+        bar.close()
+    return summary(out_dir)
+
+
+def summary(run_dir: str) -> dict:
+    """Bits per image and per pixel from the bytes written, and the shares: the latent
+    messages alone (as the REC run wrote them), the pixels' ideal ``-log2 p(x|z)``."""
+    run = Run.open(run_dir, verify_parts=False)
+    _codec_of(run)
+    t = pa.concat_tables(
+        [
+            pq.read_table(p, columns=["message", "latent_nbits", "pixel_ideal_bits", "kl_bits"])
+            for p in run.part_paths()
+        ]
+    )
+    n = t.num_rows
+    payload = sum(len(m) for m in t.column("message").to_pylist())
+    bits = 8.0 * payload / n
+    return {
+        "run": run_dir,
+        "images": n,
+        "method": run.header["method"],
+        "block_bits": run.header["plan"]["block_bits"],
+        "bits_per_image": bits,
+        "bits_per_pixel": bits / PIXELS,
+        "latent_only_bits_per_image": float(np.mean(t.column("latent_nbits").to_numpy())),
+        "pixel_ideal_bits_per_image": float(np.mean(t.column("pixel_ideal_bits").to_numpy())),
+        "kl_bits_per_image": float(np.mean(t.column("kl_bits").to_numpy())),
+        "payload_bytes": payload,
+    }
+
+
+def _codec_of(run: Run) -> dict:
+    codec = run.header.get("codec")
+    if not isinstance(codec, dict) or codec.get("name") != CODEC_NAME:
+        raise FormatError(f"{run.path!r} is not a recray codec mnist run (no codec {CODEC_NAME!r})")
+    if codec.get("version") != CODEC_VERSION:
+        raise FormatError(
+            f"{run.path!r}: codec version {codec.get('version')!r}; this recray decodes "
+            f"version {CODEC_VERSION}"
+        )
+    return codec
+
+
+def decompress(
+    run_dir: str,
+    out_dir: str,
+    *,
+    verify: bool = False,
+    data_dir=None,
+    weights=None,
+    batch_size: int = 1024,
+    progress=None,
+) -> dict:
+    """Decode every image of a codec run into ``out_dir/images.npz`` (``ids`` int64 ``(n,)``,
+    ``images`` uint8 ``(n, 28, 28)``). ``verify=True`` compares them byte for byte with the
+    MNIST split they came from and raises :class:`FormatError` naming the first image that
+    differs."""
+    run = Run.open(run_dir)
+    codec = _codec_of(run)
+    model = _model(weights)
+    if model.model_checksum != codec["model_sha256"]:
+        raise FormatError(
+            f"{run_dir!r} was coded with model weights of SHA-256 {codec['model_sha256']}, but "
+            f"the loaded weights have {model.model_checksum}: decode with the same weights "
+            "(--weights), or the pixels cannot be rebuilt"
+        )
+    prior = Prior.from_dict(json.loads(run.prior_json), where="run prior")
+    spec = spec_from_header(run.header, prior)
+    if os.path.exists(out_dir):
+        raise InputError(f"output {out_dir!r} already exists; remove it or choose another --out")
+    all_ids, all_images = [], []
+    bar = progress(total=run.manifest["items"], unit="image", desc="decode") if progress else None
+    for rb in run.iter_rows(columns=["id", "message", "crc32"], batch_size=batch_size):
+        ids = rb.column("id").to_numpy()
+        msgs = rb.column("message").to_pylist()
+        bad = crc32_of(msgs) != rb.column("crc32").to_numpy()
+        if bad.any():
+            raise MessageError(
+                f"image {int(ids[np.argmax(bad)])}: its message fails its CRC-32: the stored "
+                f"bytes are corrupted ({int(bad.sum())} images of this batch affected)"
+            )
+        for a in range(0, len(ids), TABLE_CHUNK):
+            chunk_ids, chunk = ids[a : a + TABLE_CHUNK], msgs[a : a + TABLE_CHUNK]
+            heads = []
+            for i, m in zip(chunk_ids, chunk, strict=True):
+                try:
+                    heads.append(decode_message_head(m, spec.layout))
+                except MessageError as exc:
+                    raise MessageError(f"image {fmt_item(i)}: {exc}") from exc
+            bins = np.stack([h[0] for h in heads])
+            local = np.stack([h[1] for h in heads])
+            z = decode_indices(chunk_ids, bins, local, spec)
+            probs = _tables(model, z)
+            for j, (i, (_, _, dec)) in enumerate(zip(chunk_ids, heads, strict=True)):
+                all_images.append(_read_pixels(dec, probs[j], i))
+            all_ids.append(chunk_ids)
+            if bar:
+                bar.update(len(chunk_ids))
+    if bar:
+        bar.close()
+    ids = np.concatenate(all_ids)
+    images = np.stack(all_images).reshape(-1, 28, 28)
+    result = {"images": int(ids.size), "out": os.path.join(out_dir, "images.npz")}
+    if verify:
+        src = _images(codec["split"], None, data_dir)
+        if ids.max() >= src.shape[0]:
+            raise FormatError(f"image id {int(ids.max())} is outside the {codec['split']} split")
+        bad = np.flatnonzero((src[ids] != images.reshape(-1, PIXELS)).any(axis=1))
+        if bad.size:
+            raise FormatError(
+                f"image {int(ids[bad[0]])}: decoded pixels differ from MNIST {codec['split']} "
+                f"({bad.size} images differ)"
+            )
+        result["verified"] = True
+    os.makedirs(out_dir)
+    tmp = os.path.join(out_dir, ".images.npz.tmp.npz")
+    np.savez(tmp, ids=ids, images=images)
+    os.replace(tmp, result["out"])
+    return result
+
+
+def _read_pixels(decoder, probs: np.ndarray, image_id) -> np.ndarray:
+    try:
+        sym = np.asarray(decoder.decode(PIXEL_MODEL, np.ascontiguousarray(probs)))
+    except Exception as exc:  # constriction rejects some invalid streams outright
+        raise MessageError(
+            f"image {fmt_item(image_id)}: the pixels cannot be decoded ({exc}); the message "
+            "is corrupted or was coded under another model"
+        ) from None
+    if (sym < 0).any() or (sym >= LEVELS).any():
+        raise MessageError(f"image {fmt_item(image_id)}: pixels decode outside 0..255")
+    return sym.astype(np.uint8)
