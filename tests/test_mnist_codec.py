@@ -135,3 +135,11 @@ def test_demo_prints_the_table_rows_it_measured(tmp_path, capsys):
         assert row in out
     rows = json.load(open(tmp_path / "t.json"))["rows"]
     assert rows[1]["verified_round_trip"] is True
+
+
+def test_other_torch_build_is_refused(run, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch, "__version__", "9.9.9+cpu")
+    with pytest.raises(FormatError, match=r"coded with torch .* install torch=="):
+        mnist.decompress(run[0], str(tmp_path / "dec"))

@@ -19,8 +19,9 @@ model's SHA-256; decoding with other weights is refused before any work.
 
 **Exactness.** The tables must be bit-identical on both sides: ``pixel_probabilities``
 evaluates each row alone, in float64, on one torch thread, so batching and process do not
-matter (tested across processes); the weights' checksum is checked; the torch build and CPU
-family must match (the run header records the torch version).
+matter (tested across processes); the weights' checksum and the torch version are checked
+before decoding; the CPU family must match too (the stream cannot tell: a decoder with
+other tables would read other pixels, so ``--verify`` against the source is the check).
 """
 
 from __future__ import annotations
@@ -309,6 +310,15 @@ def decompress(
             f"{run_dir!r} was coded with model weights of SHA-256 {codec['model_sha256']}, but "
             f"the loaded weights have {model.model_checksum}: decode with the same weights "
             "(--weights), or the pixels cannot be rebuilt"
+        )
+    import torch
+
+    if codec.get("torch_version") != torch.__version__:
+        raise FormatError(
+            f"{run_dir!r} was coded with torch {codec.get('torch_version')}, this is torch "
+            f"{torch.__version__}: the pixel tables are only bit-identical on the same torch "
+            f"build; install torch=={str(codec.get('torch_version')).split('+')[0]} (CPU) to "
+            "decode it"
         )
     prior = Prior.from_dict(json.loads(run.prior_json), where="run prior")
     spec = spec_from_header(run.header, prior)
