@@ -290,7 +290,15 @@ def test_collapsed_dims_are_chunked():
     assert [len(b) for b in tail] == [7, 7, 6]
     assert [d for b in tail for d in b] == list(range(4, 24))
     with pytest.raises(PlanError, match="collapsed_block_size"):
-        build_plan(mi, 10.0, collapsed_block_size=0)
+        build_plan(mi, 10.0, collapsed_block_size=-1)
+    # 0 spreads the collapsed dims over the informative blocks (the ORC baselines' layout)
+    spread = build_plan(mi, 10.0, collapsed_block_size=0)
+    assert len(spread.blocks) == 2 and sorted(d for b in spread.blocks for d in b) == list(
+        range(24)
+    )
+    assert spread.block_budget_bits == (10, 10)
+    assert all(spread.bits[d] == 0 for d in range(4, 24))
+    assert CodecPlan.from_dict(spread.to_dict()) == spread
 
 
 def test_build_plan_rejects_collapsed_only():

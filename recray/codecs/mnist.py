@@ -121,6 +121,7 @@ def compress(
     shard_rows: int = 2048,
     data_dir=None,
     weights=None,
+    collapsed_block_size: int = 8,
     progress=None,
 ) -> dict:
     """Compress MNIST ``split`` (its first ``limit`` images) into the run ``out_dir``;
@@ -160,6 +161,7 @@ def compress(
             shard_rows=shard_rows,
             engine=engine,
             ray_options=ray_options,
+            collapsed_block_size=collapsed_block_size,
             progress=progress,
         )
         rec_s = time.perf_counter() - t_rec

@@ -144,6 +144,7 @@ def compress(
     engine: str = "ray",
     ray_options: RayOptions | None = None,
     resume: bool = False,
+    collapsed_block_size: int = 8,
     progress=None,
 ) -> dict:
     """Compress a latent data set into the run directory ``out_dir`` (see
@@ -163,7 +164,13 @@ def compress(
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1; got {batch_size}")
     prior = read_prior(prior_path)
-    plan = build_plan(prior.mi_bits, block_bits, strategy=allocation, seed=seed)
+    plan = build_plan(
+        prior.mi_bits,
+        block_bits,
+        strategy=allocation,
+        seed=seed,
+        collapsed_block_size=collapsed_block_size,
+    )
     spec = CodecSpec(
         plan=plan,
         method=method,

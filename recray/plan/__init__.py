@@ -208,7 +208,7 @@ class CodecPlan:
                 self.collapse_threshold, "plan field collapse_threshold"
             ),
             "collapsed_block_size": check_int(
-                self.collapsed_block_size, "plan field collapsed_block_size", 1
+                self.collapsed_block_size, "plan field collapsed_block_size", 0
             ),
             "max_bits_per_dim": cap,
             "mi_bits": _norm_mi(self.mi_bits, dim),
@@ -349,7 +349,7 @@ def build_plan(
     budgets = []
     for i, dims in enumerate(blocks):
         mi_blk = mi[dims]
-        collapsed = bool(mi_blk[0] < threshold)
+        collapsed = bool(np.all(mi_blk < threshold))
         budget = 0 if collapsed else block_budget(mi_blk, min(MAX_BLOCK_BITS, cap * len(dims)))
         kw = {"seed": derive_block_seed(seed, i), "collapse_threshold": threshold}
         bits[dims] = allocate_bits(mi_blk, budget, strategy, max_bits_per_dim=cap, **kw)
