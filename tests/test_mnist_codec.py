@@ -131,7 +131,13 @@ def test_demo_prints_the_table_rows_it_measured(tmp_path, capsys):
     )
     assert code == 0
     out = capsys.readouterr().out
-    for row in ("-ELBO", "ORC 16-bit blocks, N=2^16, collapsed spread", "SP-PFR 32-bit blocks", "png", "webp"):
+    for row in (
+        "-ELBO",
+        "ORC 16-bit blocks, N=2^16, collapsed spread",
+        "SP-PFR 32-bit blocks",
+        "png",
+        "webp",
+    ):
         assert row in out
     rows = json.load(open(tmp_path / "t.json"))["rows"]
     assert rows[1]["verified_round_trip"] is True
