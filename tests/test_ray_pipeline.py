@@ -1,6 +1,6 @@
 """The Ray engine on a simulated multi-node cluster (``ray.cluster_utils.Cluster``: a head
 and two worker nodes on this machine): the same bytes as the in-process engine for any
-number of actors and batch size; bad input named from inside an actor; a worker node
+number of actors and batch size; bad input named from inside a Ray read task; a worker node
 killed mid-run; the driver killed and the run resumed."""
 
 import os
@@ -88,7 +88,7 @@ def test_same_bytes_as_in_process_for_any_pool_and_batch(
     assert _files(out) == _files(ref)
 
 
-def test_bad_input_is_named_from_inside_an_actor(cluster, data, tmp_path):
+def test_bad_input_is_named_from_a_ray_read_task(cluster, data, tmp_path):
     lat, pri, _ = data
     t = pq.read_table(lat).slice(0, 600)
     sigma = np.stack(t.column("sigma").to_numpy(zero_copy_only=False))

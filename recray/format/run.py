@@ -121,7 +121,6 @@ class RunWriter:
         os.makedirs(parent, exist_ok=True)
         self.tmp = os.path.join(parent, f".{os.path.basename(self.out_dir)}{PARTIAL_SUFFIX}")
         self.schema = schema
-        self.keep_on_error = True
         resume_doc = {"fingerprint": fingerprint, "header": header, "prior": prior_json}
         if os.path.exists(self.tmp):
             if not resume:
@@ -156,7 +155,7 @@ class RunWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None and (issubclass(exc_type, RecrayError) or not self.keep_on_error):
+        if exc_type is not None and issubclass(exc_type, RecrayError):
             self.abort()
         return False
 

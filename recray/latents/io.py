@@ -172,19 +172,6 @@ class LatentSource:
             counts.append(tuple(md.row_group(g).num_rows for g in range(md.num_row_groups)))
         return RowIndex(self.dim, self.id_kind, tuple(files), tuple(counts))
 
-    def fingerprint(self) -> dict:
-        """What identifies the input of a run for ``--resume``: files, sizes, row counts."""
-        idx = self.row_index()
-        return {
-            "files": [
-                {"name": os.path.basename(f), "bytes": os.path.getsize(f), "rows": sum(c)}
-                for f, c in zip(idx.files, idx.row_groups, strict=True)
-            ],
-            "rows": idx.n_rows,
-            "dim": self.dim,
-            "id_kind": self.id_kind,
-        }
-
     def batches(
         self, batch_size: int
     ) -> Iterator[tuple[np.ndarray | list, np.ndarray, np.ndarray]]:
@@ -310,6 +297,18 @@ class RowIndex:
     def read(self, start: int, stop: int):
         """Validated ``(ids, mu, sigma)`` of rows ``[start, stop)``."""
         return validate_batch(self.read_table(start, stop), self.dim, self.id_kind)
+
+    def fingerprint(self) -> dict:
+        """What identifies the input of a run for ``--resume``: files, sizes, row counts."""
+        return {
+            "files": [
+                {"name": os.path.basename(f), "bytes": os.path.getsize(f), "rows": sum(c)}
+                for f, c in zip(self.files, self.row_groups, strict=True)
+            ],
+            "rows": self.n_rows,
+            "dim": self.dim,
+            "id_kind": self.id_kind,
+        }
 
 
 def kl_bits_per_dim(mu, sigma, prior: Prior) -> np.ndarray:

@@ -191,7 +191,7 @@ def compress(
     schema = part_schema(src.id_kind, prior.dim, debug_samples)
     header = run_header(spec, prior, src.id_kind) | {"shard_rows": int(shard_rows)}
     with RunWriter(
-        out_dir, header, prior.to_json(), schema, fingerprint=src.fingerprint(), resume=resume
+        out_dir, header, prior.to_json(), schema, fingerprint=index.fingerprint(), resume=resume
     ) as writer:
         pending = [(k, a, b) for k, (a, b) in enumerate(shards) if k not in writer.committed]
         done_rows = sum(b - a for k, (a, b) in enumerate(shards) if k in writer.committed)

@@ -107,6 +107,9 @@ def _vectors(a: np.ndarray) -> pa.FixedSizeListArray:
 
 
 def _read_shard(index: RowIndex, k: int, start: int, stop: int):
+    # Validation happens here, in a task: Ray Data hands a task's exception back with its
+    # type, but an actor's only as text (UserCodeException), so bad input is caught where
+    # the driver can still re-raise it as the InputError that names the item.
     for a in range(start, stop, READ_CHUNK_ROWS):
         b = min(a + READ_CHUNK_ROWS, stop)
         ids, mu, sigma = index.read(a, b)
@@ -202,7 +205,7 @@ def run_ray(
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        expected = {k: (a, b) for k, a, b in pending}
+        starts = {k: a for k, a, _ in pending}
         seen = {k: np.zeros(b - a, bool) for k, a, b in pending}
         pieces: dict[int, list[pa.Table]] = {k: [] for k, _, _ in pending}
         with warnings.catch_warnings():
@@ -237,8 +240,7 @@ def run_ray(
                 for k in np.unique(shard_col):
                     k = int(k)
                     sel = shard_col == k
-                    a, _ = expected[k]
-                    r = rows[sel] - a
+                    r = rows[sel] - starts[k]
                     # keep each row once, whatever Ray retried
                     fresh = ~seen[k][r]
                     r_new, first = np.unique(r[fresh], return_index=True)
@@ -250,7 +252,7 @@ def run_ray(
                     if progress:
                         progress.update(int(r_new.size))
                     if seen[k].all():
-                        writer.commit(k, assemble_part(pieces.pop(k), schema))
+                        writer.commit(k, assemble_part(pieces.pop(k)))
                 driver_s += time.perf_counter() - t0
         except Exception as exc:
             cause = _recray_cause(exc)

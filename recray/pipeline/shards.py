@@ -49,9 +49,9 @@ def encode_table(ids, mu, sigma, spec: CodecSpec, schema: pa.Schema) -> pa.Table
     return pa.table(cols, schema=schema)
 
 
-def assemble_part(pieces: list[pa.Table], schema: pa.Schema) -> pa.Table:
-    """One shard's rows from pieces that carry :data:`ROW`, in any order: sorted by row,
-    without :data:`ROW`, with ``schema``."""
+def assemble_part(pieces: list[pa.Table]) -> pa.Table:
+    """One shard's rows from pieces that carry :data:`ROW`, in any order, sorted by row
+    (:meth:`recray.format.run.RunWriter.commit` keeps only the part's columns)."""
     t = pa.concat_tables(pieces)
     order = np.argsort(t.column(ROW).to_numpy(), kind="stable")
-    return t.take(pa.array(order)).select(schema.names).cast(schema)
+    return t.take(pa.array(order))
