@@ -1,7 +1,7 @@
-"""``recray codec mnist``: exact round trips across processes, and the errors a user meets
-(corrupted message, other model weights) named by image."""
+"""``recray codec mnist``: exact round trips across processes and CPU code paths, old runs
+(codec version 1), and the errors a user meets (corrupted message, other model) named by
+image."""
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,10 +16,11 @@ from conftest import rehash_part
 
 pytest.importorskip("torch")
 
+from recray.bench.decode_envs import ENVIRONMENTS, decode_in  # noqa: E402
 from recray.codecs import mnist  # noqa: E402
 from recray.data.mnist import load_mnist  # noqa: E402
 from recray.errors import FormatError, MessageError  # noqa: E402
-from recray.models.vae import DEFAULT_WEIGHTS  # noqa: E402
+from recray.models import intdec  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 40
@@ -97,18 +98,17 @@ def test_corrupted_message_names_the_image(run, tmp_path):
     assert not os.path.exists(tmp_path / "dec")
 
 
-def test_other_model_weights_are_refused(run, tmp_path):
-    w = tmp_path / "mnist_vae.npz"
-    with np.load(DEFAULT_WEIGHTS) as z:
+def test_other_model_is_refused(run, tmp_path):
+    """A run records its integer decoder's SHA-256; another decoder (here: one weight
+    moved by one unit, with a valid card of its own) is refused before any work."""
+    w = tmp_path / "mnist_vae.npz"  # --weights names the float file; the decoder sits next
+    with np.load(intdec.DEFAULT_INT_DECODER) as z:
         arrays = {k: z[k].copy() for k in z.files}
-    first = sorted(arrays)[0]
-    arrays[first].flat[0] += 1e-3
-    np.savez(w, **arrays)
-    card = json.load(open(str(DEFAULT_WEIGHTS).replace(".npz", ".json")))
-    card["weights_sha256"] = hashlib.sha256(w.read_bytes()).hexdigest()
-    (tmp_path / "mnist_vae.json").write_text(json.dumps(card))
-    with pytest.raises(FormatError, match="coded with model weights of SHA-256"):
+    arrays["w1"].flat[0] += 1
+    intdec.save_int_decoder(arrays, intdec.int_decoder_path(w))
+    with pytest.raises(FormatError, match="coded with the integer decoder of SHA-256"):
         mnist.decompress(run[0], str(tmp_path / "dec"), weights=str(w))
+    assert not os.path.exists(tmp_path / "dec")
 
 
 def test_demo_prints_the_table_rows_it_measured(tmp_path, capsys):
@@ -143,9 +143,54 @@ def test_demo_prints_the_table_rows_it_measured(tmp_path, capsys):
     assert rows[1]["verified_round_trip"] is True
 
 
-def test_other_torch_build_is_refused(run, tmp_path, monkeypatch):
+def test_integer_tables_need_no_torch_version(run, tmp_path, monkeypatch):
     import torch
 
+    assert "torch_version" not in json.load(open(os.path.join(run[0], "plan.json")))["codec"]
     monkeypatch.setattr(torch, "__version__", "9.9.9+cpu")
-    with pytest.raises(FormatError, match=r"coded with torch .* install torch=="):
-        mnist.decompress(run[0], str(tmp_path / "dec"))
+    assert mnist.decompress(run[0], str(tmp_path / "dec"), verify=True)["verified"]
+
+
+def test_codec_version_1_runs_still_decode_on_their_torch_build(tmp_path, monkeypatch):
+    """Runs of the float-table format (codec version 1) decode with the old path, and are
+    refused, naming the version and the torch build, under another torch."""
+    import torch
+
+    out = str(tmp_path / "v1")
+    mnist.compress(out, limit=3, block_bits=32, engine="local", codec_version=1)
+    codec = json.load(open(os.path.join(out, "plan.json")))["codec"]
+    assert codec["version"] == 1 and codec["torch_version"] == torch.__version__
+    assert mnist.decompress(out, str(tmp_path / "dec"), verify=True)["verified"]
+    monkeypatch.setattr(torch, "__version__", "9.9.9+cpu")
+    with pytest.raises(FormatError, match=r"codec version 1 run .* install torch=="):
+        mnist.decompress(out, str(tmp_path / "dec2"))
+
+
+def test_unknown_codec_version_is_refused():
+    class Stub:
+        path = "runs/x"
+        header = {"codec": {"name": mnist.CODEC_NAME, "version": 7}}
+
+    with pytest.raises(FormatError, match="codec version 7; this recray decodes versions 1"):
+        mnist._codec_of(Stub())
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("mnist-small") / "run")
+    mnist.compress(out, limit=4, method="sp-pfr", block_bits=32, engine="local")
+    return out
+
+
+OTHER_ENVS = ENVIRONMENTS[1:]  # the first, the same environment: the round-trip test
+
+
+@pytest.mark.parametrize(
+    "name,env", OTHER_ENVS, ids=[f"env{i + 1}" for i in range(len(OTHER_ENVS))]
+)
+def test_decodes_identically_under_other_cpu_code_paths(small_run, tmp_path, name, env):
+    """Issue 14: the float tables failed under ATEN_CPU_CAPABILITY=default and MKL_CBWR;
+    the integer tables decode every image identically whatever kernels torch, MKL,
+    oneDNN, OpenBLAS and NumPy take and however many threads run."""
+    r = decode_in(small_run, str(tmp_path / "dec"), env, pythonpath=REPO, timeout=300)
+    assert r["result"] == "ok", f"{name}: {r['result']}"

@@ -488,7 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--out", required=True, help="directory for images.npz")
     md.add_argument("--verify", action="store_true", help="compare with the MNIST source")
     md.add_argument("--data-dir", default=None)
-    md.add_argument("--weights", default=None)
+    md.add_argument(
+        "--weights",
+        default=None,
+        help="VAE weights (default: the shipped ones); decoding uses the integer decoder "
+        "next to them, <stem>_intdec.npz",
+    )
     md.set_defaults(func=cmd_mnist_decompress)
     demo = msub.add_parser(
         "demo", help="the table's rows on a small test subset (ORC 16-bit vs SP-PFR 32-bit)"

@@ -17,11 +17,19 @@ its 784 pixels end is reported by image id. The run directory is a recray run (p
 prior, parts, manifest) whose header also records the codec, the MNIST split and the
 model's SHA-256; decoding with other weights is refused before any work.
 
-**Exactness.** The tables must be bit-identical on both sides: ``pixel_probabilities``
-evaluates each row alone, in float64, on one torch thread, so batching and process do not
-matter (tested across processes); the weights' checksum and the torch version are checked
-before decoding; the CPU family must match too (the stream cannot tell: a decoder with
-other tables would read other pixels, so ``--verify`` against the source is the check).
+**Exactness.** The tables must be bit-identical on both sides, on any machine. Codec
+version 2 (written today) computes them with integers only
+(:class:`recray.models.intdec.IntDecoder`: fixed-point weights, int64 sums, lookup tables
+for the scales and the logistic CDF), handed to the range coder as exact integers, so
+they do not depend on the CPU, its instruction set, the thread count, the NumPy or torch
+version or the batching; decoding needs no torch. The header records the integer
+decoder's SHA-256 (decoding with another is refused before any work), its arithmetic
+format and the float weights the encoder's posterior came from. What remains for a
+decode on another machine is the latent ``z``: REC must regenerate the encoder's ``z``
+to the bit there (see ``docs/FORMAT.md``).
+
+Version 1 runs (float64 tables from torch) still decode, on the same torch build only
+(checked), and only where the CPU takes the same kernels (not checkable: ``--verify``).
 """
 
 from __future__ import annotations
@@ -48,7 +56,8 @@ from recray.pipeline.driver import spec_from_header
 from recray.pipeline.options import RayOptions
 
 CODEC_NAME = "mnist-vae"
-CODEC_VERSION = 1
+CODEC_VERSION = 2  # integer decoder tables (recray.models.intdec)
+FLOAT_TABLES_VERSION = 1  # float64 torch tables: decodes on the same torch build only
 PIXELS = 784
 LEVELS = 256
 PIXEL_MODEL = constriction.stream.model.Categorical(perfect=False)
@@ -79,17 +88,40 @@ def _images(split: str, limit: int | None, data_dir) -> np.ndarray:
     return np.ascontiguousarray(images.reshape(-1, PIXELS))
 
 
-def _tables(model, z: np.ndarray) -> np.ndarray:
-    from recray.models.vae import pixel_probabilities
+def int_decoder_path(weights=None) -> str:
+    """The integer decoder that goes with the float ``weights`` (``<stem>_intdec.npz``)."""
+    from recray.models import intdec
 
-    return pixel_probabilities(model, z)
+    return str(intdec.int_decoder_path(weights) if weights else intdec.DEFAULT_INT_DECODER)
 
 
-def _pixel_tails(images: np.ndarray, probs: np.ndarray) -> list[list[Tail]]:
+def _int_decoder(weights):
+    from recray.models.intdec import load_int_decoder
+
+    return load_int_decoder(int_decoder_path(weights))
+
+
+def _tables(decoder, z: np.ndarray, version: int) -> np.ndarray:
+    """What the range coder takes for the rows ``z``: the integer tables as exact float64
+    (version 2; ``decoder`` an ``IntDecoder``) or the float64 torch tables (version 1;
+    ``decoder`` the ``MnistVAE``)."""
+    if version == FLOAT_TABLES_VERSION:
+        from recray.models.vae import pixel_probabilities
+
+        return pixel_probabilities(decoder, z)
+    from recray.models.intdec import coder_probabilities
+
+    return coder_probabilities(decoder.tables(z))
+
+
+def _pixel_tails(images: np.ndarray, probs: np.ndarray, version: int) -> list[list[Tail]]:
     rows = np.arange(PIXELS)
     out = []
     for x, p in zip(images, probs, strict=True):
-        ideal = float(-np.log2(np.maximum(p[rows, x], 2.0**-24)).sum())
+        if version == FLOAT_TABLES_VERSION:
+            ideal = float(-np.log2(np.maximum(p[rows, x], 2.0**-24)).sum())
+        else:  # the coded probabilities (w + 1) / 2^24
+            ideal = float(24 * PIXELS - np.log2(p[rows, x] + 1.0).sum())
         out.append([Tail(x.astype(np.int32), PIXEL_MODEL, np.ascontiguousarray(p), ideal)])
     return out
 
@@ -123,15 +155,20 @@ def compress(
     weights=None,
     collapsed_block_size: int = 8,
     progress=None,
+    codec_version: int = CODEC_VERSION,
 ) -> dict:
     """Compress MNIST ``split`` (its first ``limit`` images) into the run ``out_dir``;
     returns the figures of :func:`summary` plus timings. Item ids are image indices in
     the split. Blocks an exact method cannot code are coded with its fixed-budget twin
-    (``--on-unbounded orc``)."""
+    (``--on-unbounded orc``). ``codec_version=1`` writes the old float-table format (for
+    comparisons; it decodes on the same torch build only)."""
+    if codec_version not in (FLOAT_TABLES_VERSION, CODEC_VERSION):
+        raise InputError(f"codec_version must be 1 or 2; got {codec_version!r}")
     if os.path.exists(out_dir):
         raise InputError(f"output {out_dir!r} already exists; remove it or choose another --out")
     t_start = time.perf_counter()
     model = _model(weights)
+    decoder = model if codec_version == FLOAT_TABLES_VERSION else _int_decoder(weights)
     prior = read_prior(prior_path(weights))
     images = _images(split, limit, data_dir)
     n = images.shape[0]
@@ -166,7 +203,9 @@ def compress(
         )
         rec_s = time.perf_counter() - t_rec
         t_pix = time.perf_counter()
-        info = _write_codec_run(latent_run, out_dir, model, prior, images, split, progress)
+        info = _write_codec_run(
+            latent_run, out_dir, model, decoder, prior, images, split, progress, codec_version
+        )
         pixel_s = time.perf_counter() - t_pix
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -184,31 +223,52 @@ def compress(
     }
 
 
-def _codec_header(latent_header: dict, model, split: str) -> dict:
-    import torch
+def _version_of(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
 
-    return latent_header | {
-        "codec": {
-            "name": CODEC_NAME,
-            "version": CODEC_VERSION,
-            "model_sha256": model.model_checksum,
-            "model_config": {
-                k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(model.config).items()
-            },
-            "torch_version": torch.__version__,
-            "split": split,
-            "pixels": PIXELS,
-            "levels": LEVELS,
-            "pixel_model": "constriction Categorical(perfect=False), float64 tables",
-        }
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def _codec_header(latent_header: dict, model, decoder, split: str, version: int) -> dict:
+    codec = {
+        "name": CODEC_NAME,
+        "version": version,
+        "model_sha256": model.model_checksum,
+        "model_config": {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(model.config).items()
+        },
+        "split": split,
+        "pixels": PIXELS,
+        "levels": LEVELS,
     }
+    if version == FLOAT_TABLES_VERSION:
+        import torch
+
+        codec["torch_version"] = torch.__version__
+        codec["pixel_model"] = "constriction Categorical(perfect=False), float64 tables"
+    else:
+        from recray.models.intdec import INT_FORMAT
+
+        codec["decoder_sha256"] = decoder.checksum
+        codec["int_format"] = INT_FORMAT
+        codec["constriction_version"] = _version_of("constriction")
+        codec["pixel_model"] = (
+            "constriction Categorical(perfect=False) on integer tables summing to 2^24 - 256: "
+            "level v coded with probability (w_v + 1) / 2^24"
+        )
+    return latent_header | {"codec": codec}
 
 
-def _write_codec_run(latent_run, out_dir, model, prior: Prior, images, split, progress):
+def _write_codec_run(
+    latent_run, out_dir, model, decoder, prior: Prior, images, split, progress, version
+):
     run = Run.open(latent_run)
     spec = spec_from_header(run.header, prior)
-    header = _codec_header(run.header, model, split)
+    header = _codec_header(run.header, model, decoder, split, version)
     schema = part_schema("int", prior.dim, False)
     schema = schema.append(pa.field("latent_nbits", pa.int64()))
     schema = schema.append(pa.field("pixel_ideal_bits", pa.float64()))
@@ -225,7 +285,7 @@ def _write_codec_run(latent_run, out_dir, model, prior: Prior, images, split, pr
             for a in range(0, len(ids), TABLE_CHUNK):
                 sl = slice(a, a + TABLE_CHUNK)
                 z = decode_indices(ids[sl], bins[sl], local[sl], spec)
-                tails = _pixel_tails(images[ids[sl]], _tables(model, z))
+                tails = _pixel_tails(images[ids[sl]], _tables(decoder, z, version), version)
                 msgs += encode_messages(bins[sl], local[sl], spec.layout, tails)
                 ideal += [tl[0].ideal_bits for tl in tails]
                 if bar:
@@ -282,12 +342,51 @@ def _codec_of(run: Run) -> dict:
     codec = run.header.get("codec")
     if not isinstance(codec, dict) or codec.get("name") != CODEC_NAME:
         raise FormatError(f"{run.path!r} is not a recray codec mnist run (no codec {CODEC_NAME!r})")
-    if codec.get("version") != CODEC_VERSION:
+    if codec.get("version") not in (FLOAT_TABLES_VERSION, CODEC_VERSION):
         raise FormatError(
             f"{run.path!r}: codec version {codec.get('version')!r}; this recray decodes "
-            f"version {CODEC_VERSION}"
+            f"versions {FLOAT_TABLES_VERSION} (float tables) and {CODEC_VERSION} (integer "
+            "tables): decode it with the recray release that wrote it"
         )
     return codec
+
+
+def _decoder_for(run_dir: str, codec: dict, weights):
+    """The table model a run needs, after checking it is the one the run was coded with."""
+    if codec["version"] == CODEC_VERSION:
+        from recray.models.intdec import INT_FORMAT
+
+        if codec.get("int_format") != INT_FORMAT:
+            raise FormatError(
+                f"{run_dir!r}: integer decoder format {codec.get('int_format')!r}; this "
+                f"recray computes format {INT_FORMAT}"
+            )
+        decoder = _int_decoder(weights)
+        if decoder.checksum != codec.get("decoder_sha256"):
+            raise FormatError(
+                f"{run_dir!r} was coded with the integer decoder of SHA-256 "
+                f"{codec.get('decoder_sha256')}, but the loaded one "
+                f"({int_decoder_path(weights)!r}) has {decoder.checksum}: decode with the same "
+                "model (--weights), or the pixels cannot be rebuilt"
+            )
+        return decoder
+    model = _model(weights)  # version 1: float tables
+    if model.model_checksum != codec["model_sha256"]:
+        raise FormatError(
+            f"{run_dir!r} was coded with model weights of SHA-256 {codec['model_sha256']}, but "
+            f"the loaded weights have {model.model_checksum}: decode with the same weights "
+            "(--weights), or the pixels cannot be rebuilt"
+        )
+    import torch
+
+    if codec.get("torch_version") != torch.__version__:
+        raise FormatError(
+            f"{run_dir!r} is a codec version 1 run (float tables), coded with torch "
+            f"{codec.get('torch_version')}; this is torch {torch.__version__}: its pixel tables "
+            "are only bit-identical on the same torch build; install "
+            f"torch=={str(codec.get('torch_version')).split('+')[0]} (CPU) to decode it"
+        )
+    return model
 
 
 def decompress(
@@ -306,22 +405,8 @@ def decompress(
     differs."""
     run = Run.open(run_dir)
     codec = _codec_of(run)
-    model = _model(weights)
-    if model.model_checksum != codec["model_sha256"]:
-        raise FormatError(
-            f"{run_dir!r} was coded with model weights of SHA-256 {codec['model_sha256']}, but "
-            f"the loaded weights have {model.model_checksum}: decode with the same weights "
-            "(--weights), or the pixels cannot be rebuilt"
-        )
-    import torch
-
-    if codec.get("torch_version") != torch.__version__:
-        raise FormatError(
-            f"{run_dir!r} was coded with torch {codec.get('torch_version')}, this is torch "
-            f"{torch.__version__}: the pixel tables are only bit-identical on the same torch "
-            f"build; install torch=={str(codec.get('torch_version')).split('+')[0]} (CPU) to "
-            "decode it"
-        )
+    version = codec["version"]
+    decoder = _decoder_for(run_dir, codec, weights)
     prior = Prior.from_dict(json.loads(run.prior_json), where="run prior")
     spec = spec_from_header(run.header, prior)
     if os.path.exists(out_dir):
@@ -348,7 +433,7 @@ def decompress(
             bins = np.stack([h[0] for h in heads])
             local = np.stack([h[1] for h in heads])
             z = decode_indices(chunk_ids, bins, local, spec)
-            probs = _tables(model, z)
+            probs = _tables(decoder, z, version)
             for j, (i, (_, _, dec)) in enumerate(zip(chunk_ids, heads, strict=True)):
                 all_images.append(_read_pixels(dec, probs[j], i))
             all_ids.append(chunk_ids)

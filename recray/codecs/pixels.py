@@ -8,10 +8,13 @@ decoder pads them back), so ``len(message)`` is the honest size.
 
 Guarantees and requirements (encode and decode must share all of these):
 
-* the **same probability tables**, bit for bit (for the VAE, :func:`recray.models.vae.
-  pixel_probabilities` gives that for the same ``z`` rows, weights, torch build and CPU
-  family), the same ``check_bits`` and the same constriction quantization
-  (``Categorical(perfect=False)``, constriction 0.4/0.5 range coder defaults);
+* the **same probability tables**, bit for bit (for the VAE, the integer tables of
+  :class:`recray.models.intdec.IntDecoder`, passed through
+  :func:`~recray.models.intdec.coder_probabilities`, give that on any machine for the same
+  ``z`` rows and model file; the float tables of :func:`recray.models.vae.
+  pixel_probabilities` only on the same torch build and CPU code paths), the same
+  ``check_bits`` and the same constriction quantization (``Categorical(perfect=False)``,
+  constriction 0.4/0.5 range coder defaults);
 * then ``decode_pixels(encode_pixels(x, p), p) == x`` exactly, for every image and every
   table (every level keeps a nonzero quantized probability, so any image can be coded).
 
@@ -147,7 +150,7 @@ def decode_pixels(
             raise MessageError(
                 f"{name}: the decoded pixels fail the {check_bits}-bit check; the message is "
                 "corrupted or the decoder's probability tables differ from the encoder's "
-                "(model checksum, torch build, CPU family)"
+                "(model checksum; for float tables also torch build and CPU code paths)"
             )
         out[i] = img
     return out

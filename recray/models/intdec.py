@@ -161,9 +161,7 @@ class IntDecoder:
         if z.ndim != 2 or z.shape[1] != d:
             raise InputError(f"z must have shape (n, {d}); got {z.shape}")
         if z.dtype != np.float64:
-            raise InputError(
-                f"z must be float64 (the exact latent REC regenerates); got {z.dtype}"
-            )
+            raise InputError(f"z must be float64 (the exact latent REC regenerates); got {z.dtype}")
         if not np.all(np.isfinite(z)):
             i = int(np.argmax(~np.isfinite(z).all(axis=1)))
             raise InputError(f"z row {i} is not finite")

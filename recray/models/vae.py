@@ -8,14 +8,13 @@
   ``[(2v - 1)/255 - 1, (2v + 1)/255 - 1]``, the end levels take the tails).
 
 **Exactness of ``p(x|z)``.** A lossless codec needs the decoder to rebuild the very same
-probability tables as the encoder. :func:`pixel_probabilities` therefore evaluates the
-decoder and the CDF **one latent row at a time**, in float64, with torch pinned to one
-thread: every row goes through the same kernels with the same shapes, so its table does not
-depend on which other rows are in the call, on their number or on their order, nor on the
-process. Guarantees and requirements: identical bytes for identical ``z`` rows given the
-same weights (:attr:`MnistVAE.model_checksum`), the same torch build and the same CPU
-instruction-set family; other set-ups may differ in the last bits, which a codec detects
-(check bits / CRC) rather than silently decoding garbage.
+probability tables as the encoder. :func:`pixel_probabilities` evaluates the decoder and
+the CDF **one latent row at a time**, in float64, with torch pinned to one thread, so a
+row's table does not depend on the batch or the process. It does depend on the torch build
+and on the CPU kernels that build takes (``ATEN_CPU_CAPABILITY``, MKL's modes: issue 14):
+the codec therefore codes pixels under the integer tables of :mod:`recray.models.intdec`,
+which are the same on any machine; these float tables remain for codec version 1 runs and
+as the reference the integer ones are measured against.
 
 Weights are stored as float32 ``.npz`` next to a JSON card (architecture, training set-up,
 timings, results, the weights' SHA-256); :func:`load_mnist_vae` verifies that checksum.
