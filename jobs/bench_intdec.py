@@ -4,8 +4,8 @@ decode-anywhere table (issue 14).
     python jobs/bench_intdec.py --limit 1000 --json docs/figures/mnist_intdec.json \\
         [--tables 10000] [--matrix-limit 100]
 
-For codec versions 1 (float tables) and 2 (integer tables), in turn and twice (the
-faster of the two is kept: the machine is shared): ``compress`` of the first ``--limit``
+For codec versions 1 (float tables) and 2 (integer tables), in turn, ``--rounds`` times
+(the fastest round of each is kept: the machine is shared): ``compress`` of the first ``--limit``
 test images (SP-PFR 32-bit blocks, local engine, so the REC part is the same) and
 ``decompress --verify``; wall ms/image and bits/image from the bytes written.
 ``--tables N``: the pixel bits of both tables on the same latents for N images
@@ -47,6 +47,7 @@ def _one(work, version, limit, k):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--tables", type=int, default=0)
     ap.add_argument("--matrix-limit", type=int, default=0)
     ap.add_argument("--json", default=None)
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory(prefix="recray-intdec-") as work:
         runs = {1: [], 2: []}
-        for k in range(2):
+        for k in range(a.rounds):
             for v in (1, 2):
                 runs[v].append(_one(work, v, a.limit, k))
                 print(runs[v][-1], flush=True)
@@ -77,9 +78,10 @@ def main(argv=None) -> int:
                         {"environment": r["environment"], "result": r["result"]} for r in rows
                     ],
                 }
-    if a.tables:
-        from recray.bench.intdec import compare_tables
+    from recray.bench.intdec import compare_tables, time_tables
 
+    doc["tables_time"] = time_tables()
+    if a.tables:
         doc["tables"] = compare_tables(limit=a.tables)
     print(json.dumps(doc, indent=1))
     if a.json:

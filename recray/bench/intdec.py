@@ -77,3 +77,32 @@ def compare_tables(limit: int | None = None, *, seed: int = 0, chunk: int = 100)
         "tables_ms_per_image_float": 1e3 * t_float / n,
         "decoder_sha256": dec.checksum,
     }
+
+
+def time_tables(rows: int = 64, reps: int = 7, seed: int = 1) -> dict:
+    """ms/image to build the tables of ``rows`` latent rows, integer and float in turn,
+    ``reps`` times each; the fastest of each is kept (on a shared machine the minimum is
+    the cost, the rest is other people's load). One thread."""
+    import torch
+
+    from recray.models import intdec, vae
+
+    torch.set_num_threads(1)
+    model = vae.load_mnist_vae()
+    dec = intdec.load_int_decoder(intdec.int_decoder_path(vae.DEFAULT_WEIGHTS))
+    z = np.random.default_rng(seed).standard_normal((rows, model.config.latent_dim))
+    best = {"int": np.inf, "float": np.inf}
+    for _ in range(reps):
+        for name, f in (
+            ("int", dec.tables),
+            ("float", lambda z: vae.pixel_probabilities(model, z)),
+        ):
+            t = time.perf_counter()
+            f(z)
+            best[name] = min(best[name], time.perf_counter() - t)
+    return {
+        "rows": rows,
+        "reps": reps,
+        "tables_ms_per_image_int": 1e3 * best["int"] / rows,
+        "tables_ms_per_image_float": 1e3 * best["float"] / rows,
+    }

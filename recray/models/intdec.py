@@ -29,6 +29,9 @@ decoder network and its discretized-logistic-mixture CDF computed with integers 
    ``2^-28`` of 0 or 1); mixture weights ``w1 = floor(logistic[k(logit)] * 2^16 /
    (FREE * 2^22))`` (Q16), ``w0 = 2^16 - w1``;
    ``C_v = floor((w0 * logistic[k0] + w1 * logistic[k1]) / 2^38)``, in ``[0, FREE]``.
+6. The table of a pixel: ``w_v = C_v - C_{v-1}`` (``C_{-1} = 0``, ``C_255 = FREE``):
+   nonnegative integers summing to exactly ``FREE``.
+
 **Into the range coder.** :func:`coder_probabilities` hands these integers as float64 to
 ``constriction``'s ``Categorical(perfect=False)``. Its quantizer (``fast_quantized_cdf``)
 normalizes by the sum (exactly ``FREE``), scales by ``(2^24 - 256) / FREE = 1.0`` and gives
@@ -40,9 +43,9 @@ Guarantees and requirements: the tables are a function of the ``z`` row's bytes 
 model file alone; identical on every CPU, OS, NumPy version, thread count and batching
 (only integer operations after step 1). What this module cannot guarantee is ``z``: the
 decoder's ``z`` must be the encoder's to the bit (REC's generator; see
-``docs/FORMAT.md``). Overflow bounds: ``|zq| <= 2^16``, ``|W| < 2^15``, fan-in ``<= 256``:
-layer 1 sums ``< 2^36``; activations ``<= 2^24``: later sums ``< 2^47``; the CDF step
-``< 2^54``; the mixture ``< 2^62``.
+``docs/FORMAT.md``). Overflow bounds (checked on load where they are data):
+``|zq| <= 2^16``, ``|W| < 2^15``, fan-in ``<= 256``, biases ``< 2^46``, activations
+``<= 2^24``: every layer's sum ``< 2^48``; the CDF step ``< 2^54``; the mixture ``< 2^62``.
 """
 
 from __future__ import annotations
@@ -140,7 +143,7 @@ class IntDecoder:
         ``1 / FREE``, floored; nondecreasing in ``v``, in ``[0, FREE]``."""
         return _cdf(self.logistic, *self.parameters(z))
 
-    def tables(self, z, chunk: int = 4) -> np.ndarray:
+    def tables(self, z, chunk: int = 1) -> np.ndarray:
         """Integer pixel tables: int64 ``(n, 784, 256)``, each pixel's 256 entries
         nonnegative and summing to exactly :data:`FREE`. Row ``i`` depends on ``z[i]``
         alone (``chunk`` rows at a time only bounds memory and keeps them in cache)."""
