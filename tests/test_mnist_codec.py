@@ -194,3 +194,13 @@ def test_decodes_identically_under_other_cpu_code_paths(small_run, tmp_path, nam
     oneDNN, OpenBLAS and NumPy take and however many threads run."""
     r = decode_in(small_run, str(tmp_path / "dec"), env, pythonpath=REPO, timeout=300)
     assert r["result"] == "ok", f"{name}: {r['result']}"
+
+
+def test_decodes_where_torch_is_not_installed(small_run, tmp_path):
+    """Decoding a version 2 run needs NumPy and constriction, not torch: here any
+    ``import torch`` fails."""
+    fake = tmp_path / "no-torch" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('torch is not installed here')\n")
+    r = decode_in(small_run, str(tmp_path / "dec"), {}, pythonpath=f"{fake.parent}:{REPO}")
+    assert r["result"] == "ok", r["result"]

@@ -370,7 +370,13 @@ def _decoder_for(run_dir: str, codec: dict, weights):
                 "model (--weights), or the pixels cannot be rebuilt"
             )
         return decoder
-    model = _model(weights)  # version 1: float tables
+    try:  # version 1: float tables, from torch
+        model = _model(weights)
+    except ImportError as exc:
+        raise FormatError(
+            f"{run_dir!r} is a codec version 1 run (float tables): decoding it needs torch "
+            f"{codec.get('torch_version')}, which cannot be imported here ({exc})"
+        ) from None
     if model.model_checksum != codec["model_sha256"]:
         raise FormatError(
             f"{run_dir!r} was coded with model weights of SHA-256 {codec['model_sha256']}, but "
