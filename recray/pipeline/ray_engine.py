@@ -139,11 +139,14 @@ def _read_shard(index: RowIndex, k: int, start: int, stop: int, skip: np.ndarray
 class ShardEncoder:
     """The actor's callable: part rows (plus ``_shard``, ``_row``) of a batch of items."""
 
-    def __init__(self, spec: CodecSpec, schema: pa.Schema, id_kind: str, on_bad: str = "fail"):
+    def __init__(
+        self, spec: CodecSpec, schema: pa.Schema, id_kind: str, on_bad: str = "fail", hook=None
+    ):
         self.spec = spec
         self.schema = schema
         self.id_kind = id_kind
         self.on_bad = on_bad
+        self.hook = hook
         if spec.backend:
             from recray.backend import get_backend
 
@@ -152,6 +155,8 @@ class ShardEncoder:
     def __call__(self, batch: pa.Table) -> pa.Table:
         shard = batch.column(SHARD).to_numpy()
         rows = batch.column(ROW).to_numpy()
+        if self.hook is not None:
+            self.hook(shard, rows)
         try:
             ids, mu, sigma = validate_batch(
                 batch.select(["id", "mu", "sigma"]), self.spec.plan.dim, self.id_kind
@@ -310,6 +315,7 @@ def run_ray(
                     "schema": schema,
                     "id_kind": index.id_kind,
                     "on_bad": on_bad,
+                    "hook": opts.on_batch,
                 },
                 batch_size=batch_size,
                 batch_format="pyarrow",
