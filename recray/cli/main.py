@@ -312,6 +312,22 @@ def cmd_bench_compress(args) -> int:
     return 0
 
 
+def cmd_bench_outliers(args) -> int:
+    from recray.bench import outliers
+
+    r = outliers.run_outlier_bench(
+        n=args.n,
+        dim=args.dim,
+        outlier_fraction=args.outlier_fraction,
+        engine=args.engine,
+        workdir=args.workdir,
+    )
+    print(outliers.format_result(r))
+    _write_json(args.json, r)
+    bad = any(w["fallback_blocks"] or w["rejects"] for w in r["rows"])
+    return 1 if bad else 0
+
+
 def cmd_bench_scale(args) -> int:
     from recray.bench import scale
 
@@ -496,6 +512,18 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--workdir", default=None)
     bc.add_argument("--json", metavar="PATH")
     bc.set_defaults(func=cmd_bench_compress)
+
+    bo = bsub.add_parser(
+        "outliers",
+        help="defaults on a clean set and one with outliers: all exact? side-information bits",
+    )
+    bo.add_argument("--n", type=int, default=100_000)
+    bo.add_argument("--dim", type=int, default=64)
+    bo.add_argument("--outlier-fraction", type=float, default=0.01)
+    bo.add_argument("--engine", choices=("ray", "local"), default="local")
+    bo.add_argument("--workdir", default=None)
+    bo.add_argument("--json", metavar="PATH")
+    bo.set_defaults(func=cmd_bench_outliers)
 
     bs = bsub.add_parser(
         "scale", help="Ray engine items/s: 1 and 2 actors, simulated multi-node cluster"
