@@ -63,6 +63,11 @@ class FormatError(RecrayError):
     that does not match, a failed CRC."""
 
 
+class StorageError(RecrayError):
+    """A file of a run could not be written or read (disk full, file size limit, permission,
+    a storage service that fails). Committed parts are kept: run again with ``--resume``."""
+
+
 def fmt_item(item_id) -> str:
     """How messages name an item: its id as Python writes it (``7``, ``'img-0042'``)."""
     return repr(item_id.item() if hasattr(item_id, "item") else item_id)

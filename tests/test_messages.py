@@ -116,9 +116,10 @@ def test_roundtrip_property(case):
 
 
 # ----------------------------------------------------------------------------- wire format
-# These bytes pin the wire format of MESSAGE_CODEC_VERSION 1 (symbol order, chunking,
-# constriction's model quantization, big-endian words, shortest termination). Change them
-# only together with a MESSAGE_CODEC_VERSION bump.
+# These bytes pin the wire format of MESSAGE_CODEC_VERSION 2 (symbol order, chunking,
+# constriction's model quantization, big-endian words, shortest termination; layouts
+# without adaptive_dims code exactly as version 1 did). Change them only together with a
+# MESSAGE_CODEC_VERSION bump.
 GOLDEN = [
     (IndexLayout((16, 12, 0), "universal"), [5, 7, 0], [1, 2, 5], "290ad58206"),
     (IndexLayout((0, 0), "universal"), [0, 0], [2**20 + 3, 2**40], "e29f58f8aa8d72c0"),
@@ -128,7 +129,7 @@ GOLDEN = [
 
 @pytest.mark.parametrize("layout,bins,local,hexbytes", GOLDEN)
 def test_golden_bytes(layout, bins, local, hexbytes):
-    assert MESSAGE_CODEC_VERSION == 1
+    assert MESSAGE_CODEC_VERSION == 2
     assert encode_message(bins, local, layout).hex() == hexbytes
     got_bins, got_local = decode_message(bytes.fromhex(hexbytes), layout)
     assert got_bins.tolist() == bins and got_local.tolist() == local
@@ -307,3 +308,59 @@ def test_tail_symbols_share_the_message_and_its_termination():
         assert 8 * len(m) <= ideal + 16
         # and never longer than coding the tail separately would be
         assert len(m) <= len(encode_message(bins[i], local[i], layout)) + int(ideal) // 8 + 3
+
+
+# ----------------------------------------------------------------------------- adaptive
+ADAPTIVE = IndexLayout((6, 4), "universal", adaptive_dims=(3, 2))
+
+
+def test_adaptive_golden_bytes_and_round_trip():
+    from recray.format.messages import read_head
+
+    extra = np.zeros((2, 3), int)
+    extra[1, 0] = 9  # block 1, its first dimension: 9 extra partition bits (13-bit bins)
+    msg = encode_message([5, 2**13 - 1], [1, 3], ADAPTIVE, extra=extra)
+    assert msg.hex() == "ffb67bf8eb51"
+    head = read_head(msg, ADAPTIVE)
+    assert head.bins.tolist() == [5, 2**13 - 1] and head.local.tolist() == [1, 3]
+    assert head.extra.tolist() == extra.tolist()
+    # unflagged blocks cost ~0.0014 bit each: the common case is the version-1 message
+    plain = encode_message([5, 7], [1, 3], ADAPTIVE)
+    assert plain.hex() == "21b8"
+    assert ideal_bits([5, 7], [1, 3], ADAPTIVE) - ideal_bits([5, 7], [1, 3], IndexLayout((6, 4))) < 0.003
+
+
+def test_adaptive_random_round_trip_many_items():
+    from recray.format.messages import decode_blocks
+
+    rng = np.random.default_rng(9)
+    layout = IndexLayout((10, 3, 0, 7), "universal", adaptive_dims=(4, 2, 3, 1))
+    n = 60
+    extra = np.zeros((n, 4, 4), np.int64)
+    for i in range(0, n, 7):  # some items have adapted blocks
+        b = int(rng.integers(0, 4))
+        nd = layout.adaptive_dims[b]
+        extra[i, b, :nd] = rng.integers(0, 6, size=nd)
+    width = np.asarray(layout.bin_bits) + extra.sum(axis=2)
+    bins = (rng.random((n, 4)) * (2.0**width)).astype(np.int64)
+    local = rng.integers(1, 3000, size=(n, 4))
+    msgs = encode_messages(bins, local, layout, extra=extra)
+    got = decode_blocks(msgs, layout)
+    assert np.array_equal(got[0], bins) and np.array_equal(got[1], local)
+    assert np.array_equal(got[2], extra)
+    with pytest.raises(InputError, match="use decode_blocks"):
+        decode_messages(msgs, layout)
+
+
+def test_adaptive_extra_is_checked():
+    bad = np.zeros((2, 3), int)
+    bad[0, 2] = 1  # block 0 has 3 dimensions: fine; block 1 has 2: index 2 must stay 0
+    encode_message([0, 0], [1, 1], ADAPTIVE, extra=bad)
+    bad = np.zeros((2, 3), int)
+    bad[1, 2] = 1
+    with pytest.raises(InputError, match=r"extra\[0, 1, 2\]"):
+        encode_message([0, 0], [1, 1], ADAPTIVE, extra=bad)
+    with pytest.raises(InputError, match="no adaptive_dims"):
+        encode_message([0, 0], [1, 1], IndexLayout((6, 4)), extra=np.ones((2, 3), int))
+    with pytest.raises(InputError, match="adaptive_dims"):
+        IndexLayout((6, 4), adaptive_dims=(3,))

@@ -220,7 +220,7 @@ def test_unbounded_ratio_and_its_fallback(tmp_path, synth):
 
 
 def _interrupt_after(monkeypatch, n_calls, exc=KeyboardInterrupt):
-    import recray.pipeline.local_engine as eng
+    import recray.pipeline.shards as eng
 
     calls = {"n": 0}
     real = eng.encode_table
@@ -263,12 +263,29 @@ def test_interrupted_run_is_resumed_to_the_same_bytes(tmp_path, synth, monkeypat
     assert not partial.exists()
 
 
-def test_bad_input_mid_run_publishes_nothing(tmp_path, synth, monkeypatch):
+def test_error_mid_run_keeps_committed_work_for_resume(tmp_path, synth, monkeypatch):
+    """A typed error after shards were committed (here planted in the search of the third
+    batch) keeps the partial run: nothing committed is deleted, --resume finishes it."""
+    kw = dict(FAST, shard_rows=128)
+    clean = str(tmp_path / "clean")
+    driver.compress(synth[0], synth[1], clean, **kw)
     _interrupt_after(monkeypatch, 3, InputError("item 7: planted"))
     out = str(tmp_path / "out")
     with pytest.raises(InputError, match="planted"):
-        driver.compress(synth[0], synth[1], out, **(FAST | {"shard_rows": 128}))
-    assert os.listdir(tmp_path) == []
+        driver.compress(synth[0], synth[1], out, **kw)
+    monkeypatch.undo()
+    partial = tmp_path / ".out.partial"
+    kept = sorted(f for f in os.listdir(partial) if f.startswith("part-"))
+    assert kept == ["part-00000.parquet", "part-00001.parquet"]
+    # an error during the resume keeps them too
+    _interrupt_after(monkeypatch, 1, InputError("item 9: planted again"))
+    with pytest.raises(InputError, match="planted again"):
+        driver.compress(synth[0], synth[1], out, resume=True, **kw)
+    monkeypatch.undo()
+    assert sorted(f for f in os.listdir(partial) if f.startswith("part-")) == kept
+    info = driver.compress(synth[0], synth[1], out, resume=True, **kw)
+    assert info["resumed_shards"] == 2
+    assert _files(out) == _files(clean)
 
 
 @pytest.mark.parametrize("batch_size", [37, 600])
@@ -319,7 +336,7 @@ def test_truncated_or_foreign_part(run, tmp_path):
     path = os.path.join(d, "part-00000.parquet")
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
-    with pytest.raises(FormatError, match="truncated, corrupted or not from this run"):
+    with pytest.raises(FormatError, match="part-00000.parquet .* not readable Parquet.*--salvage"):
         driver.decompress(d, str(tmp_path / "x.parquet"))
     with pytest.raises(FormatError):
         rehash_part(d, "part-00000.parquet")
@@ -337,7 +354,7 @@ def test_incomplete_run_and_version_and_prior_mismatch(run, tmp_path, synth):
     hdr = json.load(open(hdr_path))
     hdr["version"] = 99
     json.dump(hdr, open(hdr_path, "w"))
-    with pytest.raises(FormatError, match="run format version 99; this recray reads version 1"):
+    with pytest.raises(FormatError, match="run format version 99; this recray reads versions 1, 2"):
         driver.decompress(d2, str(tmp_path / "x.parquet"))
     other = str(tmp_path / "other")
     _, other_prior = synthesize(50, 12, other, seed=99)

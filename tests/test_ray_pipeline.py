@@ -1,7 +1,9 @@
 """The Ray engine on a simulated multi-node cluster (``ray.cluster_utils.Cluster``: a head
 and two worker nodes on this machine): the same bytes as the in-process engine for any
-number of actors and batch size; bad input named from inside a Ray read task; a worker node
-killed mid-run; the driver killed and the run resumed."""
+number of actors and batch size; bad input named before coding; errors raised inside an
+actor reach the caller with their type (or become rejects under ``on_bad_item="skip"``); a
+busy worker node killed ungracefully while its actor holds a batch, and Ray's retry of that
+batch seen; the driver killed, killed again during its resume, and the run resumed."""
 
 import os
 import signal
@@ -17,7 +19,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from recray.errors import InputError
+from recray.errors import InputError, SearchBudgetError
 from recray.latents import synthesize
 from recray.pipeline import driver
 from recray.pipeline.options import RayOptions
@@ -88,7 +90,7 @@ def test_same_bytes_as_in_process_for_any_pool_and_batch(
     assert _files(out) == _files(ref)
 
 
-def test_bad_input_is_named_from_a_ray_read_task(cluster, data, tmp_path):
+def test_bad_input_is_named_before_coding(cluster, data, tmp_path):
     lat, pri, _ = data
     t = pq.read_table(lat).slice(0, 600)
     sigma = np.stack(t.column("sigma").to_numpy(zero_copy_only=False))
@@ -115,65 +117,155 @@ def _wait_for_parts(partial, n, timeout=120.0, proc=None):
     raise AssertionError(f"no {n} committed parts in {partial} after {timeout} s")
 
 
-def test_worker_node_killed_mid_run(cluster, data, tmp_path):
+@ray.remote(num_cpus=0)
+class Gate:
+    """Holds the actors mid-batch until opened, and records which node coded which batch."""
+
+    def __init__(self):
+        import asyncio
+
+        self.open = asyncio.Event()
+        self.calls = []
+
+    async def enter(self, node_id, first_row):
+        self.calls.append((node_id, first_row))
+        await self.open.wait()
+
+    def release(self):
+        self.open.set()
+
+    def log(self):
+        return list(self.calls)
+
+
+def _held(gate):
+    def hook(shard, rows):
+        ray.get(gate.enter.remote(ray.get_runtime_context().get_node_id(), int(rows[0])))
+
+    return hook
+
+
+def test_busy_worker_node_killed_mid_batch(cluster, data, tmp_path):
+    """Both actors hold a batch (the gate is closed), so the run is unfinished; the node of
+    the first held batch is killed without a graceful shutdown; once the gate opens, Ray
+    runs that batch again on the surviving node, and the run's bytes equal a clean run's."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     lat, pri, ref = data
     out = str(tmp_path / "run")
+    head = ray.get_runtime_context().get_node_id()
+    gate = Gate.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)
+    ).remote()
     result = {}
 
     def work():
         try:
             result["info"] = driver.compress(
-                lat, pri, out, batch_size=25, **SETTINGS, **_ray(cluster, 2, retries=4)
+                lat,
+                pri,
+                out,
+                batch_size=25,
+                **SETTINGS,
+                **_ray(cluster, 2, retries=4, on_batch=_held(gate)),
             )
         except BaseException as exc:  # reported below
             result["error"] = exc
 
     th = threading.Thread(target=work)
     th.start()
-    _wait_for_parts(str(tmp_path / ".run.partial"), 1)
-    victim = next(iter(cluster.worker_nodes))
-    cluster.remove_node(victim)
+    t0 = time.time()
+    while len({c[0] for c in ray.get(gate.log.remote())}) < 2:  # both nodes hold a batch
+        assert time.time() - t0 < 180 and th.is_alive(), result.get("error")
+        time.sleep(0.05)
+    partial = tmp_path / ".run.partial"
+    assert not os.path.exists(out)
+    assert not [f for f in os.listdir(partial) if f.startswith("part-")]  # nothing committed
+    victim_id, victim_row = ray.get(gate.log.remote())[0]
+    victim = next(n for n in cluster.worker_nodes if n.node_id == victim_id)
+    cluster.remove_node(victim, allow_graceful=False)
+    gate.release.remote()
     th.join(timeout=300)
     cluster.add_node(num_cpus=1, resources=ENCODER)  # back to two workers for later tests
     cluster.wait_for_nodes()
     assert not th.is_alive(), "the run did not finish after a node died"
     assert "error" not in result, result.get("error")
+    calls = ray.get(gate.log.remote())
+    retried = [n for n, r in calls if r == victim_row]
+    assert len(retried) >= 2 and retried[-1] != victim_id  # coded again, on another node
     done = [f for f in os.listdir(out) if f.endswith(".parquet")]
     assert len(done) == 8  # 2000 items / 250 per shard, each item once (same bytes)
     assert _files(out) == _files(ref)
+
+
+def test_search_failures_in_actors_are_typed_or_rejects(cluster, data, tmp_path):
+    """A search that hits a small max_steps inside an actor: with on_bad_item="fail" the
+    caller gets SearchBudgetError (not a RayTaskError) naming the item; with "skip" the same
+    rejects and bytes as the in-process engine."""
+    lat, pri, _ = data
+    kw = dict(
+        SETTINGS,
+        max_steps=1024,
+        feasible_margin_bits=0.0,
+        on_unbounded="error",
+        adapt_above_bits=None,
+    )
+    local = str(tmp_path / "local")
+    info = driver.compress(lat, pri, local, batch_size=100, engine="local", on_bad_item="skip", **kw)
+    rej = pq.read_table(os.path.join(local, "rejects.parquet")).to_pylist()
+    late = [r for r in rej if "hit max_steps" in r["reason"]]
+    assert late and info["rejects"] == len(rej)
+    out = str(tmp_path / "ray")
+    driver.compress(lat, pri, out, batch_size=100, on_bad_item="skip", **kw, **_ray(cluster, 2))
+    assert _files(out) == _files(local)
+    # only the run-time failures: keep the items the validation pass admits
+    early = {r["row"] for r in rej if r not in late}
+    t = pq.read_table(lat)
+    sub = str(tmp_path / "admitted.parquet")
+    pq.write_table(t.take(pa.array([i for i in range(t.num_rows) if i not in early])), sub)
+    with pytest.raises(SearchBudgetError, match=r"^item \d+, plan block \d+.*hit max_steps = 1024"):
+        driver.compress(sub, pri, str(tmp_path / "fail"), batch_size=100, **kw, **_ray(cluster, 2))
 
 
 DRIVER = """
 import sys
 from recray.pipeline import driver
 from recray.pipeline.options import RayOptions
-lat, pri, out, address = sys.argv[1:5]
+lat, pri, out, address, resume = sys.argv[1:6]
 driver.compress(lat, pri, out, batch_size=25, block_bits=12.0, shard_rows=250,
-                on_unbounded="orc", max_steps=1 << 16, engine="ray",
+                on_unbounded="orc", max_steps=1 << 16, engine="ray", resume=resume == "1",
                 ray_options=RayOptions(address=address, actors=2, resources={"encoder": 0.5}))
 """
 
 
-def test_driver_killed_then_resumed(cluster, data, tmp_path):
-    lat, pri, ref = data
-    out = str(tmp_path / "run")
+def _kill_driver_after(lat, pri, out, address, parts, partial, resume):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, lat, pri, out, cluster.address],
+        [sys.executable, "-c", DRIVER, lat, pri, out, address, "1" if resume else "0"],
         env=env,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        _wait_for_parts(str(tmp_path / ".run.partial"), 2, proc=proc)
+        _wait_for_parts(partial, parts, proc=proc)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    return sorted(f for f in os.listdir(partial) if f.startswith("part-"))
+
+
+def test_driver_killed_then_killed_during_resume_then_resumed(cluster, data, tmp_path):
+    lat, pri, ref = data
+    out = str(tmp_path / "run")
+    partial = str(tmp_path / ".run.partial")
+    kept = _kill_driver_after(lat, pri, out, cluster.address, 2, partial, resume=False)
     assert not os.path.exists(out)
-    kept = sorted(f for f in os.listdir(tmp_path / ".run.partial") if f.endswith(".parquet"))
     assert 2 <= len(kept) < 8
+    # the resume is killed too, after it committed more: nothing is lost either time
+    more = _kill_driver_after(lat, pri, out, cluster.address, len(kept) + 2, partial, resume=True)
+    assert set(kept) < set(more) and len(more) < 8
     info = driver.compress(
         lat, pri, out, batch_size=100, resume=True, **SETTINGS, **_ray(cluster, 2)
     )
-    assert info["resumed_shards"] == len(kept)
+    assert info["resumed_shards"] == len(more)
     assert _files(out) == _files(ref)

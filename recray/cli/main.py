@@ -10,7 +10,9 @@
     recray version
 
 ``main(argv)`` returns the exit code: 0 on success, 2 on a :class:`RecrayError` (bad input,
-named in one line on stderr), 1 on a failed check.
+named in one line on stderr), 1 on a failed check, 3 when the work finished but left items
+out (``compress --on-bad-item skip`` skipped bad items, ``decompress --salvage`` could not
+decode damaged ones; both list them in a rejects file).
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def cmd_synth(args) -> int:
         seed=args.seed,
         informative_fraction=args.informative_fraction,
         string_ids=args.string_ids,
+        outlier_fraction=args.outlier_fraction,
     )
     print(f"wrote {lat}\nwrote {pri}")
     return 0
@@ -119,6 +122,8 @@ def cmd_compress(args) -> int:
             retries=args.retries,
         ),
         resume=args.resume,
+        on_bad_item=args.on_bad_item,
+        adapt_above_bits=None if args.adapt_above_bits <= 0 else args.adapt_above_bits,
         progress=_progress(),
     )
     print(driver.format_inspect(summary))
@@ -129,6 +134,17 @@ def cmd_compress(args) -> int:
         else ""
     )
     print(f"  engine                {summary['engine']}{extra}{resumed}")
+    print(
+        f"  validation            {summary['validation_seconds']:.2f} s before coding; "
+        f"{summary['adapted_blocks']:,} blocks with adaptive partitions"
+    )
+    if summary["rejects"]:
+        print(
+            f"recray: {summary['rejects']:,} bad items were skipped; they are listed in "
+            f"{os.path.join(args.out, 'rejects.parquet')}",
+            file=sys.stderr,
+        )
+        return 3
     return 0
 
 
@@ -136,9 +152,21 @@ def cmd_decompress(args) -> int:
     from recray.pipeline import driver
 
     r = driver.decompress(
-        args.run, args.out, backend=args.backend, prior_path=args.prior, progress=_progress()
+        args.run,
+        args.out,
+        backend=args.backend,
+        prior_path=args.prior,
+        salvage=args.salvage,
+        progress=_progress(),
     )
     print(f"decoded {r['items']:,} items into {r['out']}")
+    if r["rejects"]:
+        print(
+            f"recray: {r['rejects']:,} damaged items could not be decoded; they are listed "
+            f"in {r['rejects_path']}",
+            file=sys.stderr,
+        )
+        return 3
     return 0
 
 
@@ -155,7 +183,22 @@ def cmd_inspect(args) -> int:
 
 def _add_compress_args(c) -> None:
     from recray import rec
+    from recray.plan.adaptive import DEFAULT_ADAPT_ABOVE_BITS
 
+    c.add_argument(
+        "--on-bad-item",
+        choices=("fail", "skip"),
+        default="fail",
+        help="fail: stop before coding and list every bad item; skip: code the rest and list "
+        "the bad items in RUN/rejects.parquet (exit status 3)",
+    )
+    c.add_argument(
+        "--adapt-above-bits",
+        type=float,
+        default=DEFAULT_ADAPT_ABOVE_BITS,
+        help="sp-pfr: blocks whose exact search would need more than 2^BITS candidates under "
+        "the plan get extra partition bits, sent as side information (exact; 0 turns it off)",
+    )
     c.add_argument("--method", choices=rec.METHODS, default="sp-pfr")
     c.add_argument(
         "--block-bits",
@@ -267,6 +310,22 @@ def cmd_bench_compress(args) -> int:
     print(compress.format_result(r))
     _write_json(args.json, r)
     return 0
+
+
+def cmd_bench_outliers(args) -> int:
+    from recray.bench import outliers
+
+    r = outliers.run_outlier_bench(
+        n=args.n,
+        dim=args.dim,
+        outlier_fraction=args.outlier_fraction,
+        engine=args.engine,
+        workdir=args.workdir,
+    )
+    print(outliers.format_result(r))
+    _write_json(args.json, r)
+    bad = any(w["fallback_blocks"] or w["rejects"] for w in r["rows"])
+    return 1 if bad else 0
 
 
 def cmd_bench_scale(args) -> int:
@@ -402,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--informative-fraction", type=float, default=0.5)
     syn.add_argument("--string-ids", action="store_true")
+    syn.add_argument(
+        "--outlier-fraction",
+        type=float,
+        default=0.0,
+        help="share of items with one dimension far out (mu 3.5-4.5 prior-sigma)",
+    )
     syn.set_defaults(func=cmd_synth)
 
     c = sub.add_parser("compress", help="compress a latent data set into a run directory")
@@ -416,6 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", required=True, help="Parquet file to create: id, z")
     d.add_argument("--prior", default=None, help="check the run was coded with this prior")
     d.add_argument("--backend", choices=("numpy", "cupy"), default=None)
+    d.add_argument(
+        "--salvage",
+        action="store_true",
+        help="decode every item whose part and CRC are sound; list the damaged ones in "
+        "OUT.rejects.parquet (exit status 3)",
+    )
     d.set_defaults(func=cmd_decompress)
 
     ins = sub.add_parser("inspect", help="bitrate and diagnostics of a run")
@@ -441,6 +512,18 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--workdir", default=None)
     bc.add_argument("--json", metavar="PATH")
     bc.set_defaults(func=cmd_bench_compress)
+
+    bo = bsub.add_parser(
+        "outliers",
+        help="defaults on a clean set and one with outliers: all exact? side-information bits",
+    )
+    bo.add_argument("--n", type=int, default=100_000)
+    bo.add_argument("--dim", type=int, default=64)
+    bo.add_argument("--outlier-fraction", type=float, default=0.01)
+    bo.add_argument("--engine", choices=("ray", "local"), default="local")
+    bo.add_argument("--workdir", default=None)
+    bo.add_argument("--json", metavar="PATH")
+    bo.set_defaults(func=cmd_bench_outliers)
 
     bs = bsub.add_parser(
         "scale", help="Ray engine items/s: 1 and 2 actors, simulated multi-node cluster"

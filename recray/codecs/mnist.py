@@ -47,7 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recray.errors import FormatError, InputError, MessageError, fmt_item
-from recray.format.messages import Tail, decode_message_head, decode_messages, encode_messages
+from recray.format.messages import Tail, decode_blocks, encode_messages, read_head
 from recray.format.run import Run, RunWriter, check_crcs, crc32_of, part_schema
 from recray.latents.io import Prior, read_prior
 from recray.pipeline import driver
@@ -280,13 +280,15 @@ def _write_codec_run(
             ids = t.column("id").to_numpy()
             lat_msgs = t.column("message").to_pylist()
             check_crcs(ids, lat_msgs, t.column("crc32").to_numpy())
-            bins, local = decode_messages(lat_msgs, spec.layout, item_ids=ids)
+            bins, local, extra = decode_blocks(lat_msgs, spec.layout, item_ids=ids)
+            adaptive = spec.layout.adaptive
             msgs, ideal = [], []
             for a in range(0, len(ids), TABLE_CHUNK):
                 sl = slice(a, a + TABLE_CHUNK)
-                z = decode_indices(ids[sl], bins[sl], local[sl], spec)
+                ex = extra[sl] if adaptive else None
+                z = decode_indices(ids[sl], bins[sl], local[sl], spec, ex)
                 tails = _pixel_tails(images[ids[sl]], _tables(decoder, z, version), version)
-                msgs += encode_messages(bins[sl], local[sl], spec.layout, tails)
+                msgs += encode_messages(bins[sl], local[sl], spec.layout, tails, extra=ex)
                 ideal += [tl[0].ideal_bits for tl in tails]
                 if bar:
                     bar.update(len(tails))
@@ -298,6 +300,7 @@ def _write_codec_run(
                 "kl_bits": t.column("kl_bits"),
                 "steps": t.column("steps"),
                 "fallback_blocks": t.column("fallback_blocks"),
+                "adapted_blocks": t.column("adapted_blocks"),
                 "latent_nbits": t.column("nbits"),
                 "pixel_ideal_bits": pa.array(np.asarray(ideal, np.float64)),
             }
@@ -433,15 +436,16 @@ def decompress(
             heads = []
             for i, m in zip(chunk_ids, chunk, strict=True):
                 try:
-                    heads.append(decode_message_head(m, spec.layout))
+                    heads.append(read_head(m, spec.layout))
                 except MessageError as exc:
                     raise MessageError(f"image {fmt_item(i)}: {exc}") from exc
-            bins = np.stack([h[0] for h in heads])
-            local = np.stack([h[1] for h in heads])
-            z = decode_indices(chunk_ids, bins, local, spec)
+            bins = np.stack([h.bins for h in heads])
+            local = np.stack([h.local for h in heads])
+            extra = np.stack([h.extra for h in heads]) if spec.layout.adaptive else None
+            z = decode_indices(chunk_ids, bins, local, spec, extra)
             probs = _tables(decoder, z, version)
-            for j, (i, (_, _, dec)) in enumerate(zip(chunk_ids, heads, strict=True)):
-                all_images.append(_read_pixels(dec, probs[j], i))
+            for j, (i, h) in enumerate(zip(chunk_ids, heads, strict=True)):
+                all_images.append(_read_pixels(h.decoder, probs[j], i))
             all_ids.append(chunk_ids)
             if bar:
                 bar.update(len(chunk_ids))

@@ -7,8 +7,15 @@ This module codes all of them with one ``constriction`` range coder (a queue: th
 symbol in is the first out) and trims the result to the shortest byte string that still
 decodes, so a message costs within a few bits of the ideal ``sum -log2 P``.
 
-Wire format (``MESSAGE_CODEC_VERSION = 1``), symbols in this order:
+Wire format (``MESSAGE_CODEC_VERSION = 2``; version 1 is version 2 without step 0, and is
+what a layout without ``adaptive_dims`` codes), symbols in this order:
 
+0. layouts with ``adaptive_dims`` only (per-block adaptive partitions): one flag per block,
+   in block order, under the fixed law :data:`ADAPT_FLAG_PROBS` (``P(1) = 2^-10``, so an
+   unflagged block costs about 0.0014 bit); then, for each flagged block in block order,
+   the *extra partition bits* ``e_d`` of each of its ``adaptive_dims[b]`` dimensions, in
+   the block's dimension order, under the fixed law :data:`EXTRA_BITS_PROBS` over
+   ``0..MAX_EXTRA_BITS``. Block ``b``'s bin field is then ``B_b + sum_d e_d`` bits wide;
 1. code ``"universal"`` only: the class ``l_b = floor(log2 local_b)`` of every block, in
    block order, each with the fixed categorical model of
    class law chosen for the block by ``IndexLayout.class_models`` (a row of
@@ -72,14 +79,20 @@ __all__ = [
     "CODES",
     "MESSAGE_CODEC_VERSION",
     "IndexLayout",
+    "Head",
+    "decode_blocks",
     "decode_message",
+    "decode_message_head",
     "decode_messages",
+    "read_head",
     "encode_message",
     "encode_messages",
     "ideal_bits",
 ]
 
-MESSAGE_CODEC_VERSION = 1
+MESSAGE_CODEC_VERSION = 2
+#: Message codec versions this recray decodes (1: no side information).
+READABLE_MESSAGE_CODEC_VERSIONS = (1, 2)
 CODES = ("universal", "raw")
 CHUNK_BITS = 16  # widest uniform symbol (constriction's Uniform needs size < 2^24)
 MAX_BIN_BITS = 62
@@ -87,10 +100,20 @@ MAX_RAW_BITS = 48
 _N_CHUNKS = -(-max(MAX_BIN_BITS, MAX_RAW_BITS, N_CLASSES - 1) // CHUNK_BITS)  # 4
 _MAX_CLASS = MAX_LOCAL_INDEX.bit_length() - 2  # 47: local < 2^48
 
+#: Most extra partition bits one dimension may receive from a per-block adaptive partition.
+MAX_EXTRA_BITS = 20
+#: Law of the per-block "adapted" flag: an adapted block is an outlier, about 1 in 1000.
+ADAPT_FLAG_PROBS = np.array([1.0 - 2.0**-10, 2.0**-10])
+#: Law of the extra bits of one dimension of an adapted block: 0 (most dimensions of the
+#: block) with probability 3/4, else uniform over 1..MAX_EXTRA_BITS.
+EXTRA_BITS_PROBS = np.concatenate([[0.75], np.full(MAX_EXTRA_BITS, 0.25 / MAX_EXTRA_BITS)])
+
 _queue = constriction.stream.queue
 _model = constriction.stream.model
 _CLASS_FAMILY = _model.Categorical(perfect=False)
 _UNIFORM = _model.Uniform()
+_FLAG_MODEL = _model.Categorical(ADAPT_FLAG_PROBS, perfect=False)
+_EXTRA_MODEL = _model.Categorical(EXTRA_BITS_PROBS, perfect=False)
 
 
 @lru_cache(maxsize=256)
@@ -118,13 +141,16 @@ class IndexLayout:
     ``raw_bits``: ``ceil(log2 N)`` in ``[0, 48]`` (0 means ``N = 1``); read only for
     ``"raw"``. ``class_models``: per block, which class law codes its local index's class
     (an index into :data:`recray.rec.codes.CLASS_MODEL_PROBS`: 0 default, 1 near-prior);
-    empty means all 0.
+    empty means all 0. ``adaptive_dims``: empty (no side information: message codec
+    version 1), or the number of dimensions of every block: then each message starts with
+    the per-block adaptive-partition flags and extra bits (wire format step 0).
     """
 
     bin_bits: tuple[int, ...]
     code: str = "universal"
     raw_bits: int = 0
     class_models: tuple[int, ...] = ()
+    adaptive_dims: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -158,6 +184,23 @@ class IndexLayout:
                 f"[0, {CLASS_MODEL_PROBS.shape[0] - 1}] per block ({len(bits)}); got {models}"
             )
         object.__setattr__(self, "class_models", models)
+        adims = tuple(int(v) for v in self.adaptive_dims)
+        if adims and (len(adims) != len(bits) or min(adims) < 1):
+            raise InputError(
+                f"IndexLayout.adaptive_dims must hold the dimension count (>= 1) of each of "
+                f"the {len(bits)} blocks, or be empty; got {adims}"
+            )
+        object.__setattr__(self, "adaptive_dims", adims)
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether messages carry per-block adaptive-partition side information."""
+        return bool(self.adaptive_dims)
+
+    @property
+    def max_block_dims(self) -> int:
+        """Width of the ``extra`` arrays: the largest block's dimension count (0 if none)."""
+        return max(self.adaptive_dims, default=0)
 
     @property
     def class_probs(self) -> np.ndarray:
@@ -198,15 +241,59 @@ def _first_bad(name: str, arr: np.ndarray, bad: np.ndarray, two_d: bool) -> tupl
     return f"{name}{where} = {int(arr[row, col])}", col
 
 
-def _check_indices(bins: np.ndarray, local: np.ndarray, layout: IndexLayout, two_d: bool):
-    """Range checks of int64 ``(n_items, n_blocks)`` indices; ``two_d`` only shapes messages."""
+def _check_extra(extra, layout: IndexLayout, n_items: int, two_d: bool) -> np.ndarray | None:
+    """The ``extra`` partition bits as int64 ``(n_items, n_blocks, max_block_dims)``, checked
+    against the layout (``None`` when the layout carries no side information)."""
+    if not layout.adaptive:
+        if extra is not None and np.any(np.asarray(extra)):
+            raise InputError(
+                "extra partition bits were given but the layout has no adaptive_dims "
+                "(message codec version 1 cannot carry them)"
+            )
+        return None
+    shape = (n_items, layout.n_blocks, layout.max_block_dims)
+    if extra is None:
+        return np.zeros(shape, dtype=np.int64)
+    e = _int_array("extra", extra, shape if two_d else shape[1:]).reshape(shape)
+    dims = np.asarray(layout.adaptive_dims, dtype=np.int64)
+    outside = np.arange(shape[2])[None, None, :] >= dims[None, :, None]
+    bad = (e < 0) | (e > MAX_EXTRA_BITS) | (outside & (e != 0))
+    if bad.any():
+        i, b, d = (int(v) for v in np.argwhere(bad)[0])
+        raise InputError(
+            f"extra[{i}, {b}, {d}] = {int(e[i, b, d])}: extra partition bits must be in "
+            f"[0, {MAX_EXTRA_BITS}], and 0 past block {b}'s {int(dims[b])} dimensions"
+        )
+    return e
+
+
+def _bin_widths(layout: IndexLayout, extra: np.ndarray | None, n_items: int) -> np.ndarray:
+    """Bin field width of every (item, block), int64 ``(n_items, n_blocks)``:
+    ``B_b`` plus the block's extra partition bits."""
     B = _bin_bits_array(layout)
+    if extra is None:
+        return np.broadcast_to(B, (n_items, layout.n_blocks))
+    return B[None, :] + extra.sum(axis=2)
+
+
+def _check_indices(
+    bins: np.ndarray, local: np.ndarray, layout: IndexLayout, two_d: bool, extra=None
+):
+    """Range checks of int64 ``(n_items, n_blocks)`` indices; ``two_d`` only shapes messages."""
+    B = _bin_widths(layout, extra, bins.shape[0])
+    if (B > MAX_BIN_BITS).any():
+        i, b = (int(v) for v in np.argwhere(B > MAX_BIN_BITS)[0])
+        raise InputError(
+            f"item {i}, block {b}: B + extra partition bits = {int(B[i, b])} exceeds "
+            f"{MAX_BIN_BITS}"
+        )
     bad = (bins < 0) | (bins >= np.left_shift(np.int64(1), B))
     if bad.any():
         what, b = _first_bad("bins", bins, bad, two_d)
+        row = int(np.argmax(bad.any(axis=1)))
         raise InputError(
-            f"{what} does not fit block {b}'s B = {int(B[b])} partition bits: "
-            f"must be in [0, 2^{int(B[b])}); bins, local or the layout do not match"
+            f"{what} does not fit block {b}'s B = {int(B[row, b])} partition bits: "
+            f"must be in [0, 2^{int(B[row, b])}); bins, local or the layout do not match"
         )
     if layout.code == "raw" and layout.raw_bits < MAX_RAW_BITS:
         hi, bound = 1 << layout.raw_bits, f"[1, 2^{layout.raw_bits}] (raw code, N <= 2^raw_bits)"
@@ -219,11 +306,12 @@ def _check_indices(bins: np.ndarray, local: np.ndarray, layout: IndexLayout, two
 
 
 # ----------------------------------------------------------------------------- symbols
-def _field_widths(classes: np.ndarray | None, layout: IndexLayout, n_items: int) -> np.ndarray:
-    """Bit widths of the fields ``(n_items, 2 n_blocks)``: bin_0, low_0, bin_1, low_1, ..."""
-    nb = layout.n_blocks
+def _field_widths(classes: np.ndarray | None, layout: IndexLayout, bin_w: np.ndarray) -> np.ndarray:
+    """Bit widths of the fields ``(n_items, 2 n_blocks)``: bin_0, low_0, bin_1, low_1, ...;
+    ``bin_w`` ``(n_items, n_blocks)`` the bin widths."""
+    n_items, nb = bin_w.shape
     widths = np.empty((n_items, 2 * nb), dtype=np.int64)
-    widths[:, 0::2] = _bin_bits_array(layout)
+    widths[:, 0::2] = bin_w
     widths[:, 1::2] = classes if layout.code == "universal" else layout.raw_bits
     return widths
 
@@ -240,8 +328,65 @@ def _floor_log2(local: np.ndarray) -> np.ndarray:
     return np.frexp(local.astype(np.float64))[1].astype(np.int64) - 1
 
 
-def _symbols(bins: np.ndarray, local: np.ndarray, layout: IndexLayout):
-    """Symbols of ``n_items`` messages. ``bins``/``local`` int64 ``(n_items, n_blocks)``.
+@dataclass(frozen=True)
+class _Side:
+    """One message's side information: flags int32 ``(n_blocks,)`` and the extra bits of
+    the flagged blocks' dimensions, int32, in wire order."""
+
+    flags: np.ndarray
+    extras: np.ndarray
+
+    @classmethod
+    def of(cls, extra_i: np.ndarray, layout: IndexLayout) -> _Side:
+        flags = extra_i.any(axis=1)
+        ext = [extra_i[b, :nd] for b, nd in enumerate(layout.adaptive_dims) if flags[b]]
+        ext = np.concatenate(ext) if ext else np.zeros(0, dtype=np.int64)
+        return cls(flags.astype(np.int32), ext.astype(np.int32))
+
+    def encode(self, encoder) -> None:
+        if self.flags.size:
+            encoder.encode(self.flags, _FLAG_MODEL)
+        if self.extras.size:
+            encoder.encode(self.extras, _EXTRA_MODEL)
+
+    @staticmethod
+    def decode(decoder, layout: IndexLayout):
+        """``(side, extra)``: the side symbols and the extra bits ``(n_blocks, S)``."""
+        nb = layout.n_blocks
+        flags = np.asarray(decoder.decode(_FLAG_MODEL, nb), dtype=np.int32) if nb else (
+            np.zeros(0, dtype=np.int32)
+        )
+        extra = np.zeros((nb, layout.max_block_dims), dtype=np.int64)
+        n_ext = int(sum(nd for b, nd in enumerate(layout.adaptive_dims) if flags[b]))
+        ext = (
+            np.asarray(decoder.decode(_EXTRA_MODEL, n_ext), dtype=np.int32)
+            if n_ext
+            else np.zeros(0, dtype=np.int32)
+        )
+        pos = 0
+        for b, nd in enumerate(layout.adaptive_dims):
+            if flags[b]:
+                extra[b, :nd] = ext[pos : pos + nd]
+                pos += nd
+        return _Side(flags, ext), extra
+
+    def same_as(self, other: _Side) -> bool:
+        return (
+            self.flags.tobytes() == other.flags.tobytes()
+            and self.extras.tobytes() == other.extras.tobytes()
+        )
+
+    @property
+    def ideal_bits(self) -> float:
+        return float(
+            -np.log2(ADAPT_FLAG_PROBS[self.flags]).sum()
+            - np.log2(EXTRA_BITS_PROBS[self.extras]).sum()
+        )
+
+
+def _symbols(bins: np.ndarray, local: np.ndarray, layout: IndexLayout, extra=None):
+    """Symbols of ``n_items`` messages. ``bins``/``local`` int64 ``(n_items, n_blocks)``;
+    ``extra`` the checked extra partition bits or ``None``.
 
     Returns ``classes`` int32 ``(n_items, n_blocks)`` (``None`` for ``"raw"``), chunk values
     and chunk widths (bits) ``(n_items, 2 n_blocks, 4)`` int64, and the chunk mask (width > 0).
@@ -256,7 +401,7 @@ def _symbols(bins: np.ndarray, local: np.ndarray, layout: IndexLayout):
     else:
         classes = None
         values[:, 1::2] = local - 1
-    cw = _chunk_widths(_field_widths(classes, layout, n_items))
+    cw = _chunk_widths(_field_widths(classes, layout, _bin_widths(layout, extra, n_items)))
     cv = (values[..., None] >> _CHUNK_SHIFTS) & (np.left_shift(np.int64(1), cw) - 1)
     cls32 = None if classes is None else classes.astype(np.int32)
     return cls32, cv, cw, cw > 0
@@ -277,7 +422,8 @@ def _decode_symbols(data: bytes, layout: IndexLayout):
     """Decode the raw symbols of one message (no range checks on the reassembled values).
 
     Returns ``classes`` int32 ``(n_blocks,)`` or ``None`` (raw), the chunk widths
-    ``(2 n_blocks, 4)`` and mask, the uniform symbols int32 in wire order, and the decoder
+    ``(2 n_blocks, 4)`` and mask, the uniform symbols int32 in wire order, the extra
+    partition bits ``(n_blocks, S)`` (``None`` without side information), and the decoder
     (positioned after them).
     Raises :class:`MessageError` when constriction rejects the data.
     """
@@ -288,12 +434,18 @@ def _decode_symbols(data: bytes, layout: IndexLayout):
     nb = layout.n_blocks
     try:
         decoder = _queue.RangeDecoder(words)
+        extra = None
+        if layout.adaptive:
+            _, extra = _Side.decode(decoder, layout)
         classes = None
         if layout.code == "universal" and nb:
             classes = np.asarray(decoder.decode(_CLASS_FAMILY, layout.class_probs), dtype=np.int32)
         elif layout.code == "universal":
             classes = np.zeros(0, dtype=np.int32)
-        cw = _chunk_widths(_field_widths(classes, layout, 1)[0])
+        bin_w = _bin_widths(layout, None if extra is None else extra[None], 1)
+        if int(bin_w.max(initial=0)) > MAX_BIN_BITS:
+            raise ValueError(f"extra partition bits give a {int(bin_w.max())}-bit bin field")
+        cw = _chunk_widths(_field_widths(classes, layout, bin_w)[0])
         mask = cw > 0
         sizes = np.left_shift(1, cw[mask]).astype(np.int32)
         chunks = (
@@ -301,17 +453,19 @@ def _decode_symbols(data: bytes, layout: IndexLayout):
             if sizes.size
             else np.zeros(0, dtype=np.int32)
         )
-    except (AssertionError, ValueError, RuntimeError, OverflowError) as exc:
+    except (AssertionError, ValueError, RuntimeError, OverflowError, IndexError) as exc:
         raise MessageError(
             f"message does not decode under this layout: constriction says {exc}"
         ) from exc
-    return classes, cw, mask, chunks, decoder
+    return classes, cw, mask, chunks, extra, decoder
 
 
 def _encode_words(
-    classes, chunks: np.ndarray, sizes: np.ndarray, class_probs, tail: Sequence = ()
+    classes, chunks: np.ndarray, sizes: np.ndarray, class_probs, tail: Sequence = (), side=None
 ) -> np.ndarray:
     encoder = _queue.RangeEncoder()
+    if side is not None:
+        side.encode(encoder)
     if classes is not None and classes.size:
         encoder.encode(classes, _CLASS_FAMILY, class_probs)
     if chunks.size:
@@ -322,16 +476,20 @@ def _encode_words(
 
 
 def _decodes_to(
-    candidate: bytes, layout: IndexLayout, classes, sizes, chunks, tail: Sequence = ()
+    candidate: bytes, layout: IndexLayout, classes, sizes, chunks, tail: Sequence = (), side=None
 ) -> bool:
     """Whether ``candidate`` decodes to exactly these symbols.
 
     The same decoder calls as :func:`_decode_symbols` (same words, models and order); once
-    the classes match, the chunk sizes :func:`_decode_symbols` would derive from them are
-    ``sizes``, so they are passed in rather than recomputed.
+    the side information and classes match, the chunk sizes :func:`_decode_symbols` would
+    derive from them are ``sizes``, so they are passed in rather than recomputed.
     """
     try:
         decoder = _queue.RangeDecoder(_bytes_to_words(candidate))
+        if side is not None:
+            got, _ = _Side.decode(decoder, layout)
+            if not got.same_as(side):
+                return False
         if classes is not None:
             got = decoder.decode(_CLASS_FAMILY, layout.class_probs)
             if got.tobytes() != classes.tobytes():
@@ -341,7 +499,7 @@ def _decodes_to(
             if got.tobytes() != chunks.tobytes():
                 return False
         return all(t.decodes_from(decoder) for t in tail)
-    except (AssertionError, ValueError, RuntimeError, OverflowError):
+    except (AssertionError, ValueError, RuntimeError, OverflowError, IndexError):
         return False
 
 
@@ -359,7 +517,14 @@ def _candidates(full: bytes, n: int) -> list[bytes]:
 
 
 def _shortest(
-    full: bytes, ideal: float, layout: IndexLayout, classes, sizes, chunks, tail: Sequence = ()
+    full: bytes,
+    ideal: float,
+    layout: IndexLayout,
+    classes,
+    sizes,
+    chunks,
+    tail: Sequence = (),
+    side=None,
 ) -> bytes:
     """Shortest byte string (>= 1 byte) decoding to these symbols, else ``full``.
 
@@ -374,7 +539,7 @@ def _shortest(
 
     def ok(n: int) -> bytes | None:
         for cand in _candidates(full, n):
-            if _decodes_to(cand, layout, classes, sizes, chunks, tail):
+            if _decodes_to(cand, layout, classes, sizes, chunks, tail, side):
                 return cand
         return None
 
@@ -405,9 +570,13 @@ def _ideal_rows(classes, cw: np.ndarray, layout: IndexLayout) -> np.ndarray:
 
 
 def _encode_rows(
-    bins: np.ndarray, local: np.ndarray, layout: IndexLayout, tails: Sequence | None = None
+    bins: np.ndarray,
+    local: np.ndarray,
+    layout: IndexLayout,
+    tails: Sequence | None = None,
+    extra: np.ndarray | None = None,
 ) -> list[bytes]:
-    classes, cv, cw, mask = _symbols(bins, local, layout)
+    classes, cv, cw, mask = _symbols(bins, local, layout, extra)
     ideal = _ideal_rows(classes, cw, layout)
     sizes_all = np.left_shift(1, cw).astype(np.int32)
     cv32 = cv.astype(np.int32)
@@ -417,13 +586,16 @@ def _encode_rows(
         chunks = cv32[i][m]
         cls = None if classes is None else classes[i]
         tail = () if tails is None else tuple(tails[i])
-        if not chunks.size and (cls is None or not cls.size) and not tail:
+        side = None if extra is None else _Side.of(extra[i], layout)
+        if not chunks.size and (cls is None or not cls.size) and not tail and side is None:
             out.append(b"")
             continue
         sizes = sizes_all[i][m]
-        full = _words_to_bytes(_encode_words(cls, chunks, sizes, layout.class_probs, tail))
+        full = _words_to_bytes(_encode_words(cls, chunks, sizes, layout.class_probs, tail, side))
         bits = float(ideal[i]) + sum(t.ideal_bits for t in tail)
-        out.append(_shortest(full, bits, layout, cls, sizes, chunks, tail))
+        if side is not None:
+            bits += side.ideal_bits
+        out.append(_shortest(full, bits, layout, cls, sizes, chunks, tail, side))
     return out
 
 
@@ -459,25 +631,31 @@ class Tail:
 
 
 # ----------------------------------------------------------------------------- public API
-def encode_message(bins, local, layout: IndexLayout) -> bytes:
+def encode_message(bins, local, layout: IndexLayout, extra=None) -> bytes:
     """Code one item's block indices into the shortest byte string that decodes to them.
 
-    ``bins``: int ``(n_blocks,)``, ``bins[b]`` in ``[0, 2^B_b)``; ``local``: int
-    ``(n_blocks,)``, in ``[1, 2^48)`` (``"universal"``) or ``[1, 2^raw_bits]`` (``"raw"``).
+    ``bins``: int ``(n_blocks,)``, ``bins[b]`` in ``[0, 2^(B_b + sum extra[b]))``; ``local``:
+    int ``(n_blocks,)``, in ``[1, 2^48)`` (``"universal"``) or ``[1, 2^raw_bits]``
+    (``"raw"``); ``extra`` (adaptive layouts only): int ``(n_blocks, max_block_dims)``, the
+    extra partition bits of each block's dimensions (default all 0).
     Returns ``b""`` when the layout leaves nothing to code. Raises
     :class:`~recray.errors.InputError` naming the field on a wrong shape, dtype or value.
     """
     nb = layout.n_blocks
     b = _int_array("bins", bins, (nb,))[None, :]
     n = _int_array("local", local, (nb,))[None, :]
-    _check_indices(b, n, layout, two_d=False)
-    return _encode_rows(b, n, layout)[0]
+    e = _check_extra(extra, layout, 1, two_d=False)
+    _check_indices(b, n, layout, two_d=False, extra=e)
+    return _encode_rows(b, n, layout, extra=e)[0]
 
 
-def encode_messages(bins, local, layout: IndexLayout, tails: Sequence | None = None) -> list[bytes]:
+def encode_messages(
+    bins, local, layout: IndexLayout, tails: Sequence | None = None, extra=None
+) -> list[bytes]:
     """:func:`encode_message` for ``n_items`` items sharing ``layout``.
 
-    ``bins``, ``local``: int ``(n_items, n_blocks)``. Symbols and checks are vectorized over
+    ``bins``, ``local``: int ``(n_items, n_blocks)``; ``extra`` (adaptive layouts only):
+    int ``(n_items, n_blocks, max_block_dims)``. Symbols and checks are vectorized over
     items; one range coder runs per item. ``tails`` (optional): per item a sequence of
     :class:`Tail` coded after the indices in the same coder; the receiver reads them with
     :func:`decode_message_head` and then the decoder it returns.
@@ -488,10 +666,23 @@ def encode_messages(bins, local, layout: IndexLayout, tails: Sequence | None = N
         raise InputError(f"bins must have shape (n_items, {layout.n_blocks}); got {b.shape}")
     b = _int_array("bins", b, shape)
     n = _int_array("local", local, shape)
-    _check_indices(b, n, layout, two_d=True)
+    e = _check_extra(extra, layout, shape[0], two_d=True)
+    _check_indices(b, n, layout, two_d=True, extra=e)
     if tails is not None and len(tails) != shape[0]:
         raise InputError(f"tails has {len(tails)} entries for {shape[0]} items")
-    return _encode_rows(b, n, layout, tails)
+    return _encode_rows(b, n, layout, tails, e)
+
+
+@dataclass(frozen=True)
+class Head:
+    """The block indices at the head of one message: ``bins``, ``local`` int64
+    ``(n_blocks,)``, ``extra`` int64 ``(n_blocks, max_block_dims)`` (all 0 without side
+    information), and the constriction ``decoder`` positioned after them."""
+
+    bins: np.ndarray
+    local: np.ndarray
+    extra: np.ndarray
+    decoder: object
 
 
 def decode_message(data: bytes, layout: IndexLayout) -> tuple[np.ndarray, np.ndarray]:
@@ -500,18 +691,34 @@ def decode_message(data: bytes, layout: IndexLayout) -> tuple[np.ndarray, np.nda
     Raises :class:`~recray.errors.MessageError` when the data cannot be decoded under
     ``layout`` (constriction rejects it, or a class would give ``local >= 2^48``). A
     corrupted message may also decode silently to wrong indices: the bitstream's row CRC,
-    not this codec, detects that.
+    not this codec, detects that. For adaptive layouts use :func:`read_head` (the extra
+    partition bits are needed to regenerate the sample); here they must all be 0.
     """
-    bins, local, _ = decode_message_head(data, layout)
-    return bins, local
+    h = read_head(data, layout)
+    if h.extra.any():
+        raise InputError(
+            "this message carries extra partition bits (an adaptive block): decode it "
+            "with read_head or decode_blocks, which return them"
+        )
+    return h.bins, h.local
 
 
 def decode_message_head(data: bytes, layout: IndexLayout):
-    """Decode the block indices at the head of a message: ``(bins, local, decoder)``, the
-    constriction decoder positioned after them, to read the message's :class:`Tail`
-    symbols (``tail.decode(decoder)``, then ``decoder.maybe_exhausted()`` says whether the
-    message ended where it should)."""
-    classes, cw, mask, chunks, decoder = _decode_symbols(data, layout)
+    """``(bins, local, decoder)`` of :func:`read_head` (layouts without side information)."""
+    h = read_head(data, layout)
+    if h.extra.any():
+        raise InputError(
+            "this message carries extra partition bits (an adaptive block): use read_head"
+        )
+    return h.bins, h.local, h.decoder
+
+
+def read_head(data: bytes, layout: IndexLayout) -> Head:
+    """Decode the block indices at the head of a message (and, for adaptive layouts, the
+    extra partition bits), with the constriction decoder positioned after them, to read the
+    message's :class:`Tail` symbols (``tail.decode(head.decoder)``, then
+    ``decoder.maybe_exhausted()`` says whether the message ended where it should)."""
+    classes, cw, mask, chunks, extra, decoder = _decode_symbols(data, layout)
     if classes is not None and classes.size and int(classes.max()) > _MAX_CLASS:
         b = int(np.argmax(classes > _MAX_CLASS))
         raise MessageError(
@@ -528,13 +735,17 @@ def decode_message_head(data: bytes, layout: IndexLayout):
         local = values[1::2] + 1
         if local.size and int(local.max()) >= MAX_LOCAL_INDEX:
             raise MessageError("message does not decode under this layout: a local index >= 2^48")
-    return bins, local, decoder
+    if extra is None:
+        extra = np.zeros((layout.n_blocks, layout.max_block_dims), dtype=np.int64)
+    return Head(bins, local, extra, decoder)
 
 
-def decode_messages(
+def decode_blocks(
     messages: Sequence[bytes], layout: IndexLayout, item_ids: Sequence | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Decode ``n_items`` messages into ``(bins, local)``, int64 ``(n_items, n_blocks)``.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode ``n_items`` messages into ``(bins, local, extra)``: int64
+    ``(n_items, n_blocks)`` twice and ``(n_items, n_blocks, max_block_dims)`` (the extra
+    partition bits; all 0 for layouts without side information).
 
     ``item_ids`` (optional, length ``n_items``) names the failing item in a
     :class:`~recray.errors.MessageError` (``"item 'abc': ..."``); without it the row number
@@ -545,28 +756,45 @@ def decode_messages(
         raise InputError(f"item_ids has length {len(item_ids)} but there are {n_items} messages")
     bins = np.empty((n_items, nb), dtype=np.int64)
     local = np.empty((n_items, nb), dtype=np.int64)
+    extra = np.zeros((n_items, nb, layout.max_block_dims), dtype=np.int64)
     for i, msg in enumerate(messages):
         try:
-            bins[i], local[i] = decode_message(msg, layout)
+            h = read_head(msg, layout)
         except MessageError as exc:
             name = f"item {fmt_item(item_ids[i])}" if item_ids is not None else f"item {i}"
             raise MessageError(f"{name}: {exc}") from exc
+        bins[i], local[i], extra[i] = h.bins, h.local, h.extra
+    return bins, local, extra
+
+
+def decode_messages(
+    messages: Sequence[bytes], layout: IndexLayout, item_ids: Sequence | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`decode_blocks` without the extra partition bits, for layouts that carry none
+    (an adaptive layout raises :class:`~recray.errors.InputError`: use decode_blocks)."""
+    if layout.adaptive:
+        raise InputError("the layout carries adaptive partitions: use decode_blocks")
+    bins, local, _ = decode_blocks(messages, layout, item_ids)
     return bins, local
 
 
-def ideal_bits(bins, local, layout: IndexLayout):
+def ideal_bits(bins, local, layout: IndexLayout, extra=None):
     """Ideal message length ``sum -log2 P`` in bits (before the coder's < ~1 byte overhead).
 
     ``bins``, ``local``: int ``(n_blocks,)`` gives a float; ``(n_items, n_blocks)`` gives a
     float64 array ``(n_items,)``. Class costs use the exact class laws of the layout's
-    ``class_models``, not constriction's quantized ones.
+    ``class_models``, not constriction's quantized ones; the side information of adaptive
+    layouts (``extra``) is included.
     """
     nb = layout.n_blocks
     two_d = np.ndim(bins) == 2
     shape = (np.shape(bins)[0], nb) if two_d else (nb,)
     b = _int_array("bins", bins, shape).reshape(-1, nb)
     n = _int_array("local", local, shape).reshape(-1, nb)
-    _check_indices(b, n, layout, two_d=two_d)
-    classes, _, cw, _ = _symbols(b, n, layout)
+    e = _check_extra(extra, layout, b.shape[0], two_d=two_d)
+    _check_indices(b, n, layout, two_d=two_d, extra=e)
+    classes, _, cw, _ = _symbols(b, n, layout, e)
     bits = _ideal_rows(classes, cw, layout)
+    if e is not None:
+        bits = bits + np.array([_Side.of(e[i], layout).ideal_bits for i in range(b.shape[0])])
     return bits if two_d else float(bits[0])

@@ -11,17 +11,28 @@ A run directory holds
   ``message`` (binary), ``nbits`` (``8 * len(message)``), ``crc32`` (of ``message``),
   and diagnostics ``kl_bits``, ``steps``, ``fallback_blocks`` (and ``z_debug`` when
   asked for);
+* ``rejects.parquet`` (only when items were skipped, ``--on-bad-item skip``): one row per
+  bad item, ``row`` (input row), ``id``, ``field``, ``reason``, in input order;
 * ``manifest.json``, written **last**: every part with its rows, bytes and SHA-256, the
-  number of items and payload bytes. A directory without it is not a complete run.
+  number of items and payload bytes, the number of rejects, and the run key. A directory
+  without it is not a complete run.
+
+Every part carries the **run key** (SHA-256 of the header and the input fingerprint) in its
+Parquet metadata (``recray.run_key``), so a part copied in from another run is recognized
+even when its rows' CRCs hold.
 
 A run is written under the sibling name ``.<name>.partial`` and renamed into place in one
 step, so an interrupted run never looks complete; its committed parts let ``--resume``
-finish it. The bytes of every file depend only on the input, the header and the shard size:
-not on the engine, the number of workers, batch sizes or the backend.
+finish it. **Committed work is never deleted**: whatever goes wrong, a partial directory
+that holds a committed part stays for ``--resume``; only one that this call created and
+that holds no part yet is removed (nothing was coded). The bytes of every file depend only
+on the input, the header and the shard size: not on the engine, the number of workers,
+batch sizes or the backend.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,10 +45,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recray.errors import FormatError, InputError, MessageError, RecrayError, fmt_item
+from recray.errors import FormatError, InputError, MessageError, StorageError, fmt_item
 
 RUN_FORMAT = "recray-run"
-RUN_FORMAT_VERSION = 1
+#: Version 2: parts carry ``adapted_blocks`` and the run key; runs may hold rejects.parquet.
+RUN_FORMAT_VERSION = 2
+READABLE_RUN_FORMAT_VERSIONS = (1, 2)
+REJECTS_FILE = "rejects.parquet"
+RUN_KEY_META = b"recray.run_key"
 MANIFEST_FORMAT = "recray-manifest"
 PLAN_FILE = "plan.json"
 PRIOR_FILE = "prior.json"
@@ -53,6 +68,7 @@ def part_schema(id_kind: str, dim: int, debug: bool) -> pa.Schema:
         ("kl_bits", pa.float64()),
         ("steps", pa.int64()),
         ("fallback_blocks", pa.int32()),
+        ("adapted_blocks", pa.int32()),
     ]
     if debug:
         fields.append(("z_debug", pa.list_(pa.float64(), dim)))
@@ -85,6 +101,33 @@ def part_name(shard: int) -> str:
     return f"part-{shard:05d}.parquet"
 
 
+def rejects_name(shard: int) -> str:
+    return f"rejects-{shard:05d}.parquet"
+
+
+def run_key(header: dict, fingerprint: dict) -> str:
+    """SHA-256 of the canonical header and input fingerprint: what parts are stamped with."""
+    doc = json.dumps({"header": header, "input": fingerprint}, sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+def _write_parquet(table: pa.Table, final: str) -> None:
+    """Write ``table`` to ``final`` through a temporary name (the rename is the commit);
+    an OS error (disk full, file size limit) removes the temporary file and raises
+    :class:`StorageError`."""
+    tmp = final + ".tmp"
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise StorageError(
+            f"cannot write {final!r}: {exc.strerror or exc}; the committed parts are kept: "
+            "free space (or lift the file size limit) and run again with --resume"
+        ) from None
+
+
 class RunWriter:
     """Writes a run as one Parquet part per shard and publishes it atomically.
 
@@ -98,8 +141,9 @@ class RunWriter:
     holds: :attr:`committed` lists their shards. Without it an existing partial directory
     is an error, so two runs never mix parts.
 
-    Use as a context manager: a :class:`RecrayError` (bad input, which a resume cannot
-    mend) removes the partial directory; any other exception keeps it for ``--resume``.
+    Use as a context manager. Whatever the exception, committed parts are never removed:
+    the partial directory stays for ``--resume``, except one that this writer created and
+    that holds no part yet (nothing was coded), which is removed.
     """
 
     def __init__(
@@ -121,6 +165,8 @@ class RunWriter:
         os.makedirs(parent, exist_ok=True)
         self.tmp = os.path.join(parent, f".{os.path.basename(self.out_dir)}{PARTIAL_SUFFIX}")
         self.schema = schema
+        self.run_key = run_key(header, fingerprint)
+        self.created = False
         resume_doc = {"fingerprint": fingerprint, "header": header, "prior": prior_json}
         if os.path.exists(self.tmp):
             if not resume:
@@ -141,6 +187,7 @@ class RunWriter:
                     )
         else:
             os.makedirs(self.tmp)
+            self.created = True
             _write_json(os.path.join(self.tmp, PLAN_FILE), header)
             with open(os.path.join(self.tmp, PRIOR_FILE), "w") as f:
                 f.write(prior_json + "\n")
@@ -155,20 +202,23 @@ class RunWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None and issubclass(exc_type, RecrayError):
-            self.abort()
+        if exc_type is not None and self.created and not self.committed:
+            self.discard_empty()
         return False
 
-    def commit(self, shard: int, table: pa.Table) -> None:
+    def commit(self, shard: int, table: pa.Table, rejects: pa.Table | None = None) -> None:
         """Write the rows of ``shard`` (a table with :attr:`schema`, in item order) as its
-        part: the bytes depend only on the rows, not on how they were batched."""
+        part, and first its rejected items (``rejects``, a table of
+        :func:`recray.pipeline.validate.reject_schema`, in row order) when there are any:
+        the part's rename is the shard's commit. The bytes depend only on the rows, not on
+        how they were batched."""
         if shard in self.committed:
             raise FormatError(f"shard {shard} is committed already; a part is written once")
+        if rejects is not None and rejects.num_rows:
+            _write_parquet(rejects.combine_chunks(), os.path.join(self.tmp, rejects_name(shard)))
         table = table.select(self.schema.names).cast(self.schema).combine_chunks()
-        final = os.path.join(self.tmp, part_name(shard))
-        tmp = final + ".tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)
+        table = table.replace_schema_metadata({RUN_KEY_META: self.run_key.encode()})
+        _write_parquet(table, os.path.join(self.tmp, part_name(shard)))
         self.committed.add(shard)
 
     def part_paths(self, n_shards: int) -> list[str]:
@@ -176,14 +226,27 @@ class RunWriter:
 
     def totals(self, n_shards: int) -> dict:
         """Items, payload bytes and diagnostics summed over the parts, in shard order."""
-        t = {"items": 0, "payload_bytes": 0, "kl_bits": 0.0, "steps": 0, "fallback_blocks": 0}
+        t = {
+            "items": 0,
+            "payload_bytes": 0,
+            "kl_bits": 0.0,
+            "steps": 0,
+            "fallback_blocks": 0,
+            "adapted_blocks": 0,
+        }
+        cols = ["message", "kl_bits", "steps", "fallback_blocks", "adapted_blocks"]
         for path in self.part_paths(n_shards):
-            tab = pq.read_table(path, columns=["message", "kl_bits", "steps", "fallback_blocks"])
+            tab = pq.read_table(path, columns=cols)
             t["items"] += tab.num_rows
             t["payload_bytes"] += int(pc.sum(pc.binary_length(tab.column("message"))).as_py() or 0)
             t["kl_bits"] += float(np.sum(tab.column("kl_bits").to_numpy()))
-            t["steps"] += int(np.sum(tab.column("steps").to_numpy()))
-            t["fallback_blocks"] += int(np.sum(tab.column("fallback_blocks").to_numpy()))
+            for c in cols[2:]:
+                t[c] += int(np.sum(tab.column(c).to_numpy()))
+        t["rejects"] = sum(
+            pq.ParquetFile(os.path.join(self.tmp, rejects_name(k))).metadata.num_rows
+            for k in range(n_shards)
+            if os.path.exists(os.path.join(self.tmp, rejects_name(k)))
+        )
         return t
 
     def publish(self, n_shards: int, summary: dict) -> str:
@@ -210,10 +273,24 @@ class RunWriter:
             "version": RUN_FORMAT_VERSION,
             "items": summary["items"],
             "payload_bytes": summary["payload_bytes"],
+            "rejects": int(summary.get("rejects", 0)),
+            "run_key": self.run_key,
             "parts": parts,
             "plan_sha256": _sha256(os.path.join(self.tmp, PLAN_FILE)),
             "summary": summary,
         }
+        shard_rejects = [
+            os.path.join(self.tmp, rejects_name(k))
+            for k in range(n_shards)
+            if os.path.exists(os.path.join(self.tmp, rejects_name(k)))
+        ]
+        if shard_rejects:
+            merged = pa.concat_tables([pq.read_table(f) for f in shard_rejects])
+            path = os.path.join(self.tmp, REJECTS_FILE)
+            _write_parquet(merged, path)
+            manifest["rejects_sha256"] = _sha256(path)
+            for f in shard_rejects:  # merged into rejects.parquet just above
+                os.remove(f)
         os.remove(os.path.join(self.tmp, RESUME_FILE))
         _write_json(os.path.join(self.tmp, MANIFEST_FILE), manifest)
         if os.path.exists(self.out_dir):
@@ -221,7 +298,10 @@ class RunWriter:
         os.rename(self.tmp, self.out_dir)
         return self.out_dir
 
-    def abort(self) -> None:
+    def discard_empty(self) -> None:
+        """Remove the partial directory if it holds no part (nothing coded, nothing lost)."""
+        if any(n.startswith("part-") for n in os.listdir(self.tmp)):
+            return
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -247,18 +327,19 @@ class Run:
         header = _read_json(os.path.join(path, PLAN_FILE), "run header")
         if header.get("format") != RUN_FORMAT:
             raise FormatError(f"{path!r}: {PLAN_FILE} is not a recray run header")
-        if header.get("version") != RUN_FORMAT_VERSION:
+        if header.get("version") not in READABLE_RUN_FORMAT_VERSIONS:
             raise FormatError(
                 f"{path!r}: run format version {header.get('version')!r}; this recray reads "
-                f"version {RUN_FORMAT_VERSION}"
+                f"versions {', '.join(map(str, READABLE_RUN_FORMAT_VERSIONS))}"
             )
         manifest = _read_json(man_path, "manifest")
         if (
             manifest.get("format") != MANIFEST_FORMAT
-            or manifest.get("version") != RUN_FORMAT_VERSION
+            or manifest.get("version") != header.get("version")
         ):
             raise FormatError(
-                f"{path!r}: {MANIFEST_FILE} is not a version {RUN_FORMAT_VERSION} recray manifest"
+                f"{path!r}: {MANIFEST_FILE} is not a version {header.get('version')} recray "
+                "manifest"
             )
         if manifest.get("plan_sha256") != _sha256(os.path.join(path, PLAN_FILE)):
             raise FormatError(
@@ -276,18 +357,51 @@ class Run:
             run.verify_parts()
         return run
 
-    def verify_parts(self) -> None:
+    def damaged_parts(self) -> dict[str, str]:
+        """Parts that are missing or do not match the manifest (size or SHA-256), with what
+        is wrong; empty for a sound run."""
+        out = {}
         for p in self.manifest["parts"]:
             full = os.path.join(self.path, p["file"])
             if not os.path.exists(full):
-                raise FormatError(
-                    f"{self.path!r}: part {p['file']} listed in the manifest is missing"
-                )
-            if os.path.getsize(full) != p["bytes"] or _sha256(full) != p["sha256"]:
-                raise FormatError(
-                    f"{self.path!r}: part {p['file']} does not match the manifest (size or "
-                    "SHA-256): the file is truncated, corrupted or not from this run"
-                )
+                out[p["file"]] = "missing"
+            elif os.path.getsize(full) != p["bytes"] or _sha256(full) != p["sha256"]:
+                out[p["file"]] = "does not match the manifest (size or SHA-256)"
+        return out
+
+    def part_damage(self, file: str) -> PartDamage:
+        """What is wrong inside a damaged part: unreadable, from another run, or the ids of
+        the rows whose message fails its CRC (the other rows are sound)."""
+        full = os.path.join(self.path, file)
+        rows = next(p["rows"] for p in self.manifest["parts"] if p["file"] == file)
+        if not os.path.exists(full):
+            return PartDamage(file, rows, "the part is missing", None)
+        try:
+            pf = pq.ParquetFile(full)
+            key = (pf.schema_arrow.metadata or {}).get(RUN_KEY_META)
+            tab = pf.read(columns=["id", "message", "crc32"])
+        except (pa.ArrowInvalid, OSError) as exc:
+            return PartDamage(file, rows, f"the part is not readable Parquet ({exc})", None)
+        want = self.manifest.get("run_key")
+        if want is not None and (key is None or key.decode() != want):
+            return PartDamage(file, rows, "the part belongs to another run (run key)", None)
+        got = crc32_of(tab.column("message").to_pylist())
+        bad = got != tab.column("crc32").to_numpy().astype(np.uint32)
+        ids = tab.column("id").to_pylist()
+        return PartDamage(file, rows, "messages fail their CRC-32", [ids[i] for i in np.flatnonzero(bad)])
+
+    def verify_parts(self) -> None:
+        damaged = self.damaged_parts()
+        if not damaged:
+            return
+        file, what = next(iter(damaged.items()))
+        detail = self.part_damage(file).describe()
+        more = f" ({len(damaged)} damaged parts in all)" if len(damaged) > 1 else ""
+        raise FormatError(
+            f"{self.path!r}: part {file} {what}: {detail}{more}; "
+            "decompress --salvage decodes every item whose part is readable and whose CRC "
+            "holds, and lists the others"
+        )
 
     def part_paths(self) -> list[str]:
         return [os.path.join(self.path, p["file"]) for p in self.manifest["parts"]]
@@ -300,6 +414,27 @@ class Run:
             except (pa.ArrowInvalid, OSError) as exc:
                 raise FormatError(f"{path!r} is not a readable Parquet file: {exc}") from None
             yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+
+
+@dataclass(frozen=True)
+class PartDamage:
+    """A damaged part: its ``file``, the ``rows`` the manifest lists, ``what`` is wrong, and
+    ``bad_ids`` (the items whose message fails its CRC) or ``None`` when the whole part is
+    lost (unreadable, missing, or from another run)."""
+
+    file: str
+    rows: int
+    what: str
+    bad_ids: list | None
+
+    def describe(self) -> str:
+        if self.bad_ids is None:
+            return f"{self.what}; its {self.rows} items cannot be decoded"
+        shown = ", ".join(fmt_item(i) for i in self.bad_ids[:5])
+        more = f" and {len(self.bad_ids) - 5} more" if len(self.bad_ids) > 5 else ""
+        if not self.bad_ids:
+            return "its rows' CRCs hold (only the file around them changed)"
+        return f"{len(self.bad_ids)} of its {self.rows} items fail their CRC-32: {shown}{more}"
 
 
 def check_crcs(ids, messages, crcs) -> None:

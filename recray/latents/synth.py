@@ -7,6 +7,12 @@ dimensions draw ``log2(1/s_d)`` uniformly from [0.5, 4] bits; collapsed dimensio
 ``s_d`` in [0.998, 0.9995] (KL ~ 0.001 bits). The prior is ``N(0, 1)``; its
 ``mutual_information_bits`` is the mean per-dimension KL over the generated items (the
 estimate a trained model would ship). Written in chunks, so memory stays bounded.
+
+``outlier_fraction`` makes that share of items *outliers*: in one dimension drawn at random
+the item's posterior sits far out, ``mu = +-U(3.5, 4.5)`` prior-sigma with
+``s = 2^-U(1, 3)``: what a VAE gives an unusual input in a dimension the data set hardly
+uses (and the plan gives few or no partition bits). Outliers are drawn after the other
+items' values, so the clean items are the same with and without them.
 """
 
 from __future__ import annotations
@@ -42,12 +48,16 @@ def synthesize(
     informative_fraction: float = 0.5,
     string_ids: bool = False,
     dtype: str = "float32",
+    outlier_fraction: float = 0.0,
 ) -> tuple[str, str]:
     """Write ``out_dir/latents.parquet`` and ``out_dir/prior.json``; returns their paths."""
     if n < 1 or dim < 1:
         raise InputError(f"synth needs n >= 1 and dim >= 1; got n = {n}, dim = {dim}")
     if not 0.0 <= informative_fraction <= 1.0:
         raise InputError("informative_fraction must be in [0, 1]")
+    if not 0.0 <= outlier_fraction <= 1.0:
+        raise InputError("outlier_fraction must be in [0, 1]")
+    out_rng = np.random.default_rng([seed, 1])
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
     levels = dimension_levels(dim, informative_fraction, rng)
@@ -67,6 +77,12 @@ def synthesize(
             )
             s = np.where(levels >= 0.998, levels, s)  # collapsed dims keep their level
             mu = rng.normal(size=(k, dim)) * np.sqrt(1.0 - s * s)
+            if outlier_fraction:
+                hit = np.flatnonzero(out_rng.random(k) < outlier_fraction)
+                d = out_rng.integers(0, dim, hit.size)
+                sign = np.where(out_rng.random(hit.size) < 0.5, -1.0, 1.0)
+                mu[hit, d] = sign * out_rng.uniform(3.5, 4.5, hit.size)
+                s[hit, d] = 2.0 ** -out_rng.uniform(1.0, 3.0, hit.size)
             mu_c = mu.astype(dtype)
             s_c = s.astype(dtype)
             kl_sum += kl_bits_per_dim(mu_c.astype(np.float64), s_c.astype(np.float64), prior).sum(

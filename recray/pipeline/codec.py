@@ -14,11 +14,20 @@ codes ``n * g`` rows of ``s`` dimensions (a loop over block sizes, never over it
 item key is the int64 id itself or, for string ids, the first 8 bytes (little endian) of
 BLAKE2b-64 of its UTF-8 bytes.
 
-**Fallback.** With ``on_unbounded="orc"`` the blocks an exact method cannot code (unbounded
-ratio, expected steps above ``max_steps``, or a search that hits ``max_steps``; the steps
-spent before the fallback are counted) are coded with the fixed-budget twin
-(``sp-pfr`` -> ``sp-orc``, ``pfr`` -> ``orc``, ``n_samples`` candidates): their index has the
-same form and code, so decoding needs no flag; the item's ``fallback_blocks`` says how many.
+**Routes.** Every block of an exact method is routed before any search
+(:func:`route_group`):
+
+1. *exact under the plan*: bounded ratio and ``D_inf[Q||P']`` at most the adaptive threshold
+   (``adapt_above_bits``, and ``max_steps`` less :data:`recray.rec.api.FEASIBLE_MARGIN_BITS`);
+2. *exact with an adaptive partition* (``sp-pfr`` with ``adapt_above_bits`` set): the block
+   gets extra partition bits (:func:`recray.plan.adaptive.adapt_bits`), sent in its message
+   as side information; the sample stays exact;
+3. *fallback*: still unbounded or too expensive: with ``on_unbounded="orc"`` coded by the
+   fixed-budget twin (``sp-pfr`` -> ``sp-orc``, ``pfr`` -> ``orc``, ``n_samples`` candidates,
+   plan bits) - its index has the same form, so decoding needs no flag; the item's
+   ``fallback_blocks`` says how many (a search that hits ``max_steps`` at run time, which the
+   margin makes rare, also falls back, its steps counted). With ``"error"`` such a block is
+   a bad item (:class:`BlockProblem`).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recray import rec
+from recray.backend import get_backend
 from recray.errors import (
     InputError,
     RecrayError,
@@ -37,8 +47,10 @@ from recray.errors import (
     UnboundedRatioError,
     fmt_item,
 )
-from recray.format.messages import IndexLayout, decode_messages, encode_messages
+from recray.format.messages import IndexLayout, decode_blocks, encode_messages
 from recray.plan import CodecPlan
+from recray.plan.adaptive import adapt_bits, dim_dinf_bits
+from recray.rec.api import FEASIBLE_MARGIN_BITS
 from recray.rec.philox import philox4x32, split64
 
 STREAM_DOMAIN = 0x52535452  # "RSTR"
@@ -91,6 +103,8 @@ class CodecSpec:
     n_samples: int = 1 << 16
     max_steps: int = rec.DEFAULT_MAX_STEPS
     on_unbounded: str = "error"
+    adapt_above_bits: float | None = None
+    feasible_margin_bits: float = FEASIBLE_MARGIN_BITS
     backend: str | None = field(default=None, compare=False)
 
     def __post_init__(self):
@@ -105,6 +119,11 @@ class CodecSpec:
                 f"prior length {self.prior_mu.shape[0]} does not match the plan's "
                 f"D = {self.plan.dim}"
             )
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether blocks may get adaptive partitions (``sp-pfr`` with a threshold)."""
+        return self.adapt_above_bits is not None and self.method == "sp-pfr"
 
     @property
     def partitioned(self) -> bool:
@@ -128,7 +147,12 @@ class CodecSpec:
         if self.method == "orc":
             raw = int(math.ceil(math.log2(self.n_samples))) if self.n_samples > 1 else 0
             return IndexLayout(bin_bits=self.bin_bits, code="raw", raw_bits=raw)
-        return IndexLayout(bin_bits=self.bin_bits, code="universal", class_models=self.class_models)
+        return IndexLayout(
+            bin_bits=self.bin_bits,
+            code="universal",
+            class_models=self.class_models,
+            adaptive_dims=tuple(len(b) for b in self.plan.blocks) if self.adaptive else (),
+        )
 
     def groups(self) -> list[BlockGroup]:
         sizes = sorted({len(b) for b in self.plan.blocks})
@@ -145,13 +169,14 @@ class CodecSpec:
 
 @dataclass
 class EncodedItems:
-    """Per item: ``messages`` (list of bytes), ``kl_bits``, ``steps``, ``fallback_blocks``;
-    ``samples`` (n, D) float64: the latents the messages decode to."""
+    """Per item: ``messages`` (list of bytes), ``kl_bits``, ``steps``, ``fallback_blocks``,
+    ``adapted_blocks``; ``samples`` (n, D) float64: the latents the messages decode to."""
 
     messages: list
     kl_bits: np.ndarray
     steps: np.ndarray
     fallback_blocks: np.ndarray
+    adapted_blocks: np.ndarray
     samples: np.ndarray
 
 
@@ -168,8 +193,9 @@ def block_rows(group: BlockGroup, mu, sigma, spec: CodecSpec):
     return take(mu), take(sigma), pm, ps, bits
 
 
-def _located(exc: RecrayError, group: BlockGroup, ids, rows=None) -> RecrayError:
-    """The same error, located by item id, plan block and latent dimension."""
+def _located(exc: RecrayError, group: BlockGroup, ids, rows=None, hint=True) -> RecrayError:
+    """The same error, located by item id, plan block and latent dimension (``hint``: say
+    how ``--on-unbounded orc`` would code it)."""
     r = exc.block
     if r is None:
         return exc
@@ -183,7 +209,7 @@ def _located(exc: RecrayError, group: BlockGroup, ids, rows=None) -> RecrayError
     detail = str(exc)
     if detail.startswith("block "):  # drop the core's own locator (a row of this batch)
         detail = detail.split(": ", 1)[-1]
-    if isinstance(exc, UnboundedRatioError | SearchBudgetError):
+    if hint and isinstance(exc, UnboundedRatioError | SearchBudgetError):
         detail += (
             " (recray compress --on-unbounded orc codes such blocks with the "
             "fixed-budget method instead)"
@@ -192,8 +218,138 @@ def _located(exc: RecrayError, group: BlockGroup, ids, rows=None) -> RecrayError
     return type(exc)(f"{where}: {detail}", block=item, dim=dim)
 
 
+@dataclass(frozen=True)
+class BlockProblem:
+    """A block an exact method cannot code under ``on_unbounded="error"``: ``row`` (its row
+    in the group's ``n * g`` rows), ``dim`` (the dimension of the block that costs the most),
+    ``error`` (the exception class), ``detail`` (what is wrong and what to do)."""
+
+    row: int
+    dim: int
+    error: type
+    detail: str
+
+
+@dataclass
+class Routes:
+    """How the ``n * g`` rows of a block group are coded (see the module docstring).
+
+    exact     (k,) int64  rows for the exact method
+    extra     (k, s) int64  their extra partition bits (adaptive partitions; mostly 0)
+    fallback  (f,) int64  rows for the fixed-budget twin (``on_unbounded="orc"``)
+    problems  list[BlockProblem]  rows that can be coded neither way
+    """
+
+    exact: np.ndarray
+    extra: np.ndarray
+    fallback: np.ndarray
+    problems: list
+
+
+def route_group(m_r, s_r, pm, ps, bits, spec: CodecSpec) -> Routes:
+    """Route the rows of one block group (:func:`block_rows`'s arrays) before any search.
+    A pure function of each row, so validation and encoding agree."""
+    nrows, s = m_r.shape
+    allrows = np.arange(nrows, dtype=np.int64)
+    zero = np.zeros((nrows, s), dtype=np.int64)
+    if spec.method not in rec.EXACT_METHODS:
+        return Routes(allrows, zero, allrows[:0], [])
+    common = dict(
+        prior_mu=pm,
+        prior_sigma=ps,
+        method=spec.method,
+        max_steps=spec.max_steps,
+        margin_bits=spec.feasible_margin_bits,
+    )
+    ok, dinf = rec.exact_feasible(m_r, s_r, bits=bits, backend=spec.backend, **common)
+    extra = zero
+    if spec.adaptive:
+        limit = min(
+            float(spec.adapt_above_bits),
+            float(np.log2(spec.max_steps)) - spec.feasible_margin_bits,
+        )
+        over = np.flatnonzero(np.isfinite(dinf) & (dinf > limit))
+        if over.size:
+            be = get_backend(spec.backend)
+            m_std = (m_r[over] - pm[over]) / ps[over]
+            s_std = s_r[over] / ps[over]
+            add = adapt_bits(be, m_std, s_std, bits[over], limit)
+            extra = zero.copy()
+            extra[over] = add
+            sub = {k: v[over] for k, v in common.items() if k.startswith("prior")}
+            ok_o, _ = rec.exact_feasible(
+                m_r[over],
+                s_r[over],
+                bits=bits[over] + add,
+                backend=spec.backend,
+                method=spec.method,
+                max_steps=spec.max_steps,
+                margin_bits=spec.feasible_margin_bits,
+                **sub,
+            )
+            ok = ok.copy()
+            ok[over] = ok_o
+    exact = np.flatnonzero(ok)
+    rest = np.flatnonzero(~ok)
+    if spec.on_unbounded == "orc":
+        return Routes(exact, extra[exact], rest, [])
+    return Routes(exact, extra[exact], rest[:0], _problems(rest, m_r, s_r, pm, ps, bits, extra, spec))
+
+
+def _problems(rows, m_r, s_r, pm, ps, bits, extra, spec: CodecSpec) -> list:
+    out = []
+    if rows.size == 0:
+        return out
+    be = get_backend(spec.backend)
+    m = (m_r[rows] - pm[rows]) / ps[rows]
+    s = s_r[rows] / ps[rows]
+    bounded = (s < 1.0) | ((s == 1.0) & (m == 0.0))
+    cap = math.log2(spec.max_steps) - spec.feasible_margin_bits
+    for i, r in enumerate(rows.tolist()):
+        if not bounded[i].all():
+            d = int(np.argmax(~bounded[i]))
+            why = "wider than the prior" if s[i, d] > 1.0 else "as wide as the prior but shifted"
+            out.append(
+                BlockProblem(
+                    r,
+                    d,
+                    UnboundedRatioError,
+                    f"unbounded density ratio (posterior {why}: sigma/prior_sigma = "
+                    f"{s[i, d]:.4g}, (mu - prior_mu)/prior_sigma = {m[i, d]:.4g}); "
+                    f"{spec.method} would never stop",
+                )
+            )
+            continue
+        b = bits[r] + extra[r]
+        dd = dim_dinf_bits(be, m[i], s[i], b)
+        d = int(np.argmax(dd))
+        near = " (near-collapsed: tiny KL, huge D_inf)" if abs(1.0 - s[i, d]) < 0.05 else ""
+        out.append(
+            BlockProblem(
+                r,
+                d,
+                SearchBudgetError,
+                f"exact search needs ~2^{dd.sum():.1f} candidates with "
+                f"{int(extra[r].sum())} extra partition bits, over 2^{cap:.1f} (max_steps "
+                f"less a 2^{spec.feasible_margin_bits:g} margin); this dimension costs "
+                f"{dd[d]:.1f} bits (sigma/prior_sigma = {s[i, d]:.4g}, "
+                f"(mu - prior_mu)/prior_sigma = {m[i, d]:.4g}){near}",
+            )
+        )
+    return out
+
+
+def problem_error(p: BlockProblem, group: BlockGroup, ids) -> RecrayError:
+    """The located, typed error of a :class:`BlockProblem` (names item, block, dimension)."""
+    exc = p.error(f"block {p.row}: {p.detail}", block=p.row, dim=p.dim)
+    return _located(exc, group, ids, hint=False)
+
+
 def encode_items(ids, mu, sigma, spec: CodecSpec) -> EncodedItems:
-    """Code ``n`` items: ``mu``, ``sigma`` float64 ``(n, D)``; ``ids`` their ids."""
+    """Code ``n`` items: ``mu``, ``sigma`` float64 ``(n, D)``; ``ids`` their ids.
+
+    Raises the located, typed error of the first block that can be coded neither exactly
+    nor (with ``on_unbounded="orc"``) by the fallback; nothing is returned then."""
     n, D = mu.shape
     nb = spec.plan.n_blocks
     sids = block_stream_ids(item_keys(ids), nb)
@@ -202,42 +358,40 @@ def encode_items(ids, mu, sigma, spec: CodecSpec) -> EncodedItems:
     steps = np.zeros((n, nb), np.int64)
     kl = np.zeros((n, nb))
     fallback = np.zeros((n, nb), bool)
+    layout = spec.layout
+    extra = np.zeros((n, nb, layout.max_block_dims), np.int64) if layout.adaptive else None
     samples = np.empty((n, D))
     common = dict(seed=spec.seed, backend=spec.backend)
     for grp in spec.groups():
         g, s = grp.dims.shape
         m_r, s_r, pm, ps, bits = block_rows(grp, mu, sigma, spec)
         sid = sids[:, grp.blocks].reshape(-1)
-        exact = spec.method in rec.EXACT_METHODS
-        ok = np.ones(n * g, bool)
-        if exact and spec.on_unbounded == "orc":
-            ok, _ = rec.exact_feasible(
-                m_r,
-                s_r,
-                prior_mu=pm,
-                prior_sigma=ps,
-                bits=bits,
-                method=spec.method,
-                max_steps=spec.max_steps,
-                backend=spec.backend,
-            )
-        fallback_ok = exact and spec.on_unbounded == "orc"
-        todo = [(np.flatnonzero(ok), spec.method), (np.flatnonzero(~ok), FALLBACK.get(spec.method))]
+        routes = route_group(m_r, s_r, pm, ps, bits, spec)
+        if routes.problems:
+            raise problem_error(routes.problems[0], grp, ids)
+        row_extra = np.zeros((n * g, s), np.int64)
+        row_extra[routes.exact] = routes.extra
+        if extra is not None:
+            extra[:, grp.blocks, :s] = row_extra.reshape(n, g, s)
+        fallback_ok = spec.method in rec.EXACT_METHODS and spec.on_unbounded == "orc"
+        todo = [(routes.exact, spec.method), (routes.fallback, FALLBACK.get(spec.method))]
         while todo:
             rows, method = todo.pop(0)
             if rows.size == 0:
                 continue
             if method in rec.EXACT_METHODS:
                 kw = dict(max_steps=spec.max_steps, on_cap="keep" if fallback_ok else "raise")
+                row_bits = bits[rows] + row_extra[rows]
             else:
                 kw = dict(n_samples=spec.n_samples)
+                row_bits = bits[rows]
             try:
                 res = rec.encode(
                     m_r[rows],
                     s_r[rows],
                     prior_mu=pm[rows],
                     prior_sigma=ps[rows],
-                    bits=bits[rows],
+                    bits=row_bits,
                     method=method,
                     stream_ids=sid[rows],
                     **kw,
@@ -249,7 +403,12 @@ def encode_items(ids, mu, sigma, spec: CodecSpec) -> EncodedItems:
             it_all, k_all = np.divmod(rows, g)
             steps[it_all, grp.blocks[k_all]] += res.steps  # capped searches count too
             if not done.all():  # hit the cap at run time: code them with the fallback
-                todo.append((rows[~done], FALLBACK[spec.method]))
+                capped = rows[~done]
+                if extra is not None:  # the fallback uses the plan's partition
+                    ci, ck = np.divmod(capped, g)
+                    extra[ci, grp.blocks[ck]] = 0
+                    row_extra[capped] = 0
+                todo.append((capped, FALLBACK[spec.method]))
             item, k = np.divmod(rows[done], g)
             blk = grp.blocks[k]
             bins[item, blk] = res.indices.bin[done]
@@ -257,21 +416,34 @@ def encode_items(ids, mu, sigma, spec: CodecSpec) -> EncodedItems:
             kl[item, blk] = res.kl_bits[done]
             fallback[item, blk] = method != spec.method
             samples[item[:, None], grp.dims[k]] = res.samples[done]
-    messages = encode_messages(bins, local, spec.layout)
+    messages = encode_messages(bins, local, layout, extra=extra)
+    adapted = (
+        extra.any(axis=2).sum(axis=1).astype(np.int32)
+        if extra is not None
+        else np.zeros(n, np.int32)
+    )
     return EncodedItems(
-        messages, kl.sum(axis=1), steps.sum(axis=1), fallback.sum(axis=1).astype(np.int32), samples
+        messages,
+        kl.sum(axis=1),
+        steps.sum(axis=1),
+        fallback.sum(axis=1).astype(np.int32),
+        adapted,
+        samples,
     )
 
 
 def decode_items(ids, messages, spec: CodecSpec) -> np.ndarray:
     """Latents ``(n, D)`` float64 of ``n`` messages (CRCs checked by the caller)."""
-    bins, local = decode_messages(messages, spec.layout, item_ids=ids)
-    return decode_indices(ids, bins, local, spec)
+    bins, local, extra = decode_blocks(messages, spec.layout, item_ids=ids)
+    return decode_indices(ids, bins, local, spec, extra if spec.layout.adaptive else None)
 
 
-def decode_indices(ids, bins: np.ndarray, local: np.ndarray, spec: CodecSpec) -> np.ndarray:
+def decode_indices(
+    ids, bins: np.ndarray, local: np.ndarray, spec: CodecSpec, extra: np.ndarray | None = None
+) -> np.ndarray:
     """Latents ``(n, D)`` float64 from the block indices ``bins``, ``local`` int64
-    ``(n, n_blocks)`` of ``n`` items (what the messages carry)."""
+    ``(n, n_blocks)`` of ``n`` items (what the messages carry), and for adaptive layouts
+    ``extra`` int64 ``(n, n_blocks, max_block_dims)``, the blocks' extra partition bits."""
     n = bins.shape[0]
     sids = block_stream_ids(item_keys(ids), spec.plan.n_blocks)
     z = np.empty((n, spec.plan.dim))
@@ -280,6 +452,8 @@ def decode_indices(ids, bins: np.ndarray, local: np.ndarray, spec: CodecSpec) ->
         _, _, pm, ps, bits = block_rows(
             grp, np.zeros((n, spec.plan.dim)), np.ones((n, spec.plan.dim)), spec
         )
+        if extra is not None:
+            bits = bits + extra[:, grp.blocks, :s].reshape(n * g, s)
         idx = rec.Indices(bins[:, grp.blocks].reshape(-1), local[:, grp.blocks].reshape(-1), s)
         try:
             x = rec.decode(

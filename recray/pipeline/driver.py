@@ -1,9 +1,12 @@
 """Drivers of ``recray compress / decompress / inspect``.
 
-``compress`` cuts the input into shards (:mod:`recray.pipeline.shards`), hands the pending
-ones to an engine (Ray Data by default, :mod:`recray.pipeline.ray_engine`; or in-process,
-:mod:`recray.pipeline.local_engine`), commits one part per shard, checks ids for
-duplicates (8 bytes per item) and publishes the run. Decoding is light next to the
+``compress`` first validates the whole input (:mod:`recray.pipeline.validate`: every bad
+item, before any search, nothing written), then cuts it into shards
+(:mod:`recray.pipeline.shards`), hands the pending ones to an engine (Ray Data by default,
+:mod:`recray.pipeline.ray_engine`; or in-process, :mod:`recray.pipeline.local_engine`),
+commits one part per shard (with its rejected items under ``on_bad_item="skip"``) and
+publishes the run. Committed parts are never deleted: a run that fails keeps them for
+``resume=True``. Decoding is light next to the
 search (one candidate per block) and runs in this process, streaming part by part.
 """
 
@@ -20,8 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recray import __version__, rec
-from recray.errors import FormatError, InputError
-from recray.format.messages import MESSAGE_CODEC_VERSION
+from recray.errors import FormatError, InputError, fmt_item
+from recray.format.messages import MESSAGE_CODEC_VERSION, READABLE_MESSAGE_CODEC_VERSIONS
 from recray.format.run import (
     MANIFEST_FILE,
     PLAN_FILE,
@@ -31,14 +34,18 @@ from recray.format.run import (
     Run,
     RunWriter,
     check_crcs,
+    crc32_of,
     part_schema,
 )
 from recray.latents.io import LatentSource, Prior, read_prior
-from recray.pipeline.codec import CodecSpec, decode_items, item_keys
+from recray.pipeline.codec import CodecSpec, decode_items
 from recray.pipeline.local_engine import run_local
 from recray.pipeline.options import RayOptions
-from recray.pipeline.shards import DEFAULT_SHARD_ROWS, shard_ranges
+from recray.pipeline.shards import DEFAULT_SHARD_ROWS, ON_BAD_ITEM, shard_ranges
+from recray.pipeline.validate import scan as validate_input
 from recray.plan import CodecPlan, build_plan
+from recray.plan.adaptive import DEFAULT_ADAPT_ABOVE_BITS
+from recray.rec.api import FEASIBLE_MARGIN_BITS
 from recray.rec.philox import RNG_VERSION
 
 __all__ = ["Run", "RayOptions", "compress", "decompress", "inspect", "format_inspect"]
@@ -56,6 +63,8 @@ def run_header(spec: CodecSpec, prior: Prior, id_kind: str) -> dict:
         "n_samples": spec.n_samples,
         "max_steps": spec.max_steps,
         "on_unbounded": spec.on_unbounded,
+        "adapt_above_bits": spec.adapt_above_bits if spec.adaptive else None,
+        "feasible_margin_bits": spec.feasible_margin_bits,
         "id_type": id_kind,
         "dim": spec.plan.dim,
         "prior_sha256": prior.checksum(),
@@ -65,12 +74,16 @@ def run_header(spec: CodecSpec, prior: Prior, id_kind: str) -> dict:
 
 
 def spec_from_header(header: dict, prior: Prior, backend=None) -> CodecSpec:
-    for key in ("rng_version", "message_codec_version"):
-        want = RNG_VERSION if key == "rng_version" else MESSAGE_CODEC_VERSION
-        if header.get(key) != want:
-            raise FormatError(
-                f"run header: {key} = {header.get(key)!r}; this recray decodes {key} {want}"
-            )
+    if header.get("rng_version") != RNG_VERSION:
+        raise FormatError(
+            f"run header: rng_version = {header.get('rng_version')!r}; this recray decodes "
+            f"rng_version {RNG_VERSION}"
+        )
+    if header.get("message_codec_version") not in READABLE_MESSAGE_CODEC_VERSIONS:
+        raise FormatError(
+            f"run header: message_codec_version = {header.get('message_codec_version')!r}; "
+            f"this recray decodes versions {READABLE_MESSAGE_CODEC_VERSIONS}"
+        )
     plan = CodecPlan.from_dict(header["plan"])
     if plan.checksum() != header.get("plan_checksum"):
         raise FormatError("run header: the plan does not match its plan_checksum")
@@ -88,38 +101,10 @@ def spec_from_header(header: dict, prior: Prior, backend=None) -> CodecSpec:
         n_samples=int(header["n_samples"]),
         max_steps=int(header["max_steps"]),
         on_unbounded=header["on_unbounded"],
+        adapt_above_bits=header.get("adapt_above_bits"),
+        feasible_margin_bits=header.get("feasible_margin_bits", 0.0),
         backend=backend,
     )
-
-
-def check_unique_ids(part_paths: list[str], id_kind: str) -> None:
-    """Raise :class:`InputError` naming a duplicate item id across the parts, if any
-    (8 bytes of memory per item)."""
-    keys = []
-    for path in part_paths:
-        col = pq.read_table(path, columns=["id"]).column("id")
-        keys.append(item_keys(col.to_numpy() if id_kind == "int" else col.to_pylist()))
-    if not keys:
-        return
-    srt = np.sort(np.concatenate(keys))
-    dup = srt[1:][srt[1:] == srt[:-1]]
-    if dup.size == 0:
-        return
-    if id_kind == "int":
-        raise InputError(
-            f"duplicate item id {int(dup[0].view(np.int64))!r} "
-            f"({dup.size} duplicates in all); ids must be unique"
-        )
-    # string ids: confirm on the strings (a 64-bit hash can collide)
-    wanted = {int(k) for k in dup}
-    seen: dict[int, str] = {}
-    for path in part_paths:
-        for s in pq.read_table(path, columns=["id"]).column("id").to_pylist():
-            k = int(item_keys([s])[0])
-            if k in wanted:
-                if seen.get(k) == s:
-                    raise InputError(f"duplicate item id {s!r}; ids must be unique")
-                seen[k] = s
 
 
 ENGINES = ("ray", "local")
@@ -145,6 +130,9 @@ def compress(
     ray_options: RayOptions | None = None,
     resume: bool = False,
     collapsed_block_size: int = 8,
+    on_bad_item: str = "fail",
+    adapt_above_bits: float | None = DEFAULT_ADAPT_ABOVE_BITS,
+    feasible_margin_bits: float = FEASIBLE_MARGIN_BITS,
     progress=None,
 ) -> dict:
     """Compress a latent data set into the run directory ``out_dir`` (see
@@ -156,11 +144,22 @@ def compress(
     ``RAY_ADDRESS`` names a cluster); ``"local"`` codes in this process. Both write the same
     bytes for the same input, settings and ``shard_rows``, whatever ``batch_size``, the
     number of actors or the backend. ``resume=True`` continues an unfinished run of
-    ``out_dir`` (same input and settings), coding only the shards it lacks. Bad input
-    publishes nothing.
+    ``out_dir`` (same input and settings), coding only the shards it lacks.
+
+    Bad items: the input is validated first (every bad item, before any search). With
+    ``on_bad_item="fail"`` (default) any bad item stops the run before anything is written,
+    all of them listed in one typed error; with ``"skip"`` the rest is coded and the bad ones
+    are listed in the run's ``rejects.parquet`` (``info["rejects"]`` counts them).
+    ``adapt_above_bits`` (``sp-pfr``; ``None`` turns it off): blocks whose exact search
+    would need more than ``2^adapt_above_bits`` candidates under the plan get an adaptive
+    partition (exact, sent as side information). ``feasible_margin_bits``: a block goes to the
+    exact search only if ``2^D_inf`` is at most ``max_steps / 2^margin`` (see
+    :data:`recray.rec.api.FEASIBLE_MARGIN_BITS`). Committed parts are never deleted.
     """
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {ENGINES}; got {engine!r}")
+    if on_bad_item not in ON_BAD_ITEM:
+        raise InputError(f"on_bad_item must be one of {ON_BAD_ITEM}; got {on_bad_item!r}")
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1; got {batch_size}")
     prior = read_prior(prior_path)
@@ -180,6 +179,8 @@ def compress(
         n_samples=n_samples,
         max_steps=rec.DEFAULT_MAX_STEPS if max_steps is None else max_steps,
         on_unbounded=on_unbounded,
+        adapt_above_bits=adapt_above_bits,
+        feasible_margin_bits=feasible_margin_bits,
         backend=backend,
     )
     _ = spec.layout  # validates n_samples for orc before any work
@@ -187,6 +188,9 @@ def compress(
     index = src.row_index()
     if index.n_rows == 0:
         raise InputError(f"latents {latents!r} hold no items")
+    checked = validate_input(index, spec)
+    if len(checked.rejects) and on_bad_item == "fail":
+        raise checked.rejects.error()
     shards = shard_ranges(index.n_rows, shard_rows)
     schema = part_schema(src.id_kind, prior.dim, debug_samples)
     header = run_header(spec, prior, src.id_kind) | {"shard_rows": int(shard_rows)}
@@ -203,7 +207,15 @@ def compress(
         try:
             if engine == "local":
                 used = run_local(
-                    index, pending, spec, schema, writer, batch_size=batch_size, progress=bar
+                    index,
+                    pending,
+                    spec,
+                    schema,
+                    writer,
+                    batch_size=batch_size,
+                    scan=checked,
+                    on_bad=on_bad_item,
+                    progress=bar,
                 )
             else:
                 from recray.pipeline.ray_engine import run_ray
@@ -216,13 +228,14 @@ def compress(
                     writer,
                     batch_size=batch_size,
                     opts=ray_options or RayOptions(),
+                    scan=checked,
+                    on_bad=on_bad_item,
                     progress=bar,
                 )
         finally:
             if bar:
                 bar.close()
         t_pub = time.perf_counter()
-        check_unique_ids(writer.part_paths(len(shards)), src.id_kind)
         totals = writer.totals(len(shards))
         writer.publish(len(shards), totals)
         publish_s = time.perf_counter() - t_pub
@@ -236,6 +249,9 @@ def compress(
         totals["fallback_blocks"],
     )
     return report | {
+        "rejects": totals["rejects"],
+        "adapted_blocks": totals["adapted_blocks"],
+        "validation_seconds": checked.seconds,
         "engine": engine,
         "actors": used["actors"],
         "backend": used["backend"],
@@ -253,55 +269,99 @@ def decompress(
     backend=None,
     prior_path: str | None = None,
     batch_size: int = 65536,
+    salvage: bool = False,
+    rejects_path: str | None = None,
     progress=None,
 ) -> dict:
-    """Decode every item of a complete run into ``out_path`` (Parquet: ``id``, ``z``)."""
-    run = Run.open(run_dir)
+    """Decode every item of a complete run into ``out_path`` (Parquet: ``id``, ``z``).
+
+    A damaged run (a part that does not match the manifest, a message that fails its CRC)
+    is refused with the damaged items named. ``salvage=True`` decodes every item whose part
+    is readable and from this run and whose CRC holds, and writes the others (``id`` when
+    known, ``field``, ``reason``) to ``rejects_path`` (default ``<out_path>.rejects.parquet``);
+    ``info["rejects"]`` counts them (items of a lost part count once each).
+    """
+    run = Run.open(run_dir, verify_parts=False)
     prior = Prior.from_dict(json.loads(run.prior_json), where="run prior")
     if prior_path is not None and read_prior(prior_path).checksum() != prior.checksum():
         raise FormatError(f"prior {prior_path!r} is not the prior this run was coded with")
     spec = spec_from_header(run.header, prior, backend)
-    id_type = pa.int64() if run.header["id_type"] == "int" else pa.string()
+    damaged = run.damaged_parts()
+    if damaged and not salvage:
+        run.verify_parts()  # raises, naming the damaged items
+    id_kind = run.header["id_type"]
+    id_type = pa.int64() if id_kind == "int" else pa.string()
     schema = pa.schema([("id", id_type), ("z", pa.list_(pa.float64(), spec.plan.dim))])
     if os.path.exists(out_path):
         raise InputError(f"output {out_path!r} already exists; remove it or choose another")
+    rejects_path = rejects_path or out_path + ".rejects.parquet"
+    if salvage and os.path.exists(rejects_path):
+        raise InputError(f"rejects file {rejects_path!r} already exists; remove it first")
     tmp = os.path.join(
         os.path.dirname(os.path.abspath(out_path)),
         f".{os.path.basename(out_path)}.partial-{uuid.uuid4().hex[:12]}",
     )
     n = 0
+    lost = {"id": [], "field": [], "reason": []}
     bar = (
         progress(total=run.manifest["items"], unit="item", desc="decompress") if progress else None
     )
     try:
         with pq.ParquetWriter(tmp, schema) as w:
-            for rb in run.iter_rows(columns=["id", "message", "crc32"], batch_size=batch_size):
-                ids = rb.column("id").to_pylist()
-                msgs = rb.column("message").to_pylist()
-                check_crcs(ids, msgs, rb.column("crc32").to_numpy())
-                z = decode_items(
-                    np.asarray(ids, dtype=np.int64) if run.header["id_type"] == "int" else ids,
-                    msgs,
-                    spec,
-                )
-                w.write_table(
-                    pa.table(
-                        {
-                            "id": pa.array(ids, type=id_type),
-                            "z": pa.FixedSizeListArray.from_arrays(
-                                pa.array(z.reshape(-1)), spec.plan.dim
-                            ),
-                        },
-                        schema=schema,
+            for path, batch in _part_batches(run, damaged, lost, batch_size):
+                ids = batch.column("id").to_pylist()
+                msgs = batch.column("message").to_pylist()
+                crcs = batch.column("crc32").to_numpy()
+                if salvage:
+                    good = crc32_of(msgs) == crcs.astype(np.uint32)
+                    for i in np.flatnonzero(~good).tolist():
+                        lost["id"].append(ids[i])
+                        lost["field"].append("message")
+                        lost["reason"].append(
+                            f"item {fmt_item(ids[i])} in {os.path.basename(path)}: the message "
+                            "fails its CRC-32 (corrupted)"
+                        )
+                    ids = [v for v, g in zip(ids, good, strict=True) if g]
+                    msgs = [v for v, g in zip(msgs, good, strict=True) if g]
+                else:
+                    check_crcs(ids, msgs, crcs)
+                if ids:
+                    z = decode_items(
+                        np.asarray(ids, dtype=np.int64) if id_kind == "int" else ids, msgs, spec
                     )
-                )
+                    w.write_table(
+                        pa.table(
+                            {
+                                "id": pa.array(ids, type=id_type),
+                                "z": pa.FixedSizeListArray.from_arrays(
+                                    pa.array(z.reshape(-1)), spec.plan.dim
+                                ),
+                            },
+                            schema=schema,
+                        )
+                    )
                 n += len(ids)
                 if bar:
-                    bar.update(len(ids))
-        if n != run.manifest["items"]:
+                    bar.update(batch.num_rows)
+        lost_items = len(lost["id"])
+        lost_items += sum(
+            r for r in lost.pop("_part_rows", [])
+        )
+        if not salvage and n != run.manifest["items"]:
             raise FormatError(
                 f"{run_dir!r}: the parts hold {n} items but the manifest says "
                 f"{run.manifest['items']}"
+            )
+        if salvage and lost["id"]:
+            pq.write_table(
+                pa.table(
+                    {
+                        "id": pa.array(lost["id"], type=id_type),
+                        "field": pa.array(lost["field"], type=pa.string()),
+                        "reason": pa.array(lost["reason"], type=pa.string()),
+                    }
+                ),
+                rejects_path,
             )
         os.replace(tmp, out_path)
     except BaseException:
@@ -311,7 +371,32 @@ def decompress(
     finally:
         if bar:
             bar.close()
-    return {"items": n, "out": out_path}
+    out = {"items": n, "out": out_path, "rejects": lost_items}
+    if salvage and lost["id"]:
+        out["rejects_path"] = rejects_path
+    return out
+
+
+def _part_batches(run: Run, damaged: dict, lost: dict, batch_size: int):
+    """``(part path, record batch)`` of every readable part of this run; a damaged part that
+    is lost as a whole (unreadable, missing, from another run) adds one reject row (id
+    null) and its item count to ``lost["_part_rows"]``."""
+    for p in run.manifest["parts"]:
+        path = os.path.join(run.path, p["file"])
+        if p["file"] in damaged:
+            dmg = run.part_damage(p["file"])
+            if dmg.bad_ids is None:
+                lost["id"].append(None)
+                lost["field"].append("part")
+                lost["reason"].append(f"{p['file']}: {dmg.describe()}")
+                lost.setdefault("_part_rows", []).append(p["rows"] - 1)
+                continue
+        try:
+            pf = pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise FormatError(f"{path!r} is not a readable Parquet file: {exc}") from None
+        for rb in pf.iter_batches(batch_size=batch_size, columns=["id", "message", "crc32"]):
+            yield path, rb
 
 
 def inspect(run_dir: str) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -16,6 +17,9 @@ class RayOptions:
     docstring). ``retries``: read-task retries and actor restarts / task retries.
     ``resources``: custom Ray resources each actor asks for (e.g. ``{"encoder": 1}`` to
     keep actors on nodes started with ``--resources '{"encoder": 2}'``).
+    ``on_batch``: instrumentation, called inside the actor before it codes a batch, with
+    the batch's shard and row numbers (int64 arrays); it must be picklable (cloudpickle).
+    The fault tests use it to hold actors mid-batch and see which node retried what.
     """
 
     address: str | None = None
@@ -23,3 +27,4 @@ class RayOptions:
     actor_cpus: float = 0.5
     retries: int = 4
     resources: dict | None = None
+    on_batch: Callable | None = None

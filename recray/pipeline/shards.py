@@ -12,9 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from recray.errors import InputError
+from recray.errors import InputError, RecrayError
 from recray.format.run import crc32_of
 from recray.pipeline.codec import CodecSpec, encode_items
+from recray.pipeline.validate import Rejects
+
+ON_BAD_ITEM = ("fail", "skip")
 
 DEFAULT_SHARD_ROWS = 1 << 16
 ROW = "_row"  # global row number that travels with a row through an engine
@@ -41,12 +44,39 @@ def encode_table(ids, mu, sigma, spec: CodecSpec, schema: pa.Schema) -> pa.Table
         "kl_bits": pa.array(enc.kl_bits),
         "steps": pa.array(enc.steps),
         "fallback_blocks": pa.array(enc.fallback_blocks),
+        "adapted_blocks": pa.array(enc.adapted_blocks),
     }
     if "z_debug" in schema.names:
         cols["z_debug"] = pa.FixedSizeListArray.from_arrays(
             pa.array(enc.samples.reshape(-1)), mu.shape[1]
         )
     return pa.table(cols, schema=schema)
+
+
+def encode_or_reject(ids, mu, sigma, rows, spec: CodecSpec, schema: pa.Schema, on_bad: str):
+    """:func:`encode_table` for items at input rows ``rows`` (int64 ``(n,)``), and the
+    items that failed (:class:`~recray.pipeline.validate.Rejects`).
+
+    With ``on_bad="fail"`` the first failure raises its typed error. With ``"skip"`` a
+    batch that fails is coded again item by item (an item's message does not depend on its
+    batch), and each item that fails is rejected with its error's message: the validation
+    pass finds bad input before coding, so this only meets what a search discovers."""
+    try:
+        return encode_table(ids, mu, sigma, spec, schema), Rejects()
+    except RecrayError:
+        if on_bad != "skip":
+            raise
+    rej = Rejects()
+    good = []
+    for i in range(len(rows)):
+        sl = slice(i, i + 1)
+        try:
+            good.append(encode_table(ids[sl], mu[sl], sigma[sl], spec, schema))
+        except RecrayError as exc:
+            fld = "item" if exc.dim is None else f"latent dimension {exc.dim}"
+            rej.add(int(rows[i]), ids[i], fld, str(exc), type(exc).__name__)
+    table = pa.concat_tables(good) if good else schema.empty_table()
+    return table, rej
 
 
 def assemble_part(pieces: list[pa.Table]) -> pa.Table:

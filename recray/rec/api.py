@@ -37,6 +37,14 @@ DEFAULT_MAX_STEPS = 1 << 26
 MAX_STEPS_LIMIT = 1 << 30
 MAX_SAMPLES_LIMIT = 1 << 24
 MAX_PARTITION_BITS = 62
+#: Margin of :func:`exact_feasible`: a block is admitted when its expected number of
+#: candidates ``2^D_inf`` is at most ``max_steps / 2^4``. The number of steps of an exact
+#: search has an about exponential tail (``P(steps > c 2^D_inf) ~ e^-c``), so an admitted
+#: block hits the cap with probability about ``e^-16 ~ 1e-7`` (measured: ``tests/test_errors.py``).
+FEASIBLE_MARGIN_BITS = 4.0
+#: Smallest target scale relative to the prior: below it ``((y - mu)/sigma)^2`` can overflow
+#: float64 for candidates a few prior-sigma out, and scores become NaN.
+MIN_SCALE_RATIO = 1e-150
 #: Blocks per internal batch are chosen so their bin tables hold at most this many entries.
 TABLE_BUDGET = 1 << 23
 MAX_BATCH_BLOCKS = 1 << 16
@@ -438,8 +446,20 @@ def _targets(mu, sigma, prior_mu, prior_sigma, bits, method, stream_ids) -> _Tar
         _check_finite(name, arr, ids)
     _check_positive("sigma", sigma, ids)
     _check_positive("prior_sigma", ps, ids)
+    s = sigma / ps
+    narrow = s < MIN_SCALE_RATIO
+    if narrow.any():
+        i, dd = _first_bad(narrow)
+        raise InputError(
+            f"{fmt_block(i, ids)}: sigma[{i}, {dd}] / prior_sigma = {s[i, dd]:.3g} is below "
+            f"{MIN_SCALE_RATIO:g}: the scores of such a narrow target overflow float64 "
+            f"({int(narrow.sum())} entries affected); such a posterior is a point mass in "
+            "practice: widen it (e.g. clip sigma) before coding",
+            block=i,
+            dim=dd,
+        )
     bits_np = _bits(bits, method, (n, d), ids)
-    return _Targets(n, d, ids, pm, ps, bits_np, (mu - pm) / ps, sigma / ps)
+    return _Targets(n, d, ids, pm, ps, bits_np, (mu - pm) / ps, s)
 
 
 def _exact_bounds(be, m, s, bits_np, batches):
@@ -468,13 +488,16 @@ def exact_feasible(
     method="sp-pfr",
     max_steps=None,
     backend=None,
+    margin_bits: float = FEASIBLE_MARGIN_BITS,
 ):
     """Which blocks an exact method (``pfr``/``sp-pfr``) can code within ``max_steps``.
 
     Same inputs as :func:`encode`. Returns ``(feasible, dinf_bits)``: bool ``(n,)``, True
     where the density ratio is bounded and the expected number of candidates
-    ``2^D_inf[Q||P']`` is at most ``max_steps``; and ``D_inf[Q||P']`` in bits (``inf`` where
-    unbounded). Callers route the other blocks to a fixed-budget method.
+    ``2^D_inf[Q||P']`` is at most ``max_steps / 2^margin_bits`` (default
+    :data:`FEASIBLE_MARGIN_BITS`: an admitted block then hits the cap with probability about
+    ``e^-16``); and ``D_inf[Q||P']`` in bits (``inf`` where unbounded). Callers route the
+    other blocks to a fixed-budget method.
     """
     if method not in EXACT_METHODS:
         raise InputError(f"exact_feasible is for {EXACT_METHODS}; got {method!r}")
@@ -490,7 +513,7 @@ def exact_feasible(
         sub_bits = t.bits[rows]
         d_rows, _, _ = _exact_bounds(be, t.m[rows], t.s[rows], sub_bits, list(_batches(sub_bits)))
         dinf[rows] = d_rows
-    return ok & (dinf <= np.log2(budget.astype(np.float64))), dinf
+    return ok & (dinf <= np.log2(budget.astype(np.float64)) - margin_bits), dinf
 
 
 def _bit_offsets(bits_np: np.ndarray) -> np.ndarray:

@@ -1,0 +1,279 @@
+"""The validation pass: every bad item of a latent data set, found before any search.
+
+``recray compress`` streams the input once (:func:`scan`) before it codes anything. The
+pass checks, per row: the id (not null, unique), the vectors ``mu`` and ``sigma`` (not
+null, length ``D``, no null or non-finite value, ``sigma > 0``, ``sigma / prior_sigma`` not
+so small that scores overflow), and, for the exact methods, that every block can be coded:
+routed exactly as the encoder will route it (:func:`recray.pipeline.codec.route_group`:
+adaptive partitions included), so a block that would need more than ``max_steps`` or whose
+ratio is unbounded is reported here, not hours into the run. It writes nothing and
+reports **every** bad item (:class:`Rejects`), each with its row, id, field and reason.
+
+Cost: one read of the input and the bound computation of every block (the same tables the
+search builds first), a small fraction of the search itself; :attr:`Scan.seconds` reports
+it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from recray import errors
+from recray.errors import InputError, RecrayError, fmt_item
+from recray.latents.io import RowIndex
+from recray.pipeline.codec import CodecSpec, block_rows, item_keys, problem_error, route_group
+from recray.rec.api import MIN_SCALE_RATIO
+
+SCAN_ROWS = 1 << 15
+SHOWN = 3  # bad items a "fail" error lists in full
+
+
+def reject_schema(id_kind: str) -> pa.Schema:
+    """Columns of ``rejects.parquet``: the input row, the item id, the field and why."""
+    return pa.schema(
+        [
+            ("row", pa.int64()),
+            ("id", pa.int64() if id_kind == "int" else pa.string()),
+            ("field", pa.string()),
+            ("reason", pa.string()),
+        ]
+    )
+
+
+@dataclass
+class Rejects:
+    """Bad items, in input order once :meth:`sorted`: ``rows`` (input row numbers), ``ids``,
+    ``fields`` (e.g. ``"sigma[5]"``, ``"id"``, ``"latent dimension 6"``), ``reasons`` (the
+    full message) and ``errors`` (the :class:`~recray.errors.RecrayError` subclass name)."""
+
+    rows: list = field(default_factory=list)
+    ids: list = field(default_factory=list)
+    fields: list = field(default_factory=list)
+    reasons: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+
+    def add(self, row: int, item_id, fld: str, reason: str, error: str = "InputError"):
+        self.rows.append(int(row))
+        self.ids.append(item_id.item() if hasattr(item_id, "item") else item_id)
+        self.fields.append(fld)
+        self.reasons.append(reason)
+        self.errors.append(error)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def sorted(self) -> Rejects:
+        order = np.argsort(np.asarray(self.rows, dtype=np.int64), kind="stable")
+        pick = lambda a: [a[i] for i in order]  # noqa: E731
+        return Rejects(*(pick(a) for a in (self.rows, self.ids, self.fields, self.reasons, self.errors)))
+
+    def select(self, lo: int, hi: int) -> Rejects:
+        """The rejects of input rows ``[lo, hi)``."""
+        keep = [i for i, r in enumerate(self.rows) if lo <= r < hi]
+        pick = lambda a: [a[i] for i in keep]  # noqa: E731
+        return Rejects(*(pick(a) for a in (self.rows, self.ids, self.fields, self.reasons, self.errors)))
+
+    def table(self, id_kind: str) -> pa.Table:
+        sch = reject_schema(id_kind)
+        return pa.table(
+            {
+                "row": pa.array(self.rows, type=pa.int64()),
+                "id": pa.array(self.ids, type=sch.field("id").type),
+                "field": pa.array(self.fields, type=pa.string()),
+                "reason": pa.array(self.reasons, type=pa.string()),
+            },
+            schema=sch,
+        )
+
+    def error(self) -> RecrayError:
+        """One error for all of them (the first one's type), for ``--on-bad-item fail``."""
+        cls = getattr(errors, self.errors[0], InputError)
+        head = "; ".join(self.reasons[:SHOWN])
+        more = f"; and {len(self) - SHOWN} more" if len(self) > SHOWN else ""
+        n = len(self)
+        hint = ""
+        if {"SearchBudgetError", "UnboundedRatioError"} & set(self.errors):
+            hint = " (--on-unbounded orc codes blocks no exact search can with sp-orc/orc)"
+        return cls(
+            f"{head}{more}. {n} bad item{'s' if n > 1 else ''} found before coding, nothing "
+            f"written: fix them, or pass --on-bad-item skip to code the rest and list them "
+            f"in the run's rejects.parquet{hint}"
+        )
+
+
+@dataclass
+class Scan:
+    """What :func:`scan` found: ``rejects`` (sorted by row) and ``seconds`` it took."""
+
+    n_rows: int
+    rejects: Rejects
+    seconds: float
+
+    def bad_rows(self, lo: int, hi: int) -> np.ndarray:
+        """Sorted input rows in ``[lo, hi)`` that are rejected."""
+        r = np.asarray(self.rejects.rows, dtype=np.int64)
+        return r[(r >= lo) & (r < hi)]
+
+
+def _ids(col: pa.ChunkedArray, id_kind: str):
+    """Ids of a chunk: an int64 array, or a list (string ids, or int ids with nulls)."""
+    if id_kind == "int" and not col.null_count:
+        return col.to_numpy().astype(np.int64)
+    return col.to_pylist()
+
+
+def _vector_problems(col, name: str, dim: int) -> tuple[np.ndarray, list]:
+    """Rows of a list column that are null, of the wrong length, or hold null values:
+    ``(ok mask, [(row, field, what)])``."""
+    n = len(col)
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    lengths = np.where(np.asarray(col.is_null()), -1, np.nan_to_num(lengths, nan=-1)).astype(np.int64)
+    bad = []
+    ok = lengths == dim
+    for i in np.flatnonzero(~ok).tolist():
+        if lengths[i] < 0:
+            bad.append((i, name, f"{name} is null"))
+        else:
+            bad.append((i, name, f"{name} has length {int(lengths[i])}, but the prior has D = {dim}"))
+    sub = col.filter(pa.array(ok))
+    flat = pc.list_flatten(sub)
+    if flat.null_count:
+        rows_ok = np.flatnonzero(ok)
+        nulls = np.flatnonzero(np.asarray(flat.is_null()))
+        for j in np.unique(nulls // dim).tolist():
+            d = int(nulls[nulls // dim == j][0] % dim)
+            bad.append((int(rows_ok[j]), f"{name}[{d}]", f"{name}[{d}] is null"))
+            ok[rows_ok[j]] = False
+    return ok, bad
+
+
+def check_rows(t: pa.Table, dim: int, id_kind: str, prior_sigma: np.ndarray):
+    """Per-row checks of one chunk: ``(ids, ok mask, mu, sigma, problems)`` where ``mu``,
+    ``sigma`` are float64 ``(k, D)`` of the ok rows and ``problems`` lists
+    ``(row in chunk, field, message)``."""
+    ids = _ids(t.column("id"), id_kind)
+    n = t.num_rows
+    problems = []
+    ok = ~np.asarray(t.column("id").is_null())
+    for i in np.flatnonzero(~ok).tolist():
+        problems.append((i, "id", "the id is null"))
+    for name in ("mu", "sigma"):
+        col = t.column(name).combine_chunks()
+        ok_v, bad = _vector_problems(col, name, dim)
+        problems += [b for b in bad if ok[b[0]]]
+        ok &= ok_v
+    keep = pa.array(ok)
+    vec = {}
+    for name in ("mu", "sigma"):
+        flat = pc.list_flatten(t.column(name).combine_chunks().filter(keep))
+        vec[name] = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float64).reshape(-1, dim)
+    rows_ok = np.flatnonzero(ok)
+    mu, sigma = vec["mu"], vec["sigma"]
+    bad_rows = np.zeros(rows_ok.size, dtype=bool)
+    with np.errstate(all="ignore"):
+        tests = (
+            ("mu", ~np.isfinite(mu), "is not finite"),
+            ("sigma", ~np.isfinite(sigma), "is not finite"),
+            ("sigma", sigma <= 0, "must be > 0"),
+            ("sigma", (sigma / prior_sigma < MIN_SCALE_RATIO) & (sigma > 0), None),
+        )
+    for name, mask, what in tests:
+        arr = mu if name == "mu" else sigma
+        hit = mask.any(axis=1) & ~bad_rows
+        for j in np.flatnonzero(hit).tolist():
+            d = int(np.argmax(mask[j]))
+            if what is None:
+                msg = (
+                    f"sigma[{d}] / prior_sigma = {arr[j, d] / prior_sigma[d]:.3g} is below "
+                    f"{MIN_SCALE_RATIO:g} (scores would overflow); widen the posterior"
+                )
+            else:
+                msg = f"{name}[{d}] = {arr[j, d]} {what}"
+            problems.append((int(rows_ok[j]), f"{name}[{d}]", msg))
+        bad_rows |= hit
+    ok[rows_ok[bad_rows]] = False
+    keep_rows = ~bad_rows
+    return ids, ok, mu[keep_rows], sigma[keep_rows], problems
+
+
+def _route_problems(ids_ok, mu, sigma, spec: CodecSpec):
+    """``(index into ids_ok, RecrayError)`` of items with a block no route can code."""
+    out = []
+    for grp in spec.groups():
+        g = grp.dims.shape[0]
+        m_r, s_r, pm, ps, bits = block_rows(grp, mu, sigma, spec)
+        for p in route_group(m_r, s_r, pm, ps, bits, spec).problems:
+            out.append((p.row // g, problem_error(p, grp, ids_ok)))
+    return out
+
+
+def scan(index: RowIndex, spec: CodecSpec, *, chunk_rows: int = SCAN_ROWS, progress=None) -> Scan:
+    """Validate every row of ``index`` against ``spec`` (see the module docstring). Reads the
+    input once, in chunks of ``chunk_rows``; memory: the chunk plus 16 bytes per item (ids
+    for the duplicate check)."""
+    t0 = time.perf_counter()
+    rej = Rejects()
+    n = index.n_rows
+    keys, key_rows = [], []
+    for a in range(0, n, chunk_rows):
+        b = min(a + chunk_rows, n)
+        t = index.read_table(a, b)
+        ids, ok, mu, sigma, problems = check_rows(t, index.dim, index.id_kind, spec.prior_sigma)
+        for i, fld, msg in problems:
+            item = f"item {fmt_item(ids[i])}" if ids[i] is not None else f"row {a + i}"
+            rej.add(a + i, ids[i], fld, f"{item}: {msg}")
+        rows_ok = np.flatnonzero(ok)
+        if rows_ok.size:
+            if index.id_kind == "int":
+                ids_ok = np.asarray([ids[i] for i in rows_ok], dtype=np.int64)
+            else:
+                ids_ok = [ids[i] for i in rows_ok]
+            seen = set()
+            for j, exc in _route_problems(ids_ok, mu, sigma, spec):
+                if j in seen:
+                    continue
+                seen.add(j)
+                fld = "item" if exc.dim is None else f"latent dimension {exc.dim}"
+                rej.add(a + int(rows_ok[j]), ids_ok[j], fld, str(exc), type(exc).__name__)
+            keys.append(item_keys(ids_ok))
+            key_rows.append(a + rows_ok)
+        if progress:
+            progress.update(b - a)
+    _duplicates(index, keys, key_rows, rej)
+    return Scan(n, rej.sorted(), time.perf_counter() - t0)
+
+
+def _duplicates(index: RowIndex, keys, key_rows, rej: Rejects) -> None:
+    """Reject every repeat of an id (the first occurrence is kept)."""
+    if not keys:
+        return
+    k = np.concatenate(keys)
+    r = np.concatenate(key_rows)
+    order = np.lexsort((r, k))
+    ks, rs = k[order], r[order]
+    rep = np.flatnonzero(ks[1:] == ks[:-1]) + 1
+    if rep.size == 0:
+        return
+    first_of = {}
+    start = 0
+    for i in range(1, ks.size + 1):  # only reached when duplicates exist
+        if i == ks.size or ks[i] != ks[start]:
+            if i - start > 1:
+                first_of.update({int(rs[j]): int(rs[start]) for j in range(start + 1, i)})
+            start = i
+    if index.id_kind == "int":
+        for row, first in sorted(first_of.items()):
+            v = int(k[np.flatnonzero(r == row)[0]].view(np.int64))
+            rej.add(row, v, "id", f"duplicate item id {v!r} (first at row {first}); ids must be unique")
+        return
+    # string ids: confirm on the strings (a 64-bit hash can collide)
+    for row, first in sorted(first_of.items()):
+        a = index.read_table(row, row + 1).column("id")[0].as_py()
+        b = index.read_table(first, first + 1).column("id")[0].as_py()
+        if a == b:
+            rej.add(row, a, "id", f"duplicate item id {a!r} (first at row {first}); ids must be unique")

@@ -1,0 +1,111 @@
+"""Per-block adaptive partitions: extra partition bits for blocks the plan serves badly.
+
+The codec plan gives every dimension its partition bits from the data set's average
+information (ALGORITHMS.md section 5). An item far out in a dimension the plan gave few or
+no bits (a posterior mean 4 prior-sigma away) has a huge ``D_inf[Q||P']`` there, and an
+exact search would need about ``2^D_inf`` candidates. The partition is the encoder's choice
+as long as the decoder learns it, so for such a block the encoder adds partition bits to
+the dimensions that cost the most and sends them as side information (see
+:mod:`recray.format.messages`, wire format step 0). The sample stays exact.
+
+:func:`adapt_bits` chooses the extra bits deterministically from the block's own target,
+so encoding is a pure function of the item. Two facts make the greedy choice sound:
+
+* splitting every interval of a dimension in two at least halves nothing more than the
+  per-dimension factor ``(1/J) sum_k sup_k q/p``: one extra bit lowers ``D_inf_d`` by
+  **at most one bit**, so a block ``x`` bits over the threshold needs at least ``x`` extra
+  bits, and adding ``ceil(x)`` to its costliest dimension never overshoots by a whole bit;
+* an extra bit costs at most one bit of message (the bin field grows by one bit, the local
+  index shrinks when the block's KL exceeds its partition bits), and only for adapted
+  blocks.
+
+Everything is in prior-standardized coordinates (``m``, ``s``) and bits (log2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recray.format.messages import MAX_EXTRA_BITS
+from recray.rec.gaussian import LN2, GaussianRatio, StandardNormalPrior
+from recray.rec.partition import MAX_BITS_PER_DIM
+
+#: Default threshold of ``recray compress``: blocks whose expected exact search exceeds
+#: ``2^18`` candidates under the plan's partition get extra partition bits.
+DEFAULT_ADAPT_ABOVE_BITS = 18.0
+MAX_BLOCK_BITS = 62
+MAX_ROUNDS = 64
+_TABLE_ENTRIES = 1 << 22  # (rows x 2^b) entries per table chunk
+
+
+def dim_dinf_bits(be, m, s, b) -> np.ndarray:
+    """``D_inf`` of each (target, bits) pair in one dimension with sup weights, bits:
+    ``log2((1/J) sum_k sup_{interval k} q/p)`` with ``J = 2^b``. ``m``, ``s``, ``b`` are flat
+    host arrays ``(k,)`` (targets bounded: ``s < 1`` or the prior itself). Returns
+    float64 ``(k,)``. Agrees with :func:`recray.rec.partition.build_tables`'s
+    ``log_rmax_d`` (same edges and sup formula)."""
+    m = np.asarray(m, dtype=np.float64)
+    s = np.asarray(s, dtype=np.float64)
+    b = np.asarray(b, dtype=np.int64)
+    out = np.empty(m.shape[0])
+    prior = StandardNormalPrior(be)
+    for bv in np.unique(b).tolist():
+        sel = np.flatnonzero(b == bv)
+        edges = prior.edges(int(bv))
+        step = max(1, _TABLE_ENTRIES >> int(bv))
+        for lo in range(0, sel.size, step):
+            rows = sel[lo : lo + step]
+            ratio = GaussianRatio(be, be.asarray(m[rows])[:, None], be.asarray(s[rows])[:, None])
+            logw = ratio.log_sup_on(edges[None, :-1], edges[None, 1:])
+            top = logw.max(axis=1, keepdims=True)
+            lse = top[:, 0] + be.xp.log(be.xp.exp(logw - top).sum(axis=1))
+            out[rows] = be.to_numpy(lse - bv * LN2) / LN2
+    return out
+
+
+def adapt_bits(be, m, s, bits, max_dinf_bits: float) -> np.ndarray:
+    """Extra partition bits per dimension that bring each block's ``D_inf[Q||P']`` to at
+    most ``max_dinf_bits`` where possible.
+
+    ``m``, ``s`` float64 ``(n, d)`` (standardized, every dimension bounded); ``bits`` int64
+    ``(n, d)`` the plan's partition bits. Returns int64 ``(n, d)``: 0 for blocks already
+    under the threshold; otherwise bits added greedily to the dimension with the largest
+    ``D_inf_d``, ``ceil(excess)`` at a time, within ``MAX_EXTRA_BITS`` per dimension, 24
+    partition bits per dimension and 62 per block. A block that cannot get under the
+    threshold (a near-collapsed dimension: ``D_inf`` beyond what 24 bits can split) keeps
+    what helped; the caller's feasibility check decides its route.
+    """
+    bits = np.asarray(bits, dtype=np.int64)
+    n, d = bits.shape
+    extra = np.zeros((n, d), dtype=np.int64)
+    if n == 0:
+        return extra
+    dd = dim_dinf_bits(be, m.reshape(-1), s.reshape(-1), bits.reshape(-1)).reshape(n, d)
+    stuck = np.zeros(n, dtype=bool)
+    for _ in range(MAX_ROUNDS):
+        tot = dd.sum(axis=1)
+        need = np.flatnonzero((tot > max_dinf_bits) & ~stuck)
+        if need.size == 0:
+            break
+        cur = bits[need] + extra[need]
+        room_dim = np.minimum(MAX_EXTRA_BITS - extra[need], MAX_BITS_PER_DIM - cur)
+        room_blk = MAX_BLOCK_BITS - cur.sum(axis=1)
+        score = np.where(room_dim > 0, dd[need], -np.inf)
+        j = np.argmax(score, axis=1)
+        r = np.arange(need.size)
+        ok = np.isfinite(score[r, j]) & (room_blk > 0) & (dd[need, j] > 0.05)
+        stuck[need[~ok]] = True
+        need, j, r = need[ok], j[ok], r[ok]
+        if need.size == 0:
+            continue
+        excess = tot[need] - max_dinf_bits
+        add = np.minimum(
+            np.maximum(1, np.ceil(excess).astype(np.int64)),
+            np.minimum(room_dim[r, j], room_blk[r]),
+        )
+        before = dd[need, j].copy()
+        extra[need, j] += add
+        dd[need, j] = dim_dinf_bits(be, m[need, j], s[need, j], bits[need, j] + extra[need, j])
+        # a dimension whose D_inf no longer falls is saturated (e.g. near-collapsed)
+        stuck[need[before - dd[need, j] < 1e-3]] = True
+    return extra
