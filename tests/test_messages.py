@@ -327,7 +327,10 @@ def test_adaptive_golden_bytes_and_round_trip():
     # unflagged blocks cost ~0.0014 bit each: the common case is the version-1 message
     plain = encode_message([5, 7], [1, 3], ADAPTIVE)
     assert plain.hex() == "21b8"
-    assert ideal_bits([5, 7], [1, 3], ADAPTIVE) - ideal_bits([5, 7], [1, 3], IndexLayout((6, 4))) < 0.003
+    assert (
+        ideal_bits([5, 7], [1, 3], ADAPTIVE) - ideal_bits([5, 7], [1, 3], IndexLayout((6, 4)))
+        < 0.003
+    )
 
 
 def test_adaptive_random_round_trip_many_items():

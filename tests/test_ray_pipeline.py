@@ -211,7 +211,9 @@ def test_search_failures_in_actors_are_typed_or_rejects(cluster, data, tmp_path)
         adapt_above_bits=None,
     )
     local = str(tmp_path / "local")
-    info = driver.compress(lat, pri, local, batch_size=100, engine="local", on_bad_item="skip", **kw)
+    info = driver.compress(
+        lat, pri, local, batch_size=100, engine="local", on_bad_item="skip", **kw
+    )
     rej = pq.read_table(os.path.join(local, "rejects.parquet")).to_pylist()
     late = [r for r in rej if "hit max_steps" in r["reason"]]
     assert late and info["rejects"] == len(rej)

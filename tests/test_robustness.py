@@ -50,9 +50,7 @@ def _plant(tmp_path, lat):
     mu[590, 5] = np.nan
     bad = str(tmp_path / "bad.parquet")
     pq.write_table(
-        pa.table(
-            {"id": pa.array(ids), "mu": pa.array(list(mu)), "sigma": pa.array(list(sigma))}
-        ),
+        pa.table({"id": pa.array(ids), "mu": pa.array(list(mu)), "sigma": pa.array(list(sigma))}),
         bad,
     )
     return bad, ids
@@ -101,7 +99,9 @@ def _subset(tmp_path, lat, rows, name):
 
 def _messages(run_dir):
     parts = sorted(f for f in os.listdir(run_dir) if f.startswith("part-"))
-    return sum((pq.read_table(os.path.join(run_dir, f)).column("message").to_pylist() for f in parts), [])
+    return sum(
+        (pq.read_table(os.path.join(run_dir, f)).column("message").to_pylist() for f in parts), []
+    )
 
 
 def test_a_failure_inside_a_search_is_typed_or_a_reject(tmp_path, synth):
@@ -237,7 +237,9 @@ def test_disk_full_is_a_clear_error_and_the_run_resumes(tmp_path, synth):
         "part-00001.parquet",
     ]
     assert not [f for f in os.listdir(partial) if f.endswith(".tmp")]
-    info = driver.compress(src, pri, out, block_bits=8.0, shard_rows=100, engine="local", resume=True)
+    info = driver.compress(
+        src, pri, out, block_bits=8.0, shard_rows=100, engine="local", resume=True
+    )
     assert info["resumed_shards"] == 2
     assert _files(out) == _files(clean)
 
@@ -268,7 +270,9 @@ def _flip_message(d, part, row):
 def test_flipped_byte_names_the_item_and_salvage_decodes_the_rest(run, tmp_path, capsys):
     d = _copy(run, tmp_path)
     bad_id = _flip_message(d, "part-00001.parquet", 17)
-    with pytest.raises(FormatError, match=rf"part-00001.parquet .*1 of its 250 items fail their CRC-32: {bad_id}\b"):
+    with pytest.raises(
+        FormatError, match=rf"part-00001.parquet .*1 of its 250 items fail their CRC-32: {bad_id}\b"
+    ):
         driver.decompress(d, str(tmp_path / "x.parquet"))
     assert not os.path.exists(tmp_path / "x.parquet")
     out = str(tmp_path / "y.parquet")
@@ -281,8 +285,9 @@ def test_flipped_byte_names_the_item_and_salvage_decodes_the_rest(run, tmp_path,
     # the salvaged latents are the encoder's
     full = str(tmp_path / "full.parquet")
     driver.decompress(run, full)
-    ref = {i: z for i, z in zip(*[pq.read_table(full).column(c).to_pylist() for c in ("id", "z")])}
-    for i, z in zip(got.column("id").to_pylist(), got.column("z").to_pylist()):
+    full_t = pq.read_table(full)
+    ref = dict(zip(full_t.column("id").to_pylist(), full_t.column("z").to_pylist(), strict=True))
+    for i, z in zip(got.column("id").to_pylist(), got.column("z").to_pylist(), strict=True):
         assert z == ref[i]
 
 
@@ -294,7 +299,9 @@ def test_truncated_and_foreign_parts_are_named_and_salvaged_around(run, synth, t
     other = str(tmp_path / "other")
     driver.compress(synth[0], synth[1], other, seed=77, debug_samples=True, shard_rows=250, **FAST)
     shutil.copy(os.path.join(other, "part-00002.parquet"), os.path.join(d, "part-00002.parquet"))
-    with pytest.raises(FormatError, match="part-00000.parquet .*not readable Parquet.*2 damaged parts"):
+    with pytest.raises(
+        FormatError, match="part-00000.parquet .*not readable Parquet.*2 damaged parts"
+    ):
         driver.decompress(d, str(tmp_path / "x.parquet"))
     out = str(tmp_path / "y.parquet")
     info = driver.decompress(d, out, salvage=True)

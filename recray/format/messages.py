@@ -284,8 +284,7 @@ def _check_indices(
     if (B > MAX_BIN_BITS).any():
         i, b = (int(v) for v in np.argwhere(B > MAX_BIN_BITS)[0])
         raise InputError(
-            f"item {i}, block {b}: B + extra partition bits = {int(B[i, b])} exceeds "
-            f"{MAX_BIN_BITS}"
+            f"item {i}, block {b}: B + extra partition bits = {int(B[i, b])} exceeds {MAX_BIN_BITS}"
         )
     bad = (bins < 0) | (bins >= np.left_shift(np.int64(1), B))
     if bad.any():
@@ -353,8 +352,10 @@ class _Side:
     def decode(decoder, layout: IndexLayout):
         """``(side, extra)``: the side symbols and the extra bits ``(n_blocks, S)``."""
         nb = layout.n_blocks
-        flags = np.asarray(decoder.decode(_FLAG_MODEL, nb), dtype=np.int32) if nb else (
-            np.zeros(0, dtype=np.int32)
+        flags = (
+            np.asarray(decoder.decode(_FLAG_MODEL, nb), dtype=np.int32)
+            if nb
+            else (np.zeros(0, dtype=np.int32))
         )
         extra = np.zeros((nb, layout.max_block_dims), dtype=np.int64)
         n_ext = int(sum(nd for b, nd in enumerate(layout.adaptive_dims) if flags[b]))

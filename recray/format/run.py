@@ -333,9 +333,8 @@ class Run:
                 f"versions {', '.join(map(str, READABLE_RUN_FORMAT_VERSIONS))}"
             )
         manifest = _read_json(man_path, "manifest")
-        if (
-            manifest.get("format") != MANIFEST_FORMAT
-            or manifest.get("version") != header.get("version")
+        if manifest.get("format") != MANIFEST_FORMAT or manifest.get("version") != header.get(
+            "version"
         ):
             raise FormatError(
                 f"{path!r}: {MANIFEST_FILE} is not a version {header.get('version')} recray "
@@ -388,7 +387,9 @@ class Run:
         got = crc32_of(tab.column("message").to_pylist())
         bad = got != tab.column("crc32").to_numpy().astype(np.uint32)
         ids = tab.column("id").to_pylist()
-        return PartDamage(file, rows, "messages fail their CRC-32", [ids[i] for i in np.flatnonzero(bad)])
+        return PartDamage(
+            file, rows, "messages fail their CRC-32", [ids[i] for i in np.flatnonzero(bad)]
+        )
 
     def verify_parts(self) -> None:
         damaged = self.damaged_parts()

@@ -293,7 +293,9 @@ def route_group(m_r, s_r, pm, ps, bits, spec: CodecSpec) -> Routes:
     rest = np.flatnonzero(~ok)
     if spec.on_unbounded == "orc":
         return Routes(exact, extra[exact], rest, [])
-    return Routes(exact, extra[exact], rest[:0], _problems(rest, m_r, s_r, pm, ps, bits, extra, spec))
+    return Routes(
+        exact, extra[exact], rest[:0], _problems(rest, m_r, s_r, pm, ps, bits, extra, spec)
+    )
 
 
 def _problems(rows, m_r, s_r, pm, ps, bits, extra, spec: CodecSpec) -> list:

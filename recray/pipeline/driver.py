@@ -344,9 +344,7 @@ def decompress(
                 if bar:
                     bar.update(batch.num_rows)
         lost_items = len(lost["id"])
-        lost_items += sum(
-            r for r in lost.pop("_part_rows", [])
-        )
+        lost_items += sum(r for r in lost.pop("_part_rows", []))
         if not salvage and n != run.manifest["items"]:
             raise FormatError(
                 f"{run_dir!r}: the parts hold {n} items but the manifest says "

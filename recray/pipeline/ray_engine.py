@@ -193,8 +193,13 @@ class ShardEncoder:
 
 def _error_doc(exc: RecrayError, fatal: bool) -> str:
     return json.dumps(
-        {"fatal": fatal, "type": type(exc).__name__, "message": str(exc), "dim": exc.dim,
-         "block": exc.block}
+        {
+            "fatal": fatal,
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "dim": exc.dim,
+            "block": exc.block,
+        }
     )
 
 
@@ -279,8 +284,9 @@ def run_ray(
 ) -> dict:
     """Code the ``pending`` shards ``(k, start, stop)`` on Ray and commit each one through
     ``writer`` as it completes, with its rejected items (``scan``'s, and with
-    ``on_bad="skip"`` those a search failed on); a fatal error is raised with its type. Returns ``{"actors", "backend"}`` as used and
-    ``driver_seconds``, the time the driver itself spent on rows (the serial part)."""
+    ``on_bad="skip"`` those a search failed on); a fatal error is raised with its type.
+    Returns ``{"actors", "backend"}`` as used and ``driver_seconds``, the time the driver
+    itself spent on rows (the serial part)."""
     if not pending:
         return {"actors": 0, "backend": spec.backend, "driver_seconds": 0.0}
     with ray_session(opts.address):

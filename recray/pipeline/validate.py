@@ -70,13 +70,17 @@ class Rejects:
     def sorted(self) -> Rejects:
         order = np.argsort(np.asarray(self.rows, dtype=np.int64), kind="stable")
         pick = lambda a: [a[i] for i in order]  # noqa: E731
-        return Rejects(*(pick(a) for a in (self.rows, self.ids, self.fields, self.reasons, self.errors)))
+        return Rejects(
+            *(pick(a) for a in (self.rows, self.ids, self.fields, self.reasons, self.errors))
+        )
 
     def select(self, lo: int, hi: int) -> Rejects:
         """The rejects of input rows ``[lo, hi)``."""
         keep = [i for i, r in enumerate(self.rows) if lo <= r < hi]
         pick = lambda a: [a[i] for i in keep]  # noqa: E731
-        return Rejects(*(pick(a) for a in (self.rows, self.ids, self.fields, self.reasons, self.errors)))
+        return Rejects(
+            *(pick(a) for a in (self.rows, self.ids, self.fields, self.reasons, self.errors))
+        )
 
     def table(self, id_kind: str) -> pa.Table:
         sch = reject_schema(id_kind)
@@ -130,16 +134,19 @@ def _ids(col: pa.ChunkedArray, id_kind: str):
 def _vector_problems(col, name: str, dim: int) -> tuple[np.ndarray, list]:
     """Rows of a list column that are null, of the wrong length, or hold null values:
     ``(ok mask, [(row, field, what)])``."""
-    n = len(col)
     lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-    lengths = np.where(np.asarray(col.is_null()), -1, np.nan_to_num(lengths, nan=-1)).astype(np.int64)
+    lengths = np.where(np.asarray(col.is_null()), -1, np.nan_to_num(lengths, nan=-1)).astype(
+        np.int64
+    )
     bad = []
     ok = lengths == dim
     for i in np.flatnonzero(~ok).tolist():
         if lengths[i] < 0:
             bad.append((i, name, f"{name} is null"))
         else:
-            bad.append((i, name, f"{name} has length {int(lengths[i])}, but the prior has D = {dim}"))
+            bad.append(
+                (i, name, f"{name} has length {int(lengths[i])}, but the prior has D = {dim}")
+            )
     sub = col.filter(pa.array(ok))
     flat = pc.list_flatten(sub)
     if flat.null_count:
@@ -157,7 +164,6 @@ def check_rows(t: pa.Table, dim: int, id_kind: str, prior_sigma: np.ndarray):
     ``sigma`` are float64 ``(k, D)`` of the ok rows and ``problems`` lists
     ``(row in chunk, field, message)``."""
     ids = _ids(t.column("id"), id_kind)
-    n = t.num_rows
     problems = []
     ok = ~np.asarray(t.column("id").is_null())
     for i in np.flatnonzero(~ok).tolist():
@@ -171,7 +177,9 @@ def check_rows(t: pa.Table, dim: int, id_kind: str, prior_sigma: np.ndarray):
     vec = {}
     for name in ("mu", "sigma"):
         flat = pc.list_flatten(t.column(name).combine_chunks().filter(keep))
-        vec[name] = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float64).reshape(-1, dim)
+        vec[name] = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float64).reshape(
+            -1, dim
+        )
     rows_ok = np.flatnonzero(ok)
     mu, sigma = vec["mu"], vec["sigma"]
     bad_rows = np.zeros(rows_ok.size, dtype=bool)
@@ -269,11 +277,15 @@ def _duplicates(index: RowIndex, keys, key_rows, rej: Rejects) -> None:
     if index.id_kind == "int":
         for row, first in sorted(first_of.items()):
             v = int(k[np.flatnonzero(r == row)[0]].view(np.int64))
-            rej.add(row, v, "id", f"duplicate item id {v!r} (first at row {first}); ids must be unique")
+            rej.add(
+                row, v, "id", f"duplicate item id {v!r} (first at row {first}); ids must be unique"
+            )
         return
     # string ids: confirm on the strings (a 64-bit hash can collide)
     for row, first in sorted(first_of.items()):
         a = index.read_table(row, row + 1).column("id")[0].as_py()
         b = index.read_table(first, first + 1).column("id")[0].as_py()
         if a == b:
-            rej.add(row, a, "id", f"duplicate item id {a!r} (first at row {first}); ids must be unique")
+            rej.add(
+                row, a, "id", f"duplicate item id {a!r} (first at row {first}); ids must be unique"
+            )
