@@ -255,8 +255,10 @@ def test_interrupted_run_is_resumed_to_the_same_bytes(tmp_path, synth, monkeypat
     ]
     with pytest.raises(InputError, match="pass --resume"):
         driver.compress(synth[0], synth[1], out, **kw)
-    with pytest.raises(InputError, match="codec settings .* differ"):
+    with pytest.raises(InputError, match=r"codec settings differ: seed \(--seed\) is 5 here"):
         driver.compress(synth[0], synth[1], out, resume=True, **(kw | {"seed": 5}))
+    with pytest.raises(InputError, match=r"shard_rows \(--shard-rows\) is 100 here but 200"):
+        driver.compress(synth[0], synth[1], out, resume=True, **(kw | {"shard_rows": 100}))
     info = driver.compress(synth[0], synth[1], out, resume=True, **kw)
     assert info["resumed_shards"] == 2 and info["shards"] == 3
     assert _files(out) == _files(clean)

@@ -23,20 +23,20 @@ even when its rows' CRCs hold.
 
 A run is written under the sibling name ``.<name>.partial`` and renamed into place in one
 step, so an interrupted run never looks complete; its committed parts let ``--resume``
-finish it. **Committed work is never deleted**: whatever goes wrong, a partial directory
-that holds a committed part stays for ``--resume``; only one that this call created and
-that holds no part yet is removed (nothing was coded). The bytes of every file depend only
-on the input, the header and the shard size: not on the engine, the number of workers,
-batch sizes or the backend.
+finish it. On an object store (``s3://``, ``gs://``: no rename) the parts are written in
+place and the manifest, written last, is the publish: an unfinished run there is a location
+with parts and ``resume.json`` but no manifest. All access goes through
+:mod:`recray.format.storage`. **Committed work is never deleted**: whatever goes wrong, an
+unfinished run that holds a committed part stays for ``--resume``; only one that this call
+created and that holds no part yet is removed (nothing was coded). The bytes of every file
+depend only on the input, the header and the shard size: not on the engine, the number of
+workers, batch sizes or the backend.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
 import zlib
 from dataclasses import dataclass
 
@@ -46,6 +46,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recray.errors import FormatError, InputError, MessageError, StorageError, fmt_item
+from recray.format.storage import Location, resolve
 
 RUN_FORMAT = "recray-run"
 #: Version 2: parts carry ``adapted_blocks`` and the run key; runs may hold rejects.parquet.
@@ -79,18 +80,8 @@ def crc32_of(messages) -> np.ndarray:
     return np.fromiter((zlib.crc32(m) for m in messages), dtype=np.uint32, count=len(messages))
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
+def _write_json(loc: Location, obj) -> None:
+    loc.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 PARTIAL_SUFFIX = ".partial"
@@ -111,38 +102,38 @@ def run_key(header: dict, fingerprint: dict) -> str:
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
-def _write_parquet(table: pa.Table, final: str) -> None:
-    """Write ``table`` to ``final`` through a temporary name (the rename is the commit);
-    an OS error (disk full, file size limit) removes the temporary file and raises
-    :class:`StorageError`."""
-    tmp = final + ".tmp"
+def _write_parquet(table: pa.Table, final: Location) -> str:
+    """Write ``table`` to ``final``, whole or not at all (the file's existence is the
+    commit); returns its SHA-256. A storage error (disk full, file size limit, store
+    unreachable) leaves no file and raises :class:`StorageError`."""
     try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+        data = final.write_parquet(table)
+    except StorageError as exc:
         raise StorageError(
-            f"cannot write {final!r}: {exc.strerror or exc}; the committed parts are kept: "
-            "free space (or lift the file size limit) and run again with --resume"
+            f"{exc}; the committed parts are kept: free space (or lift the file size limit, "
+            "or restore access to the store) and run again with --resume"
         ) from None
+    return hashlib.sha256(data).hexdigest()
 
 
 class RunWriter:
     """Writes a run as one Parquet part per shard and publishes it atomically.
 
-    Parts go into the partial directory ``.<name>.partial`` next to ``out_dir``; each is
-    written under a temporary name and renamed, so a part file that exists is complete
-    (it is the commit of its shard). :meth:`publish` writes the manifest last and renames
-    the directory into place.
+    On a filesystem that renames directories (local, HDFS), parts go into the partial
+    directory ``.<name>.partial`` next to ``out_dir``, which :meth:`publish` renames into
+    place after writing the manifest. An object store has no rename: parts go straight to
+    ``out_dir`` and the manifest, written last, is the publish; until then the location
+    holds ``resume.json`` and no manifest, which is what an unfinished run is there.
+    Either way each part is written whole or not at all, so a part file that exists is its
+    shard's commit.
 
-    ``resume=True`` reopens an existing partial directory whose header and input
-    fingerprint match (a run stopped by a crash, a kill or Ctrl-C) and keeps the parts it
-    holds: :attr:`committed` lists their shards. Without it an existing partial directory
-    is an error, so two runs never mix parts.
+    ``resume=True`` reopens an unfinished run whose header and input fingerprint match (a
+    run stopped by a crash, a kill or Ctrl-C) and keeps the parts it holds:
+    :attr:`committed` lists their shards. Without it an unfinished run is an error, so two
+    runs never mix parts; a refused resume names the setting that differs.
 
     Use as a context manager. Whatever the exception, committed parts are never removed:
-    the partial directory stays for ``--resume``, except one that this writer created and
+    the unfinished run stays for ``--resume``, except one that this writer created and
     that holds no part yet (nothing was coded), which is removed.
     """
 
@@ -156,45 +147,48 @@ class RunWriter:
         fingerprint: dict,
         resume: bool = False,
     ):
-        self.out_dir = os.path.abspath(out_dir)
-        if os.path.exists(self.out_dir):
-            raise InputError(
-                f"output {out_dir!r} already exists; remove it or choose another --out"
-            )
-        parent = os.path.dirname(self.out_dir)
-        os.makedirs(parent, exist_ok=True)
-        self.tmp = os.path.join(parent, f".{os.path.basename(self.out_dir)}{PARTIAL_SUFFIX}")
+        self.out = resolve(out_dir)
+        self.out_dir = self.out.uri
         self.schema = schema
         self.run_key = run_key(header, fingerprint)
         self.created = False
+        self.hashes: dict[int, str] = {}
+        exists = InputError(f"output {out_dir!r} already exists; remove it or choose another --out")
+        if self.out.renames:
+            if self.out.exists():
+                raise exists
+            self.out.parent().makedirs()
+            self.tmp = self.out.sibling(f".{self.out.name}{PARTIAL_SUFFIX}")
+            unfinished = self.tmp.exists()
+        else:
+            names = self.out.listdir()
+            if MANIFEST_FILE in names or (names and RESUME_FILE not in names):
+                raise exists
+            self.tmp = self.out
+            unfinished = bool(names)
         resume_doc = {"fingerprint": fingerprint, "header": header, "prior": prior_json}
-        if os.path.exists(self.tmp):
+        if unfinished:
             if not resume:
                 raise InputError(
-                    f"an unfinished run of {out_dir!r} exists at {self.tmp!r}: pass --resume "
-                    "to continue it, or remove that directory to start again"
+                    f"an unfinished run of {out_dir!r} exists at {self.tmp.uri!r}: pass "
+                    "--resume to continue it, or remove it to start again"
                 )
-            saved = _read_json(os.path.join(self.tmp, RESUME_FILE), "resume record")
-            for key, what in (
-                ("header", "codec settings (plan, method, seed, budgets)"),
-                ("prior", "prior"),
-                ("fingerprint", "input latents (files, sizes, rows)"),
-            ):
-                if saved.get(key) != resume_doc[key]:
-                    raise InputError(
-                        f"cannot resume {out_dir!r}: the {what} differ from the unfinished "
-                        f"run's; use the same arguments, or remove {self.tmp!r} to start again"
-                    )
+            saved = _read_json(self.tmp.child(RESUME_FILE), "resume record")
+            what = _resume_difference(saved, resume_doc)
+            if what:
+                raise InputError(
+                    f"cannot resume {out_dir!r}: {what}; use the unfinished run's arguments, "
+                    f"or remove {self.tmp.uri!r} to start again"
+                )
         else:
-            os.makedirs(self.tmp)
+            self.tmp.makedirs()
             self.created = True
-            _write_json(os.path.join(self.tmp, PLAN_FILE), header)
-            with open(os.path.join(self.tmp, PRIOR_FILE), "w") as f:
-                f.write(prior_json + "\n")
-            _write_json(os.path.join(self.tmp, RESUME_FILE), resume_doc)
+            _write_json(self.tmp.child(PLAN_FILE), header)
+            self.tmp.child(PRIOR_FILE).write_text(prior_json + "\n")
+            _write_json(self.tmp.child(RESUME_FILE), resume_doc)
         self.committed: set[int] = {
             int(n[5:10])
-            for n in os.listdir(self.tmp)
+            for n in self.tmp.listdir()
             if n.startswith("part-") and n.endswith(".parquet") and len(n) == 18
         }
 
@@ -210,19 +204,25 @@ class RunWriter:
         """Write the rows of ``shard`` (a table with :attr:`schema`, in item order) as its
         part, and first its rejected items (``rejects``, a table of
         :func:`recray.pipeline.validate.reject_schema`, in row order) when there are any:
-        the part's rename is the shard's commit. The bytes depend only on the rows, not on
-        how they were batched."""
+        the part's existence is the shard's commit. The bytes depend only on the rows, not
+        on how they were batched."""
         if shard in self.committed:
             raise FormatError(f"shard {shard} is committed already; a part is written once")
         if rejects is not None and rejects.num_rows:
-            _write_parquet(rejects.combine_chunks(), os.path.join(self.tmp, rejects_name(shard)))
+            _write_parquet(rejects.combine_chunks(), self.tmp.child(rejects_name(shard)))
         table = table.select(self.schema.names).cast(self.schema).combine_chunks()
         table = table.replace_schema_metadata({RUN_KEY_META: self.run_key.encode()})
-        _write_parquet(table, os.path.join(self.tmp, part_name(shard)))
+        self.hashes[shard] = _write_parquet(table, self.tmp.child(part_name(shard)))
         self.committed.add(shard)
 
     def part_paths(self, n_shards: int) -> list[str]:
-        return [os.path.join(self.tmp, part_name(k)) for k in range(n_shards)]
+        return [self.tmp.child(part_name(k)).uri for k in range(n_shards)]
+
+    def _shard_rejects(self, n_shards: int) -> list[Location]:
+        names = set(self.tmp.listdir())
+        return [
+            self.tmp.child(rejects_name(k)) for k in range(n_shards) if rejects_name(k) in names
+        ]
 
     def totals(self, n_shards: int) -> dict:
         """Items, payload bytes and diagnostics summed over the parts, in shard order."""
@@ -235,23 +235,19 @@ class RunWriter:
             "adapted_blocks": 0,
         }
         cols = ["message", "kl_bits", "steps", "fallback_blocks", "adapted_blocks"]
-        for path in self.part_paths(n_shards):
-            tab = pq.read_table(path, columns=cols)
+        for k in range(n_shards):
+            tab = self.tmp.child(part_name(k)).parquet().read(columns=cols)
             t["items"] += tab.num_rows
             t["payload_bytes"] += int(pc.sum(pc.binary_length(tab.column("message"))).as_py() or 0)
             t["kl_bits"] += float(np.sum(tab.column("kl_bits").to_numpy()))
             for c in cols[2:]:
                 t[c] += int(np.sum(tab.column(c).to_numpy()))
-        t["rejects"] = sum(
-            pq.ParquetFile(os.path.join(self.tmp, rejects_name(k))).metadata.num_rows
-            for k in range(n_shards)
-            if os.path.exists(os.path.join(self.tmp, rejects_name(k)))
-        )
+        t["rejects"] = sum(f.parquet().metadata.num_rows for f in self._shard_rejects(n_shards))
         return t
 
     def publish(self, n_shards: int, summary: dict) -> str:
-        """Check that shards ``0 .. n_shards-1`` are all committed, write the manifest (last)
-        and rename the directory into place."""
+        """Check that shards ``0 .. n_shards-1`` are all committed and write the manifest
+        (last); where directories rename, rename the partial directory into place."""
         missing = sorted(set(range(n_shards)) - self.committed)
         if missing:
             raise FormatError(
@@ -259,13 +255,14 @@ class RunWriter:
                 f"({len(missing)} missing); run again with --resume"
             )
         parts = []
-        for k, path in enumerate(self.part_paths(n_shards)):
+        for k in range(n_shards):
+            loc = self.tmp.child(part_name(k))
             parts.append(
                 {
                     "file": part_name(k),
-                    "rows": pq.ParquetFile(path).metadata.num_rows,
-                    "bytes": os.path.getsize(path),
-                    "sha256": _sha256(path),
+                    "rows": loc.parquet().metadata.num_rows,
+                    "bytes": loc.size(),
+                    "sha256": self.hashes.get(k) or loc.sha256(),
                 }
             )
         manifest = {
@@ -276,33 +273,65 @@ class RunWriter:
             "rejects": int(summary.get("rejects", 0)),
             "run_key": self.run_key,
             "parts": parts,
-            "plan_sha256": _sha256(os.path.join(self.tmp, PLAN_FILE)),
+            "plan_sha256": self.tmp.child(PLAN_FILE).sha256(),
             "summary": summary,
         }
-        shard_rejects = [
-            os.path.join(self.tmp, rejects_name(k))
-            for k in range(n_shards)
-            if os.path.exists(os.path.join(self.tmp, rejects_name(k)))
-        ]
+        shard_rejects = self._shard_rejects(n_shards)
         if shard_rejects:
-            merged = pa.concat_tables([pq.read_table(f) for f in shard_rejects])
-            path = os.path.join(self.tmp, REJECTS_FILE)
-            _write_parquet(merged, path)
-            manifest["rejects_sha256"] = _sha256(path)
-            for f in shard_rejects:  # merged into rejects.parquet just above
-                os.remove(f)
-        os.remove(os.path.join(self.tmp, RESUME_FILE))
-        _write_json(os.path.join(self.tmp, MANIFEST_FILE), manifest)
-        if os.path.exists(self.out_dir):
-            raise InputError(f"output {self.out_dir!r} appeared while writing; not replaced")
-        os.rename(self.tmp, self.out_dir)
+            merged = pa.concat_tables([f.parquet().read() for f in shard_rejects])
+            manifest["rejects_sha256"] = _write_parquet(merged, self.tmp.child(REJECTS_FILE))
+        # merged into rejects.parquet just above; resume.json is for unfinished runs only
+        leftovers = [*shard_rejects, self.tmp.child(RESUME_FILE)]
+        if self.out.renames:
+            for f in leftovers:
+                f.remove()
+            _write_json(self.tmp.child(MANIFEST_FILE), manifest)
+            if self.out.exists():
+                raise InputError(f"output {self.out_dir!r} appeared while writing; not replaced")
+            self.tmp.move_to(self.out)
+        else:
+            # no rename: the manifest's existence is the publish; what is left over after
+            # it is harmless to readers (they follow the manifest)
+            _write_json(self.tmp.child(MANIFEST_FILE), manifest)
+            for f in leftovers:
+                f.remove()
         return self.out_dir
 
     def discard_empty(self) -> None:
-        """Remove the partial directory if it holds no part (nothing coded, nothing lost)."""
-        if any(n.startswith("part-") for n in os.listdir(self.tmp)):
+        """Remove the unfinished run if it holds no part (nothing coded, nothing lost)."""
+        if any(n.startswith("part-") for n in self.tmp.listdir()):
             return
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.rmtree()
+
+
+def _resume_difference(saved: dict, now: dict) -> str | None:
+    """What differs between an unfinished run's resume record and this call's, in words
+    (``None`` when they match): the first differing setting is named with both values."""
+    sh, nh = saved.get("header") or {}, now["header"]
+    derived = ("plan", "plan_checksum")  # follow from the settings: named only when alone
+    for key in [k for k in sorted(set(sh) | set(nh)) if k not in derived] + list(derived):
+        if sh.get(key) != nh.get(key):
+            if key in derived:
+                return (
+                    "the codec settings differ: the codec plan (--block-bits, --allocation, "
+                    "--collapsed-block-size)"
+                )
+            flag = "--" + key.replace("_", "-")
+            return (
+                f"the codec settings differ: {key} ({flag}) is {nh.get(key)!r} here but "
+                f"{sh.get(key)!r} in the unfinished run"
+            )
+    if saved.get("prior") != now["prior"]:
+        return "the prior differs from the unfinished run's"
+    sf, nf = saved.get("fingerprint") or {}, now["fingerprint"]
+    if sf != nf:
+        for key in sorted(set(sf) | set(nf)):
+            if sf.get(key) != nf.get(key):
+                return (
+                    f"the input latents differ ({key}: {nf.get(key)!r} here, "
+                    f"{sf.get(key)!r} in the unfinished run)"
+                )
+    return None
 
 
 @dataclass
@@ -313,18 +342,33 @@ class Run:
     header: dict
     prior_json: str
     manifest: dict
+    loc: Location | None = None
 
     @classmethod
     def open(cls, path: str, verify_parts: bool = True) -> Run:
-        if not os.path.isdir(path):
-            raise InputError(f"run directory {path!r} does not exist")
-        man_path = os.path.join(path, MANIFEST_FILE)
-        if not os.path.exists(man_path):
+        loc = resolve(path)
+        names = loc.listdir() if loc.is_dir() else []
+        if not names:
+            hint = ""
+            if loc.renames:
+                partial = loc.sibling(f".{loc.name}{PARTIAL_SUFFIX}")
+                if partial.exists():
+                    hint = (
+                        f"; an unfinished run of it is at {partial.uri!r}: finish it with "
+                        f"recray compress ... --out {path} --resume"
+                    )
+            raise InputError(f"run directory {path!r} does not exist{hint}")
+        if MANIFEST_FILE not in names:
+            unfinished = RESUME_FILE in names
             raise FormatError(
-                f"{path!r} has no {MANIFEST_FILE}: the run is not complete (interrupted or "
-                "still being written); compress it again"
+                f"{path!r} has no {MANIFEST_FILE}: the run is not complete"
+                + (
+                    " (an unfinished run: finish it with recray compress ... --resume)"
+                    if unfinished
+                    else " (interrupted or still being written); compress it again"
+                )
             )
-        header = _read_json(os.path.join(path, PLAN_FILE), "run header")
+        header = _read_json(loc.child(PLAN_FILE), "run header")
         if header.get("format") != RUN_FORMAT:
             raise FormatError(f"{path!r}: {PLAN_FILE} is not a recray run header")
         if header.get("version") not in READABLE_RUN_FORMAT_VERSIONS:
@@ -332,7 +376,7 @@ class Run:
                 f"{path!r}: run format version {header.get('version')!r}; this recray reads "
                 f"versions {', '.join(map(str, READABLE_RUN_FORMAT_VERSIONS))}"
             )
-        manifest = _read_json(man_path, "manifest")
+        manifest = _read_json(loc.child(MANIFEST_FILE), "manifest")
         if manifest.get("format") != MANIFEST_FORMAT or manifest.get("version") != header.get(
             "version"
         ):
@@ -340,43 +384,47 @@ class Run:
                 f"{path!r}: {MANIFEST_FILE} is not a version {header.get('version')} recray "
                 "manifest"
             )
-        if manifest.get("plan_sha256") != _sha256(os.path.join(path, PLAN_FILE)):
+        if manifest.get("plan_sha256") != loc.child(PLAN_FILE).sha256():
             raise FormatError(
                 f"{path!r}: {PLAN_FILE} does not match the manifest's checksum "
                 "(the header was changed after the run was written)"
             )
-        with open(os.path.join(path, PRIOR_FILE)) as f:
-            prior_json = f.read().strip()
+        prior_json = loc.child(PRIOR_FILE).read_text().strip()
         if hashlib.sha256(prior_json.encode()).hexdigest() != header.get("prior_sha256"):
             raise FormatError(
                 f"{path!r}: {PRIOR_FILE} does not match the prior checksum in {PLAN_FILE}"
             )
-        run = cls(path, header, prior_json, manifest)
+        run = cls(path, header, prior_json, manifest, loc)
         if verify_parts:
             run.verify_parts()
         return run
+
+    def file(self, name: str) -> Location:
+        """A file of this run."""
+        return self.loc.child(name)
 
     def damaged_parts(self) -> dict[str, str]:
         """Parts that are missing or do not match the manifest (size or SHA-256), with what
         is wrong; empty for a sound run."""
         out = {}
+        names = set(self.loc.listdir())
         for p in self.manifest["parts"]:
-            full = os.path.join(self.path, p["file"])
-            if not os.path.exists(full):
+            full = self.file(p["file"])
+            if p["file"] not in names:
                 out[p["file"]] = "missing"
-            elif os.path.getsize(full) != p["bytes"] or _sha256(full) != p["sha256"]:
+            elif full.size() != p["bytes"] or full.sha256() != p["sha256"]:
                 out[p["file"]] = "does not match the manifest (size or SHA-256)"
         return out
 
     def part_damage(self, file: str) -> PartDamage:
         """What is wrong inside a damaged part: unreadable, from another run, or the ids of
         the rows whose message fails its CRC (the other rows are sound)."""
-        full = os.path.join(self.path, file)
+        full = self.file(file)
         rows = next(p["rows"] for p in self.manifest["parts"] if p["file"] == file)
-        if not os.path.exists(full):
+        if not full.exists():
             return PartDamage(file, rows, "the part is missing", None)
         try:
-            pf = pq.ParquetFile(full)
+            pf = full.parquet()
             key = (pf.schema_arrow.metadata or {}).get(RUN_KEY_META)
             tab = pf.read(columns=["id", "message", "crc32"])
         except (pa.ArrowInvalid, OSError) as exc:
@@ -387,9 +435,8 @@ class Run:
         got = crc32_of(tab.column("message").to_pylist())
         bad = got != tab.column("crc32").to_numpy().astype(np.uint32)
         ids = tab.column("id").to_pylist()
-        return PartDamage(
-            file, rows, "messages fail their CRC-32", [ids[i] for i in np.flatnonzero(bad)]
-        )
+        bad_ids = [ids[i] for i in np.flatnonzero(bad)]
+        return PartDamage(file, rows, "messages fail their CRC-32", bad_ids)
 
     def verify_parts(self) -> None:
         damaged = self.damaged_parts()
@@ -405,16 +452,24 @@ class Run:
         )
 
     def part_paths(self) -> list[str]:
-        return [os.path.join(self.path, p["file"]) for p in self.manifest["parts"]]
+        """Paths (local) or URIs of the parts, in manifest order: what ``pyarrow`` opens."""
+        return [self.file(p["file"]).uri for p in self.manifest["parts"]]
+
+    def part_file(self, file: str) -> pq.ParquetFile:
+        """A part, opened; an unreadable one is a :class:`FormatError` naming it."""
+        try:
+            return self.file(file).parquet()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise FormatError(
+                f"{self.file(file).uri!r} is not a readable Parquet file: {exc}"
+            ) from None
 
     def iter_rows(self, columns=None, batch_size: int = 65536):
         """Record batches of every part, in manifest order."""
-        for path in self.part_paths():
-            try:
-                pf = pq.ParquetFile(path)
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise FormatError(f"{path!r} is not a readable Parquet file: {exc}") from None
-            yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+        for p in self.manifest["parts"]:
+            yield from self.part_file(p["file"]).iter_batches(
+                batch_size=batch_size, columns=columns
+            )
 
 
 @dataclass(frozen=True)
@@ -452,14 +507,13 @@ def check_crcs(ids, messages, crcs) -> None:
         )
 
 
-def _read_json(path: str, what: str) -> dict:
+def _read_json(loc: Location, what: str) -> dict:
     try:
-        with open(path) as f:
-            d = json.load(f)
+        d = json.loads(loc.read_text())
     except FileNotFoundError:
-        raise FormatError(f"{what} {path!r} is missing") from None
+        raise FormatError(f"{what} {loc.uri!r} is missing") from None
     except (OSError, ValueError) as exc:
-        raise FormatError(f"{what} {path!r} cannot be read: {exc}") from None
+        raise FormatError(f"{what} {loc.uri!r} cannot be read: {exc}") from None
     if not isinstance(d, dict):
-        raise FormatError(f"{what} {path!r} is not a JSON object")
+        raise FormatError(f"{what} {loc.uri!r} is not a JSON object")
     return d

@@ -228,9 +228,9 @@ def scan(index: RowIndex, spec: CodecSpec, *, chunk_rows: int = SCAN_ROWS, progr
     rej = Rejects()
     n = index.n_rows
     keys, key_rows = [], []
-    for a in range(0, n, chunk_rows):
-        b = min(a + chunk_rows, n)
-        t = index.read_table(a, b)
+    a = 0
+    for t in index.iter_tables(0, n, chunk_rows):
+        b = a + t.num_rows
         ids, ok, mu, sigma, problems = check_rows(t, index.dim, index.id_kind, spec.prior_sigma)
         for i, fld, msg in problems:
             item = f"item {fmt_item(ids[i])}" if ids[i] is not None else f"row {a + i}"
@@ -252,6 +252,7 @@ def scan(index: RowIndex, spec: CodecSpec, *, chunk_rows: int = SCAN_ROWS, progr
             key_rows.append(a + rows_ok)
         if progress:
             progress.update(b - a)
+        a = b
     _duplicates(index, keys, key_rows, rej)
     return Scan(n, rej.sorted(), time.perf_counter() - t0)
 
