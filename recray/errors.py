@@ -68,6 +68,11 @@ class StorageError(RecrayError):
     a storage service that fails). Committed parts are kept: run again with ``--resume``."""
 
 
+class ClusterError(RecrayError):
+    """The Ray cluster cannot be reached (no cluster at the address, a host or port that does
+    not answer within the connection timeout), or Ray failed outside recray's own code."""
+
+
 def fmt_item(item_id) -> str:
     """How messages name an item: its id as Python writes it (``7``, ``'img-0042'``)."""
     return repr(item_id.item() if hasattr(item_id, "item") else item_id)

@@ -88,7 +88,8 @@ def run_mnist_table(
         if engine == "ray":  # one Ray for the whole table (each run still starts its pool)
             from recray.pipeline.ray_engine import ray_session
 
-            stack.enter_context(ray_session((ray_options or RayOptions()).address))
+            opts = ray_options or RayOptions()
+            stack.enter_context(ray_session(opts.address, opts.connect_timeout, opts.verbose))
         for k, s in enumerate(settings):
             m = min(n, s.limit) if s.limit else n
             out = os.path.join(

@@ -27,11 +27,28 @@ from recray.errors import RecrayError
 
 
 def _progress():
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
+    """A progress bar factory when stdout and stderr are terminals, else ``None``."""
+    from recray.pipeline.progress import bar_factory
 
-    return tqdm
+    return bar_factory()
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none (None, False) or the help
+    already says it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command's help shows the defaults (sub-parsers are built with this class)."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kw)
 
 
 def _write_json(path: str | None, payload) -> None:
@@ -120,6 +137,8 @@ def cmd_compress(args) -> int:
             actors=args.actors,
             actor_cpus=args.actor_cpus,
             retries=args.retries,
+            connect_timeout=args.connect_timeout,
+            verbose=args.verbose,
         ),
         resume=args.resume,
         on_bad_item=args.on_bad_item,
@@ -220,8 +239,15 @@ def _add_compress_args(c) -> None:
         help="collapsed dims (no information) per block of their own; 0 spreads them over "
         "the informative blocks (suits orc; exact methods pay ~0.72 bits of D_inf each)",
     )
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--backend", choices=("numpy", "cupy"), default=None)
+    c.add_argument(
+        "--seed", type=int, default=0, help="seed of the shared randomness (decoder needs it)"
+    )
+    c.add_argument(
+        "--backend",
+        choices=("numpy", "cupy"),
+        default=None,
+        help="array backend of the search (default: cupy on GPU nodes, else numpy)",
+    )
     c.add_argument(
         "--max-steps", type=int, default=None, help="step cap of the exact methods (default 2^26)"
     )
@@ -258,6 +284,7 @@ def _add_compress_args(c) -> None:
     c.add_argument(
         "--actors", type=int, default=None, help="actor pool size (default: GPUs, else CPUs)"
     )
+    _add_cluster_args(c)
     c.add_argument(
         "--actor-cpus",
         type=float,
@@ -347,13 +374,38 @@ def cmd_bench_scale(args) -> int:
 def _ray_opts(args):
     from recray.pipeline.options import RayOptions
 
-    return RayOptions(address=args.address, actors=args.actors)
+    return RayOptions(
+        address=args.address,
+        actors=args.actors,
+        connect_timeout=args.connect_timeout,
+        verbose=args.verbose,
+    )
+
+
+def _add_cluster_args(c) -> None:
+    from recray.pipeline.options import DEFAULT_CONNECT_TIMEOUT_S
+
+    c.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=DEFAULT_CONNECT_TIMEOUT_S,
+        metavar="S",
+        help="seconds to wait for the Ray cluster at --address (or RAY_ADDRESS) before failing",
+    )
+    c.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's own logs, worker output and Ray Data's per-operator progress bars",
+    )
 
 
 def _add_ray_args(c) -> None:
-    c.add_argument("--engine", choices=("ray", "local"), default="ray")
+    c.add_argument(
+        "--engine", choices=("ray", "local"), default="ray", help="where the search runs"
+    )
     c.add_argument("--address", default=None, help="Ray cluster to join (default: local Ray)")
     c.add_argument("--actors", type=int, default=None, help="actor pool size")
+    _add_cluster_args(c)
 
 
 def cmd_mnist_compress(args) -> int:
@@ -425,8 +477,16 @@ def cmd_bench_mnist(args, demo: bool = False) -> int:
     return 0
 
 
+DATA_DIR_HELP = (
+    "MNIST cache directory (default: $RECRAY_DATA_DIR/mnist, else "
+    "$XDG_CACHE_HOME/recray/mnist, i.e. ~/.cache/recray/mnist)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from recray import rec
+
+    p = _Parser(
         prog="recray",
         description="Relative entropy coding with space partitioning (NumPy/CuPy, Ray, Parquet)",
     )
@@ -472,13 +532,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compress", help="compress a latent data set into a run directory")
     c.add_argument("latents", help="Parquet file or directory: id, mu, sigma")
     c.add_argument("--prior", required=True, help="prior JSON: mu, sigma, mutual_information_bits")
-    c.add_argument("--out", required=True, help="run directory to create")
+    c.add_argument("--out", required=True, help="run directory (or s3://, gs:// URI) to create")
     _add_compress_args(c)
     c.set_defaults(func=cmd_compress)
 
     d = sub.add_parser("decompress", help="decode a run directory into latents")
-    d.add_argument("run", help="run directory")
-    d.add_argument("--out", required=True, help="Parquet file to create: id, z")
+    d.add_argument("run", help="run directory (or URI)")
+    d.add_argument(
+        "--out", required=True, help="Parquet file (or URI) to create: id, z; parents are created"
+    )
     d.add_argument("--prior", default=None, help="check the run was coded with this prior")
     d.add_argument("--backend", choices=("numpy", "cupy"), default=None)
     d.add_argument(
@@ -490,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_decompress)
 
     ins = sub.add_parser("inspect", help="bitrate and diagnostics of a run")
-    ins.add_argument("run")
+    ins.add_argument("run", help="run directory (or URI) written by compress or a codec")
     ins.add_argument("--json", action="store_true")
     ins.set_defaults(func=cmd_inspect)
 
@@ -538,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     bm = bsub.add_parser("mnist", help="the lossless MNIST table (REC settings vs -ELBO, PNG...)")
     bm.add_argument("--limit", type=int, default=None, help="first N test images (default all)")
     bm.add_argument("--workdir", default=None)
-    bm.add_argument("--data-dir", default=None)
+    bm.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     bm.add_argument("--json", metavar="PATH")
     _add_ray_args(bm)
     bm.set_defaults(func=cmd_bench_mnist)
@@ -551,11 +613,15 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--out", required=True)
     mc.add_argument("--split", choices=("test", "train"), default="test")
     mc.add_argument("--limit", type=int, default=None, help="first N images of the split")
-    mc.add_argument("--method", default="sp-pfr")
+    mc.add_argument(
+        "--method", choices=rec.METHODS, default="sp-pfr", help="REC method of the latent"
+    )
     mc.add_argument("--block-bits", type=float, default=32.0)
     mc.add_argument("--n-samples", type=int, default=1 << 16)
-    mc.add_argument("--seed", type=int, default=0)
-    mc.add_argument("--data-dir", default=None, help="MNIST cache (default ~/.cache/recray)")
+    mc.add_argument(
+        "--seed", type=int, default=0, help="seed of the shared randomness (decoder needs it)"
+    )
+    mc.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     mc.add_argument("--weights", default=None, help="VAE weights (default: the shipped ones)")
     mc.add_argument(
         "--collapsed-block-size",
@@ -570,7 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("run")
     md.add_argument("--out", required=True, help="directory for images.npz")
     md.add_argument("--verify", action="store_true", help="compare with the MNIST source")
-    md.add_argument("--data-dir", default=None)
+    md.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     md.add_argument(
         "--weights",
         default=None,
@@ -581,9 +647,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = msub.add_parser(
         "demo", help="the table's rows on a small test subset (ORC 16-bit vs SP-PFR 32-bit)"
     )
-    demo.add_argument("--limit", type=int, default=200)
-    demo.add_argument("--workdir", default=None)
-    demo.add_argument("--data-dir", default=None)
+    demo.add_argument("--limit", type=int, default=200, help="first N test images")
+    demo.add_argument(
+        "--workdir",
+        default=None,
+        help="directory for the demo's runs (default: a new temporary directory, kept)",
+    )
+    demo.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     demo.add_argument("--json", metavar="PATH")
     _add_ray_args(demo)
     demo.set_defaults(func=lambda a: cmd_bench_mnist(a, demo=True))
@@ -603,6 +673,10 @@ def cmd_version(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if not getattr(args, "verbose", False):
+        # Ray's C++ components read their log level when Ray is imported, which the commands
+        # do lazily; without --verbose only their fatal lines reach the terminal
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     try:
         return int(args.func(args))
     except RecrayError as exc:

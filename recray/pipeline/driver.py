@@ -12,8 +12,8 @@ search (one candidate per block) and runs in this process, streaming part by par
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import time
 import uuid
 
@@ -37,10 +37,12 @@ from recray.format.run import (
     crc32_of,
     part_schema,
 )
+from recray.format.storage import resolve
 from recray.latents.io import LatentSource, Prior, read_prior
 from recray.pipeline.codec import CodecSpec, decode_items
 from recray.pipeline.local_engine import run_local
 from recray.pipeline.options import RayOptions
+from recray.pipeline.progress import tick
 from recray.pipeline.shards import DEFAULT_SHARD_ROWS, ON_BAD_ITEM, shard_ranges
 from recray.pipeline.validate import scan as validate_input
 from recray.plan import CodecPlan, build_plan
@@ -188,15 +190,34 @@ def compress(
     index = src.row_index()
     if index.n_rows == 0:
         raise InputError(f"latents {latents!r} hold no items")
+    opts = ray_options or RayOptions()
+    if engine == "ray":
+        from recray.pipeline.ray_engine import check_early
+
+        check_early(opts)  # an unreachable cluster fails now, not after the validation pass
     checked = validate_input(index, spec)
     if len(checked.rejects) and on_bad_item == "fail":
         raise checked.rejects.error()
     shards = shard_ranges(index.n_rows, shard_rows)
     schema = part_schema(src.id_kind, prior.dim, debug_samples)
     header = run_header(spec, prior, src.id_kind) | {"shard_rows": int(shard_rows)}
-    with RunWriter(
-        out_dir, header, prior.to_json(), schema, fingerprint=index.fingerprint(), resume=resume
-    ) as writer:
+    with contextlib.ExitStack() as stack:
+        if engine == "ray":
+            # join (or start) Ray before the writer exists: an unreachable cluster then
+            # fails with nothing written, and a retry needs no --resume
+            from recray.pipeline.ray_engine import ray_session
+
+            stack.enter_context(ray_session(opts.address, opts.connect_timeout, opts.verbose))
+        writer = stack.enter_context(
+            RunWriter(
+                out_dir,
+                header,
+                prior.to_json(),
+                schema,
+                fingerprint=index.fingerprint(),
+                resume=resume,
+            )
+        )
         pending = [(k, a, b) for k, (a, b) in enumerate(shards) if k not in writer.committed]
         done_rows = sum(b - a for k, (a, b) in enumerate(shards) if k in writer.committed)
         bar = (
@@ -227,7 +248,7 @@ def compress(
                     schema,
                     writer,
                     batch_size=batch_size,
-                    opts=ray_options or RayOptions(),
+                    opts=opts,
                     scan=checked,
                     on_bad=on_bad_item,
                     progress=bar,
@@ -292,23 +313,26 @@ def decompress(
     id_kind = run.header["id_type"]
     id_type = pa.int64() if id_kind == "int" else pa.string()
     schema = pa.schema([("id", id_type), ("z", pa.list_(pa.float64(), spec.plan.dim))])
-    if os.path.exists(out_path):
+    out = resolve(out_path)
+    if out.exists():
         raise InputError(f"output {out_path!r} already exists; remove it or choose another")
     rejects_path = rejects_path or out_path + ".rejects.parquet"
-    if salvage and os.path.exists(rejects_path):
+    rejects_loc = resolve(rejects_path)
+    if salvage and rejects_loc.exists():
         raise InputError(f"rejects file {rejects_path!r} already exists; remove it first")
-    tmp = os.path.join(
-        os.path.dirname(os.path.abspath(out_path)),
-        f".{os.path.basename(out_path)}.partial-{uuid.uuid4().hex[:12]}",
-    )
+    if out.renames:
+        out.parent().makedirs()  # like compress: missing parent directories are created
+    # written under a temporary name and moved into place: the file appears whole or not
+    # at all (a rename locally; on an object store a copy, whose object appears at once)
+    tmp = out.sibling(f".{out.name}.partial-{uuid.uuid4().hex[:12]}")
     n = 0
     lost = {"id": [], "field": [], "reason": []}
     bar = (
         progress(total=run.manifest["items"], unit="item", desc="decompress") if progress else None
     )
     try:
-        with pq.ParquetWriter(tmp, schema) as w:
-            for path, batch in _part_batches(run, damaged, lost, batch_size):
+        with pq.ParquetWriter(tmp.path, schema, filesystem=tmp.fs) as w:
+            for name, batch in _part_batches(run, damaged, lost, batch_size):
                 ids = batch.column("id").to_pylist()
                 msgs = batch.column("message").to_pylist()
                 crcs = batch.column("crc32").to_numpy()
@@ -318,7 +342,7 @@ def decompress(
                         lost["id"].append(ids[i])
                         lost["field"].append("message")
                         lost["reason"].append(
-                            f"item {fmt_item(ids[i])} in {os.path.basename(path)}: the message "
+                            f"item {fmt_item(ids[i])} in {name}: the message "
                             "fails its CRC-32 (corrupted)"
                         )
                     ids = [v for v, g in zip(ids, good, strict=True) if g]
@@ -341,8 +365,7 @@ def decompress(
                         )
                     )
                 n += len(ids)
-                if bar:
-                    bar.update(batch.num_rows)
+                tick(bar, batch.num_rows, batch.column("nbits"))
         lost_items = len(lost["id"])
         lost_items += sum(r for r in lost.pop("_part_rows", []))
         if not salvage and n != run.manifest["items"]:
@@ -351,28 +374,26 @@ def decompress(
                 f"{run.manifest['items']}"
             )
         if salvage and lost["id"]:
-            pq.write_table(
+            rejects_loc.write_parquet(
                 pa.table(
                     {
                         "id": pa.array(lost["id"], type=id_type),
                         "field": pa.array(lost["field"], type=pa.string()),
                         "reason": pa.array(lost["reason"], type=pa.string()),
                     }
-                ),
-                rejects_path,
+                )
             )
-        os.replace(tmp, out_path)
+        tmp.move_to(out)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        tmp.remove()
         raise
     finally:
         if bar:
             bar.close()
-    out = {"items": n, "out": out_path, "rejects": lost_items}
+    result = {"items": n, "out": out_path, "rejects": lost_items}
     if salvage and lost["id"]:
-        out["rejects_path"] = rejects_path
-    return out
+        result["rejects_path"] = rejects_path
+    return result
 
 
 def _part_batches(run: Run, damaged: dict, lost: dict, batch_size: int):
@@ -380,7 +401,6 @@ def _part_batches(run: Run, damaged: dict, lost: dict, batch_size: int):
     is lost as a whole (unreadable, missing, from another run) adds one reject row (id
     null) and its item count to ``lost["_part_rows"]``."""
     for p in run.manifest["parts"]:
-        path = os.path.join(run.path, p["file"])
         if p["file"] in damaged:
             dmg = run.part_damage(p["file"])
             if dmg.bad_ids is None:
@@ -389,34 +409,51 @@ def _part_batches(run: Run, damaged: dict, lost: dict, batch_size: int):
                 lost["reason"].append(f"{p['file']}: {dmg.describe()}")
                 lost.setdefault("_part_rows", []).append(p["rows"] - 1)
                 continue
-        try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise FormatError(f"{path!r} is not a readable Parquet file: {exc}") from None
-        for rb in pf.iter_batches(batch_size=batch_size, columns=["id", "message", "crc32"]):
-            yield path, rb
+        pf = run.part_file(p["file"])
+        cols = ["id", "message", "crc32", "nbits"]
+        for rb in pf.iter_batches(batch_size=batch_size, columns=cols):
+            yield p["file"], rb
 
 
 def inspect(run_dir: str) -> dict:
-    """Bitrate and diagnostics of a complete run, from the bytes on disk."""
+    """Bitrate and diagnostics of a complete run, from the bytes on disk. A codec run (its
+    messages carry the latent and then the data's tail, e.g. MNIST pixels) also reports the
+    two shares: ``latent_bits_per_item`` (the latent message as the REC run wrote it) and
+    ``tail_bits_per_item`` (the rest), and the overhead over KL of the latent share alone."""
     run = Run.open(run_dir, verify_parts=False)
     payload = 0
     kl = steps = fallback = 0.0
-    for rb in run.iter_rows(columns=["message", "kl_bits", "steps", "fallback_blocks"]):
+    cols = ["message", "kl_bits", "steps", "fallback_blocks"]
+    codec = "codec" in run.header
+    latent_bits = 0
+    for rb in run.iter_rows(columns=cols + (["latent_nbits"] if codec else [])):
         payload += int(pc.sum(pc.binary_length(rb.column("message"))).as_py() or 0)
         kl += float(np.sum(rb.column("kl_bits").to_numpy()))
         steps += float(np.sum(rb.column("steps").to_numpy()))
         fallback += float(np.sum(rb.column("fallback_blocks").to_numpy()))
-    return _report(run_dir, run, payload, kl, steps, fallback)
+        if codec:
+            latent_bits += int(np.sum(rb.column("latent_nbits").to_numpy()))
+    report = _report(run_dir, run, payload, kl, steps, fallback)
+    if codec:
+        items = max(report["items"], 1)
+        lat = latent_bits / items
+        mean_kl = report["mean_kl_bits_per_item"]
+        report |= {
+            "codec": run.header["codec"].get("name"),
+            "latent_bits_per_item": lat,
+            "tail_bits_per_item": report["bits_per_item"] - lat,
+            "overhead_over_kl_pct": 100.0 * (lat - mean_kl) / mean_kl
+            if mean_kl > 0
+            else float("nan"),
+        }
+    return report
 
 
 def _report(run_dir: str, run: Run, payload: int, kl: float, steps: float, fallback: float) -> dict:
     """The figures :func:`inspect` prints, from a run's totals."""
     man = run.manifest
     items = int(man["items"])
-    header_bytes = sum(
-        os.path.getsize(os.path.join(run_dir, f)) for f in (PLAN_FILE, PRIOR_FILE, MANIFEST_FILE)
-    )
+    header_bytes = sum(run.file(f).size() for f in (PLAN_FILE, PRIOR_FILE, MANIFEST_FILE))
     part_bytes = sum(p["bytes"] for p in man["parts"])
     dim = int(run.header["dim"])
     plan = run.header["plan"]
@@ -457,8 +494,18 @@ def format_inspect(r: dict) -> str:
             f"  bits/item             {r['bits_per_item']:.2f} (payload); "
             f"{r['bits_per_item_with_headers']:.2f} with headers amortized",
             f"  bits/dim              {r['bits_per_dim']:.3f}",
+            *(
+                [
+                    f"  codec                 {r['codec']}: latent {r['latent_bits_per_item']:.2f}"
+                    f" bits/item + tail {r['tail_bits_per_item']:.2f} bits/item (the data "
+                    "under p(x | z))",
+                ]
+                if "latent_bits_per_item" in r
+                else []
+            ),
             f"  mean KL/item          {r['mean_kl_bits_per_item']:.2f} bits",
-            f"  overhead over KL      {r['overhead_over_kl_pct']:.1f} %",
+            f"  overhead over KL      {r['overhead_over_kl_pct']:.1f} %"
+            + (" (latent share only)" if "latent_bits_per_item" in r else ""),
             f"  mean steps/item       {r['mean_steps_per_item']:.1f}",
             f"  fallback blocks       {r['fallback_blocks']:,}",
         ]

@@ -12,21 +12,25 @@ import pyarrow as pa
 
 from recray.latents.io import RowIndex, validate_batch
 from recray.pipeline.codec import CodecSpec
+from recray.pipeline.progress import tick
 from recray.pipeline.shards import encode_or_reject
 from recray.pipeline.validate import Rejects, Scan
 
 
-def read_rows(index: RowIndex, start: int, stop: int, skip: np.ndarray):
-    """Validated ``(ids, mu, sigma, rows)`` of input rows ``[start, stop)`` without the
-    rows in ``skip`` (sorted int64, the items the validation pass rejected)."""
-    t = index.read_table(start, stop)
-    rows = np.arange(start, stop, dtype=np.int64)
-    if skip.size:
-        keep = ~np.isin(rows, skip)
-        t = t.filter(pa.array(keep))
-        rows = rows[keep]
-    ids, mu, sigma = validate_batch(t, index.dim, index.id_kind)
-    return ids, mu, sigma, rows
+def iter_rows(index: RowIndex, start: int, stop: int, chunk_rows: int, skip: np.ndarray):
+    """Validated ``(ids, mu, sigma, rows)`` of input rows ``[start, stop)`` in chunks of at
+    most ``chunk_rows`` rows, without the rows in ``skip`` (sorted int64, the items the
+    validation pass rejected); a chunk may be empty. Each row group is read once."""
+    a = start
+    for t in index.iter_tables(start, stop, chunk_rows):
+        rows = np.arange(a, a + t.num_rows, dtype=np.int64)
+        a += t.num_rows
+        if skip.size:
+            keep = ~np.isin(rows, skip)
+            t = t.filter(pa.array(keep))
+            rows = rows[keep]
+        ids, mu, sigma = validate_batch(t, index.dim, index.id_kind)
+        yield ids, mu, sigma, rows
 
 
 def run_local(
@@ -48,15 +52,17 @@ def run_local(
         pieces = []
         rej = scan.rejects.select(start, stop)
         skip = scan.bad_rows(start, stop)
-        for a in range(start, stop, batch_size):
+        a = start
+        for ids, mu, sigma, rows in iter_rows(index, start, stop, batch_size, skip):
             b = min(a + batch_size, stop)
-            ids, mu, sigma, rows = read_rows(index, a, b, skip)
             if len(rows):
                 part, bad = encode_or_reject(ids, mu, sigma, rows, spec, schema, on_bad)
                 pieces.append(part)
                 rej = _merge(rej, bad)
-            if progress:
-                progress.update(b - a)
+                tick(progress, b - a, part.column("nbits"))
+            else:
+                tick(progress, b - a)
+            a = b
         table = pa.concat_tables(pieces) if pieces else schema.empty_table()
         writer.commit(k, table, rej.sorted().table(index.id_kind))
     return {"actors": 0, "backend": spec.backend or "numpy", "driver_seconds": 0.0}

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+#: Seconds to wait for a Ray cluster at an explicit address before failing.
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
+
 
 @dataclass(frozen=True)
 class RayOptions:
@@ -20,6 +23,9 @@ class RayOptions:
     ``on_batch``: instrumentation, called inside the actor before it codes a batch, with
     the batch's shard and row numbers (int64 arrays); it must be picklable (cloudpickle).
     The fault tests use it to hold actors mid-batch and see which node retried what.
+    ``connect_timeout``: seconds to wait for a cluster at ``address`` / ``RAY_ADDRESS``
+    before failing with one line. ``verbose``: Ray's own logs, worker output and Ray Data's
+    per-operator progress bars (off by default).
     """
 
     address: str | None = None
@@ -28,3 +34,5 @@ class RayOptions:
     retries: int = 4
     resources: dict | None = None
     on_batch: Callable | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S
+    verbose: bool = False

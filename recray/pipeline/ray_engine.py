@@ -32,7 +32,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import math
 import os
+import socket
+import sys
 import time
 import warnings
 from dataclasses import replace
@@ -48,11 +52,12 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import ReadTask
 
 from recray import errors
-from recray.errors import BackendError, RecrayError
+from recray.errors import BackendError, ClusterError, RecrayError
 from recray.latents.io import RowIndex, validate_batch
 from recray.pipeline.codec import CodecSpec
-from recray.pipeline.local_engine import read_rows
-from recray.pipeline.options import RayOptions
+from recray.pipeline.local_engine import iter_rows
+from recray.pipeline.options import DEFAULT_CONNECT_TIMEOUT_S, RayOptions
+from recray.pipeline.progress import tick
 from recray.pipeline.shards import ROW, assemble_part, encode_or_reject
 from recray.pipeline.validate import Scan
 
@@ -61,24 +66,161 @@ ERROR = "_error"  # JSON of a rejected item or of a fatal error, null for a code
 READ_CHUNK_ROWS = 8192  # rows per block a read task yields (bounds its memory)
 
 
+def _probe(host: str, port: int, timeout: float) -> str | None:
+    """Why ``host:port`` does not accept a TCP connection within ``timeout`` s (or None)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+def check_address(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> None:
+    """Fail fast, with one line, when no Ray cluster answers at ``address`` (``auto``,
+    ``ray://host:port`` or ``host:port``): the host is resolved and its port tried within
+    ``timeout`` seconds, before ``ray.init`` (which would retry for minutes)."""
+    what = (
+        "check that the cluster is up (ray status on its head), the address and port, and "
+        "that this machine can reach it (firewall, VPN); --connect-timeout sets the wait"
+    )
+    target = address
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address
+
+        reason = "no cluster address recorded"
+        try:
+            target = canonicalize_bootstrap_address("auto")
+        except (ConnectionError, ValueError) as exc:
+            target, reason = None, str(exc).splitlines()[0]
+        if target is None:
+            raise ClusterError(
+                f"--address auto: no Ray cluster found on this machine ({reason}); start one "
+                "(ray start --head) or give its address"
+            )
+    hostport = target.split("://", 1)[1] if "://" in target else target
+    host, sep, port = hostport.rstrip("/").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ClusterError(f"Ray address {address!r} is not host:port, ray://host:port or auto")
+    host = host.strip("[]")
+    why = _probe(host, int(port), timeout)
+    if why is not None:
+        shown = address if target == address else f"{address} ({target})"
+        raise ClusterError(f"cannot reach a Ray cluster at {shown}: {why}; {what}")
+
+
+def check_early(opts: RayOptions) -> None:
+    """:func:`check_address` on the cluster a run would join (none for a local Ray or one
+    already initialized in this process)."""
+    target = opts.address or os.environ.get("RAY_ADDRESS")
+    if target and not ray.is_initialized():
+        check_address(target, opts.connect_timeout)
+
+
 @contextlib.contextmanager
-def ray_session(address: str | None):
-    """An initialized Ray for the duration of the block: reuses one that is already up,
-    otherwise joins ``address`` (or starts a local one) and shuts it down afterwards."""
-    if ray.is_initialized():
+def quiet_ray(verbose: bool):
+    """Ray's own logging at ERROR and above unless ``verbose`` (its C++ components only
+    fatal lines): the run's terminal shows recray's lines, the progress bar and the result.
+    The environment and logger levels are restored afterwards."""
+    names = ("ray", "ray.data", "ray.train", "ray.tune")
+    saved_levels = {n: logging.getLogger(n).level for n in names}
+    saved_env = {k: os.environ.get(k) for k in ("RAY_BACKEND_LOG_LEVEL",)}
+    if not verbose:
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        for n in names:
+            logging.getLogger(n).setLevel(logging.ERROR)
+    try:
         yield
+    finally:
+        for n, lv in saved_levels.items():
+            logging.getLogger(n).setLevel(lv)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """The process's stderr (file descriptor 2) to /dev/null for the block: what Ray's C++
+    side prints while it starts or joins a cluster (its log-level notice, one warning per
+    failed connection attempt) cannot be turned off otherwise. A failure is still raised,
+    and reported in one line by the caller."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@contextlib.contextmanager
+def _connect_budget(target: str | None, timeout: float):
+    """Bound ``ray.init``'s own connection attempts (one a second, 20 by default) by
+    ``timeout`` when joining ``target``: a port that answers TCP but is no Ray GCS then
+    fails in time too. Ray reads this budget from ``RAY_gcs_server_port_wait_time_s``
+    when it connects; a value the user set is kept."""
+    key = "RAY_gcs_server_port_wait_time_s"
+    saved = os.environ.get(key)
+    if target and saved is None:
+        os.environ[key] = str(max(1, math.ceil(timeout)))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def ray_session(
+    address: str | None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+    verbose: bool = False,
+):
+    """An initialized Ray for the duration of the block: reuses one that is already up,
+    otherwise joins ``address`` (or ``RAY_ADDRESS``, or starts a local one) and shuts it
+    down afterwards. An address where no cluster answers fails within ``connect_timeout``
+    seconds with one line (:class:`~recray.errors.ClusterError`). Ray's logs stay below
+    the terminal unless ``verbose`` (:func:`quiet_ray`)."""
+    if ray.is_initialized():
+        with quiet_ray(verbose):
+            yield
         return
+    target = address or os.environ.get("RAY_ADDRESS")
     kw = {"address": address} if address else {}
-    if not address and not os.environ.get("RAY_ADDRESS"):
+    if not target:
         kw["include_dashboard"] = False
         # Ray nices its workers to 15 by default; on a machine shared with other work that
         # starves the actors, which *are* this run's work (measured 3-6x slower here)
         os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(logging_level="warning", **kw)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    with quiet_ray(verbose), _connect_budget(target, connect_timeout):
+        if target:
+            check_address(target, connect_timeout)
+        try:
+            with contextlib.nullcontext() if verbose else _stderr_silenced():
+                ray.init(
+                    logging_level=logging.INFO if verbose else logging.ERROR,
+                    log_to_driver=verbose,
+                    **kw,
+                )
+        except (ConnectionError, TimeoutError) as exc:
+            raise ClusterError(
+                f"cannot join the Ray cluster at {target}: {str(exc).splitlines()[0]} "
+                f"(the port answers, but no Ray GCS within {connect_timeout:g} s); check the "
+                "address and port: host:port is the GCS port (6379 by default), ray:// the "
+                "client server's (10001)"
+            ) from None
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 class LatentShards(Datasource):
@@ -120,9 +262,7 @@ def _vectors(a: np.ndarray) -> pa.FixedSizeListArray:
 def _read_shard(index: RowIndex, k: int, start: int, stop: int, skip: np.ndarray):
     # The rows the validation pass rejected are left out here; the others were validated
     # by that pass and are checked again as they are read (the input may have changed).
-    for a in range(start, stop, READ_CHUNK_ROWS):
-        b = min(a + READ_CHUNK_ROWS, stop)
-        ids, mu, sigma, rows = read_rows(index, a, b, skip)
+    for ids, mu, sigma, rows in iter_rows(index, start, stop, READ_CHUNK_ROWS, skip):
         if not len(rows):
             continue
         yield pa.table(
@@ -247,6 +387,12 @@ def _recray_cause(exc: BaseException) -> RecrayError | None:
     return None
 
 
+def _last_line(exc: BaseException) -> str:
+    """The last non-empty line of an exception's text: Ray puts the original error there."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
 def _resources(spec: CodecSpec, opts: RayOptions) -> tuple[str, int, dict]:
     """Backend, pool size and per-actor resources from the cluster and the options."""
     res = ray.cluster_resources()
@@ -289,11 +435,11 @@ def run_ray(
     itself spent on rows (the serial part)."""
     if not pending:
         return {"actors": 0, "backend": spec.backend, "driver_seconds": 0.0}
-    with ray_session(opts.address):
+    with ray_session(opts.address, opts.connect_timeout, opts.verbose):
         backend, actors, actor_res = _resources(spec, opts)
         spec = replace(spec, backend=backend)
         ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
+        ctx.enable_progress_bars = opts.verbose
         ctx.print_on_execution_start = False
         starts = {k: a for k, a, _ in pending}
         seen = {k: np.zeros(b - a, bool) for k, a, b in pending}
@@ -354,8 +500,7 @@ def run_ray(
                     idx = np.flatnonzero(sel)[np.flatnonzero(fresh)[first]]
                     seen[k][r_new] = True
                     pieces[k].append(batch.take(pa.array(idx)))
-                    if progress:
-                        progress.update(int(r_new.size))
+                    tick(progress, int(r_new.size), pieces[k][-1].column("nbits"))
                 for k in sorted(touched):
                     if k in pieces and seen[k].all():
                         got = pieces.pop(k)
@@ -368,7 +513,12 @@ def run_ray(
             cause = _recray_cause(exc)
             if cause is not None:
                 raise type(cause)(str(cause), block=cause.block, dim=cause.dim) from None
-            raise
+            if opts.verbose or not isinstance(exc, ray.exceptions.RayError):
+                raise
+            raise ClusterError(
+                f"the Ray pipeline failed: {_last_line(exc)} (committed parts are kept: run "
+                "again with --resume; --verbose shows Ray's traceback)"
+            ) from None
         if pieces:
             missing = sorted(pieces)
             raise RecrayError(

@@ -1,0 +1,151 @@
+"""What a user meets at the command line: a cluster address that does not answer fails fast
+in one line and leaves nothing behind, outputs go where asked, unfinished runs are named
+with the way out, inspect splits a codec run's bits honestly, help shows the defaults, and
+the progress bar shows bits/item."""
+
+import io
+import os
+import socket
+import time
+
+import pytest
+
+from recray.cli.main import build_parser, main
+from recray.latents import synthesize
+from recray.pipeline import driver
+from recray.pipeline.progress import Bar, bar_factory, tick
+
+FAST = ["--engine", "local", "--block-bits", "8", "--batch-size", "64", "--shard-rows", "100"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    d = tmp_path_factory.mktemp("synth")
+    return synthesize(300, 12, str(d), seed=4)
+
+
+@pytest.fixture(scope="module")
+def run(synth, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("runs") / "run")
+    driver.compress(synth[0], synth[1], out, block_bits=8.0, shard_rows=100, engine="local")
+    return out
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when we return: nobody listens there
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_unreachable_address_fails_fast_in_one_line_and_leaves_nothing(
+    synth, tmp_path, capsys, scheme
+):
+    address = f"{scheme}127.0.0.1:{_closed_port()}"
+    out = tmp_path / "run"
+    t0 = time.monotonic()
+    rc = main(["compress", synth[0], "--prior", synth[1], "--out", str(out), "--address", address])
+    took = time.monotonic() - t0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert f"cannot reach a Ray cluster at {address}" in err[0] and "--connect-timeout" in err[0]
+    assert took < 10, took
+    assert os.listdir(tmp_path) == []  # no run, no .run.partial: a retry needs no --resume
+
+
+def test_connect_timeout_bounds_the_wait(synth, tmp_path, capsys, monkeypatch):
+    # a host that does not answer costs the whole timeout (measured in the report); here the
+    # probe is replaced to see that --connect-timeout reaches it and bounds the wait
+    from recray.errors import ClusterError
+    from recray.pipeline import ray_engine
+
+    seen = {}
+
+    def probe(host, port, timeout):
+        seen["timeout"] = timeout
+        return f"no answer within {timeout:g} s"
+
+    monkeypatch.setattr(ray_engine, "_probe", probe)
+    with pytest.raises(ClusterError, match="no answer within 2.5 s"):
+        ray_engine.check_address("10.255.255.1:6379", 2.5)
+    rc = main(
+        ["compress", synth[0], "--prior", synth[1], "--out", str(tmp_path / "r"),
+         "--address", "10.255.255.1:6379", "--connect-timeout", "4"]
+    )  # fmt: skip
+    assert rc == 2 and seen["timeout"] == 4.0
+    assert "no answer within 4 s" in capsys.readouterr().err
+
+
+def test_decompress_creates_missing_parent_directories(run, tmp_path, capsys):
+    out = tmp_path / "missing" / "dir" / "z.parquet"
+    assert main(["decompress", run, "--out", str(out)]) == 0
+    assert out.exists() and sorted(os.listdir(out.parent)) == ["z.parquet"]
+
+
+def test_unfinished_run_is_named_with_resume(synth, tmp_path, capsys):
+    half = tmp_path / ".half.partial"
+    half.mkdir()
+    rc = main(["decompress", str(tmp_path / "half"), "--out", str(tmp_path / "z.parquet")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert ".half.partial" in err and "--resume" in err
+
+
+def test_help_shows_defaults_and_every_option_has_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: 16.0)" in text and "(default: 65536)" in text
+    assert "--connect-timeout S" in text and "(default: 30.0)" in text
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    codec = next(a for a in sub.choices["codec"]._actions if a.dest == "codec")
+    mnist = next(a for a in codec.choices["mnist"]._actions if a.dest == "mnist")
+    checks = [
+        (sub.choices["compress"], "seed"),
+        (sub.choices["inspect"], "run"),
+        (mnist.choices["demo"], "workdir"),
+        (mnist.choices["compress"], "method"),
+        (mnist.choices["compress"], "data_dir"),
+    ]
+    for p, dest in checks:
+        action = next(a for a in p._actions if a.dest == dest)
+        assert action.help, dest
+    method = next(a for a in mnist.choices["compress"]._actions if a.dest == "method")
+    assert "sp-pfr" in method.choices and "orc" in method.choices
+    data_dir = next(a for a in mnist.choices["compress"]._actions if a.dest == "data_dir")
+    assert "~/.cache/recray/mnist" in data_dir.help
+
+
+def test_progress_bar_shows_bits_per_item_and_stays_off_without_a_terminal():
+    assert bar_factory() is None  # pytest captures stdout: not a terminal
+    buf = io.StringIO()
+    bar = Bar(total=10, file=buf, unit="item", desc="compress")
+    tick(bar, 4, [16, 24, 16, 24])
+    tick(bar, 2)  # items without messages (rejected) count, add no bits
+    bar.refresh()
+    bar.close()
+    text = buf.getvalue()
+    assert "6/10" in text and "20.0 bits/item" in text and "item/s" in text
+
+
+def test_inspect_splits_a_codec_run_into_latent_and_tail(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from recray.errors import RecrayError
+
+    out = str(tmp_path / "mn")
+    try:
+        rc = main(["codec", "mnist", "compress", "--out", out, "--limit", "4", "--engine", "local"])
+    except RecrayError as exc:  # pragma: no cover - no MNIST cache on this machine
+        pytest.skip(f"MNIST not available: {exc}")
+    if rc != 0:
+        pytest.skip("MNIST not available: " + capsys.readouterr().err)
+    capsys.readouterr()
+    r = driver.inspect(out)
+    assert r["latent_bits_per_item"] + r["tail_bits_per_item"] == pytest.approx(r["bits_per_item"])
+    assert 0 < r["latent_bits_per_item"] < 200 < r["tail_bits_per_item"]
+    # the overhead is the latent's over its KL, not the pixels' (was "2342 %")
+    assert -50 < r["overhead_over_kl_pct"] < 200
+    assert main(["inspect", out]) == 0
+    text = capsys.readouterr().out
+    assert "latent share only" in text and "tail" in text
