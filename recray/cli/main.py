@@ -355,6 +355,17 @@ def cmd_bench_outliers(args) -> int:
     return 1 if bad else 0
 
 
+def cmd_bench_reads(args) -> int:
+    from recray.bench import reads
+
+    r = reads.run_reads(
+        n=args.n, dim=args.dim, chunk_rows=args.chunk_rows, row_group_rows=args.row_group_rows
+    )
+    print(reads.format_result(r))
+    _write_json(args.json, r)
+    return 0 if r["iter_tables"]["amplification"] <= 1.001 else 1
+
+
 def cmd_bench_scale(args) -> int:
     from recray.bench import scale
 
@@ -596,6 +607,18 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--workdir", default=None)
     bs.add_argument("--json", metavar="PATH")
     bs.set_defaults(func=cmd_bench_scale)
+
+    brd = bsub.add_parser(
+        "reads", help="read amplification: bytes decoded per byte handed out, before and now"
+    )
+    brd.add_argument("--n", type=int, default=20_000, help="rows in the file")
+    brd.add_argument("--dim", type=int, default=16, help="latent dimensions")
+    brd.add_argument("--chunk-rows", type=int, default=1000, help="rows per read chunk")
+    brd.add_argument(
+        "--row-group-rows", type=int, default=None, help="rows per row group (default: all)"
+    )
+    brd.add_argument("--json", metavar="PATH")
+    brd.set_defaults(func=cmd_bench_reads)
 
     bm = bsub.add_parser("mnist", help="the lossless MNIST table (REC settings vs -ELBO, PNG...)")
     bm.add_argument("--limit", type=int, default=None, help="first N test images (default all)")
