@@ -144,14 +144,15 @@ import sys, time
 from recray.format import run as run_mod
 from recray.pipeline import driver
 
-commit = run_mod.RunWriter.commit
+commit = run_mod.PartCommitter.commit
 
 def slow_commit(self, shard, table, rejects=None):
-    commit(self, shard, table, rejects)
+    summary = commit(self, shard, table, rejects)
     print(f"committed {shard}", flush=True)
-    time.sleep(60 if shard == 1 else 0)  # the parent kills us while we hold shard 1's commit
+    time.sleep(60 if shard == 1 else 0)  # the parent kills us once shard 1 is committed
+    return summary
 
-run_mod.RunWriter.commit = slow_commit
+run_mod.PartCommitter.commit = slow_commit
 lat, pri, out = sys.argv[1:4]
 driver.compress(lat, pri, out, block_bits=8.0, batch_size=50, shard_rows=100, engine="local")
 """

@@ -116,6 +116,78 @@ def _write_parquet(table: pa.Table, final: Location) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: What a part's summary sums (besides ``rows``, ``bytes``, ``sha256``).
+TOTALS = ("items", "payload_bytes", "kl_bits", "steps", "fallback_blocks", "adapted_blocks",
+          "rejects")  # fmt: skip
+
+
+class PartCommitter:
+    """Writes shards' parts into an unfinished run: small and picklable, so whoever coded a
+    shard commits it (the driver, or the Ray actor that coded it) and hands the driver only
+    its summary. Storage shared by every node is required (it is anyway: the run)."""
+
+    def __init__(self, tmp: Location, schema: pa.Schema, run_key: str):
+        self.tmp = tmp
+        self.schema = schema
+        self.run_key = run_key
+
+    def committed(self, shard: int) -> bool:
+        return self.tmp.child(part_name(shard)).exists()
+
+    def commit(self, shard: int, table: pa.Table, rejects: pa.Table | None = None) -> dict:
+        """Write the rows of ``shard`` (a table with the part schema, in item order) as its
+        part, and first its rejected items (``rejects``, a table of
+        :func:`recray.pipeline.validate.reject_schema`, in row order) when there are any:
+        the part's existence is the shard's commit. The bytes depend only on the rows, not
+        on how they were batched. Returns the part's summary (:meth:`summary`)."""
+        n_rej = 0
+        if rejects is not None and rejects.num_rows:
+            _write_parquet(rejects.combine_chunks(), self.tmp.child(rejects_name(shard)))
+            n_rej = rejects.num_rows
+        table = table.select(self.schema.names).cast(self.schema).combine_chunks()
+        table = table.replace_schema_metadata({RUN_KEY_META: self.run_key.encode()})
+        loc = self.tmp.child(part_name(shard))
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        data = sink.getvalue().to_pybytes()
+        try:
+            loc.write_bytes(data)
+        except StorageError as exc:
+            raise StorageError(
+                f"{exc}; the committed parts are kept: free space (or lift the file size "
+                "limit, or restore access to the store) and run again with --resume"
+            ) from None
+        return _part_summary(shard, table, len(data), hashlib.sha256(data).hexdigest(), n_rej)
+
+    def summary(self, shard: int) -> dict:
+        """Rows, bytes, SHA-256 and totals of a committed part, read back."""
+        loc = self.tmp.child(part_name(shard))
+        cols = ["message", "kl_bits", "steps", "fallback_blocks", "adapted_blocks"]
+        table = loc.parquet().read(columns=cols)
+        rej = self.tmp.child(rejects_name(shard))
+        n_rej = rej.parquet().metadata.num_rows if rej.exists() else 0
+        return _part_summary(shard, table, loc.size(), loc.sha256(), n_rej)
+
+
+def _part_summary(shard: int, table: pa.Table, size: int, sha: str, rejects: int) -> dict:
+    def total(c):
+        return int(np.sum(table.column(c).to_numpy())) if table.num_rows else 0
+
+    return {
+        "shard": shard,
+        "rows": table.num_rows,
+        "bytes": size,
+        "sha256": sha,
+        "items": table.num_rows,
+        "payload_bytes": int(pc.sum(pc.binary_length(table.column("message"))).as_py() or 0),
+        "kl_bits": float(np.sum(table.column("kl_bits").to_numpy())) if table.num_rows else 0.0,
+        "steps": total("steps"),
+        "fallback_blocks": total("fallback_blocks"),
+        "adapted_blocks": total("adapted_blocks"),
+        "rejects": rejects,
+    }
+
+
 class RunWriter:
     """Writes a run as one Parquet part per shard and publishes it atomically.
 
@@ -152,7 +224,7 @@ class RunWriter:
         self.schema = schema
         self.run_key = run_key(header, fingerprint)
         self.created = False
-        self.hashes: dict[int, str] = {}
+        self.summaries: dict[int, dict] = {}
         exists = InputError(f"output {out_dir!r} already exists; remove it or choose another --out")
         if self.out.renames:
             if self.out.exists():
@@ -191,6 +263,7 @@ class RunWriter:
             for n in self.tmp.listdir()
             if n.startswith("part-") and n.endswith(".parquet") and len(n) == 18
         }
+        self.committer = PartCommitter(self.tmp, schema, self.run_key)
 
     def __enter__(self):
         return self
@@ -201,18 +274,23 @@ class RunWriter:
         return False
 
     def commit(self, shard: int, table: pa.Table, rejects: pa.Table | None = None) -> None:
-        """Write the rows of ``shard`` (a table with :attr:`schema`, in item order) as its
-        part, and first its rejected items (``rejects``, a table of
-        :func:`recray.pipeline.validate.reject_schema`, in row order) when there are any:
-        the part's existence is the shard's commit. The bytes depend only on the rows, not
-        on how they were batched."""
+        """Write the rows of ``shard`` as its part (see :meth:`PartCommitter.commit`) and
+        record it; a shard is committed once."""
         if shard in self.committed:
             raise FormatError(f"shard {shard} is committed already; a part is written once")
-        if rejects is not None and rejects.num_rows:
-            _write_parquet(rejects.combine_chunks(), self.tmp.child(rejects_name(shard)))
-        table = table.select(self.schema.names).cast(self.schema).combine_chunks()
-        table = table.replace_schema_metadata({RUN_KEY_META: self.run_key.encode()})
-        self.hashes[shard] = _write_parquet(table, self.tmp.child(part_name(shard)))
+        self.record(shard, self.committer.commit(shard, table, rejects))
+
+    def record(self, shard: int, summary: dict) -> None:
+        """Record a part that a :class:`PartCommitter` wrote (here or in a Ray actor), with
+        its summary (rows, bytes, SHA-256, totals): what :meth:`publish` lists, so the
+        driver never reads the rows of the parts coded in this call."""
+        known = self.summaries.get(shard)
+        if known is not None and known["sha256"] != summary["sha256"]:
+            raise FormatError(
+                f"shard {shard} was committed twice with different bytes; remove "
+                f"{self.tmp.uri!r} and run again"
+            )
+        self.summaries[shard] = summary
         self.committed.add(shard)
 
     def part_paths(self, n_shards: int) -> list[str]:
@@ -224,25 +302,22 @@ class RunWriter:
             self.tmp.child(rejects_name(k)) for k in range(n_shards) if rejects_name(k) in names
         ]
 
+    def _summary(self, shard: int) -> dict:
+        if shard not in self.summaries:  # committed by an earlier call (--resume)
+            self.summaries[shard] = self.committer.summary(shard)
+        return self.summaries[shard]
+
     def totals(self, n_shards: int) -> dict:
-        """Items, payload bytes and diagnostics summed over the parts, in shard order."""
-        t = {
-            "items": 0,
-            "payload_bytes": 0,
-            "kl_bits": 0.0,
-            "steps": 0,
-            "fallback_blocks": 0,
-            "adapted_blocks": 0,
-        }
-        cols = ["message", "kl_bits", "steps", "fallback_blocks", "adapted_blocks"]
+        """Items, payload bytes, diagnostics and rejects summed over the parts, in shard
+        order (from the summaries of the parts coded in this call; parts committed earlier
+        are read)."""
+        t = {k: 0 for k in TOTALS}
+        t["kl_bits"] = 0.0
         for k in range(n_shards):
-            tab = self.tmp.child(part_name(k)).parquet().read(columns=cols)
-            t["items"] += tab.num_rows
-            t["payload_bytes"] += int(pc.sum(pc.binary_length(tab.column("message"))).as_py() or 0)
-            t["kl_bits"] += float(np.sum(tab.column("kl_bits").to_numpy()))
-            for c in cols[2:]:
-                t[c] += int(np.sum(tab.column(c).to_numpy()))
-        t["rejects"] = sum(f.parquet().metadata.num_rows for f in self._shard_rejects(n_shards))
+            s = self._summary(k)
+            t["items"] += s["rows"]
+            for c in TOTALS[1:]:
+                t[c] += s[c]
         return t
 
     def publish(self, n_shards: int, summary: dict) -> str:
@@ -254,17 +329,10 @@ class RunWriter:
                 f"cannot publish {self.out_dir!r}: shards {missing[:5]} have no part "
                 f"({len(missing)} missing); run again with --resume"
             )
-        parts = []
-        for k in range(n_shards):
-            loc = self.tmp.child(part_name(k))
-            parts.append(
-                {
-                    "file": part_name(k),
-                    "rows": loc.parquet().metadata.num_rows,
-                    "bytes": loc.size(),
-                    "sha256": self.hashes.get(k) or loc.sha256(),
-                }
-            )
+        parts = [
+            {"file": part_name(k)} | {c: self._summary(k)[c] for c in ("rows", "bytes", "sha256")}
+            for k in range(n_shards)
+        ]
         manifest = {
             "format": MANIFEST_FORMAT,
             "version": RUN_FORMAT_VERSION,

@@ -3,11 +3,11 @@
 ``compress`` first validates the whole input (:mod:`recray.pipeline.validate`: every bad
 item, before any search, nothing written), then cuts it into shards
 (:mod:`recray.pipeline.shards`), hands the pending ones to an engine (Ray Data by default,
-:mod:`recray.pipeline.ray_engine`; or in-process, :mod:`recray.pipeline.local_engine`),
-commits one part per shard (with its rejected items under ``on_bad_item="skip"``) and
-publishes the run. Committed parts are never deleted: a run that fails keeps them for
-``resume=True``. Decoding is light next to the
-search (one candidate per block) and runs in this process, streaming part by part.
+:mod:`recray.pipeline.ray_engine`, whose actors commit the parts they code; or in-process,
+:mod:`recray.pipeline.local_engine`), one part per shard (with its rejected items under
+``on_bad_item="skip"``), and publishes the run from the parts' summaries. Committed parts
+are never deleted: a run that fails keeps them for ``resume=True``. Decoding is light next
+to the search (one candidate per block) and runs in this process, streaming part by part.
 """
 
 from __future__ import annotations

@@ -33,6 +33,47 @@ def iter_rows(index: RowIndex, start: int, stop: int, chunk_rows: int, skip: np.
         yield ids, mu, sigma, rows
 
 
+def code_shard(
+    index: RowIndex,
+    shard: tuple[int, int, int],
+    spec: CodecSpec,
+    schema: pa.Schema,
+    committer,
+    *,
+    batch_size: int,
+    scan: Scan,
+    on_bad: str = "fail",
+    progress=None,
+    hook=None,
+) -> dict:
+    """Code one shard ``(k, start, stop)`` in batches of ``batch_size`` items and commit its
+    part (with its rejected items: ``scan``'s and, with ``on_bad="skip"``, those a search
+    failed on) through ``committer`` (:class:`recray.format.run.PartCommitter`); returns
+    the part's summary. What both engines run per shard, so they write the same bytes;
+    memory is bounded by the shard's coded rows and one batch. ``hook(shards, rows)`` is
+    called before each batch is coded (instrumentation, see
+    :class:`~recray.pipeline.options.RayOptions`)."""
+    k, start, stop = shard
+    pieces = []
+    rej = scan.rejects.select(start, stop)
+    skip = scan.bad_rows(start, stop)
+    a = start
+    for ids, mu, sigma, rows in iter_rows(index, start, stop, batch_size, skip):
+        b = min(a + batch_size, stop)
+        if len(rows):
+            if hook is not None:
+                hook(np.full(len(rows), k, np.int64), rows)
+            part, bad = encode_or_reject(ids, mu, sigma, rows, spec, schema, on_bad)
+            pieces.append(part)
+            rej = _merge(rej, bad)
+            tick(progress, b - a, part.column("nbits"))
+        else:
+            tick(progress, b - a)
+        a = b
+    table = pa.concat_tables(pieces) if pieces else schema.empty_table()
+    return committer.commit(k, table, rej.sorted().table(index.id_kind))
+
+
 def run_local(
     index: RowIndex,
     pending: list[tuple[int, int, int]],
@@ -45,26 +86,21 @@ def run_local(
     on_bad: str = "fail",
     progress=None,
 ) -> dict:
-    """Code the ``pending`` shards ``(k, start, stop)`` in batches of ``batch_size`` items
-    and commit each through ``writer`` with its rejected items (``scan``'s and those a
-    search failed on, with ``on_bad="skip"``); memory is bounded by one shard's rows."""
-    for k, start, stop in pending:
-        pieces = []
-        rej = scan.rejects.select(start, stop)
-        skip = scan.bad_rows(start, stop)
-        a = start
-        for ids, mu, sigma, rows in iter_rows(index, start, stop, batch_size, skip):
-            b = min(a + batch_size, stop)
-            if len(rows):
-                part, bad = encode_or_reject(ids, mu, sigma, rows, spec, schema, on_bad)
-                pieces.append(part)
-                rej = _merge(rej, bad)
-                tick(progress, b - a, part.column("nbits"))
-            else:
-                tick(progress, b - a)
-            a = b
-        table = pa.concat_tables(pieces) if pieces else schema.empty_table()
-        writer.commit(k, table, rej.sorted().table(index.id_kind))
+    """Code the ``pending`` shards ``(k, start, stop)`` one after another in this process
+    (:func:`code_shard`) and record each part with ``writer``."""
+    for shard in pending:
+        summary = code_shard(
+            index,
+            shard,
+            spec,
+            schema,
+            writer.committer,
+            batch_size=batch_size,
+            scan=scan,
+            on_bad=on_bad,
+            progress=progress,
+        )
+        writer.record(shard[0], summary)
     return {"actors": 0, "backend": spec.backend or "numpy", "driver_seconds": 0.0}
 
 

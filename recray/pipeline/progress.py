@@ -24,6 +24,16 @@ def tick(bar, items: int, nbits=None) -> None:
     bar.update(items)
 
 
+def tick_total(bar, items: int, bits: int, coded: int) -> None:
+    """Advance ``bar`` by ``items`` of which ``coded`` were written in ``bits`` bits in all
+    (what a shard's summary says)."""
+    if bar is None:
+        return
+    if hasattr(bar, "add_bits"):
+        bar.add_bits(int(bits), int(coded))
+    bar.update(items)
+
+
 def bar_factory(stream=None):
     """:class:`Bar` when both stdout and the bar's stream (stderr) are terminals, else
     ``None`` (no bar in logs, pipes or files)."""

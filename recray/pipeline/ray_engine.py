@@ -1,28 +1,33 @@
-"""The Ray engine: a Ray Data pipeline that codes a latent data set on an actor pool.
+"""The Ray engine: a Ray Data pipeline that codes a latent data set on an actor pool whose
+actors commit their own parts.
 
-    latents (Parquet) --read tasks, one per shard--> rows (validated, with their row number)
-        --map_batches(ShardEncoder, ActorPoolStrategy)--> part rows (messages, diagnostics)
-        --driver: regroup by shard, sort by row--> part-NNNNN.parquet --> manifest
+    pending shards (k, start, stop) --map_batches(ShardCoder, ActorPoolStrategy)-->
+        each actor: read the shard's rows, code them, write part-NNNNN.parquet
+        --> the driver: (shard, rows, bytes, sha256, totals) per shard --> manifest
 
-* **Read**: :class:`LatentShards` is a Ray Data datasource with one read task per pending
-  shard; a task reads only the row groups of its rows and validates them (errors name the
-  item and the field).
-* **Search**: :class:`ShardEncoder` is a callable class held by an actor pool
-  (``ActorPoolStrategy(size=actors)``). Each actor builds the codec spec once and codes
-  whole batches of items (all their blocks of one size in one search call). On GPU nodes
+* **Work unit**: one shard, coded whole by one actor (:func:`~recray.pipeline.local_engine.
+  code_shard`, the in-process engine's own per-shard code, so both write the same bytes).
+  The actor reads only the row groups of its rows (each once) and validates them (errors
+  name the item and the field), codes them in batches of ``batch_size`` items and writes
+  the part (and its rejected items) itself through a
+  :class:`~recray.format.run.PartCommitter`: storage every node shares is required. The
+  driver never touches a row: it receives one small summary per shard and writes the
+  manifest from them. Shards are the unit of parallelism, so a run needs at least as many
+  shards as actors to use them all (``--shard-rows``).
+* **Actors**: :class:`ShardCoder` is a callable class held by an actor pool
+  (``ActorPoolStrategy(size=actors)``). Each actor builds the codec spec once. On GPU nodes
   actors take ``num_gpus=1`` and the CuPy backend; on CPUs they take a *fraction* of a CPU
-  (``actor_cpus``), so that Ray Data's read tasks always find a slot (an actor pool that
-  holds every CPU starves them and the run deadlocks).
+  (``actor_cpus``), so that Ray Data's own tasks always find a slot.
 * **Errors**: an actor never lets a :class:`~recray.errors.RecrayError` escape (Ray would
   hand it to the driver as text inside a ``RayTaskError``): it returns it as a row whose
   ``_error`` column holds the error's type, message and location, and the driver raises
-  the same typed error (``on_bad_item="fail"``) or records a rejected item (``"skip"``).
-* **Faults**: Ray does the retrying; read tasks get ``max_retries`` and actors
-  ``max_restarts`` / ``max_task_retries`` (all ``retries``), so a node that dies takes its
-  in-flight work with it and Ray runs it again elsewhere. The driver keeps each row once
-  (by row number), so a retried batch can never duplicate an item.
-* **Commit**: the driver writes a shard's part as soon as all its rows are in
-  (:meth:`recray.format.run.RunWriter.commit`); ``--resume`` skips committed shards.
+  the same typed error. Under ``on_bad_item="skip"`` a search failure is a reject, written
+  by the actor with the shard's part.
+* **Faults**: Ray does the retrying; actors get ``max_restarts`` / ``max_task_retries``
+  (``retries``), so a node that dies takes its in-flight shards with it and Ray runs them
+  again elsewhere. A part file is its shard's commit: a shard retried after its part was
+  written is not coded again (its summary is read back), so nothing is ever duplicated;
+  ``--resume`` skips committed shards.
 
 Nothing here knows the inside of the search (that is :mod:`recray.rec`) or the message
 format (:mod:`recray.format`).
@@ -40,30 +45,24 @@ import sys
 import time
 import warnings
 from dataclasses import replace
-from functools import partial
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 import ray.data
-from ray.data import ActorPoolStrategy, Datasource
-from ray.data.block import BlockMetadata
-from ray.data.datasource import ReadTask
+from ray.data import ActorPoolStrategy
 
 from recray import errors
 from recray.errors import BackendError, ClusterError, RecrayError
-from recray.latents.io import RowIndex, validate_batch
+from recray.latents.io import RowIndex
 from recray.pipeline.codec import CodecSpec
-from recray.pipeline.local_engine import iter_rows
+from recray.pipeline.local_engine import code_shard
 from recray.pipeline.options import DEFAULT_CONNECT_TIMEOUT_S, RayOptions
-from recray.pipeline.progress import tick
-from recray.pipeline.shards import ROW, assemble_part, encode_or_reject
+from recray.pipeline.progress import tick_total
 from recray.pipeline.validate import Scan
 
 SHARD = "_shard"
-ERROR = "_error"  # JSON of a rejected item or of a fatal error, null for a coded row
-READ_CHUNK_ROWS = 8192  # rows per block a read task yields (bounds its memory)
+SUMMARY = "_summary"  # JSON: the part's rows, bytes, sha256 and totals
+ERROR = "_error"  # JSON of a fatal error, null for a committed shard
 
 
 def _probe(host: str, port: int, timeout: float) -> str | None:
@@ -223,112 +222,67 @@ def ray_session(
             ray.shutdown()
 
 
-class LatentShards(Datasource):
-    """Ray Data datasource: one read task per shard ``(k, start, stop)``; each yields
-    tables with columns ``_shard``, ``_row``, ``id``, ``mu``, ``sigma`` (fixed-size lists
-    of float64, validated)."""
-
-    def __init__(self, index: RowIndex, shards: list[tuple[int, int, int]], scan: Scan):
-        super().__init__()
-        self.index = index
-        self.shards = shards
-        self.skip = {k: scan.bad_rows(a, b) for k, a, b in shards}
-
-    def get_name(self) -> str:
-        return "RecrayLatents"
-
-    def _bytes(self, rows: int) -> int:
-        return int(rows * (16 * self.index.dim + 32))
-
-    def estimate_inmemory_data_size(self) -> int:
-        return self._bytes(sum(b - a for _, a, b in self.shards))
-
-    def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
-        return [
-            ReadTask(
-                partial(_read_shard, self.index, k, a, b, self.skip[k]),
-                BlockMetadata(
-                    num_rows=b - a, size_bytes=self._bytes(b - a), exec_stats=None, input_files=None
-                ),
-            )
-            for k, a, b in self.shards
-        ]
-
-
-def _vectors(a: np.ndarray) -> pa.FixedSizeListArray:
-    return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), a.shape[1])
-
-
-def _read_shard(index: RowIndex, k: int, start: int, stop: int, skip: np.ndarray):
-    # The rows the validation pass rejected are left out here; the others were validated
-    # by that pass and are checked again as they are read (the input may have changed).
-    for ids, mu, sigma, rows in iter_rows(index, start, stop, READ_CHUNK_ROWS, skip):
-        if not len(rows):
-            continue
-        yield pa.table(
-            {
-                SHARD: pa.array(np.full(len(rows), k, np.int64)),
-                ROW: pa.array(rows),
-                "id": pa.array(ids, type=pa.int64() if index.id_kind == "int" else pa.string()),
-                "mu": _vectors(mu),
-                "sigma": _vectors(sigma),
-            }
-        )
-
-
-class ShardEncoder:
-    """The actor's callable: part rows (plus ``_shard``, ``_row``) of a batch of items."""
+class ShardCoder:
+    """The actor's callable: codes and commits whole shards, one row ``(_shard, _summary,
+    _error)`` each (the summary as JSON; a fatal error as ``_error``)."""
 
     def __init__(
-        self, spec: CodecSpec, schema: pa.Schema, id_kind: str, on_bad: str = "fail", hook=None
+        self,
+        index: RowIndex,
+        spec: CodecSpec,
+        schema: pa.Schema,
+        committer,
+        scan: Scan,
+        batch_size: int,
+        on_bad: str = "fail",
+        hook=None,
     ):
+        self.index = index
         self.spec = spec
         self.schema = schema
-        self.id_kind = id_kind
+        self.committer = committer
+        self.scan = scan
+        self.batch_size = batch_size
         self.on_bad = on_bad
         self.hook = hook
         if spec.backend:
             from recray.backend import get_backend
 
-            get_backend(spec.backend)  # fail at start-up, not on the first batch
+            get_backend(spec.backend)  # fail at start-up, not on the first shard
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        shard = batch.column(SHARD).to_numpy()
-        rows = batch.column(ROW).to_numpy()
-        if self.hook is not None:
-            self.hook(shard, rows)
-        try:
-            ids, mu, sigma = validate_batch(
-                batch.select(["id", "mu", "sigma"]), self.spec.plan.dim, self.id_kind
-            )
-            out, rej = encode_or_reject(ids, mu, sigma, rows, self.spec, self.schema, self.on_bad)
-        except RecrayError as exc:  # fatal: back to the driver as a row, with its type
-            return self._error_rows([int(rows[0])], [int(shard[0])], [_error_doc(exc, True)])
-        kept = ~np.isin(rows, np.asarray(rej.rows, dtype=np.int64))
-        out = (
-            out.append_column(SHARD, pa.array(shard[kept]))
-            .append_column(ROW, pa.array(rows[kept]))
-            .append_column(ERROR, pa.nulls(out.num_rows, pa.string()))
+        out = {SHARD: [], SUMMARY: [], ERROR: []}
+        for k, a, b in zip(
+            *(batch.column(c).to_pylist() for c in ("shard", "start", "stop")), strict=True
+        ):
+            summary = error = None
+            try:
+                if self.committer.committed(k):  # a retry after the commit: read it back
+                    summary = self.committer.summary(k)
+                else:
+                    summary = code_shard(
+                        self.index,
+                        (k, a, b),
+                        self.spec,
+                        self.schema,
+                        self.committer,
+                        batch_size=self.batch_size,
+                        scan=self.scan,
+                        on_bad=self.on_bad,
+                        hook=self.hook,
+                    )
+            except RecrayError as exc:  # back to the driver as a row, with its type
+                error = _error_doc(exc, True)
+            out[SHARD].append(k)
+            out[SUMMARY].append(None if summary is None else json.dumps(summary))
+            out[ERROR].append(error)
+        return pa.table(
+            {
+                SHARD: pa.array(out[SHARD], pa.int64()),
+                SUMMARY: pa.array(out[SUMMARY], pa.string()),
+                ERROR: pa.array(out[ERROR], pa.string()),
+            }
         )
-        if not len(rej):
-            return out
-        where = {int(r): i for i, r in enumerate(rows)}
-        docs = [
-            json.dumps({"fatal": False, "type": t, "message": m, "field": f})
-            for t, m, f in zip(rej.errors, rej.reasons, rej.fields, strict=True)
-        ]
-        bad = self._error_rows(rej.rows, [int(shard[where[r]]) for r in rej.rows], docs, rej.ids)
-        return pa.concat_tables([out, bad])
-
-    def _error_rows(self, rows, shards, docs, ids=None) -> pa.Table:
-        n = len(rows)
-        cols = {f.name: pa.nulls(n, f.type) for f in self.schema}
-        if ids is not None:
-            cols["id"] = pa.array(ids, type=self.schema.field("id").type)
-        cols[SHARD] = pa.array(shards, type=pa.int64())
-        cols[ROW] = pa.array(rows, type=pa.int64())
-        cols[ERROR] = pa.array(docs, type=pa.string())
-        return pa.table(cols)
 
 
 def _error_doc(exc: RecrayError, fatal: bool) -> str:
@@ -348,26 +302,6 @@ def _raise_from_doc(doc: dict):
     if not (isinstance(cls, type) and issubclass(cls, RecrayError)):
         cls = RecrayError
     raise cls(doc["message"], block=doc.get("block"), dim=doc.get("dim"))
-
-
-def _take_errors(batch: pa.Table, rejects: dict, seen: dict, starts: dict) -> pa.Table:
-    """Record the rejected items of a batch (their rows are then done) and return the coded
-    rows; a fatal error row raises its typed error."""
-    err = batch.column(ERROR).to_pylist()
-    shard = batch.column(SHARD).to_numpy()
-    rows = batch.column(ROW).to_numpy()
-    ids = batch.column("id").to_pylist()
-    for i, e in enumerate(err):
-        if e is None:
-            continue
-        doc = json.loads(e)
-        if doc["fatal"]:
-            _raise_from_doc(doc)
-        k, r = int(shard[i]), int(rows[i])
-        if k in seen and not seen[k][r - starts[k]]:
-            seen[k][r - starts[k]] = True
-            rejects[k].add(r, ids[i], doc["field"], doc["message"], doc["type"])
-    return batch.filter(pc.is_null(batch.column(ERROR)))
 
 
 def _recray_cause(exc: BaseException) -> RecrayError | None:
@@ -441,37 +375,28 @@ def run_ray(
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = opts.verbose
         ctx.print_on_execution_start = False
-        starts = {k: a for k, a, _ in pending}
-        seen = {k: np.zeros(b - a, bool) for k, a, b in pending}
-        rejects = {k: scan.rejects.select(a, b) for k, a, b in pending}
-        for k, a, b in pending:
-            seen[k][scan.bad_rows(a, b) - a] = True
-        pieces: dict[int, list[pa.Table]] = {k: [] for k, _, _ in pending}
-        # shards with nothing left to code (every row rejected) commit at once
-        for k in [k for k in pieces if seen[k].all()]:
-            writer.commit(k, schema.empty_table(), rejects[k].sorted().table(index.id_kind))
-            del pieces[k]
         with warnings.catch_warnings():
             # Ray 2.60 takes retries and restarts only through the remote-args dicts (named
             # parameters come with 2.64); we pin 2.60, so the deprecation notice is noise
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-            reads = ray.data.read_datasource(
-                LatentShards(index, [p for p in pending if p[0] in pieces], scan),
-                num_cpus=0.25,
-                ray_remote_args={"max_retries": opts.retries},
+            shards = ray.data.from_items(
+                [{"shard": k, "start": a, "stop": b} for k, a, b in pending],
+                override_num_blocks=len(pending),
             )
-            ds = reads.map_batches(
-                ShardEncoder,
+            ds = shards.map_batches(
+                ShardCoder,
                 fn_constructor_kwargs={
+                    "index": index,
                     "spec": spec,
                     "schema": schema,
-                    "id_kind": index.id_kind,
+                    "committer": writer.committer,
+                    "scan": scan,
+                    "batch_size": batch_size,
                     "on_bad": on_bad,
                     "hook": opts.on_batch,
                 },
-                batch_size=batch_size,
+                batch_size=1,  # one shard per call: a retry redoes one shard at most
                 batch_format="pyarrow",
-                zero_copy_batch=True,
                 compute=ActorPoolStrategy(size=actors),
                 scheduling_strategy="SPREAD",  # one actor per node first: a lost node
                 # takes as few actors as possible, and the rest have room for restarts
@@ -480,32 +405,22 @@ def run_ray(
                 resources=opts.resources,
                 **actor_res,
             )
-        driver_s = 0.0  # time the driver spends on rows (regroup, commit): the serial part
+        driver_s = 0.0  # time the driver spends per shard (its serial part)
+        todo = {k for k, _, _ in pending}
         try:
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 t0 = time.perf_counter()
-                touched = set(np.unique(batch.column(SHARD).to_numpy()).tolist())
-                if batch.column(ERROR).null_count < batch.num_rows:
-                    batch = _take_errors(batch, rejects, seen, starts)
-                shard_col = batch.column(SHARD).to_numpy()
-                rows = batch.column(ROW).to_numpy()
-                for k in np.unique(shard_col).tolist():
-                    sel = shard_col == k
-                    r = rows[sel] - starts[k]
-                    # keep each row once, whatever Ray retried
-                    fresh = ~seen[k][r]
-                    r_new, first = np.unique(r[fresh], return_index=True)
-                    if r_new.size == 0:
-                        continue
-                    idx = np.flatnonzero(sel)[np.flatnonzero(fresh)[first]]
-                    seen[k][r_new] = True
-                    pieces[k].append(batch.take(pa.array(idx)))
-                    tick(progress, int(r_new.size), pieces[k][-1].column("nbits"))
-                for k in sorted(touched):
-                    if k in pieces and seen[k].all():
-                        got = pieces.pop(k)
-                        part = assemble_part(got) if got else schema.empty_table()
-                        writer.commit(k, part, rejects[k].sorted().table(index.id_kind))
+                for k, summary, error in zip(
+                    *(batch.column(c).to_pylist() for c in (SHARD, SUMMARY, ERROR)), strict=True
+                ):
+                    if error is not None:
+                        _raise_from_doc(json.loads(error))
+                    s = json.loads(summary)
+                    writer.record(k, s)
+                    todo.discard(k)
+                    if progress is not None:
+                        tick_total(progress, s["rows"] + s["rejects"], 8 * s["payload_bytes"],
+                                   s["rows"])  # fmt: skip
                 driver_s += time.perf_counter() - t0
         except RecrayError:
             raise
@@ -519,8 +434,8 @@ def run_ray(
                 f"the Ray pipeline failed: {_last_line(exc)} (committed parts are kept: run "
                 "again with --resume; --verbose shows Ray's traceback)"
             ) from None
-        if pieces:
-            missing = sorted(pieces)
+        if todo:
+            missing = sorted(todo)
             raise RecrayError(
                 f"Ray Data finished without delivering every row of shards {missing[:5]}; "
                 "run again with --resume"

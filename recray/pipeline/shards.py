@@ -3,8 +3,8 @@
 The input's rows are cut into shards of ``shard_rows`` consecutive items; shard ``k`` holds
 rows ``[k * shard_rows, (k + 1) * shard_rows)`` and becomes part ``k`` of the run. Engines
 may split a shard into any batches and code them on any worker: :func:`encode_table` is a
-pure function of each item, and :func:`assemble_part` puts a shard's rows back in input
-order, so the part's bytes never depend on how the work was spread.
+pure function of each item, and a shard's part holds its rows in input order, so the part's
+bytes never depend on how the work was spread.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from recray.pipeline.validate import Rejects
 ON_BAD_ITEM = ("fail", "skip")
 
 DEFAULT_SHARD_ROWS = 1 << 16
-ROW = "_row"  # global row number that travels with a row through an engine
 
 
 def shard_ranges(n_rows: int, shard_rows: int) -> list[tuple[int, int]]:
@@ -77,11 +76,3 @@ def encode_or_reject(ids, mu, sigma, rows, spec: CodecSpec, schema: pa.Schema, o
             rej.add(int(rows[i]), ids[i], fld, str(exc), type(exc).__name__)
     table = pa.concat_tables(good) if good else schema.empty_table()
     return table, rej
-
-
-def assemble_part(pieces: list[pa.Table]) -> pa.Table:
-    """One shard's rows from pieces that carry :data:`ROW`, in any order, sorted by row
-    (:meth:`recray.format.run.RunWriter.commit` keeps only the part's columns)."""
-    t = pa.concat_tables(pieces)
-    order = np.argsort(t.column(ROW).to_numpy(), kind="stable")
-    return t.take(pa.array(order))
