@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+from conftest import rehash_part
 from ray.cluster_utils import Cluster
 
 from recray.errors import InputError, SearchBudgetError
@@ -88,6 +89,35 @@ def test_same_bytes_as_in_process_for_any_pool_and_batch(
     )
     assert info["actors"] == actors and info["engine"] == "ray"
     assert _files(out) == _files(ref)
+
+
+def test_decompress_on_ray_writes_the_in_process_file(cluster, data, tmp_path):
+    """Parts decoded on two actors (one part per task), written in part order: the same
+    file, byte for byte, as the in-process decoder's; a corrupted message is named with its
+    type from inside an actor."""
+    import shutil
+
+    from recray.errors import MessageError
+
+    _, _, ref = data
+    here = str(tmp_path / "here.parquet")
+    driver.decompress(ref, here, batch_size=100)
+    there = str(tmp_path / "there.parquet")
+    info = driver.decompress(ref, there, batch_size=100, **_ray(cluster, 2))
+    assert info["items"] == 2000
+    assert open(there, "rb").read() == open(here, "rb").read()
+    bad = str(tmp_path / "bad")
+    shutil.copytree(ref, bad)
+    t = pq.read_table(os.path.join(bad, "part-00003.parquet"))
+    msgs = t.column("message").to_pylist()
+    msgs[7] = bytes([msgs[7][0] ^ 1]) + msgs[7][1:]
+    t = t.set_column(t.schema.get_field_index("message"), "message", pa.array(msgs, pa.binary()))
+    pq.write_table(t, os.path.join(bad, "part-00003.parquet"))
+    rehash_part(bad, "part-00003.parquet")
+    item = t.column("id")[7].as_py()
+    with pytest.raises(MessageError, match=rf"item {item}: message fails its CRC-32"):
+        driver.decompress(bad, str(tmp_path / "z.parquet"), **_ray(cluster, 2))
+    assert not os.path.exists(tmp_path / "z.parquet")
 
 
 def test_bad_input_is_named_before_coding(cluster, data, tmp_path):

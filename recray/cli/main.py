@@ -177,6 +177,8 @@ def cmd_decompress(args) -> int:
         prior_path=args.prior,
         salvage=args.salvage,
         progress=_progress(),
+        engine=args.engine,
+        ray_options=_ray_opts(args),
     )
     print(f"decoded {r['items']:,} items into {r['out']}")
     if r["rejects"]:
@@ -558,8 +560,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--salvage",
         action="store_true",
         help="decode every item whose part and CRC are sound; list the damaged ones in "
-        "OUT.rejects.parquet (exit status 3)",
+        "OUT.rejects.parquet (exit status 3); runs in this process",
     )
+    d.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: decode in this process; ray: one part per task on a Ray actor pool "
+        "(the same file; pays off on large runs, decoding is light next to the search)",
+    )
+    d.add_argument("--address", default=None, help="Ray cluster to join (default: local Ray)")
+    d.add_argument("--actors", type=int, default=None, help="actor pool size")
+    _add_cluster_args(d)
     d.set_defaults(func=cmd_decompress)
 
     ins = sub.add_parser("inspect", help="bitrate and diagnostics of a run")

@@ -39,7 +39,8 @@ from recray.format.run import (
 )
 from recray.format.storage import resolve
 from recray.latents.io import LatentSource, Prior, read_prior
-from recray.pipeline.codec import CodecSpec, decode_items
+from recray.pipeline.codec import CodecSpec
+from recray.pipeline.decode import decoded_schema, decoded_table
 from recray.pipeline.local_engine import run_local
 from recray.pipeline.options import RayOptions
 from recray.pipeline.progress import tick
@@ -293,8 +294,15 @@ def decompress(
     salvage: bool = False,
     rejects_path: str | None = None,
     progress=None,
+    engine: str = "local",
+    ray_options: RayOptions | None = None,
 ) -> dict:
     """Decode every item of a complete run into ``out_path`` (Parquet: ``id``, ``z``).
+
+    ``engine="local"`` (the default) decodes in this process, part after part;
+    ``"ray"`` decodes the parts on a Ray actor pool, one part per task, and this process
+    writes the decoded tables in part order: the same file either way. Decoding costs one
+    candidate per block (the search costs ``2^bits``), so Ray pays off only on large runs.
 
     A damaged run (a part that does not match the manifest, a message that fails its CRC)
     is refused with the damaged items named. ``salvage=True`` decodes every item whose part
@@ -310,9 +318,11 @@ def decompress(
     damaged = run.damaged_parts()
     if damaged and not salvage:
         run.verify_parts()  # raises, naming the damaged items
+    if engine not in ENGINES:
+        raise InputError(f"engine must be one of {ENGINES}; got {engine!r}")
     id_kind = run.header["id_type"]
     id_type = pa.int64() if id_kind == "int" else pa.string()
-    schema = pa.schema([("id", id_type), ("z", pa.list_(pa.float64(), spec.plan.dim))])
+    schema = decoded_schema(id_kind, spec.plan.dim)
     out = resolve(out_path)
     if out.exists():
         raise InputError(f"output {out_path!r} already exists; remove it or choose another")
@@ -331,41 +341,20 @@ def decompress(
         progress(total=run.manifest["items"], unit="item", desc="decompress") if progress else None
     )
     try:
+        if engine == "ray" and not salvage:  # salvage decodes around damage in-process
+            from recray.pipeline.ray_engine import decode_on_ray
+
+            source = decode_on_ray(
+                run, spec, schema, batch_size=batch_size, opts=ray_options or RayOptions()
+            )
+        else:
+            source = _decode_here(run, damaged, lost, batch_size, salvage, spec, schema)
         with pq.ParquetWriter(tmp.path, schema, filesystem=tmp.fs) as w:
-            for name, batch in _part_batches(run, damaged, lost, batch_size):
-                ids = batch.column("id").to_pylist()
-                msgs = batch.column("message").to_pylist()
-                crcs = batch.column("crc32").to_numpy()
-                if salvage:
-                    good = crc32_of(msgs) == crcs.astype(np.uint32)
-                    for i in np.flatnonzero(~good).tolist():
-                        lost["id"].append(ids[i])
-                        lost["field"].append("message")
-                        lost["reason"].append(
-                            f"item {fmt_item(ids[i])} in {name}: the message "
-                            "fails its CRC-32 (corrupted)"
-                        )
-                    ids = [v for v, g in zip(ids, good, strict=True) if g]
-                    msgs = [v for v, g in zip(msgs, good, strict=True) if g]
-                else:
-                    check_crcs(ids, msgs, crcs)
-                if ids:
-                    z = decode_items(
-                        np.asarray(ids, dtype=np.int64) if id_kind == "int" else ids, msgs, spec
-                    )
-                    w.write_table(
-                        pa.table(
-                            {
-                                "id": pa.array(ids, type=id_type),
-                                "z": pa.FixedSizeListArray.from_arrays(
-                                    pa.array(z.reshape(-1)), spec.plan.dim
-                                ),
-                            },
-                            schema=schema,
-                        )
-                    )
-                n += len(ids)
-                tick(bar, batch.num_rows, batch.column("nbits"))
+            for table, rows, nbits in source:
+                if table.num_rows:
+                    w.write_table(table)
+                n += table.num_rows
+                tick(bar, rows, nbits)
         lost_items = len(lost["id"])
         lost_items += sum(r for r in lost.pop("_part_rows", []))
         if not salvage and n != run.manifest["items"]:
@@ -394,6 +383,31 @@ def decompress(
     if salvage and lost["id"]:
         result["rejects_path"] = rejects_path
     return result
+
+
+def _decode_here(run: Run, damaged: dict, lost: dict, batch_size: int, salvage: bool, spec,
+                 schema):  # fmt: skip
+    """``(decoded table, rows consumed, their nbits)`` per batch of every part, decoded in
+    this process; with ``salvage`` the items that fail their CRC (and the parts that are
+    lost) are recorded in ``lost`` instead of raising."""
+    for name, batch in _part_batches(run, damaged, lost, batch_size):
+        ids = batch.column("id").to_pylist()
+        msgs = batch.column("message").to_pylist()
+        crcs = batch.column("crc32").to_numpy()
+        if salvage:
+            good = crc32_of(msgs) == crcs.astype(np.uint32)
+            for i in np.flatnonzero(~good).tolist():
+                lost["id"].append(ids[i])
+                lost["field"].append("message")
+                lost["reason"].append(
+                    f"item {fmt_item(ids[i])} in {name}: the message fails its CRC-32 (corrupted)"
+                )
+            ids = [v for v, g in zip(ids, good, strict=True) if g]
+            msgs = [v for v, g in zip(msgs, good, strict=True) if g]
+        else:
+            check_crcs(ids, msgs, crcs)
+        table = decoded_table(ids, msgs, spec, schema) if ids else schema.empty_table()
+        yield table, batch.num_rows, batch.column("nbits")
 
 
 def _part_batches(run: Run, damaged: dict, lost: dict, batch_size: int):

@@ -47,6 +47,7 @@ import warnings
 from dataclasses import replace
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import ray.data
 from ray.data import ActorPoolStrategy
@@ -61,6 +62,8 @@ from recray.pipeline.progress import tick_total
 from recray.pipeline.validate import Scan
 
 SHARD = "_shard"
+PART = "_part"  # the part a decoded row comes from
+NBITS = "_nbits"  # its message's length in bits
 SUMMARY = "_summary"  # JSON: the part's rows, bytes, sha256 and totals
 ERROR = "_error"  # JSON of a fatal error, null for a committed shard
 
@@ -283,6 +286,112 @@ class ShardCoder:
                 ERROR: pa.array(out[ERROR], pa.string()),
             }
         )
+
+
+class PartDecoder:
+    """The actor's callable for ``decompress``: decodes whole parts, the rows ``id``, ``z``
+    of each plus ``_part``, ``_nbits`` (its message's bits) and ``_error`` (a fatal error,
+    with its type, as one row)."""
+
+    def __init__(self, run, spec: CodecSpec, schema: pa.Schema, batch_size: int):
+        self.run = run
+        self.spec = spec
+        self.schema = schema
+        self.batch_size = batch_size
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from recray.pipeline.decode import decode_part
+
+        out = []
+        for file in batch.column("part").to_pylist():
+            try:
+                for t, nbits in decode_part(
+                    self.run, file, self.spec, self.schema, self.batch_size
+                ):
+                    out.append(self._tag(t, file, nbits, None))
+            except RecrayError as exc:
+                err = pa.table({f.name: pa.nulls(1, f.type) for f in self.schema})
+                out.append(self._tag(err, file, pa.array([0], pa.int64()), _error_doc(exc, True)))
+        if not out:  # parts that hold no item (every one rejected at compress)
+            empty = self.schema.empty_table()
+            return self._tag(empty, "", pa.array([], pa.int64()), None)
+        return pa.concat_tables(out)
+
+    def _tag(self, t: pa.Table, file: str, nbits, error) -> pa.Table:
+        n = t.num_rows
+        return (
+            t.append_column(PART, pa.array([file] * n, pa.string()))
+            .append_column(NBITS, nbits.cast(pa.int64()))
+            .append_column(ERROR, pa.array([error] * n, pa.string()))
+        )
+
+
+def decode_on_ray(run, spec: CodecSpec, schema: pa.Schema, *, batch_size: int, opts: RayOptions):
+    """``(table, rows, nbits)`` of every part of ``run`` in part order, decoded on a Ray
+    actor pool (one part per task); the tables are cut exactly as the in-process decoder
+    cuts them (``batch_size`` rows per part batch), so the file written from them is the
+    same. A fatal error (a message that fails its CRC) is raised with its type."""
+    parts = run.manifest["parts"]
+    with ray_session(opts.address, opts.connect_timeout, opts.verbose):
+        backend, actors, actor_res = _resources(spec, opts)
+        spec = replace(spec, backend=backend)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = opts.verbose
+        ctx.print_on_execution_start = False
+        ctx.execution_options.preserve_order = True
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            ds = ray.data.from_items(
+                [{"part": p["file"]} for p in parts], override_num_blocks=len(parts)
+            ).map_batches(
+                PartDecoder,
+                fn_constructor_kwargs={
+                    "run": run,
+                    "spec": spec,
+                    "schema": schema,
+                    "batch_size": batch_size,
+                },
+                batch_size=1,
+                batch_format="pyarrow",
+                compute=ActorPoolStrategy(size=min(actors, len(parts))),
+                scheduling_strategy="SPREAD",
+                max_restarts=opts.retries,
+                max_task_retries=opts.retries,
+                resources=opts.resources,
+                **actor_res,
+            )
+        rows = {p["file"]: p["rows"] for p in parts}
+        pending: list[pa.Table] = []
+        have = 0
+        try:
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                if batch.column(ERROR).null_count < batch.num_rows:
+                    i = next(j for j, e in enumerate(batch.column(ERROR).to_pylist()) if e)
+                    _raise_from_doc(json.loads(batch.column(ERROR)[i].as_py()))
+                # a part's rows arrive in order, possibly in several blocks: gather the
+                # part, then hand it out in the in-process decoder's batches
+                for file in _runs_of(batch.column(PART).to_pylist()):
+                    piece = batch.filter(pc.equal(batch.column(PART), file))
+                    pending.append(piece)
+                    have += piece.num_rows
+                    if have == rows[file]:
+                        whole = pa.concat_tables(pending)
+                        pending, have = [], 0
+                        for a in range(0, whole.num_rows, batch_size):
+                            t = whole.slice(a, batch_size)
+                            yield t.select(schema.names), t.num_rows, t.column(NBITS)
+        except RecrayError:
+            raise
+        except Exception as exc:
+            cause = _recray_cause(exc)
+            if cause is not None:
+                raise type(cause)(str(cause), block=cause.block, dim=cause.dim) from None
+            raise
+
+
+def _runs_of(values: list) -> list:
+    """The distinct values of a list in order of first appearance."""
+    return list(dict.fromkeys(values))
 
 
 def _error_doc(exc: RecrayError, fatal: bool) -> str:
