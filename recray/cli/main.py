@@ -21,6 +21,7 @@ import os
 import sys
 
 from recray import __version__
+from recray.backend import CHOICES as BACKEND_CHOICES
 from recray.errors import RecrayError
 
 
@@ -178,7 +179,7 @@ def _add_compress_args(c) -> None:
         "the informative blocks (suits orc; exact methods pay ~0.72 bits of D_inf each)",
     )
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--backend", choices=("numpy", "cupy"), default=None)
+    c.add_argument("--backend", choices=BACKEND_CHOICES, default=None)
     c.add_argument(
         "--max-steps", type=int, default=None, help="step cap of the exact methods (default 2^26)"
     )
@@ -385,12 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="do not run: print and plot the records of an earlier --json",
     )
-    toy.add_argument("--backend", choices=("numpy", "cupy"), default=None)
+    toy.add_argument("--backend", choices=BACKEND_CHOICES, default=None)
     toy.set_defaults(func=cmd_bench_toy)
     thr = bsub.add_parser("throughput", help="blocks/s and samples/s, batched vs one per call")
     thr.add_argument("--quick", action="store_true", help="fewer blocks")
     thr.add_argument("--json", metavar="PATH")
-    thr.add_argument("--backend", choices=("numpy", "cupy"), default=None)
+    thr.add_argument("--backend", choices=BACKEND_CHOICES, default=None)
     thr.set_defaults(func=cmd_bench_throughput)
 
     ds = sub.add_parser("datasets", help="prepare data sets")
@@ -415,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("run", help="run directory")
     d.add_argument("--out", required=True, help="Parquet file to create: id, z")
     d.add_argument("--prior", default=None, help="check the run was coded with this prior")
-    d.add_argument("--backend", choices=("numpy", "cupy"), default=None)
+    d.add_argument("--backend", choices=BACKEND_CHOICES, default=None)
     d.set_defaults(func=cmd_decompress)
 
     ins = sub.add_parser("inspect", help="bitrate and diagnostics of a run")

@@ -35,4 +35,6 @@ def run_local(
             if progress:
                 progress.update(b - a)
         writer.commit(k, pa.concat_tables(pieces))
-    return {"actors": 0, "backend": spec.backend or "numpy", "driver_seconds": 0.0}
+    from recray.backend import get_backend
+
+    return {"actors": 0, "backend": get_backend(spec.backend).label, "driver_seconds": 0.0}
