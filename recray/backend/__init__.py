@@ -9,7 +9,7 @@ itself for array work. ``be.kernel`` says who runs the search:
 | ``numpy`` | the batched NumPy reference (:mod:`recray.rec.search`) | NumPy |
 | ``cupy`` | the same reference on CuPy arrays | CuPy |
 | ``numba`` | the compiled CPU kernel (:mod:`recray.rec.kernels.cpu`) | NumPy |
-| ``cuda`` | the compiled GPU kernel (:mod:`recray.rec.kernels.gpu`) | NumPy (tables), device arrays |
+| ``cuda`` | the compiled GPU kernel (:mod:`recray.rec.kernels.gpu`) | NumPy, device arrays |
 
 All four give the same indices, step counts and decoded bits (RNG recipe version 2).
 Resolution order: the explicit ``name`` argument, then the ``RECRAY_BACKEND`` environment

@@ -583,8 +583,15 @@ def _regenerate(be, bin_np, local_np, bits_np, k0, k1, pm, ps, version=RNG_VERSI
 
         shift = _bit_offsets(bits_np)
         return regenerate(
-            be.kernel, bin_np, local_np, bits_np, shift, be.to_numpy(k0), be.to_numpy(k1),
-            np.broadcast_to(pm, bits_np.shape), np.broadcast_to(ps, bits_np.shape),
+            be.kernel,
+            bin_np,
+            local_np,
+            bits_np,
+            shift,
+            be.to_numpy(k0),
+            be.to_numpy(k1),
+            np.broadcast_to(pm, bits_np.shape),
+            np.broadcast_to(ps, bits_np.shape),
         )
     j = be.asarray(bin_np)[:, None]
     local = be.asarray(local_np)[:, None]

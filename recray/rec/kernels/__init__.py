@@ -109,10 +109,27 @@ def search_cpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
     kd = np.zeros((n, d), dtype=np.int64)
     if n:
         cpu.search_many(
-            a["m"], a["s"], a["log_s"], a["bits"], a["shift"], a["inv_J"], a["offs"], a["cdf"],
-            a["log_corr"], a["rest_max"], a["log_rmax"], a["keys"], a["budget"], a["exact"],
-            a["lazy"] if lazy is None else (lazy and a["lazy"]), a["caps"],
-            np.uint64(hash_mult), kd, out_i, out_f, status,
+            a["m"],
+            a["s"],
+            a["log_s"],
+            a["bits"],
+            a["shift"],
+            a["inv_J"],
+            a["offs"],
+            a["cdf"],
+            a["log_corr"],
+            a["rest_max"],
+            a["log_rmax"],
+            a["keys"],
+            a["budget"],
+            a["exact"],
+            a["lazy"] if lazy is None else (lazy and a["lazy"]),
+            a["caps"],
+            np.uint64(hash_mult),
+            kd,
+            out_i,
+            out_f,
+            status,
         )
     return _outcome(out_i, out_f, status)
 
@@ -134,8 +151,21 @@ def search_gpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
     status = np.zeros(n, dtype=np.int64)
     if n == 0:
         return _outcome(out_i, out_f, status)
-    names = ("m", "s", "log_s", "bits", "shift", "inv_J", "offs", "cdf", "log_corr",
-             "rest_max", "log_rmax", "keys", "budget")
+    names = (
+        "m",
+        "s",
+        "log_s",
+        "bits",
+        "shift",
+        "inv_J",
+        "offs",
+        "cdf",
+        "log_corr",
+        "rest_max",
+        "log_rmax",
+        "keys",
+        "budget",
+    )
     dev = {k: cuda.to_device(a[k]) for k in names}
     d_kd = cuda.to_device(np.zeros((n, d), dtype=np.int64))
     d_out_i = cuda.to_device(out_i)
@@ -158,11 +188,31 @@ def search_gpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
             hc = cuda.device_array(total, dtype=np.int64)
             blocks = (rows.size + GPU_THREADS - 1) // GPU_THREADS
             gpu.search_kernel[blocks, GPU_THREADS](
-                dev["m"], dev["s"], dev["log_s"], dev["bits"], dev["shift"], dev["inv_J"],
-                dev["offs"], dev["cdf"], dev["log_corr"], dev["rest_max"], dev["log_rmax"],
-                dev["keys"], dev["budget"], a["exact"], lazy_flag, hk, hc,
-                cuda.to_device(base), cuda.to_device(c), np.uint64(hash_mult),
-                cuda.to_device(rows), d_kd, d_out_i, d_out_f, d_status,
+                dev["m"],
+                dev["s"],
+                dev["log_s"],
+                dev["bits"],
+                dev["shift"],
+                dev["inv_J"],
+                dev["offs"],
+                dev["cdf"],
+                dev["log_corr"],
+                dev["rest_max"],
+                dev["log_rmax"],
+                dev["keys"],
+                dev["budget"],
+                a["exact"],
+                lazy_flag,
+                hk,
+                hc,
+                cuda.to_device(base),
+                cuda.to_device(c),
+                np.uint64(hash_mult),
+                cuda.to_device(rows),
+                d_kd,
+                d_out_i,
+                d_out_f,
+                d_status,
             )
             st = d_status.copy_to_host()  # the launch's one sync
             over = rows[st[rows] == ST_OVERFLOW]

@@ -37,8 +37,27 @@ _regenerate_block = K.regenerate_block
 
 @njit(parallel=True, **dict(_OPTS, cache=True))
 def search_many(
-    m, s, log_s, bits, shift, inv_J, offs, cdf, log_corr, rest_max, log_rmax,
-    keys, budget, exact, lazy, caps, hmult, kd, out_i, out_f, status,
+    m,
+    s,
+    log_s,
+    bits,
+    shift,
+    inv_J,
+    offs,
+    cdf,
+    log_corr,
+    rest_max,
+    log_rmax,
+    keys,
+    budget,
+    exact,
+    lazy,
+    caps,
+    hmult,
+    kd,
+    out_i,
+    out_f,
+    status,
 ):
     """Search every block (``prange``); a block whose local-index table fills up is rerun
     from scratch with a 4x larger one (its result does not depend on the table size)."""
@@ -49,8 +68,30 @@ def search_many(
             hk = np.empty(cap, dtype=np.int64)
             hc = np.empty(cap, dtype=np.int64)
             st = _search_block(
-                i, m, s, log_s, bits, shift, inv_J, offs, cdf, log_corr, rest_max,
-                log_rmax, keys, budget, exact, lazy, hk, hc, 0, cap, hmult, kd, out_i, out_f,
+                i,
+                m,
+                s,
+                log_s,
+                bits,
+                shift,
+                inv_J,
+                offs,
+                cdf,
+                log_corr,
+                rest_max,
+                log_rmax,
+                keys,
+                budget,
+                exact,
+                lazy,
+                hk,
+                hc,
+                0,
+                cap,
+                hmult,
+                kd,
+                out_i,
+                out_f,
             )
             if st != ST_OVERFLOW:
                 break

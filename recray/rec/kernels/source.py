@@ -64,18 +64,51 @@ LG6 = 1.531383769920937332e-01
 LG7 = 1.479819860511658591e-01
 
 # Wichura, AS241 PPND16 (Applied Statistics 37, 1988)
-A0, A1, A2, A3 = 3.3871328727963666080e0, 1.3314166789178437745e2, 1.9715909503065514427e3, 1.3731693765509461125e4
-A4, A5, A6, A7 = 4.5921953931549871457e4, 6.7265770927008700853e4, 3.3430575583588128105e4, 2.5090809287301226727e3
-B1, B2, B3, B4 = 4.2313330701600911252e1, 6.8718700749205790830e2, 5.3941960214247511077e3, 2.1213794301586595867e4
-B5, B6, B7 = 3.9307895800092710610e4, 2.8729085735721942674e4, 5.2264952788528545610e3
-C0, C1, C2, C3 = 1.42343711074968357734e0, 4.63033784615654529590e0, 5.76949722146069140550e0, 3.64784832476320460504e0
-C4, C5, C6, C7 = 1.27045825245236838258e0, 2.41780725177450611770e-1, 2.27238449892691845833e-2, 7.74545014278341407640e-4
-D1, D2, D3, D4 = 2.05319162663775882187e0, 1.67638483018380384940e0, 6.89767334985100004550e-1, 1.48103976427480074590e-1
-D5, D6, D7 = 1.51986665636164571966e-2, 5.47593808499534494600e-4, 1.05075007164441684324e-9
-E0, E1, E2, E3 = 6.65790464350110377720e0, 5.46378491116411436990e0, 1.78482653991729133580e0, 2.96560571828504891230e-1
-E4, E5, E6, E7 = 2.65321895265761230930e-2, 1.24266094738807843860e-3, 2.71155556874348757815e-5, 2.01033439929228813265e-7
-F1, F2, F3, F4 = 5.99832206555887937690e-1, 1.36929880922735805310e-1, 1.48753612908506148525e-2, 7.86869131145613259100e-4
-F5, F6, F7 = 1.84631831751005468180e-5, 1.42151175831644588870e-7, 2.04426310338993978564e-15
+A0 = 3.3871328727963666080e0
+A1 = 1.3314166789178437745e2
+A2 = 1.9715909503065514427e3
+A3 = 1.3731693765509461125e4
+A4 = 4.5921953931549871457e4
+A5 = 6.7265770927008700853e4
+A6 = 3.3430575583588128105e4
+A7 = 2.5090809287301226727e3
+B1 = 4.2313330701600911252e1
+B2 = 6.8718700749205790830e2
+B3 = 5.3941960214247511077e3
+B4 = 2.1213794301586595867e4
+B5 = 3.9307895800092710610e4
+B6 = 2.8729085735721942674e4
+B7 = 5.2264952788528545610e3
+C0 = 1.42343711074968357734e0
+C1 = 4.63033784615654529590e0
+C2 = 5.76949722146069140550e0
+C3 = 3.64784832476320460504e0
+C4 = 1.27045825245236838258e0
+C5 = 2.41780725177450611770e-1
+C6 = 2.27238449892691845833e-2
+C7 = 7.74545014278341407640e-4
+D1 = 2.05319162663775882187e0
+D2 = 1.67638483018380384940e0
+D3 = 6.89767334985100004550e-1
+D4 = 1.48103976427480074590e-1
+D5 = 1.51986665636164571966e-2
+D6 = 5.47593808499534494600e-4
+D7 = 1.05075007164441684324e-9
+E0 = 6.65790464350110377720e0
+E1 = 5.46378491116411436990e0
+E2 = 1.78482653991729133580e0
+E3 = 2.96560571828504891230e-1
+E4 = 2.65321895265761230930e-2
+E5 = 1.24266094738807843860e-3
+E6 = 2.71155556874348757815e-5
+E7 = 2.01033439929228813265e-7
+F1 = 5.99832206555887937690e-1
+F2 = 1.36929880922735805310e-1
+F3 = 1.48753612908506148525e-2
+F4 = 7.86869131145613259100e-4
+F5 = 1.84631831751005468180e-5
+F6 = 1.42151175831644588870e-7
+F7 = 2.04426310338993978564e-15
 
 #: search status codes (per block)
 ST_DONE = 0  # stopped by the bound, or ran its fixed budget
@@ -144,27 +177,38 @@ def build(jit, mul, frexp):
 
     # ----------------------------------------------------------------- portable ndtri
     @jit
+    def horner(r, c7, c6, c5, c4, c3, c2, c1, c0):
+        """``(((c7 r + c6) r + c5) ... ) r + c0``, every product separately rounded."""
+        v = mul(c7, r) + c6
+        v = mul(v, r) + c5
+        v = mul(v, r) + c4
+        v = mul(v, r) + c3
+        v = mul(v, r) + c2
+        v = mul(v, r) + c1
+        return mul(v, r) + c0
+
+    @jit
     def ndtri_central(q):
         """AS241 for ``|q| <= 0.425``, ``q = p - 1/2``."""
         r = 0.180625 - mul(q, q)
-        num = mul(mul(mul(mul(mul(mul(mul(A7, r) + A6, r) + A5, r) + A4, r) + A3, r) + A2, r) + A1, r) + A0
-        den = mul(mul(mul(mul(mul(mul(mul(B7, r) + B6, r) + B5, r) + B4, r) + B3, r) + B2, r) + B1, r) + 1.0
+        num = horner(r, A7, A6, A5, A4, A3, A2, A1, A0)
+        den = horner(r, B7, B6, B5, B4, B3, B2, B1, 1.0)
         return mul(q, num) / den
 
     @jit
     def ndtri_tail_near(r):
         """AS241 for ``r = sqrt(-ln p_tail) <= 5``; the result is ``|Phi^{-1}|``."""
         r = r - 1.6
-        num = mul(mul(mul(mul(mul(mul(mul(C7, r) + C6, r) + C5, r) + C4, r) + C3, r) + C2, r) + C1, r) + C0
-        den = mul(mul(mul(mul(mul(mul(mul(D7, r) + D6, r) + D5, r) + D4, r) + D3, r) + D2, r) + D1, r) + 1.0
+        num = horner(r, C7, C6, C5, C4, C3, C2, C1, C0)
+        den = horner(r, D7, D6, D5, D4, D3, D2, D1, 1.0)
         return num / den
 
     @jit
     def ndtri_tail_far(r):
         """AS241 for ``r > 5``."""
         r = r - 5.0
-        num = mul(mul(mul(mul(mul(mul(mul(E7, r) + E6, r) + E5, r) + E4, r) + E3, r) + E2, r) + E1, r) + E0
-        den = mul(mul(mul(mul(mul(mul(mul(F7, r) + F6, r) + F5, r) + F4, r) + F3, r) + F2, r) + F1, r) + 1.0
+        num = horner(r, E7, E6, E5, E4, E3, E2, E1, E0)
+        den = horner(r, F7, F6, F5, F4, F3, F2, F1, 1.0)
         return num / den
 
     @jit
@@ -245,8 +289,30 @@ def build(jit, mul, frexp):
     # ----------------------------------------------------------------- one block
     @jit
     def search_block(
-        i, m, s, log_s, bits, shift, inv_J, offs, cdf, log_corr, rest_max, log_rmax,
-        keys, budget, exact, lazy, hkeys, hcounts, hbase, hcap, hmult, kd, out_i, out_f,
+        i,
+        m,
+        s,
+        log_s,
+        bits,
+        shift,
+        inv_J,
+        offs,
+        cdf,
+        log_corr,
+        rest_max,
+        log_rmax,
+        keys,
+        budget,
+        exact,
+        lazy,
+        hkeys,
+        hcounts,
+        hbase,
+        hcap,
+        hmult,
+        kd,
+        out_i,
+        out_f,
     ):
         """Block ``i``'s whole sequential search (search.py's rules, arrival by arrival).
 
@@ -337,11 +403,13 @@ def build(jit, mul, frexp):
                 else:
                     u = uniform53(w2, w3)
                 y = sample_in_interval(kd[i, dd], u, inv_J[i, dd])
-                t = log_ratio(y, m[i, dd], s[i, dd], log_s[i, dd]) - log_corr[offs[i, dd] + kd[i, dd]]
+                corr = log_corr[offs[i, dd] + kd[i, dd]]
+                t = log_ratio(y, m[i, dd], s[i, dd], log_s[i, dd]) - corr
                 acc = t if dd == 0 else acc + t
                 if lazy and dd + 1 < d:
                     top = acc + rest_max[i, dd]
-                    if top < thr - LAZY_MARGIN * (1.0 + abs(acc) + abs(rest_max[i, dd]) + abs(thr)):
+                    slack = mul(LAZY_MARGIN, 1.0 + abs(acc) + abs(rest_max[i, dd]) + abs(thr))
+                    if top < thr - slack:
                         alive = False
                         break
             if alive:
@@ -394,6 +462,7 @@ def build(jit, mul, frexp):
 
     return SimpleNamespace(
         philox=philox,
+        horner=horner,
         uniform53=uniform53,
         log_core=log_core,
         plog=plog,
