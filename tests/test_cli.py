@@ -11,7 +11,7 @@ from recray.cli.main import main
 
 def test_version(capsys):
     assert main(["version"]) == 0
-    assert "rng recipe 1" in capsys.readouterr().out
+    assert "rng recipe 2" in capsys.readouterr().out
 
 
 def test_bench_toy_quick_writes_records_and_plots(tmp_path, capsys):
