@@ -455,3 +455,14 @@ def test_cuda_kernel_under_the_simulator():
         assert o["indices"] and o["steps"] and o["samples"] and o["decode"], (method, o)
     assert out["overflow"]
     assert out["ks_p"] > 1e-3, out["ks_p"]
+
+
+def test_kernel_key_derivation_equals_reference():
+    from recray.rec.philox import DOMAIN_SHARED, derive_keys
+
+    ids = np.array([0, 1, -1, 2**40 + 7, -(2**63)], dtype=np.int64)
+    for seed in (0, 7, 2**64 - 1):
+        got = kernels.shared_keys(seed, ids, 2)
+        want = derive_keys(seed, ids, DOMAIN_SHARED, np, 2)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])

@@ -678,7 +678,12 @@ def decode(
             f"{fmt_block(i, ids)}: indices.local[{i}] = {int(local[i])} must be in [1, 2^48)"
         )
     be = get_backend(backend)
-    k0, k1, _, _ = block_keys(seed, be.asarray(ids), be.xp, rng_version)
+    if be.kernel is not None and rng_version == RNG_VERSION:
+        from recray.rec.kernels import shared_keys
+
+        k0, k1 = shared_keys(seed, ids, rng_version)
+    else:
+        k0, k1, _, _ = block_keys(seed, be.asarray(ids), be.xp, rng_version)
     if n == 0:
         return np.empty((0, d), dtype=np.float64)
     return _regenerate(

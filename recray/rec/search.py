@@ -155,7 +155,12 @@ def run_search(be, prob: SearchProblem, schedule: ChunkSchedule) -> SearchOutcom
             local[sub] = loc.reshape(int(sub.size), c_eff)
 
         y = shared_sample(
-            be, ks0[active][:, None], ks1[active][:, None], j, local, kd,
+            be,
+            ks0[active][:, None],
+            ks1[active][:, None],
+            j,
+            local,
+            kd,
             prob.inv_J[active][:, None, :],
         )
         lr_d = GaussianRatio.log_ratio_of(

@@ -224,6 +224,26 @@ def search_gpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
     return _outcome(d_out_i.copy_to_host(), d_out_f.copy_to_host(), d_status.copy_to_host())
 
 
+def shared_keys(seed: int, ids, version: int):
+    """``(k0, k1)`` uint64 ``(n,)``: the shared keys of stream ids ``ids`` (as
+    :func:`recray.rec.philox.derive_keys`, computed by the CPU build)."""
+    from recray.rec.kernels import cpu
+    from recray.rec.philox import DOMAIN_SHARED
+
+    ids = _c(ids, np.int64)
+    out = np.empty((ids.shape[0], 2), dtype=np.uint64)
+    seed = int(seed)
+    cpu.derive_keys_many(
+        np.uint64(seed & 0xFFFFFFFF),
+        np.uint64(seed >> 32),
+        ids,
+        np.uint64(DOMAIN_SHARED),
+        np.uint64(version),
+        out,
+    )
+    return out[:, 0], out[:, 1]
+
+
 def regenerate(kind: str, bins, local, bits, shift, k0, k1, pm, ps):
     """Decoder samples ``(n, d)`` float64 with the CPU (``"cpu"``) or GPU (``"gpu"``) build."""
     n, d = bits.shape

@@ -33,6 +33,7 @@ def _mul(a, b):
 K = build(njit(**_OPTS), _mul, math.frexp)
 _search_block = K.search_block
 _regenerate_block = K.regenerate_block
+_derive_key = K.derive_key
 
 
 @njit(parallel=True, **dict(_OPTS, cache=True))
@@ -107,6 +108,15 @@ def regenerate_many(bins, local, bits, shift, keys, pm, ps, out):
         _regenerate_block(i, bins, local, bits, shift, keys, pm, ps, out)
 
 
+@njit(parallel=True, **dict(_OPTS, cache=True))
+def derive_keys_many(s_lo, s_hi, ids, domain, version, out):
+    """``out[i] = (k0, k1)``: the key of stream ``ids[i]`` (``prange``)."""
+    for i in prange(ids.shape[0]):
+        k0, k1 = _derive_key(s_lo, s_hi, ids[i], domain, version)
+        out[i, 0] = k0
+        out[i, 1] = k1
+
+
 def _check_cache() -> None:
     """Flush Numba's on-disk cache of this module when the kernel source changed (Numba
     itself only notices changes to this file)."""
@@ -126,6 +136,7 @@ def _check_cache() -> None:
             pass
         search_many._cache.flush()
         regenerate_many._cache.flush()
+        derive_keys_many._cache.flush()
         with open(path, "w") as f:
             f.write(stamp)
     except (AttributeError, OSError):  # no cache directory: nothing stale to drop

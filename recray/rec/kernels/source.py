@@ -257,8 +257,7 @@ def build(jit, mul, frexp):
         pos = off
         for t in range(b, 0, -1):
             cand = pos + (1 << (t - 1))
-            if cdf[cand - 1] < u:
-                pos = cand
+            pos = cand if cdf[cand - 1] < u else pos  # a select, not a branch
         return pos - off
 
     @jit
@@ -434,6 +433,14 @@ def build(jit, mul, frexp):
         return status
 
     @jit
+    def derive_key(s_lo, s_hi, sid, domain, version):
+        """A block's Philox key from the run seed and its stream id (docs/FORMAT.md sec. 2):
+        the first two words of Philox(counter = (seed, stream id), key = (domain, version))."""
+        su = np.uint64(sid)
+        o0, o1, o2, o3 = philox(s_lo, s_hi, su & MASK32, su >> U32, domain, version)
+        return o0, o1
+
+    @jit
     def regenerate_block(i, bins, local, bits, shift, keys, pm, ps, out):
         """Decoder: ``out[i, d] = pm + ps * G(key, j, n)_d`` for block ``i``."""
         d = bits.shape[1]
@@ -477,5 +484,6 @@ def build(jit, mul, frexp):
         hash_slot=hash_slot,
         hash_bump=hash_bump,
         search_block=search_block,
+        derive_key=derive_key,
         regenerate_block=regenerate_block,
     )
