@@ -466,3 +466,50 @@ def test_kernel_key_derivation_equals_reference():
         want = derive_keys(seed, ids, DOMAIN_SHARED, np, 2)
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_runs_of_rng_version_1_still_decode_through_the_pipeline(tmp_path):
+    """A run header with rng_version 1 gives a spec that decodes with recipe 1 (old keys,
+    SciPy's ndtri); unknown versions are refused."""
+    from recray.errors import FormatError
+    from recray.format.run import Run
+    from recray.latents import synthesize
+    from recray.latents.io import read_prior
+    from recray.pipeline import codec, driver
+
+    lat, pri = synthesize(12, 8, str(tmp_path / "synth"), seed=3)
+    out = str(tmp_path / "run")
+    driver.compress(lat, pri, out, block_bits=8.0, batch_size=16, engine="local")
+    run = Run.open(out)
+    prior = read_prior(pri)
+    spec2 = driver.spec_from_header(run.header, prior)
+    assert spec2.rng_version == 2
+    spec1 = driver.spec_from_header(dict(run.header, rng_version=1), prior)
+    assert spec1.rng_version == 1
+    ids = np.arange(3, dtype=np.int64)
+    nb = spec1.plan.n_blocks
+    bins = np.zeros((3, nb), dtype=np.int64)
+    local = np.ones((3, nb), dtype=np.int64)
+    z1 = codec.decode_indices(ids, bins, local, spec1)
+    z2 = codec.decode_indices(ids, bins, local, spec2)
+    assert not np.array_equal(z1, z2)  # other keys, other sampler
+    # recipe 1, block by block: the same as the API's rng_version=1
+    sids = codec.block_stream_ids(codec.item_keys(ids), nb)
+    grp = next(iter(spec1.groups()))
+    _, _, pm, ps, bits = codec.block_rows(grp, np.zeros((3, 8)), np.ones((3, 8)), spec1)
+    x = rec.decode(
+        rec.Indices(
+            bins[:, grp.blocks].reshape(-1), local[:, grp.blocks].reshape(-1), grp.dims.shape[1]
+        ),
+        prior_mu=pm,
+        prior_sigma=ps,
+        bits=bits,
+        method=spec1.method,
+        seed=spec1.seed,
+        stream_ids=sids[:, grp.blocks].reshape(-1),
+        rng_version=1,
+    )
+    g, s = grp.dims.shape
+    np.testing.assert_array_equal(z1[:, grp.dims.reshape(-1)], x.reshape(3, g * s))
+    with pytest.raises(FormatError, match="rng_version"):
+        driver.spec_from_header(dict(run.header, rng_version=3), prior)

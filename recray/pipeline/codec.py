@@ -39,7 +39,7 @@ from recray.errors import (
 )
 from recray.format.messages import IndexLayout, decode_messages, encode_messages
 from recray.plan import CodecPlan
-from recray.rec.philox import philox4x32, split64
+from recray.rec.philox import RNG_VERSION, philox4x32, split64
 
 STREAM_DOMAIN = 0x52535452  # "RSTR"
 ON_UNBOUNDED = ("error", "orc")
@@ -92,6 +92,9 @@ class CodecSpec:
     max_steps: int = rec.DEFAULT_MAX_STEPS
     on_unbounded: str = "error"
     backend: str | None = field(default=None, compare=False)
+    #: the RNG recipe of the run's samples: the current one for new runs; a run header's
+    #: for decoding (version 1 runs still decode, docs/FORMAT.md section 4)
+    rng_version: int = RNG_VERSION
 
     def __post_init__(self):
         if self.method not in rec.METHODS:
@@ -291,6 +294,7 @@ def decode_indices(ids, bins: np.ndarray, local: np.ndarray, spec: CodecSpec) ->
                 seed=spec.seed,
                 stream_ids=sids[:, grp.blocks].reshape(-1),
                 backend=spec.backend,
+                rng_version=spec.rng_version,
             )
         except RecrayError as exc:
             raise _located(exc, grp, ids) from exc

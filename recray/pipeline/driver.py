@@ -39,7 +39,7 @@ from recray.pipeline.local_engine import run_local
 from recray.pipeline.options import RayOptions
 from recray.pipeline.shards import DEFAULT_SHARD_ROWS, shard_ranges
 from recray.plan import CodecPlan, build_plan
-from recray.rec.philox import RNG_VERSION
+from recray.rec.philox import RNG_VERSION, RNG_VERSIONS
 
 __all__ = ["Run", "RayOptions", "compress", "decompress", "inspect", "format_inspect"]
 
@@ -65,12 +65,18 @@ def run_header(spec: CodecSpec, prior: Prior, id_kind: str) -> dict:
 
 
 def spec_from_header(header: dict, prior: Prior, backend=None) -> CodecSpec:
-    for key in ("rng_version", "message_codec_version"):
-        want = RNG_VERSION if key == "rng_version" else MESSAGE_CODEC_VERSION
-        if header.get(key) != want:
-            raise FormatError(
-                f"run header: {key} = {header.get(key)!r}; this recray decodes {key} {want}"
-            )
+    """The spec a run was coded with. Runs of an older RNG recipe (version 1) decode; only
+    the current recipe encodes (a resumed run is checked against its header elsewhere)."""
+    if header.get("rng_version") not in RNG_VERSIONS:
+        raise FormatError(
+            f"run header: rng_version = {header.get('rng_version')!r}; this recray decodes "
+            f"rng_version {', '.join(map(str, RNG_VERSIONS))}"
+        )
+    if header.get("message_codec_version") != MESSAGE_CODEC_VERSION:
+        raise FormatError(
+            f"run header: message_codec_version = {header.get('message_codec_version')!r}; "
+            f"this recray decodes message_codec_version {MESSAGE_CODEC_VERSION}"
+        )
     plan = CodecPlan.from_dict(header["plan"])
     if plan.checksum() != header.get("plan_checksum"):
         raise FormatError("run header: the plan does not match its plan_checksum")
@@ -89,6 +95,7 @@ def spec_from_header(header: dict, prior: Prior, backend=None) -> CodecSpec:
         max_steps=int(header["max_steps"]),
         on_unbounded=header["on_unbounded"],
         backend=backend,
+        rng_version=int(header["rng_version"]),
     )
 
 
