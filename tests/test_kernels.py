@@ -513,3 +513,18 @@ def test_runs_of_rng_version_1_still_decode_through_the_pipeline(tmp_path):
     np.testing.assert_array_equal(z1[:, grp.dims.reshape(-1)], x.reshape(3, g * s))
     with pytest.raises(FormatError, match="rng_version"):
         driver.spec_from_header(dict(run.header, rng_version=3), prior)
+
+
+def test_calls_from_several_threads_agree():
+    from concurrent.futures import ThreadPoolExecutor
+
+    mu, s = typical_posteriors(50, 4, 1.5, 19)
+
+    def one(seed):
+        return rec.encode(mu, s, bits=2, seed=seed, backend="numba")
+
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(one, [1, 2, 1, 2]))
+    for a, b in ((got[0], got[2]), (got[1], got[3])):
+        np.testing.assert_array_equal(a.indices.as_array(), b.indices.as_array())
+        np.testing.assert_array_equal(a.samples, b.samples)

@@ -11,9 +11,15 @@ The builds are imported on first use, so ``import recray`` never compiles anythi
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from recray.rec.kernels.source import HASH_MULT, ST_CAPPED, ST_OVERFLOW
+
+#: Serializes calls into the CPU build: each call already uses every core (``prange``), and
+#: Numba's fallback threading layer (workqueue) aborts on concurrent parallel calls.
+_CPU_LOCK = threading.Lock()
 
 #: Entries of the local-index tables of one GPU launch (keys and counts: 16 bytes each).
 GPU_POOL_ENTRIES = 1 << 26
@@ -108,29 +114,30 @@ def search_cpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
     status = np.zeros(n, dtype=np.int64)
     kd = np.zeros((n, d), dtype=np.int64)
     if n:
-        cpu.search_many(
-            a["m"],
-            a["s"],
-            a["log_s"],
-            a["bits"],
-            a["shift"],
-            a["inv_J"],
-            a["offs"],
-            a["cdf"],
-            a["log_corr"],
-            a["rest_max"],
-            a["log_rmax"],
-            a["keys"],
-            a["budget"],
-            a["exact"],
-            a["lazy"] if lazy is None else (lazy and a["lazy"]),
-            a["caps"],
-            np.uint64(hash_mult),
-            kd,
-            out_i,
-            out_f,
-            status,
-        )
+        with _CPU_LOCK:
+            cpu.search_many(
+                a["m"],
+                a["s"],
+                a["log_s"],
+                a["bits"],
+                a["shift"],
+                a["inv_J"],
+                a["offs"],
+                a["cdf"],
+                a["log_corr"],
+                a["rest_max"],
+                a["log_rmax"],
+                a["keys"],
+                a["budget"],
+                a["exact"],
+                a["lazy"] if lazy is None else (lazy and a["lazy"]),
+                a["caps"],
+                np.uint64(hash_mult),
+                kd,
+                out_i,
+                out_f,
+                status,
+            )
     return _outcome(out_i, out_f, status)
 
 
@@ -233,14 +240,15 @@ def shared_keys(seed: int, ids, version: int):
     ids = _c(ids, np.int64)
     out = np.empty((ids.shape[0], 2), dtype=np.uint64)
     seed = int(seed)
-    cpu.derive_keys_many(
-        np.uint64(seed & 0xFFFFFFFF),
-        np.uint64(seed >> 32),
-        ids,
-        np.uint64(DOMAIN_SHARED),
-        np.uint64(version),
-        out,
-    )
+    with _CPU_LOCK:
+        cpu.derive_keys_many(
+            np.uint64(seed & 0xFFFFFFFF),
+            np.uint64(seed >> 32),
+            ids,
+            np.uint64(DOMAIN_SHARED),
+            np.uint64(version),
+            out,
+        )
     return out[:, 0], out[:, 1]
 
 
@@ -262,7 +270,8 @@ def regenerate(kind: str, bins, local, bits, shift, k0, k1, pm, ps):
     if kind == "cpu":
         from recray.rec.kernels import cpu
 
-        cpu.regenerate_many(*args, out)
+        with _CPU_LOCK:
+            cpu.regenerate_many(*args, out)
         return out
     from numba import cuda
 
