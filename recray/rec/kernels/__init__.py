@@ -25,7 +25,7 @@ _CPU_LOCK = threading.Lock()
 GPU_POOL_ENTRIES = 1 << 26
 GPU_THREADS = 128
 MIN_TABLE = 16
-MAX_START_TABLE = 1 << 24
+MAX_START_TABLE = 1 << 20
 
 
 def initial_caps(has_bins, budget, B, log_rmax, exact) -> np.ndarray:
