@@ -59,7 +59,9 @@ def run_local(
                 progress.update(b - a)
         table = pa.concat_tables(pieces) if pieces else schema.empty_table()
         writer.commit(k, table, rej.sorted().table(index.id_kind))
-    return {"actors": 0, "backend": spec.backend or "numpy", "driver_seconds": 0.0}
+    from recray.backend import get_backend
+
+    return {"actors": 0, "backend": get_backend(spec.backend).label, "driver_seconds": 0.0}
 
 
 def _merge(a: Rejects, b: Rejects) -> Rejects:
