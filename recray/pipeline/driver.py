@@ -242,7 +242,7 @@ def compress(
         t_pub = time.perf_counter()
         totals = writer.totals(len(shards))
         writer.publish(
-            len(shards), totals, encoder={"backend": used["backend"], "engine": engine}
+            len(shards), totals, encoder={"backend": used["backend"]}
         )
         publish_s = time.perf_counter() - t_pub
     # report from the totals just written (inspect() would read every part again)
