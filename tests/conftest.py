@@ -16,10 +16,14 @@ if "RAY_TMPDIR" not in os.environ:
     os.environ["RAY_TMPDIR"] = _ray_tmp
     atexit.register(shutil.rmtree, _ray_tmp, True)
 
-from recray.backend import cupy_available  # noqa: E402
+from recray.backend import cupy_available, numba_available  # noqa: E402
 
 BACKENDS = [
     "numpy",
+    pytest.param(
+        "numba",
+        marks=pytest.mark.skipif(not numba_available(), reason="Numba not installed"),
+    ),
     pytest.param(
         "cupy",
         marks=[
@@ -32,7 +36,9 @@ BACKENDS = [
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
-    """Each test using this fixture runs on NumPy, and on CuPy where a GPU exists."""
+    """Each test using this fixture runs on NumPy and the Numba CPU kernel, and on CuPy where
+    a GPU exists. (The CUDA kernel runs in tests/test_kernels.py: under Numba's CUDA
+    simulator here, on the device where one exists.)"""
     return request.param
 
 

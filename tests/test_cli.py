@@ -11,7 +11,7 @@ from recray.cli.main import main
 
 def test_version(capsys):
     assert main(["version"]) == 0
-    assert "rng recipe 1" in capsys.readouterr().out
+    assert "rng recipe 2" in capsys.readouterr().out
 
 
 def test_bench_toy_quick_writes_records_and_plots(tmp_path, capsys):
@@ -39,10 +39,11 @@ def test_bench_toy_sp_pfr_beats_pfr_on_every_family():
         assert sp["mean_steps"] < pfr["mean_steps"], (fam, sp, pfr)
 
 
-def test_throughput_small_run_agrees_batched_and_single():
-    r = throughput.run_throughput(n_batched=64, n_single=8, batch=32)
-    assert r["identical_indices"]
-    assert r["batched_blocks_per_s"] > 0 and r["single_blocks_per_s"] > 0
+def test_throughput_small_run_agrees_numpy_and_kernel():
+    r = throughput.run_throughput(n_kernel=64, n_numpy=16, n_decode=500, batch=32)
+    assert r["identical_indices"] and r["identical_decode"]
+    assert r["numpy_blocks_per_s"] > 0 and r["kernel_blocks_per_s"] > 0
+    assert r["decode_blocks_per_s"] > 0
     assert "speed-up" in throughput.format_result(r)
 
 

@@ -5,7 +5,7 @@
   alone, in any batch, in any row order, and for any chunk schedule;
 * padding a block with prior-equal, zero-bit dimensions changes nothing (the bitstream
   layer relies on it);
-* golden values pin the bitstream format (RNG recipe version 1).
+* golden values pin the bitstream format (RNG recipe version 2; version 1 still decodes).
 
 Step counts are kept small (tens to hundreds) so the whole file runs in seconds.
 """
@@ -271,9 +271,11 @@ def test_seed_and_stream_change_the_sample(method, backend):
 
 
 # --------------------------------------------------------------------------- 6. golden values
-# These pin the bitstream format (docs/FORMAT.md, RNG recipe version 1): keys, counters,
-# uniforms, inverse-CDF sampling, bin weights, arrival times and the index code. They may
-# change only together with a format version bump (recray.rec.philox.RNG_VERSION).
+# These pin the bitstream format (docs/FORMAT.md, RNG recipe version 2): keys, counters,
+# uniforms, the portable inverse-CDF sampler, bin weights, arrival times and the index code.
+# Version 2 samples are the same bits on every machine and backend, so they are pinned
+# exactly (float.hex). They may change only together with a format version bump
+# (recray.rec.philox.RNG_VERSION).
 GOLDEN_MU = np.array([[0.3, -0.4], [1.1, 0.2], [-0.6, 0.0]])
 GOLDEN_SIGMA = np.array([[0.2, 0.3], [0.3, 0.15], [0.25, 0.3]])
 GOLDEN_BITS = np.array([[2, 1], [0, 3], [1, 1]])
@@ -281,10 +283,48 @@ GOLDEN_SEED = 7
 GOLDEN = {
     "sp-pfr": {
         "kw": {"bits": GOLDEN_BITS},
+        "bin": [2, 4, 0],
+        "local": [4, 3, 2],
+        "steps": [8, 12, 6],
+        "nbits": [8, 6, 5],
+        "samples": [
+            ["0x1.a9c735093b0d9p-3", "-0x1.16e50a36aaccep-1"],
+            ["0x1.c650a692b6946p-1", "0x1.f5f48bc4b4d16p-3"],
+            ["-0x1.99fc05e55a26ep-2", "-0x1.138ca3e964c38p-2"],
+        ],
+    },
+    "pfr": {
+        "kw": {},
+        "bin": [0, 0, 0],
+        "local": [33, 5, 1],
+        "steps": [52, 16, 2],
+        "nbits": [10, 5, 2],
+        "samples": [
+            ["0x1.744a7cfa18a3dp-2", "-0x1.761a3da8c862dp-1"],
+            ["0x1.82055754984e2p+0", "0x1.5eff9afde086cp-2"],
+            ["-0x1.ac05676f7307ep-2", "-0x1.b45728a1c3cc1p-2"],
+        ],
+    },
+    "sp-orc": {
+        "kw": {"bits": GOLDEN_BITS, "n_samples": 256},
+        "bin": [5, 4, 0],
+        "local": [1, 3, 2],
+        "steps": [256, 256, 256],
+        "nbits": [5, 6, 5],
+        "samples": [
+            ["-0x1.82a53bf5a3e7fp-3", "0x1.43235f9b09b9bp-2"],
+            ["0x1.c650a692b6946p-1", "0x1.f5f48bc4b4d16p-3"],
+            ["-0x1.99fc05e55a26ep-2", "-0x1.138ca3e964c38p-2"],
+        ],
+    },
+}
+
+# The same blocks under RNG recipe version 1 (SciPy ndtri): runs coded then must still
+# decode. Samples to 1e-12 (version 1 is bit-exact only on the encoder's library).
+GOLDEN_V1 = {
+    "sp-pfr": {
         "bin": [2, 4, 2],
         "local": [3, 9, 3],
-        "steps": [14, 16, 5],
-        "nbits": [6, 10, 5],
         "samples": [
             [0.0980687143243924, -0.5140061602911994],
             [1.268390850074025, 0.10182278279088909],
@@ -292,11 +332,8 @@ GOLDEN = {
         ],
     },
     "pfr": {
-        "kw": {},
         "bin": [0, 0, 0],
         "local": [1, 10, 3],
-        "steps": [4, 22, 5],
-        "nbits": [2, 7, 3],
         "samples": [
             [0.13096924636032392, -0.761011072929707],
             [1.451998520059063, 0.35339933200848256],
@@ -304,11 +341,8 @@ GOLDEN = {
         ],
     },
     "sp-orc": {
-        "kw": {"bits": GOLDEN_BITS, "n_samples": 256},
         "bin": [2, 4, 2],
         "local": [2, 9, 3],
-        "steps": [256, 256, 256],
-        "nbits": [6, 10, 5],
         "samples": [
             [0.18416387533723558, -0.7657683197450721],
             [1.268390850074025, 0.10182278279088909],
@@ -318,10 +352,14 @@ GOLDEN = {
 }
 
 
+def hex_array(rows):
+    return np.array([[float.fromhex(v) for v in row] for row in rows])
+
+
 def test_golden_rng_version():
     from recray.rec.philox import RNG_VERSION
 
-    assert RNG_VERSION == 1  # bump the golden values below together with the version
+    assert RNG_VERSION == 2  # bump the golden values below together with the version
 
 
 @pytest.mark.parametrize("method", sorted(GOLDEN))
@@ -330,11 +368,13 @@ def test_golden_values(method, backend):
     res = rec.encode(
         GOLDEN_MU, GOLDEN_SIGMA, method=method, seed=GOLDEN_SEED, backend=backend, **g["kw"]
     )
+    assert res.rng_version == 2
     assert res.indices.bin.tolist() == g["bin"]
     assert res.indices.local.tolist() == g["local"]
     assert res.steps.tolist() == g["steps"]
     assert res.nbits.tolist() == g["nbits"]
-    np.testing.assert_allclose(res.samples, g["samples"], rtol=0, atol=1e-12)
+    want = hex_array(g["samples"])
+    np.testing.assert_array_equal(res.samples, want)  # bit for bit
     # the receiver side alone, from the literal indices
     x = rec.decode(
         np.array([g["bin"], g["local"]]).T,
@@ -343,6 +383,21 @@ def test_golden_values(method, backend):
         seed=GOLDEN_SEED,
         bits=g["kw"].get("bits"),
         backend=backend,
+    )
+    np.testing.assert_array_equal(x, want)
+
+
+@pytest.mark.parametrize("method", sorted(GOLDEN_V1))
+def test_golden_values_version_1_still_decode(method, backend):
+    g = GOLDEN_V1[method]
+    x = rec.decode(
+        np.array([g["bin"], g["local"]]).T,
+        dim=2,
+        method=method,
+        seed=GOLDEN_SEED,
+        bits=GOLDEN[method]["kw"].get("bits"),
+        backend=backend,
+        rng_version=1,
     )
     np.testing.assert_allclose(x, g["samples"], rtol=0, atol=1e-12)
 

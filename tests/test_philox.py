@@ -81,25 +81,33 @@ def test_uniform53_is_open_and_exact():
 
 
 def test_derived_keys_pinned():
-    """The key recipe is part of the format (docs/FORMAT.md): these values must not move."""
+    """The key recipe is part of the format (docs/FORMAT.md): these values must not move.
+    The second domain key word is the RNG recipe version (2 now; 1 for old runs)."""
     k0, k1 = derive_keys(0, np.arange(3), DOMAIN_SHARED)
+    assert [int(x) for x in k0] == [0x609BC29E, 0x7E1E9DB8, 0x8DA45167]
+    assert [int(x) for x in k1] == [0xBDCA51D2, 0xCD889358, 0xFCC89103]
+    k0, k1 = derive_keys(2**64 - 1, np.array([-1, 12345]), DOMAIN_PRIVATE)
+    assert [int(x) for x in k0] == [0xCC41DA27, 0x9391568D]
+    assert [int(x) for x in k1] == [0xFC3AB06D, 0xFDD84F22]
+    # version 1 (still decoded)
+    k0, k1 = derive_keys(0, np.arange(3), DOMAIN_SHARED, version=1)
     assert [int(x) for x in k0] == [0x8C22F76A, 0x5FB2D267, 0x66D9E0FF]
     assert [int(x) for x in k1] == [0xCF0AEAFF, 0x5A64A451, 0x725DCE4A]
-    k0, k1 = derive_keys(2**64 - 1, np.array([-1, 12345]), DOMAIN_PRIVATE)
+    k0, k1 = derive_keys(2**64 - 1, np.array([-1, 12345]), DOMAIN_PRIVATE, version=1)
     assert [int(x) for x in k0] == [0xAF516058, 0x21B6AF85]
     assert [int(x) for x in k1] == [0x51B940D0, 0xF4244B91]
 
 
 def test_stream_uniforms_pinned():
     """Uniforms are exact dyadic rationals, so they are pinned bit for bit."""
-    k0, k1 = derive_keys(7, np.array([5]), DOMAIN_SHARED)
+    k0, k1 = derive_keys(7, np.array([5]), DOMAIN_SHARED, version=1)
     u = shared_uniforms(k0, k1, np.array([3]), np.array([2]), 3, np)
     assert [float(x).hex() for x in u[0]] == [
         "0x1.12454a9f9fcdep-2",
         "0x1.86c04d49e9bf8p-4",
         "0x1.25c3b046bba33p-1",
     ]
-    k0, k1 = derive_keys(7, np.array([5]), DOMAIN_PRIVATE)
+    k0, k1 = derive_keys(7, np.array([5]), DOMAIN_PRIVATE, version=1)
     p = private_uniforms(k0, k1, np.array([1]), [0, 1, 2], np)
     assert [float(p[i][0]).hex() for i in range(3)] == [
         "0x1.060ba941bff82p-2",

@@ -1,9 +1,23 @@
-"""The array-backend switch: one code path for NumPy (CPU) and CuPy (GPU).
+"""The backend switch: the array module around the search, and the search itself.
 
 Algorithm code asks :func:`get_backend` for a :class:`Backend` and uses ``be.xp`` (the array
 module) and ``be.special`` (``ndtri``, ``log_ndtr``) only; it never imports numpy/cupy
-itself for array work. Resolution order: the explicit ``name`` argument, then the
-``RECRAY_BACKEND`` environment variable, then ``"numpy"``.
+itself for array work. ``be.kernel`` says who runs the search:
+
+| name | search | around it |
+| --- | --- | --- |
+| ``numpy`` | the batched NumPy reference (:mod:`recray.rec.search`) | NumPy |
+| ``cupy`` | the same reference on CuPy arrays | CuPy |
+| ``numba`` | the compiled CPU kernel (:mod:`recray.rec.kernels.cpu`) | NumPy |
+| ``cuda`` | the compiled GPU kernel (:mod:`recray.rec.kernels.gpu`) | NumPy, device arrays |
+
+All four give the same indices, step counts and decoded bits (RNG recipe version 2).
+Resolution order: the explicit ``name`` argument, then the ``RECRAY_BACKEND`` environment
+variable, then ``"auto"``: ``cuda`` where a CUDA GPU is usable, else ``numba`` where Numba
+imports, else ``numpy``. Asking for ``cuda`` or ``cupy`` by name where it cannot run raises
+:class:`BackendError`: a GPU backend never falls back to the CPU silently. (``cuda`` also
+runs under Numba's CUDA simulator when ``NUMBA_ENABLE_CUDASIM=1``, as the tests do; its
+``label`` then says so.)
 """
 
 from __future__ import annotations
@@ -17,7 +31,8 @@ import numpy as np
 
 from recray.errors import BackendError
 
-BACKENDS = ("numpy", "cupy")
+BACKENDS = ("numpy", "cupy", "numba", "cuda")
+CHOICES = BACKENDS + ("auto",)
 
 
 @dataclass(frozen=True)
@@ -39,18 +54,24 @@ class Backend:
     name: str
     xp: ModuleType
     special: Special
+    kernel: str | None = None  # None: the array reference; "cpu" / "gpu": a compiled kernel
+    label: str = ""
+
+    def __post_init__(self):
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
 
     def asarray(self, a, dtype=None):
         return self.xp.asarray(a, dtype=dtype)
 
     def to_numpy(self, a) -> np.ndarray:
-        if self.name == "numpy":
+        if self.xp is np:
             return np.asarray(a)
         return self.xp.asnumpy(a)
 
     def errstate(self):
         """Silence floating-point warnings of branches that ``where`` later discards."""
-        if self.name == "numpy":
+        if self.xp is np:
             return np.errstate(all="ignore")
         import contextlib
 
@@ -61,15 +82,55 @@ _CACHE: dict[str, Backend] = {}
 
 
 def resolve_name(name: str | None = None) -> str:
-    chosen = name if name is not None else os.environ.get("RECRAY_BACKEND", "numpy")
+    chosen = name if name is not None else os.environ.get("RECRAY_BACKEND", "auto")
     chosen = str(chosen).strip().lower()
-    if chosen not in BACKENDS:
+    if chosen not in CHOICES:
         raise BackendError(
             f"unknown backend {chosen!r} (from "
             f"{'the backend argument' if name is not None else 'RECRAY_BACKEND'}): "
-            f"choose one of {', '.join(BACKENDS)}"
+            f"choose one of {', '.join(CHOICES)}"
         )
+    if chosen == "auto":
+        chosen = auto_name()
     return chosen
+
+
+def auto_name() -> str:
+    """The fastest backend usable here: ``cuda``, else ``numba``, else ``numpy``."""
+    if cuda_available(simulator=False):
+        return "cuda"
+    if numba_available():
+        return "numba"
+    return "numpy"
+
+
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except Exception:  # ImportError, or a broken llvmlite
+        return False
+    return True
+
+
+def _cuda_state() -> tuple[bool, bool, str]:
+    """(usable, simulated, why not)."""
+    try:
+        from numba import config, cuda
+
+        if config.ENABLE_CUDASIM:
+            return True, True, ""
+        if not cuda.is_available():
+            return False, False, "numba-cuda sees no usable CUDA GPU and driver"
+        return True, False, ""
+    except Exception as exc:  # ImportError (no numba-cuda), driver errors
+        return False, False, f"{type(exc).__name__}: {exc}"
+
+
+def cuda_available(simulator: bool = True) -> bool:
+    """True when the ``cuda`` kernel backend can run (under the simulator only if
+    ``simulator``)."""
+    ok, sim, _ = _cuda_state()
+    return ok and (simulator or not sim)
 
 
 def get_backend(name: str | Backend | None = None) -> Backend:
@@ -83,10 +144,28 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     chosen = resolve_name(name)
     if chosen in _CACHE:
         return _CACHE[chosen]
-    if chosen == "numpy":
+    if chosen in ("numpy", "numba", "cuda"):
         import scipy.special as sps
 
-        be = Backend("numpy", np, Special(ndtri=sps.ndtri, log_ndtr=sps.log_ndtr))
+        special = Special(ndtri=sps.ndtri, log_ndtr=sps.log_ndtr)
+        if chosen == "numpy":
+            be = Backend("numpy", np, special)
+        elif chosen == "numba":
+            if not numba_available():
+                raise BackendError(
+                    "backend 'numba' is not usable here: Numba does not import; "
+                    "pip install numba (a dependency of recray), or use backend='numpy'"
+                )
+            be = Backend("numba", np, special, kernel="cpu")
+        else:
+            ok, sim, why = _cuda_state()
+            if not ok:
+                raise BackendError(
+                    f"backend 'cuda' is not usable here ({why}); install the 'gpu' extra "
+                    "(pip install 'recray[gpu]') on a machine with a CUDA GPU, or use "
+                    "backend='numba' (CPU)"
+                )
+            be = Backend("cuda", np, special, kernel="gpu", label="cuda-simulator" if sim else "")
     else:
         try:
             import cupy

@@ -14,7 +14,9 @@ A run directory holds
 * ``rejects.parquet`` (only when items were skipped, ``--on-bad-item skip``): one row per
   bad item, ``row`` (input row), ``id``, ``field``, ``reason``, in input order;
 * ``manifest.json``, written **last**: every part with its rows, bytes and SHA-256, the
-  number of items and payload bytes, the number of rejects, and the run key. A directory
+  number of items and payload bytes, the number of rejects, the run key, and ``encoder``
+  (the search backend that coded the run's last shards: the parts' bytes do not depend on
+  it, so it stays out of the header that ``--resume`` compares). A directory
   without it is not a complete run.
 
 Every part carries the **run key** (SHA-256 of the header and the input fingerprint) in its
@@ -320,9 +322,10 @@ class RunWriter:
                 t[c] += s[c]
         return t
 
-    def publish(self, n_shards: int, summary: dict) -> str:
+    def publish(self, n_shards: int, summary: dict, encoder: dict | None = None) -> str:
         """Check that shards ``0 .. n_shards-1`` are all committed and write the manifest
-        (last); where directories rename, rename the partial directory into place."""
+        (last), with ``encoder`` (what coded the run) when given; where directories rename,
+        rename the partial directory into place."""
         missing = sorted(set(range(n_shards)) - self.committed)
         if missing:
             raise FormatError(
@@ -344,6 +347,8 @@ class RunWriter:
             "plan_sha256": self.tmp.child(PLAN_FILE).sha256(),
             "summary": summary,
         }
+        if encoder:
+            manifest["encoder"] = encoder
         shard_rejects = self._shard_rejects(n_shards)
         if shard_rejects:
             merged = pa.concat_tables([f.parquet().read() for f in shard_rejects])

@@ -51,7 +51,7 @@ from recray.format.messages import IndexLayout, decode_blocks, encode_messages
 from recray.plan import CodecPlan
 from recray.plan.adaptive import adapt_bits, dim_dinf_bits
 from recray.rec.api import FEASIBLE_MARGIN_BITS
-from recray.rec.philox import philox4x32, split64
+from recray.rec.philox import RNG_VERSION, philox4x32, split64
 
 STREAM_DOMAIN = 0x52535452  # "RSTR"
 ON_UNBOUNDED = ("error", "orc")
@@ -106,6 +106,9 @@ class CodecSpec:
     adapt_above_bits: float | None = None
     feasible_margin_bits: float = FEASIBLE_MARGIN_BITS
     backend: str | None = field(default=None, compare=False)
+    #: the RNG recipe of the run's samples: the current one for new runs; a run header's
+    #: for decoding (version 1 runs still decode, docs/FORMAT.md section 4)
+    rng_version: int = RNG_VERSION
 
     def __post_init__(self):
         if self.method not in rec.METHODS:
@@ -467,6 +470,7 @@ def decode_indices(
                 seed=spec.seed,
                 stream_ids=sids[:, grp.blocks].reshape(-1),
                 backend=spec.backend,
+                rng_version=spec.rng_version,
             )
         except RecrayError as exc:
             raise _located(exc, grp, ids) from exc

@@ -49,7 +49,7 @@ from recray.pipeline.validate import scan as validate_input
 from recray.plan import CodecPlan, build_plan
 from recray.plan.adaptive import DEFAULT_ADAPT_ABOVE_BITS
 from recray.rec.api import FEASIBLE_MARGIN_BITS
-from recray.rec.philox import RNG_VERSION
+from recray.rec.philox import RNG_VERSION, RNG_VERSIONS
 
 __all__ = ["Run", "RayOptions", "compress", "decompress", "inspect", "format_inspect"]
 
@@ -77,10 +77,13 @@ def run_header(spec: CodecSpec, prior: Prior, id_kind: str) -> dict:
 
 
 def spec_from_header(header: dict, prior: Prior, backend=None) -> CodecSpec:
-    if header.get("rng_version") != RNG_VERSION:
+    """The spec a run was coded with. Runs of an older RNG recipe (version 1) or message
+    codec (version 1) decode; only the current ones encode (a resumed run is checked against
+    its header elsewhere)."""
+    if header.get("rng_version") not in RNG_VERSIONS:
         raise FormatError(
             f"run header: rng_version = {header.get('rng_version')!r}; this recray decodes "
-            f"rng_version {RNG_VERSION}"
+            f"rng_version {', '.join(map(str, RNG_VERSIONS))}"
         )
     if header.get("message_codec_version") not in READABLE_MESSAGE_CODEC_VERSIONS:
         raise FormatError(
@@ -107,6 +110,7 @@ def spec_from_header(header: dict, prior: Prior, backend=None) -> CodecSpec:
         adapt_above_bits=header.get("adapt_above_bits"),
         feasible_margin_bits=header.get("feasible_margin_bits", 0.0),
         backend=backend,
+        rng_version=int(header["rng_version"]),
     )
 
 
@@ -259,7 +263,7 @@ def compress(
                 bar.close()
         t_pub = time.perf_counter()
         totals = writer.totals(len(shards))
-        writer.publish(len(shards), totals)
+        writer.publish(len(shards), totals, encoder={"backend": used["backend"]})
         publish_s = time.perf_counter() - t_pub
     # report from the totals just written (inspect() would read every part again)
     report = _report(

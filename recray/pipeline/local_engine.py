@@ -101,7 +101,9 @@ def run_local(
             progress=progress,
         )
         writer.record(shard[0], summary)
-    return {"actors": 0, "backend": spec.backend or "numpy", "driver_seconds": 0.0}
+    from recray.backend import get_backend
+
+    return {"actors": 0, "backend": get_backend(spec.backend).label, "driver_seconds": 0.0}
 
 
 def _merge(a: Rejects, b: Rejects) -> Rejects:

@@ -441,13 +441,14 @@ def _resources(spec: CodecSpec, opts: RayOptions) -> tuple[str, int, dict]:
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0))
     backend = spec.backend
-    if backend is None:
-        backend = "cupy" if gpus > 0 else "numpy"
-    if backend == "cupy":
+    if backend is None or backend == "auto":
+        # GPU actors run the CUDA kernel; CPU actors pick the fastest CPU backend themselves
+        backend = "cuda" if gpus > 0 else None
+    if backend in ("cupy", "cuda"):
         if gpus == 0:
             raise BackendError(
-                "backend 'cupy' asks for GPU actors but the Ray cluster has no GPUs; "
-                "use --backend numpy or join a cluster with GPU nodes"
+                f"backend {backend!r} asks for GPU actors but the Ray cluster has no GPUs; "
+                "use --backend numba (or numpy) or join a cluster with GPU nodes"
             )
         actors = opts.actors or gpus
         return backend, actors, {"num_gpus": 1, "num_cpus": min(opts.actor_cpus, 1.0)}
@@ -549,4 +550,8 @@ def run_ray(
                 f"Ray Data finished without delivering every row of shards {missing[:5]}; "
                 "run again with --resume"
             )
+    if backend is None:  # CPU actors resolve "auto" as this process does (same packages)
+        from recray.backend import get_backend
+
+        backend = get_backend("auto").label
     return {"actors": actors, "backend": backend, "driver_seconds": driver_s}

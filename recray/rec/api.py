@@ -5,10 +5,12 @@ Guarantees and requirements (both sides must share all of these for decoding to 
 * the same ``seed``, ``stream_ids``, ``method``, partition ``bits`` and prior
   (``prior_mu``, ``prior_sigma``), and the same RNG recipe version
   (:data:`recray.rec.philox.RNG_VERSION`, written down in ``docs/FORMAT.md``);
-* the same backend: ``decode`` returns ``res.samples`` bit for bit on the backend that
-  encoded. Across NumPy and CuPy, indices agree (scores differ at most in the last ulp of
-  special functions, which could only matter for exact ties) but samples may differ in the
-  last bits of ``ndtri``;
+* nothing about the machine or backend: with RNG recipe version 2 the decoder's samples are
+  built from correctly rounded IEEE operations only (docs/FORMAT.md section 4), so
+  ``decode`` returns ``res.samples`` bit for bit on every backend (``numpy``, ``cupy``,
+  ``numba``, ``cuda``) and CPU; the search itself makes the same decisions on every
+  backend (same indices and step counts). Runs coded with version 1 decode with
+  ``rng_version=1`` (SciPy's ``ndtri``: bit-exact only where the encoder's library was);
 * block ``i``'s result depends only on its own row and ``(seed, stream_ids[i])``: it is the
   same alone or inside any batch, and for any chunk schedule.
 
@@ -26,6 +28,7 @@ from recray.errors import InputError, SearchBudgetError, UnboundedRatioError, fm
 from recray.rec import codes
 from recray.rec.gaussian import LN2, kl_bits
 from recray.rec.partition import MAX_BITS_PER_DIM, build_tables
+from recray.rec.philox import RNG_VERSION, RNG_VERSIONS
 from recray.rec.randomness import MAX_DIM, MAX_LOCAL_INDEX, block_keys, shared_sample
 from recray.rec.search import ChunkSchedule, SearchProblem, run_search
 
@@ -94,6 +97,10 @@ class EncodeResult:
     dinf_bits  (n,) float64    D_inf[Q || P'] = log2 r'_max, bits (exact methods; NaN else);
                                the expected number of steps is about 2^dinf_bits
     partition_bits (n,) int64  B per block
+    backend_name   str         the backend that searched (``be.label``: numpy, cupy, numba,
+                               cuda, cuda-simulator); a diagnostic, the results do not
+                               depend on it
+    rng_version    int         the RNG recipe the samples follow (docs/FORMAT.md)
     """
 
     samples: np.ndarray
@@ -106,6 +113,8 @@ class EncodeResult:
     partition_bits: np.ndarray
     method: str
     seed: int
+    backend_name: str = "numpy"
+    rng_version: int = RNG_VERSION
 
 
 # --------------------------------------------------------------------------- validation
@@ -286,7 +295,9 @@ def encode(
         n_samples: the fixed budget ``N`` of ``orc``/``sp-orc`` (scalar or per block,
             ``1..2^24``).
         max_steps: step cap of ``pfr``/``sp-pfr`` (default ``2^26``, at most ``2^30``).
-        backend: ``"numpy"`` | ``"cupy"`` | None (``RECRAY_BACKEND``, else numpy).
+        backend: ``"numpy"`` | ``"cupy"`` | ``"numba"`` | ``"cuda"`` | ``"auto"`` | None
+            (``RECRAY_BACKEND``, else ``"auto"``: the fastest usable; see
+            :mod:`recray.backend`). The results do not depend on it.
         on_cap: ``"raise"`` (default): a block that would need, on average, more than
             ``max_steps`` candidates (``2^dinf_bits > max_steps``) is refused before any
             search, and one that hits the cap raises :class:`SearchBudgetError`;
@@ -397,6 +408,8 @@ def encode(
         partition_bits=B.astype(np.int64),
         method=method,
         seed=seed,
+        backend_name=be.label,
+        rng_version=RNG_VERSION,
     )
 
 
@@ -544,7 +557,16 @@ def _search_batch(be, tables, m, s, bits_np, ids, seed, budget, exact, schedule,
         budget=be.asarray(budget),
         exact=exact,
     )
-    outcome = run_search(be, prob, schedule)
+    if be.kernel == "cpu":
+        from recray.rec.kernels import search_cpu
+
+        outcome = search_cpu(prob)
+    elif be.kernel == "gpu":
+        from recray.rec.kernels import search_gpu
+
+        outcome = search_gpu(prob)
+    else:
+        outcome = run_search(be, prob, schedule)
     samples = _regenerate(be, outcome.bin, outcome.local, bits_np, keys[0], keys[1], pm, ps)
     return {
         "samples": samples,
@@ -576,15 +598,33 @@ def _precheck(dinf, dinf_d, m, s, budget, ids):
     )
 
 
-def _regenerate(be, bin_np, local_np, bits_np, k0, k1, pm, ps):
-    """Samples ``x = prior_mu + prior_sigma * G(seed, j, n)`` on the backend, to the host."""
+def _regenerate(be, bin_np, local_np, bits_np, k0, k1, pm, ps, version=RNG_VERSION):
+    """Samples ``x = prior_mu + prior_sigma * G(seed, j, n)`` on the backend, to the host.
+    The kernels and the array path give the same bits (RNG version 2)."""
+    if be.kernel is not None and version == RNG_VERSION:
+        from recray.rec.kernels import regenerate
+
+        shift = _bit_offsets(bits_np)
+        return regenerate(
+            be.kernel,
+            bin_np,
+            local_np,
+            bits_np,
+            shift,
+            be.to_numpy(k0),
+            be.to_numpy(k1),
+            np.broadcast_to(pm, bits_np.shape),
+            np.broadcast_to(ps, bits_np.shape),
+        )
     j = be.asarray(bin_np)[:, None]
     local = be.asarray(local_np)[:, None]
     shift = _bit_offsets(bits_np)
     mask = np.left_shift(1, bits_np) - 1
     kd = (be.asarray(bin_np)[:, None] >> be.asarray(shift)) & be.asarray(mask)
     inv_J = be.asarray(np.ldexp(1.0, -bits_np))
-    y = shared_sample(be, k0[:, None], k1[:, None], j, local, kd[:, None, :], inv_J[:, None, :])
+    y = shared_sample(
+        be, k0[:, None], k1[:, None], j, local, kd[:, None, :], inv_J[:, None, :], version
+    )
     x = be.asarray(pm) + be.asarray(ps) * y[:, 0, :]
     return be.to_numpy(x).astype(np.float64, copy=False)
 
@@ -601,16 +641,31 @@ def decode(
     stream_ids=None,
     backend=None,
     dim: int | None = None,
+    rng_version: int = RNG_VERSION,
+    n_samples=None,
+    max_steps=None,
+    on_cap=None,
+    chunks=None,
 ) -> np.ndarray:
     """Rebuild each block's sample from its index: ``x = prior_mu + prior_sigma * G(j, n)``.
 
     ``indices`` is ``res.indices`` (:class:`Indices`) or an int array ``(n_blocks, 2)`` of
     ``[bin, local]`` (then ``d`` comes from ``dim=`` or the shape of ``prior_mu``,
     ``prior_sigma`` or ``bits``). All other arguments must equal the encoder's (see the
-    module docstring). Returns float64 ``(n_blocks, d)``: bit for bit ``res.samples`` on the
-    same backend. Decoding never needs the targets.
+    module docstring). ``rng_version``: the recipe the run was coded with (1 or 2; the
+    current one by default). Returns float64 ``(n_blocks, d)``: bit for bit
+    ``res.samples``, on any backend. Decoding never needs the targets.
+
+    ``n_samples``, ``max_steps``, ``on_cap`` and ``chunks`` are accepted and ignored (the
+    encoder's settings; the index alone decides the sample), so one set of keyword
+    arguments can serve both calls.
     """
     method = _check_method(method)
+    if rng_version not in RNG_VERSIONS:
+        raise InputError(
+            f"rng_version = {rng_version!r} is not a recipe this recray can decode "
+            f"(known: {', '.join(map(str, RNG_VERSIONS))})"
+        )
     if not isinstance(indices, Indices):
         if dim is None:
             dim = _infer_dim(prior_mu, prior_sigma, bits)
@@ -646,11 +701,24 @@ def decode(
             f"{fmt_block(i, ids)}: indices.local[{i}] = {int(local[i])} must be in [1, 2^48)"
         )
     be = get_backend(backend)
-    k0, k1, _, _ = block_keys(seed, be.asarray(ids), be.xp)
+    if be.kernel is not None and rng_version == RNG_VERSION:
+        from recray.rec.kernels import shared_keys
+
+        k0, k1 = shared_keys(seed, ids, rng_version)
+    else:
+        k0, k1, _, _ = block_keys(seed, be.asarray(ids), be.xp, rng_version)
     if n == 0:
         return np.empty((0, d), dtype=np.float64)
     return _regenerate(
-        be, j, local, bits_np, k0, k1, np.ascontiguousarray(pm), np.ascontiguousarray(ps)
+        be,
+        j,
+        local,
+        bits_np,
+        k0,
+        k1,
+        np.ascontiguousarray(pm),
+        np.ascontiguousarray(ps),
+        rng_version,
     )
 
 

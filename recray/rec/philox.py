@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-RNG_VERSION = 1
+RNG_VERSION = 2
+#: Versions a decoder can still regenerate (1: SciPy ``ndtri``; 2: the portable recipe).
+RNG_VERSIONS = (1, 2)
 
 MASK32 = 0xFFFFFFFF
 PHILOX_M0 = 0xD2511F53
@@ -77,18 +79,18 @@ def split64(v, xp=np):
     return v & xp.uint64(MASK32), v >> xp.uint64(32)
 
 
-def derive_keys(seed: int, stream_ids, domain: int, xp=np):
+def derive_keys(seed: int, stream_ids, domain: int, xp=np, version: int = RNG_VERSION):
     """Per-block Philox key ``(k0, k1)`` from the run seed and each block's stream id.
 
     One Philox4x32-10 call with counter ``(seed_lo, seed_hi, sid_lo, sid_hi)`` and key
-    ``(domain, RNG_VERSION)``; its first two output words are the block key.
+    ``(domain, version)`` (the RNG recipe version); its first two output words are the block key.
     ``seed`` is an integer in [0, 2^64); ``stream_ids`` an int64 array ``(n,)``.
     Returns two ``uint64`` arrays of shape ``(n,)``.
     """
     seed = int(seed)
     s_lo, s_hi = seed & MASK32, (seed >> 32) & MASK32
     i_lo, i_hi = split64(stream_ids, xp)
-    o0, o1, _, _ = philox4x32(s_lo, s_hi, i_lo, i_hi, domain, RNG_VERSION, xp)
+    o0, o1, _, _ = philox4x32(s_lo, s_hi, i_lo, i_hi, domain, version, xp)
     return o0, o1
 
 

@@ -4,7 +4,9 @@
   ``j`` is ``G(key_shared, j, n)``. Dimension pair ``p`` (dimensions ``2p`` and ``2p + 1``)
   uses counter ``(n_lo, (n_hi & 0xFFFF) | (p << 16), j_lo, j_hi)``; output words 0-1 give
   the uniform of dimension ``2p``, words 2-3 that of ``2p + 1``. Then, with ``k_d`` the
-  interval index of dimension ``d`` inside ``j``, ``y_d = Phi^{-1}((k_d + u_d) / J_d)``.
+  interval index of dimension ``d`` inside ``j``, ``y_d = Phi^{-1}((k_d + u_d) / J_d)``,
+  with the portable ``Phi^{-1}`` of :mod:`recray.rec.portable` (RNG version 2; version 1
+  used SciPy's ``ndtri`` and is still decoded).
   Limits: ``n < 2^48``, ``d <= 2^17``.
 * **Private** (sender only): uniform ``i`` of arrival ``k`` comes from counter
   ``(k_lo, k_hi, i >> 1, 0)`` (words 0-1 for even ``i``, 2-3 for odd ``i``). Uniform 0 is
@@ -16,10 +18,12 @@ block's randomness depends only on ``(seed, stream id)``, never on its batch.
 
 from __future__ import annotations
 
+from recray.rec import portable
 from recray.rec.gaussian import StandardNormalPrior
 from recray.rec.philox import (
     DOMAIN_PRIVATE,
     DOMAIN_SHARED,
+    RNG_VERSION,
     derive_keys,
     philox4x32,
     split64,
@@ -30,10 +34,10 @@ MAX_LOCAL_INDEX = 1 << 48
 MAX_DIM = 1 << 17
 
 
-def block_keys(seed: int, stream_ids, xp):
+def block_keys(seed: int, stream_ids, xp, version: int = RNG_VERSION):
     """``(shared_k0, shared_k1, private_k0, private_k1)``, each ``uint64`` ``(n,)``."""
-    s0, s1 = derive_keys(seed, stream_ids, DOMAIN_SHARED, xp)
-    p0, p1 = derive_keys(seed, stream_ids, DOMAIN_PRIVATE, xp)
+    s0, s1 = derive_keys(seed, stream_ids, DOMAIN_SHARED, xp, version)
+    p0, p1 = derive_keys(seed, stream_ids, DOMAIN_PRIVATE, xp, version)
     return s0, s1, p0, p1
 
 
@@ -52,14 +56,18 @@ def shared_uniforms(k0, k1, j, local, d: int, xp):
     return xp.stack(cols, axis=-1)
 
 
-def shared_sample(be, k0, k1, j, local, kd, inv_J):
+def shared_sample(be, k0, k1, j, local, kd, inv_J, version: int = RNG_VERSION):
     """Prior-standardized candidate ``y`` ``(..., d)`` for bin ``j`` and local index ``local``.
 
     ``kd`` ``(..., d)`` int64: interval index per dimension (the bit fields of ``j``);
-    ``inv_J`` ``(..., d)`` float64: ``2^-b`` per dimension (broadcasts).
+    ``inv_J`` ``(..., d)`` float64: ``2^-b`` per dimension (broadcasts). ``version`` 2 uses
+    the portable inverse CDF (the same bits on every backend and machine), version 1 the
+    backend's ``ndtri``.
     """
     u = shared_uniforms(k0, k1, j, local, kd.shape[-1], be.xp)
-    return StandardNormalPrior(be).sample_in_interval(kd, u, inv_J)
+    if version == 1:
+        return StandardNormalPrior(be).sample_in_interval(kd, u, inv_J)
+    return portable.sample_in_interval(kd, u, inv_J, be.xp)
 
 
 def private_uniforms(k0, k1, arrival, which, xp):

@@ -18,8 +18,11 @@ chunk that stop is ``max(k*, first k with lb_k >= min over the chunk)``, where `
 (first) argmin: the result and the step count are those of the sequential algorithm, for
 any chunking.
 
-**Arrival times** are sums of fixed-point increments (``round(E * 2^32)`` in ``uint64``),
-so they are exact integers whatever the chunking or the backend's scan order.
+**Arrival times** are sums of fixed-point increments (``max(1, round(E * 2^32))`` in
+``uint64``), so they are exact integers whatever the chunking or the backend's scan order;
+the floor of 1 keeps ``T`` positive when a spacing rounds to 0. Logs are the portable
+:func:`recray.rec.portable.log`, so the compiled kernels (:mod:`recray.rec.kernels`) make
+the same decisions bit for bit.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from recray.rec import portable
 from recray.rec.bookkeeping import SeenBins, assign_local_indices
 from recray.rec.gaussian import GaussianRatio
 from recray.rec.partition import BinTables, gather_log_corr, sample_bins, sequential_sum
@@ -125,14 +129,14 @@ def run_search(be, prob: SearchProblem, schedule: ChunkSchedule) -> SearchOutcom
         which = [0] + [1 + i for i in cols_b]
         U = private_uniforms(kp0[active][:, None], kp1[active][:, None], kidx, which, xp)
         with be.errstate():
-            e = -xp.log(U[0])
+            e = -portable.log(U[0], xp)
             if not prob.exact:  # ORC arrival times: E_i * N / (N - i + 1)
                 N = budget.astype(xp.float64)
                 e = e * (N / xp.where(valid, N - kidx.astype(xp.float64) + 1.0, 1.0))
         e = xp.where(valid, e, 0.0)
-        e_int = xp.rint(e * float(1 << TIME_SCALE_LOG2)).astype(xp.uint64)
+        e_int = xp.maximum(xp.rint(e * float(1 << TIME_SCALE_LOG2)), 1.0).astype(xp.uint64)
         T = T_int[active][:, None] + xp.cumsum(e_int, axis=1, dtype=xp.uint64)
-        logT = xp.log(T.astype(xp.float64)) - LN_TIME_SCALE
+        logT = portable.log(T.astype(xp.float64), xp) - LN_TIME_SCALE
 
         kd = xp.zeros((A, c_eff, d), dtype=xp.int64)
         if cols_b:

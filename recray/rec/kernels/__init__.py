@@ -1,0 +1,283 @@
+"""Compiled search kernels: one block's whole sequential search per thread.
+
+One source (:mod:`recray.rec.kernels.source`), two builds: the CPU build
+(:mod:`recray.rec.kernels.cpu`, Numba, ``prange`` over blocks) and the GPU build
+(:mod:`recray.rec.kernels.gpu`, numba-cuda, one CUDA thread per block). Both return what
+the NumPy reference (:func:`recray.rec.search.run_search`) returns, bit for bit: the same
+winners, local indices, step counts and scores (``tests/test_kernels.py``).
+
+The builds are imported on first use, so ``import recray`` never compiles anything.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from recray.rec.kernels.source import HASH_MULT, ST_CAPPED, ST_OVERFLOW
+
+#: Serializes calls into the CPU build: each call already uses every core (``prange``), and
+#: Numba's fallback threading layer (workqueue) aborts on concurrent parallel calls.
+_CPU_LOCK = threading.Lock()
+
+#: Entries of the local-index tables of one GPU launch (keys and counts: 16 bytes each).
+GPU_POOL_ENTRIES = 1 << 26
+GPU_THREADS = 128
+MIN_TABLE = 16
+MAX_START_TABLE = 1 << 20
+
+
+def initial_caps(has_bins, budget, B, log_rmax, exact) -> np.ndarray:
+    """First local-index table size per block: a power of two at least twice the expected
+    number of distinct bins (``2^D_inf`` steps for exact search, ``N`` for a fixed budget,
+    never more than ``2^B`` bins); 1 for blocks without bins (no table). A block that
+    outgrows its table is rerun with a larger one, so this affects speed only."""
+    n = budget.shape[0]
+    if exact:
+        with np.errstate(over="ignore", invalid="ignore"):
+            expect = np.ceil(4.0 * np.exp(np.minimum(log_rmax, 60.0)))
+        expect = np.where(np.isfinite(expect), expect, float(MAX_START_TABLE))
+    else:
+        expect = budget.astype(np.float64)
+    distinct = np.minimum(np.minimum(expect, budget.astype(np.float64)), np.ldexp(1.0, B))
+    distinct = np.clip(distinct, MIN_TABLE / 2, MAX_START_TABLE / 2)
+    caps = np.left_shift(1, np.ceil(np.log2(2.0 * distinct)).astype(np.int64))
+    return np.where(has_bins, caps, 1).astype(np.int64) if n else caps.astype(np.int64)
+
+
+def _c(a, dtype):
+    """A C-contiguous, writeable array (one compiled signature for every call)."""
+    return np.require(a, dtype=dtype, requirements=["C", "W"])
+
+
+def kernel_arrays(prob):
+    """Host arrays of a :class:`recray.rec.search.SearchProblem` in the kernels' layout."""
+    t = prob.tables
+    n, d = prob.m.shape
+    f64 = np.float64
+    exact = bool(prob.exact)
+    rmax_d = np.asarray(t.log_rmax_d, dtype=f64)
+    rest = np.zeros((n, d), dtype=f64)
+    if exact:
+        for dd in range(d - 2, -1, -1):  # bound of the dimensions after dd
+            rest[:, dd] = rest[:, dd + 1] + rmax_d[:, dd + 1]
+    lazy = exact and d > 1 and bool(np.isfinite(rest).all())
+    keys = np.ascontiguousarray(np.stack([np.asarray(k, dtype=np.uint64) for k in prob.keys], 1))
+    bits = _c(prob.bits, np.int64)
+    budget = _c(prob.budget, np.int64)
+    has_bins = (bits > 0).any(axis=1)
+    log_rmax = _c(t.log_rmax, f64)
+    caps = initial_caps(has_bins, budget, bits.sum(axis=1), log_rmax, exact)
+    return dict(
+        m=_c(prob.m, f64),
+        s=_c(prob.s, f64),
+        log_s=_c(prob.log_s, f64),
+        bits=bits,
+        shift=_c(prob.shift, np.int64),
+        inv_J=_c(prob.inv_J, f64),
+        offs=_c(t.offsets, np.int64),
+        cdf=_c(t.cdf, f64),
+        log_corr=_c(t.log_corr, f64),
+        rest_max=rest,
+        log_rmax=log_rmax,
+        keys=keys,
+        budget=budget,
+        exact=exact,
+        lazy=lazy,
+        caps=caps,
+    )
+
+
+def _outcome(out_i, out_f, status):
+    from recray.rec.search import SearchOutcome
+
+    return SearchOutcome(
+        bin=out_i[:, 0].copy(),
+        local=out_i[:, 1].copy(),
+        arrival=out_i[:, 2].copy(),
+        steps=out_i[:, 3].copy(),
+        capped=status == ST_CAPPED,
+        log_tau=out_f,
+    )
+
+
+def search_cpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
+    """Run a :class:`SearchProblem` through the CPU kernel; returns a ``SearchOutcome``.
+    ``lazy=False`` turns the lazy-dimension reject off (tests)."""
+    from recray.rec.kernels import cpu
+
+    a = kernel_arrays(prob)
+    n, d = a["m"].shape
+    out_i = np.zeros((n, 4), dtype=np.int64)
+    out_f = np.full(n, np.inf)
+    status = np.zeros(n, dtype=np.int64)
+    kd = np.zeros((n, d), dtype=np.int64)
+    if n:
+        with _CPU_LOCK:
+            cpu.search_many(
+                a["m"],
+                a["s"],
+                a["log_s"],
+                a["bits"],
+                a["shift"],
+                a["inv_J"],
+                a["offs"],
+                a["cdf"],
+                a["log_corr"],
+                a["rest_max"],
+                a["log_rmax"],
+                a["keys"],
+                a["budget"],
+                a["exact"],
+                a["lazy"] if lazy is None else (lazy and a["lazy"]),
+                a["caps"],
+                np.uint64(hash_mult),
+                kd,
+                out_i,
+                out_f,
+                status,
+            )
+    return _outcome(out_i, out_f, status)
+
+
+def search_gpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
+    """Run a :class:`SearchProblem` through the CUDA kernel (one thread per block).
+
+    Inputs go to the device once; each launch covers as many blocks as the table pool
+    holds and ends with one host sync (the status array). Blocks whose table overflowed are
+    relaunched with 4x larger tables."""
+    from numba import cuda
+
+    from recray.rec.kernels import gpu
+
+    a = kernel_arrays(prob)
+    n, d = a["m"].shape
+    out_i = np.zeros((n, 4), dtype=np.int64)
+    out_f = np.full(n, np.inf)
+    status = np.zeros(n, dtype=np.int64)
+    if n == 0:
+        return _outcome(out_i, out_f, status)
+    names = (
+        "m",
+        "s",
+        "log_s",
+        "bits",
+        "shift",
+        "inv_J",
+        "offs",
+        "cdf",
+        "log_corr",
+        "rest_max",
+        "log_rmax",
+        "keys",
+        "budget",
+    )
+    dev = {k: cuda.to_device(a[k]) for k in names}
+    d_kd = cuda.to_device(np.zeros((n, d), dtype=np.int64))
+    d_out_i = cuda.to_device(out_i)
+    d_out_f = cuda.to_device(out_f)
+    d_status = cuda.to_device(status)
+    caps = a["caps"].copy()
+    lazy_flag = a["lazy"] if lazy is None else (lazy and a["lazy"])
+    todo = np.arange(n, dtype=np.int64)
+    while todo.size:
+        again = []
+        start = 0
+        while start < todo.size:  # launch groups whose tables fit the pool
+            csum = np.cumsum(caps[todo[start:]])
+            stop = start + max(1, int(np.searchsorted(csum, GPU_POOL_ENTRIES, side="right")))
+            rows = todo[start:stop]
+            c = caps[rows]
+            base = np.concatenate([[0], np.cumsum(c)[:-1]]).astype(np.int64)
+            total = int(c.sum())
+            hk = cuda.device_array(total, dtype=np.int64)
+            hc = cuda.device_array(total, dtype=np.int64)
+            blocks = (rows.size + GPU_THREADS - 1) // GPU_THREADS
+            gpu.search_kernel[blocks, GPU_THREADS](
+                dev["m"],
+                dev["s"],
+                dev["log_s"],
+                dev["bits"],
+                dev["shift"],
+                dev["inv_J"],
+                dev["offs"],
+                dev["cdf"],
+                dev["log_corr"],
+                dev["rest_max"],
+                dev["log_rmax"],
+                dev["keys"],
+                dev["budget"],
+                a["exact"],
+                lazy_flag,
+                hk,
+                hc,
+                cuda.to_device(base),
+                cuda.to_device(c),
+                np.uint64(hash_mult),
+                cuda.to_device(rows),
+                d_kd,
+                d_out_i,
+                d_out_f,
+                d_status,
+            )
+            st = d_status.copy_to_host()  # the launch's one sync
+            over = rows[st[rows] == ST_OVERFLOW]
+            if over.size:
+                again.append(over)
+            start = stop
+        todo = np.concatenate(again) if again else np.zeros(0, dtype=np.int64)
+        caps[todo] *= 4
+    return _outcome(d_out_i.copy_to_host(), d_out_f.copy_to_host(), d_status.copy_to_host())
+
+
+def shared_keys(seed: int, ids, version: int):
+    """``(k0, k1)`` uint64 ``(n,)``: the shared keys of stream ids ``ids`` (as
+    :func:`recray.rec.philox.derive_keys`, computed by the CPU build)."""
+    from recray.rec.kernels import cpu
+    from recray.rec.philox import DOMAIN_SHARED
+
+    ids = _c(ids, np.int64)
+    out = np.empty((ids.shape[0], 2), dtype=np.uint64)
+    seed = int(seed)
+    with _CPU_LOCK:
+        cpu.derive_keys_many(
+            np.uint64(seed & 0xFFFFFFFF),
+            np.uint64(seed >> 32),
+            ids,
+            np.uint64(DOMAIN_SHARED),
+            np.uint64(version),
+            out,
+        )
+    return out[:, 0], out[:, 1]
+
+
+def regenerate(kind: str, bins, local, bits, shift, k0, k1, pm, ps):
+    """Decoder samples ``(n, d)`` float64 with the CPU (``"cpu"``) or GPU (``"gpu"``) build."""
+    n, d = bits.shape
+    out = np.empty((n, d), dtype=np.float64)
+    if n == 0:
+        return out
+    args = (
+        _c(bins, np.int64),
+        _c(local, np.int64),
+        _c(bits, np.int64),
+        _c(shift, np.int64),
+        np.ascontiguousarray(np.stack([np.asarray(k0, np.uint64), np.asarray(k1, np.uint64)], 1)),
+        _c(pm, np.float64),
+        _c(ps, np.float64),
+    )
+    if kind == "cpu":
+        from recray.rec.kernels import cpu
+
+        with _CPU_LOCK:
+            cpu.regenerate_many(*args, out)
+        return out
+    from numba import cuda
+
+    from recray.rec.kernels import gpu
+
+    dargs = [cuda.to_device(x) for x in args]
+    d_out = cuda.device_array((n, d), dtype=np.float64)
+    gpu.regenerate_kernel[(n + GPU_THREADS - 1) // GPU_THREADS, GPU_THREADS](*dargs, d_out)
+    return d_out.copy_to_host()

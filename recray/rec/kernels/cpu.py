@@ -1,0 +1,146 @@
+"""The CPU build of the search kernel: :mod:`recray.rec.kernels.source` under ``numba.njit``,
+one block per iteration of a ``prange`` loop (threads: ``NUMBA_NUM_THREADS`` /
+``numba.set_num_threads``).
+
+Floating point: no fast-math flags, so LLVM keeps every ``*`` and ``+`` a separately rounded
+IEEE operation (no FMA contraction; ``tests/test_kernels.py`` checks the machine code), and
+``error_model="numpy"`` (a float division never raises).
+
+The two entry points are cached on disk by Numba (``cache=True``). Numba's cache only
+watches this file, not :mod:`recray.rec.kernels.source` that it compiles in, so
+:func:`_check_cache` drops the cache whenever either file's content changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+
+import numpy as np
+from numba import njit, prange
+
+from recray.rec.kernels.source import ST_OVERFLOW, build
+
+_OPTS = {"error_model": "numpy", "nogil": True, "cache": False}
+
+
+@njit(inline="always", **_OPTS)
+def _mul(a, b):
+    return a * b
+
+
+K = build(njit(**_OPTS), _mul, math.frexp)
+_search_block = K.search_block
+_regenerate_block = K.regenerate_block
+_derive_key = K.derive_key
+
+
+@njit(parallel=True, **dict(_OPTS, cache=True))
+def search_many(
+    m,
+    s,
+    log_s,
+    bits,
+    shift,
+    inv_J,
+    offs,
+    cdf,
+    log_corr,
+    rest_max,
+    log_rmax,
+    keys,
+    budget,
+    exact,
+    lazy,
+    caps,
+    hmult,
+    kd,
+    out_i,
+    out_f,
+    status,
+):
+    """Search every block (``prange``); a block whose local-index table fills up is rerun
+    from scratch with a 4x larger one (its result does not depend on the table size)."""
+    n = m.shape[0]
+    for i in prange(n):
+        cap = caps[i]
+        while True:
+            hk = np.empty(cap, dtype=np.int64)
+            hc = np.empty(cap, dtype=np.int64)
+            st = _search_block(
+                i,
+                m,
+                s,
+                log_s,
+                bits,
+                shift,
+                inv_J,
+                offs,
+                cdf,
+                log_corr,
+                rest_max,
+                log_rmax,
+                keys,
+                budget,
+                exact,
+                lazy,
+                hk,
+                hc,
+                0,
+                cap,
+                hmult,
+                kd,
+                out_i,
+                out_f,
+            )
+            if st != ST_OVERFLOW:
+                break
+            cap *= 4
+        status[i] = st
+        caps[i] = cap
+
+
+@njit(parallel=True, **dict(_OPTS, cache=True))
+def regenerate_many(bins, local, bits, shift, keys, pm, ps, out):
+    """The decoder's samples of every block (``prange``)."""
+    for i in prange(bins.shape[0]):
+        _regenerate_block(i, bins, local, bits, shift, keys, pm, ps, out)
+
+
+@njit(parallel=True, **dict(_OPTS, cache=True))
+def derive_keys_many(s_lo, s_hi, ids, domain, version, out):
+    """``out[i] = (k0, k1)``: the key of stream ``ids[i]`` (``prange``)."""
+    for i in prange(ids.shape[0]):
+        k0, k1 = _derive_key(s_lo, s_hi, ids[i], domain, version)
+        out[i, 0] = k0
+        out[i, 1] = k1
+
+
+def _check_cache() -> None:
+    """Flush Numba's on-disk cache of this module when the kernel source changed (Numba
+    itself only notices changes to this file)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256()
+    for name in ("source.py", "cpu.py"):
+        with open(os.path.join(here, name), "rb") as f:
+            h.update(f.read())
+    stamp = h.hexdigest()
+    try:
+        path = os.path.join(search_many._cache._cache_path, "recray-kernel-source.sha256")
+        try:
+            with open(path) as f:
+                if f.read().strip() == stamp:
+                    return
+        except OSError:
+            pass
+        search_many._cache.flush()
+        regenerate_many._cache.flush()
+        derive_keys_many._cache.flush()
+        with open(path, "w") as f:
+            f.write(stamp)
+    except (AttributeError, OSError):  # no cache directory: nothing stale to drop
+        return
+
+
+_check_cache()

@@ -1,0 +1,562 @@
+"""The compiled search kernels (recray/rec/kernels) against the NumPy reference.
+
+* portable arithmetic: ``log`` and ``Phi^{-1}`` against mpmath, bit-identity of the NumPy and
+  Numba builds, and no fused multiply-add in the CPU machine code or the GPU PTX;
+* the CPU kernel returns the reference's winners, local indices, arrivals, step counts and
+  scores bit for bit, with the lazy-dimension reject on or off and with hash collisions
+  and table overflows forced;
+* the strong exactness check: with the stopping bound disabled, each block runs 50x past its
+  stop and the stopped winner must be the argmin over that long prefix; a planted bound
+  1 bit too small (the bug that KS tests miss) must fail it;
+* the arrival-time floor (issue 9): a spacing that rounds to 0 still advances ``T``;
+* the GPU kernel's logic under Numba's CUDA simulator (a subprocess): same results as the
+  reference, the same decoded bits on every backend, and a KS test on a small case.
+
+KS exactness of every method on the CPU kernel runs in tests/test_exactness.py (the
+``backend`` fixture includes ``numba``).
+"""
+
+import dataclasses
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from recray import rec
+from recray.backend import get_backend
+from recray.errors import BackendError
+from recray.rec import api, kernels, portable
+from recray.rec.kernels import cpu
+from recray.rec.randomness import block_keys
+from recray.rec.search import ChunkSchedule, SearchProblem, run_search
+from tests.conftest import typical_posteriors
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --------------------------------------------------------------------------- helpers
+def problem(mu, sigma, bits, method, seed=3, budget=None, n_samples=256):
+    """The SearchProblem that ``rec.encode`` would build (standard prior, one batch)."""
+    t = api._targets(mu, sigma, 0.0, 1.0, bits, method, None)
+    be = get_backend("numpy")
+    exact = method in rec.EXACT_METHODS
+    tables = api._tables(be, t.m, t.s, t.bits, exact)
+    if budget is None:
+        budget = rec.DEFAULT_MAX_STEPS if exact else n_samples
+    return SearchProblem(
+        m=t.m,
+        s=t.s,
+        log_s=np.log(t.s),
+        bits=t.bits,
+        shift=api._bit_offsets(t.bits),
+        inv_J=np.ldexp(1.0, -t.bits),
+        tables=tables,
+        keys=block_keys(seed, t.ids, np),
+        budget=np.broadcast_to(np.asarray(budget, dtype=np.int64), (t.n,)).copy(),
+        exact=exact,
+    )
+
+
+def assert_same_outcome(a, b, what=""):
+    for f in ("bin", "local", "arrival", "steps", "capped", "log_tau"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f"{what}: {f}")
+
+
+def configs():
+    """(name, mu, sigma, bits, method, n_samples) covering every method and layout."""
+    rng = np.random.default_rng(0)
+    out = []
+    mu, s = typical_posteriors(60, 5, 2.0, 1, collapsed=(4,))
+    out.append(("sp-pfr-5d", mu, s, [2, 2, 2, 2, 0], "sp-pfr", None))
+    mu, s = typical_posteriors(40, 8, [6, 3, 2, 0.3, 0.1, 0.05, 2, 1], 2)
+    out.append(("sp-pfr-8d-uneven", mu, s, [6, 3, 2, 0, 0, 0, 2, 1], "sp-pfr", None))
+    mu, s = typical_posteriors(40, 3, 2.0, 3)
+    out.append(("sp-pfr-coarse", mu, s, [1, 0, 0], "sp-pfr", None))  # long local indices
+    mu, s = typical_posteriors(40, 2, 0.8, 4)
+    out.append(("pfr-2d", mu, s, None, "pfr", None))
+    mu, s = typical_posteriors(40, 1, 3.0, 5)
+    out.append(("sp-pfr-1d", mu, s, 3, "sp-pfr", None))
+    mu, s = typical_posteriors(30, 4, 2.0, 6)
+    out.append(("sp-orc-4d", mu, s, 2, "sp-orc", rng.choice([64, 200, 300], size=30)))
+    mu, s = typical_posteriors(30, 3, 1.0, 7)
+    mu[:, 2] *= 4.0
+    s[:, 2] = 1.3  # unbounded ratio: only fixed-budget methods
+    out.append(("orc-wide", mu, s, None, "orc", 300))
+    return out
+
+
+CONFIGS = {c[0]: c for c in configs()}
+
+
+def _problem_of(name, seed=3):
+    _, mu, s, bits, method, ns = CONFIGS[name]
+    budget = ns if ns is not None else None
+    return problem(mu, s, bits, method, seed=seed, budget=budget)
+
+
+# --------------------------------------------------------------------------- portable math
+def test_portable_log_matches_mpmath():
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 40
+    rng = np.random.default_rng(1)
+    x = np.concatenate(
+        [rng.uniform(1e-3, 10.0, 200), 2.0 ** rng.uniform(-1000, 1000, 200), [1.0, 2.0, 0.5]]
+    )
+    got = portable.log(x, np)
+    want = np.array([float(mp.log(mp.mpf(float(v)))) for v in x])
+    ulps = np.abs(got - want) / np.spacing(np.maximum(np.abs(want), 1e-300))
+    assert ulps.max() <= 1.0, ulps.max()
+    assert got[-3] == 0.0
+
+
+def test_portable_ndtri_matches_mpmath():
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 50
+    rng = np.random.default_rng(2)
+    p = np.concatenate(
+        [
+            rng.uniform(0.0, 1.0, 200),
+            2.0 ** -rng.uniform(1, 80, 200),  # the lower tail the sampler uses
+            1.0 - 2.0 ** -rng.uniform(2, 52, 50),
+            [0.5, 0.075, 0.925, 2.0**-78],  # the region boundaries of AS241
+        ]
+    )
+    got = portable.ndtri(p, np)
+    want = np.array([float(mp.sqrt(2) * mp.erfinv(2 * mp.mpf(float(v)) - 1)) for v in p])
+    ulps = np.abs(got - want) / np.spacing(np.abs(want))
+    # AS241 is good to about 1e-16; SciPy's ndtri is 3 ulp off on the same points
+    assert ulps.max() <= 6.0, ulps.max()
+    assert got[450] == 0.0
+
+
+def test_numpy_and_numba_builds_are_bit_identical():
+    import numba
+
+    ndtri, plog, sample = cpu.K.ndtri, cpu.K.plog, cpu.K.sample_in_interval
+
+    @numba.njit
+    def many(p, x, k, u, inv_J, out):
+        for i in range(p.size):
+            out[0, i] = ndtri(p[i])
+            out[1, i] = plog(x[i])
+            out[2, i] = sample(k[i], u[i], inv_J[i])
+
+    rng = np.random.default_rng(3)
+    n = 100_000
+    p = np.where(rng.random(n) < 0.5, rng.random(n), 2.0 ** -rng.uniform(1, 78, n))
+    x = 2.0 ** rng.uniform(-60, 70, n)
+    b = rng.integers(0, 25, n)
+    k = (rng.random(n) * np.ldexp(1.0, b)).astype(np.int64)
+    u = np.ldexp(rng.integers(1, 2**53, n).astype(np.float64), -53)
+    inv_J = np.ldexp(1.0, -b)
+    out = np.empty((3, n))
+    many(p, x, k, u, inv_J, out)
+    np.testing.assert_array_equal(out[0], portable.ndtri(p, np))
+    np.testing.assert_array_equal(out[1], portable.log(x, np))
+    np.testing.assert_array_equal(out[2], portable.sample_in_interval(k, u, inv_J, np))
+
+
+FMA = re.compile(r"\bv?f(n)?m(add|sub)\w*(sd|pd|ss|ps)\b")
+
+
+def test_cpu_kernel_machine_code_has_no_fma():
+    """Numba without fast-math must not contract ``a * b + c``: the decoder's bits (the
+    regeneration kernel) and the search's arithmetic (ratio, log, times) rely on it."""
+    import numba
+
+    ratio, plog, ti = cpu.K.log_ratio, cpu.K.plog, cpu.K.time_increment
+
+    @numba.njit(error_model="numpy")
+    def search_math(y, m, s, log_s, t):
+        return ratio(y, m, s, log_s) + plog(t) + np.float64(ti(t))
+
+    search_math(0.3, 0.1, 0.5, math.log(0.5), 2.5)
+    # the decoder kernel, compiled afresh (cached code cannot be inspected)
+    regen = numba.njit(error_model="numpy")(cpu.regenerate_many.py_func)
+    one = np.ones((1, 2), dtype=np.int64)
+    keys = np.ones((1, 2), dtype=np.uint64)
+    regen(one[:, 0], one[:, 0], one, one, keys, np.zeros((1, 2)), np.ones((1, 2)), np.empty((1, 2)))
+    for fn in (search_math, regen):
+        asm = "\n".join(fn.inspect_asm().values())
+        assert "mulsd" in asm  # the code is there (mulsd / vmulsd)
+        assert not FMA.search(asm), FMA.search(asm).group(0)
+
+
+def test_gpu_kernel_ptx_has_no_fma():
+    """The CUDA build's PTX (compiled here without a GPU, when libNVVM is installed) has no
+    fused multiply-add: every product is an explicitly rounded mul.rn.f64."""
+    script = r"""
+import re, types
+import numba.cuda.dispatcher as d
+d.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
+from numba import cuda, types as T
+from recray.rec.kernels import gpu
+f2, f1 = T.float64[:, ::1], T.float64[::1]
+i2, i1 = T.int64[:, ::1], T.int64[::1]
+u2 = T.uint64[:, ::1]
+sig = (f2, f2, f2, i2, i2, f2, i2, f1, f1, f2, f1, u2, i1, T.boolean, T.boolean, i1, i1, i1,
+       i1, T.uint64, i1, i2, i2, f1, i1)
+ptx, _ = cuda.compile_ptx(gpu.search_kernel.py_func, sig, cc=(9, 0))
+ptx2, _ = cuda.compile_ptx(gpu.regenerate_kernel.py_func, (i1, i1, i2, i2, u2, f2, f2, f2),
+                           cc=(9, 0))
+print(len(re.findall(r"\bfma\.", ptx + ptx2)), len(re.findall(r"mul\.rn\.f64", ptx + ptx2)))
+"""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    r = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    if r.returncode != 0:
+        if re.search(r"nvvm|NVVM|nvrtc|DynamicLibNotFound|CudaSupportError", r.stderr):
+            pytest.skip("libNVVM not installed (pip install 'cuda-toolkit[nvvm,nvrtc]==13.*')")
+        raise AssertionError(r.stderr[-3000:])
+    n_fma, n_mul = map(int, r.stdout.split())
+    assert n_mul > 100
+    assert n_fma == 0
+
+
+# --------------------------------------------------------------------------- search
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_cpu_kernel_equals_reference(name):
+    prob = _problem_of(name)
+    ref = run_search(get_backend("numpy"), prob, ChunkSchedule(first=7, growth=1.5))
+    assert_same_outcome(kernels.search_cpu(prob), ref, name)
+    assert_same_outcome(kernels.search_cpu(prob, lazy=False), ref, name + " (not lazy)")
+
+
+@pytest.mark.parametrize("name", ["sp-pfr-5d", "sp-pfr-coarse", "sp-orc-4d"])
+def test_local_index_hash_with_forced_collisions_and_overflows(name, monkeypatch):
+    """Hash multiplier 0 sends every bin to slot 0 (each lookup probes past all earlier
+    bins); 2-entry starting tables overflow at once and are regrown 4x at a time."""
+    prob = _problem_of(name)
+    ref = kernels.search_cpu(prob)
+    assert_same_outcome(kernels.search_cpu(prob, hash_mult=0), ref, name + " collisions")
+    real = kernels.initial_caps
+    monkeypatch.setattr(
+        kernels, "initial_caps", lambda has_bins, *a: np.where(has_bins, 2, 1).astype(np.int64)
+    )
+    assert_same_outcome(kernels.search_cpu(prob, hash_mult=0), ref, name + " overflow")
+    monkeypatch.setattr(kernels, "initial_caps", real)
+    if name == "sp-pfr-coarse":
+        assert ref.local.max() > 20  # many arrivals per bin: the counts matter
+
+
+def test_encode_agrees_across_numpy_and_numba_on_typical_blocks():
+    """Golden equality through the public API on the benchmark's 8-D 16-bit blocks."""
+    from recray.bench.throughput import make_blocks
+
+    mu, sigma, bits = make_blocks(12, seed=4)
+    a = rec.encode(mu, sigma, bits=bits, seed=9, backend="numpy")
+    b = rec.encode(mu, sigma, bits=bits, seed=9, backend="numba")
+    np.testing.assert_array_equal(a.indices.as_array(), b.indices.as_array())
+    np.testing.assert_array_equal(a.steps, b.steps)
+    np.testing.assert_array_equal(a.samples, b.samples)
+    assert (a.backend_name, b.backend_name) == ("numpy", "numba")
+
+
+# --------------------------------------------------------------------------- strong check
+STRONG = {
+    # name: (method, targets, bits)
+    "sp-pfr-5d": ("sp-pfr", lambda: typical_posteriors(600, 5, 2.0, 11, collapsed=(4,)), 2),
+    "sp-pfr-8d": ("sp-pfr", lambda: typical_posteriors(100, 8, 1.0, 12), 3),
+    "sp-pfr-coarse": ("sp-pfr", lambda: typical_posteriors(100, 3, 1.5, 13), [1, 1, 0]),
+    "pfr-2d": ("pfr", lambda: typical_posteriors(600, 2, 1.0, 14), None),
+}
+
+
+def long_prefix_mismatches(name, lower_bound_bits=0.0):
+    """Blocks whose stopped winner differs from the argmin over 50x their steps."""
+    method, make, bits = STRONG[name]
+    mu, s = make()
+    prob = problem(mu, s, bits, method, seed=21)
+    stopped_prob = prob
+    if lower_bound_bits:  # the planted bug: a bound that is too small
+        t = prob.tables
+        stopped_prob = dataclasses.replace(
+            prob,
+            tables=dataclasses.replace(t, log_rmax=t.log_rmax - lower_bound_bits * math.log(2)),
+        )
+    stopped = kernels.search_cpu(stopped_prob)
+    assert not stopped.capped.any()
+    long = dataclasses.replace(
+        prob,
+        tables=dataclasses.replace(prob.tables, log_rmax=np.full(prob.m.shape[0], np.inf)),
+        budget=np.maximum(50 * stopped.steps, 200),
+    )
+    run_out = kernels.search_cpu(long)
+    assert run_out.capped.all()  # the bound is off: every block ran its whole prefix
+    np.testing.assert_array_equal(run_out.steps, long.budget)
+    same = (run_out.arrival == stopped.arrival) & (run_out.bin == stopped.bin)
+    same &= run_out.local == stopped.local
+    return int((~same).sum()), int(stopped.steps.sum())
+
+
+@pytest.mark.parametrize("name", sorted(STRONG))
+def test_stopped_winner_is_the_argmin_of_a_50x_longer_run(name):
+    bad, steps = long_prefix_mismatches(name)
+    assert steps > 0
+    assert bad == 0, f"{name}: {bad} blocks stopped before their winner"
+
+
+@pytest.mark.parametrize("name", ["sp-pfr-5d", "pfr-2d"])
+def test_negative_control_bound_one_bit_low_is_caught(name):
+    """A stopping bound 1 bit too small stops about 2x early: KS tests miss it, this check
+    must not."""
+    bad, _ = long_prefix_mismatches(name, lower_bound_bits=1.0)
+    assert bad >= 3, bad  # a few percent of the blocks; the true bound gives none
+
+
+def test_strong_check_on_the_reference_too():
+    """The same check through the NumPy reference on a few blocks (it is the oracle)."""
+    mu, s = typical_posteriors(12, 3, 1.5, 15)
+    prob = problem(mu, s, [2, 1, 1], "sp-pfr", seed=5)
+    be = get_backend("numpy")
+    stopped = run_search(be, prob, ChunkSchedule())
+    long = dataclasses.replace(
+        prob,
+        tables=dataclasses.replace(prob.tables, log_rmax=np.full(12, np.inf)),
+        budget=np.maximum(50 * stopped.steps, 200),
+    )
+    out = run_search(be, long, ChunkSchedule())
+    np.testing.assert_array_equal(out.arrival, stopped.arrival)
+    np.testing.assert_array_equal(out.local, stopped.local)
+
+
+# --------------------------------------------------------------------------- issue 9 floor
+def test_time_increment_floor_and_rounding():
+    ti = cpu.K.time_increment
+    assert ti(0.0) == 1 and ti(1e-16) == 1  # a spacing that rounds to 0 still counts 1
+    assert ti(1.5 / 2**32) == 2 and ti(2.5 / 2**32) == 2  # round half to even, as np.rint
+    rng = np.random.default_rng(5)
+    e = np.concatenate([rng.exponential(size=2000), rng.uniform(0, 1e-9, 100), [37.4, 1e6]])
+    want = np.maximum(np.rint(e * 2.0**32), 1.0).astype(np.uint64)
+    assert all(int(ti(v)) == int(w) for v, w in zip(e, want, strict=True))
+
+
+def test_reference_arrival_times_never_zero(monkeypatch):
+    """Force every spacing uniform to 1 - 2^-53 (E ~ 1e-16, which rounds to 0 units): the
+    floor keeps T = k units, so ln T is finite and the search still stops by its bound."""
+    import recray.rec.search as search
+
+    real = search.private_uniforms
+
+    def tiny_spacings(k0, k1, arrival, which, xp):
+        out = real(k0, k1, arrival, which, xp)
+        out[0] = np.full_like(out[0], 1.0 - 2.0**-53)
+        return out
+
+    monkeypatch.setattr(search, "private_uniforms", tiny_spacings)
+    mu, s = typical_posteriors(5, 2, 1.0, 16)
+    prob = problem(mu, s, None, "pfr", budget=64)
+    out = run_search(get_backend("numpy"), prob, ChunkSchedule(first=4))
+    assert np.all(np.isfinite(out.log_tau))
+    # T_k = k units: ln T_k - ln r'_max reaches the best score within the budget or not,
+    # but never through ln 0 = -inf
+    assert np.all(out.steps >= 1)
+
+
+# --------------------------------------------------------------------------- plumbing
+def test_backend_resolution(monkeypatch):
+    from recray import backend as bk
+
+    monkeypatch.delenv("RECRAY_BACKEND", raising=False)
+    assert bk.resolve_name(None) in ("cuda", "numba")  # auto: the fastest usable
+    assert bk.resolve_name("auto") == bk.auto_name()
+    if not bk.cuda_available():
+        with pytest.raises(BackendError, match="backend 'cuda' is not usable"):
+            get_backend("cuda")  # never a silent fallback to the CPU
+    res = rec.encode(np.zeros((2, 2)), np.full((2, 2), 0.5), method="pfr", backend="numba")
+    assert res.backend_name == "numba"
+
+
+def test_decode_ignores_encoder_only_arguments():
+    mu, s = typical_posteriors(4, 2, 1.0, 17)
+    kw = {"method": "sp-orc", "bits": 1, "seed": 4, "n_samples": 64}
+    res = rec.encode(mu, s, **kw)
+    x = rec.decode(res.indices, max_steps=10, on_cap="keep", chunks=None, **kw)
+    np.testing.assert_array_equal(x, res.samples)
+    with pytest.raises(rec.api.InputError, match="rng_version"):
+        rec.decode(res.indices, rng_version=7, **kw)
+
+
+# --------------------------------------------------------------------------- CUDA simulator
+SIM_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+t0 = time.time()
+from scipy import stats
+sys.path.insert(0, {root!r})
+from recray import rec
+from recray.rec import kernels
+from tests.test_kernels import CONFIGS, assert_same_outcome, problem
+from tests.test_determinism import make_batch, SEED
+from tests.conftest import typical_posteriors
+
+out = {{}}
+for method in ("sp-pfr", "pfr", "sp-orc", "orc"):
+    mu, sigma, per = make_batch(method, n=6, seed=2)
+    if "n_samples" in per:
+        per["n_samples"] = np.full(6, 48)
+    a = rec.encode(mu, sigma, method=method, seed=SEED, backend="numpy", **per)
+    b = rec.encode(mu, sigma, method=method, seed=SEED, backend="cuda", **per)
+    dk = dict(method=method, seed=SEED, stream_ids=per["stream_ids"], bits=per.get("bits"))
+    xs = [rec.decode(a.indices, backend=be, **dk) for be in ("numpy", "numba", "cuda")]
+    out[method] = dict(
+        indices=bool(np.array_equal(a.indices.as_array(), b.indices.as_array())),
+        steps=bool(np.array_equal(a.steps, b.steps)),
+        samples=bool(np.array_equal(a.samples, b.samples)),
+        decode=all(bool(np.array_equal(x, a.samples)) for x in xs),
+        label=b.backend_name,
+    )
+# hash collisions and table overflows in the GPU build
+_, mu, s, bits, method, _ = CONFIGS["sp-pfr-coarse"]
+steps = kernels.search_cpu(problem(mu, s, bits, method)).steps
+rows = np.flatnonzero((steps > 30) & (steps < 300))[:3]  # short enough for the simulator
+prob = problem(mu[rows], s[rows], bits, method)
+ref = kernels.search_cpu(prob)
+assert ref.local.max() > 5
+kernels.initial_caps = lambda has_bins, *a: np.where(has_bins, 2, 1).astype(np.int64)
+assert_same_outcome(kernels.search_gpu(prob, hash_mult=0), ref, "gpu overflow")
+out["overflow"] = True
+out["t_overflow"] = time.time() - t0
+# a small KS test of the GPU kernel's samples
+mu, s = typical_posteriors(200, 2, 1.0, 31)
+res = rec.encode(mu, s, bits=[2, 2], method="sp-pfr", seed=1, backend="cuda")
+z = (res.samples - mu) / s
+cols = [z[:, 0], z[:, 1], z.sum(axis=1) / np.sqrt(2)]
+out["ks_p"] = min(1.0, 3 * min(stats.kstest(c, "norm").pvalue for c in cols))
+out["t_all"] = time.time() - t0
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_cuda_kernel_under_the_simulator():
+    """The GPU build's logic (numba-cuda's simulator runs it as Python; not a GPU run)."""
+    pytest.importorskip("numba.cuda")
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-c", SIM_SCRIPT.format(root=ROOT)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    out = json.loads(r.stdout.split("RESULT", 1)[1])
+    for method in ("sp-pfr", "pfr", "sp-orc", "orc"):
+        o = out[method]
+        assert o["label"] == "cuda-simulator"
+        assert o["indices"] and o["steps"] and o["samples"] and o["decode"], (method, o)
+    assert out["overflow"]
+    assert out["ks_p"] > 1e-3, out["ks_p"]
+
+
+def test_kernel_key_derivation_equals_reference():
+    from recray.rec.philox import DOMAIN_SHARED, derive_keys
+
+    ids = np.array([0, 1, -1, 2**40 + 7, -(2**63)], dtype=np.int64)
+    for seed in (0, 7, 2**64 - 1):
+        got = kernels.shared_keys(seed, ids, 2)
+        want = derive_keys(seed, ids, DOMAIN_SHARED, np, 2)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_runs_of_rng_version_1_still_decode_through_the_pipeline(tmp_path):
+    """A run header with rng_version 1 gives a spec that decodes with recipe 1 (old keys,
+    SciPy's ndtri); unknown versions are refused."""
+    from recray.errors import FormatError
+    from recray.format.run import Run
+    from recray.latents import synthesize
+    from recray.latents.io import read_prior
+    from recray.pipeline import codec, driver
+
+    lat, pri = synthesize(12, 8, str(tmp_path / "synth"), seed=3)
+    out = str(tmp_path / "run")
+    driver.compress(lat, pri, out, block_bits=8.0, batch_size=16, engine="local")
+    run = Run.open(out)
+    prior = read_prior(pri)
+    spec2 = driver.spec_from_header(run.header, prior)
+    assert spec2.rng_version == 2
+    spec1 = driver.spec_from_header(dict(run.header, rng_version=1), prior)
+    assert spec1.rng_version == 1
+    ids = np.arange(3, dtype=np.int64)
+    nb = spec1.plan.n_blocks
+    bins = np.zeros((3, nb), dtype=np.int64)
+    local = np.ones((3, nb), dtype=np.int64)
+    z1 = codec.decode_indices(ids, bins, local, spec1)
+    z2 = codec.decode_indices(ids, bins, local, spec2)
+    assert not np.array_equal(z1, z2)  # other keys, other sampler
+    # recipe 1, block by block: the same as the API's rng_version=1
+    sids = codec.block_stream_ids(codec.item_keys(ids), nb)
+    grp = next(iter(spec1.groups()))
+    _, _, pm, ps, bits = codec.block_rows(grp, np.zeros((3, 8)), np.ones((3, 8)), spec1)
+    x = rec.decode(
+        rec.Indices(
+            bins[:, grp.blocks].reshape(-1), local[:, grp.blocks].reshape(-1), grp.dims.shape[1]
+        ),
+        prior_mu=pm,
+        prior_sigma=ps,
+        bits=bits,
+        method=spec1.method,
+        seed=spec1.seed,
+        stream_ids=sids[:, grp.blocks].reshape(-1),
+        rng_version=1,
+    )
+    g, s = grp.dims.shape
+    np.testing.assert_array_equal(z1[:, grp.dims.reshape(-1)], x.reshape(3, g * s))
+    with pytest.raises(FormatError, match="rng_version"):
+        driver.spec_from_header(dict(run.header, rng_version=3), prior)
+
+
+def test_calls_from_several_threads_agree():
+    from concurrent.futures import ThreadPoolExecutor
+
+    mu, s = typical_posteriors(50, 4, 1.5, 19)
+
+    def one(seed):
+        return rec.encode(mu, s, bits=2, seed=seed, backend="numba")
+
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(one, [1, 2, 1, 2]))
+    for a, b in ((got[0], got[2]), (got[1], got[3])):
+        np.testing.assert_array_equal(a.indices.as_array(), b.indices.as_array())
+        np.testing.assert_array_equal(a.samples, b.samples)
+
+
+def test_pipeline_bytes_are_the_same_on_numpy_and_the_kernel(tmp_path):
+    """recray compress writes the same files whichever backend searched."""
+    from recray.latents import synthesize
+    from recray.pipeline import driver
+
+    lat, pri = synthesize(40, 16, str(tmp_path / "synth"), seed=5)
+    files = {}
+    for be in ("numpy", "numba"):
+        out = str(tmp_path / f"run-{be}")
+        driver.compress(
+            lat,
+            pri,
+            out,
+            block_bits=8.0,
+            batch_size=16,
+            engine="local",
+            backend=be,
+            on_unbounded="orc",
+            max_steps=2**16,
+        )
+        files[be] = {
+            name: open(os.path.join(out, name), "rb").read()
+            for name in sorted(os.listdir(out))
+            if name.endswith(".parquet")
+        }
+        man = json.load(open(os.path.join(out, "manifest.json")))
+        assert man.pop("encoder") == {"backend": be}
+        files[be]["manifest"] = man
+    assert files["numpy"] == files["numba"]
+    assert any(name.endswith(".parquet") for name in files["numpy"])
