@@ -41,16 +41,12 @@ import time
 from dataclasses import dataclass, replace
 
 import numpy as np
-import pyarrow as pa
 
 from recray.codecs.base import LatentCodec, Posterior, decode_items, encode_progressive
 from recray.errors import FormatError, InputError, MessageError, fmt_item
-from recray.format.run import Run, RunWriter, crc32_of, part_schema
-from recray.latents.io import Prior, read_prior
-from recray.pipeline.codec import CodecSpec
-from recray.pipeline.driver import run_header, spec_from_header
-from recray.plan import build_plan
-from recray.plan.allocation import allocate_bits, derive_block_seed
+
+# pyarrow, the run format and the plan are imported where used: the command line builds
+# its parser from this module's constants without paying for them
 
 CODEC_NAME = "inr-recombiner"
 CODEC_VERSION = 1
@@ -137,8 +133,13 @@ def load_model(weights: str):
     return load_inr(weights)
 
 
-def make_spec(prior: Prior, s: Settings) -> tuple[CodecSpec, str]:
-    """The codec spec of ``s`` under ``prior``, and the allocation actually used."""
+def make_spec(prior, s: Settings):
+    """The :class:`~recray.pipeline.codec.CodecSpec` of ``s`` under ``prior`` (a
+    :class:`~recray.latents.io.Prior`), and the allocation actually used."""
+    from recray.pipeline.codec import CodecSpec
+    from recray.plan import build_plan
+    from recray.plan.allocation import allocate_bits, derive_block_seed
+
     if s.method not in METHODS:
         raise InputError(f"method must be one of {METHODS}; got {s.method!r}")
     if s.strategy not in STRATEGIES:
@@ -206,10 +207,10 @@ def read_tiles(path: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------ encode
-_SCHEMA_EXTRA = [("psnr_db", pa.float64()), ("analysis_kl_bits", pa.float64())]
+def _encode_shard(model, s: Settings, spec, ids, tiles) -> dict:
+    import pyarrow as pa
 
-
-def _encode_shard(model, s: Settings, spec: CodecSpec, ids, tiles) -> dict:
+    from recray.format.run import crc32_of
     from recray.models.inr import psnr_db
 
     codec = INRCodec(model, s)
@@ -230,7 +231,7 @@ def _encode_shard(model, s: Settings, spec: CodecSpec, ids, tiles) -> dict:
 
 
 class _ShardActor:
-    def __init__(self, weights: str, s: Settings, spec: CodecSpec):
+    def __init__(self, weights: str, s: Settings, spec):
         import torch
 
         torch.set_num_threads(1)
@@ -262,7 +263,12 @@ def compress(
     if engine not in ("local", "ray"):
         raise InputError(f"engine must be 'local' or 'ray'; got {engine!r}")
     t0 = time.perf_counter()
+    import pyarrow as pa
     import torch
+
+    from recray.format.run import RunWriter, part_schema
+    from recray.latents.io import read_prior
+    from recray.pipeline.driver import run_header
 
     w, prior_file = model_files(rate, weights)
     model = load_model(w)
@@ -289,8 +295,8 @@ def compress(
         },
     }
     schema = part_schema("int", prior.dim, False)
-    for name, typ in _SCHEMA_EXTRA:
-        schema = schema.append(pa.field(name, typ))
+    for name in ("psnr_db", "analysis_kl_bits"):
+        schema = schema.append(pa.field(name, pa.float64()))
     shards = [(k, a, min(a + shard_rows, n)) for k, a in enumerate(range(0, n, shard_rows))]
     fingerprint = {
         "tiles_sha256": hashlib.sha256(np.ascontiguousarray(tiles).tobytes()).hexdigest()
@@ -336,7 +342,10 @@ def summary(run_dir: str) -> dict:
     """Bits per pixel from the bytes written (messages only; the run's plan and prior
     files are shared by all tiles and reported apart), PSNR of the encoder's own
     reconstruction, KL and steps."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from recray.format.run import Run
 
     run = Run.open(run_dir, verify_parts=False)
     codec = _codec_of(run)
@@ -362,7 +371,7 @@ def summary(run_dir: str) -> dict:
     }
 
 
-def _codec_of(run: Run) -> dict:
+def _codec_of(run) -> dict:
     codec = run.header.get("codec")
     if not isinstance(codec, dict) or codec.get("name") != CODEC_NAME:
         raise FormatError(f"{run.path!r} is not a recray codec inr run (no codec {CODEC_NAME!r})")
@@ -380,6 +389,10 @@ def decompress(
 ) -> dict:
     """Decode every tile of a run into ``out_dir/tile-NNNNN.png`` (NNNNN = tile id);
     returns ``{"tiles", "out", "decode_seconds"}`` and ``ids``/``images`` arrays."""
+    from recray.format.run import Run, crc32_of
+    from recray.latents.io import Prior
+    from recray.pipeline.driver import spec_from_header
+
     t0 = time.perf_counter()
     run = Run.open(run_dir)
     codec_info = _codec_of(run)
