@@ -251,3 +251,41 @@ def test_cifar10_pickle_loader(tmp_path):
         pickle.dump({b"data": data[:, :100], b"labels": [0] * 5}, f, protocol=2)
     with pytest.raises(FormatError, match="must be uint8 \\(n, 3072\\)"):
         td.read_cifar10_batch(str(tmp_path / "short"))
+
+
+def test_classical_baselines_count_whole_files():
+    from recray.bench import inr as bi
+
+    tiles, idx = bi.test_tiles(2)
+    assert idx.tolist() == [0, len(td.load_tiles("test")) - 1]
+    for codec in bi.CLASSICAL:
+        data = bi.encode_classical(codec, tiles[0], 50)
+        assert bi.decode_classical(codec, data).shape == (32, 32, 3)
+        row = bi.classical_sweep(tiles, codec, [50])[0]
+        assert row["tiles"] == 2 and row["bpp"] >= 8 * row["min_file_bytes"] / 1024
+
+
+def test_job_entrypoint_forwards_to_the_codec_commands():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "jobs_inr", os.path.join(os.path.dirname(__file__), "..", "jobs", "inr.py")
+    )
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    assert job.argv_for(["compress", "--out", "/r"], {}) == [
+        "codec",
+        "inr",
+        "compress",
+        "--out",
+        "/r",
+    ]
+    assert job.argv_for(["compress", "--out", "/r"], {"RAY_ADDRESS": "x"})[-2:] == [
+        "--address",
+        "auto",
+    ]
+    assert job.argv_for(["bench", "--limit", "3"], {}) == ["bench", "inr", "--limit", "3"]
+    assert job.argv_for(["nope"], {}) is None
+    assert job.relative_path(["--out", "rel/run"]) == "rel/run"
+    assert job.relative_path(["--json", "x.json"]) == "x.json"
+    assert job.relative_path(["--out", "/abs", "--json", "/abs.json"]) is None

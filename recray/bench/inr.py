@@ -85,11 +85,11 @@ def decode_classical(codec: str, data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def classical_sweep(tiles: np.ndarray, codec: str) -> list[dict]:
+def classical_sweep(tiles: np.ndarray, codec: str, qualities=None) -> list[dict]:
     from recray.models.inr import psnr_db
 
     out = []
-    for q in QUALITIES[codec]:
+    for q in qualities or QUALITIES[codec]:
         t0 = time.perf_counter()
         files = [encode_classical(codec, t, q) for t in tiles]
         t1 = time.perf_counter()
