@@ -289,3 +289,30 @@ def test_job_entrypoint_forwards_to_the_codec_commands():
     assert job.relative_path(["--out", "rel/run"]) == "rel/run"
     assert job.relative_path(["--json", "x.json"]) == "x.json"
     assert job.relative_path(["--out", "/abs", "--json", "/abs.json"]) is None
+
+
+def test_the_mnist_codec_sits_behind_the_same_interface():
+    from recray.codecs.base import decode_items
+    from recray.codecs.mnist import MnistCodec, prior_path
+    from recray.data.mnist import load_mnist
+    from recray.pipeline.codec import CodecSpec
+    from recray.plan import build_plan
+
+    try:
+        images, _ = load_mnist("test")
+    except Exception as exc:  # the MNIST cache is made by `recray` on first use
+        pytest.skip(f"MNIST not available: {exc}")
+    x = images[:3].reshape(3, -1)
+    prior = read_prior(prior_path())
+    spec = CodecSpec(
+        plan=build_plan(prior.mi_bits, 32.0),
+        method="sp-pfr",
+        seed=0,
+        prior_mu=prior.mu,
+        prior_sigma=prior.sigma,
+        on_unbounded="orc",
+    )
+    codec = MnistCodec()
+    enc = encode_progressive(codec, x, np.arange(3), spec)
+    out, z = decode_items(codec, np.arange(3), enc.messages, spec)
+    assert np.array_equal(out, x) and np.array_equal(z, enc.z)

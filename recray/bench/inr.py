@@ -237,6 +237,29 @@ NOTES = [
 ]
 
 
+def merge(results: list[dict]) -> dict:
+    """One result from several runs of :func:`run` on the same tiles (e.g. one process per
+    rate point): rows, ablation and scale rows concatenated, sweeps of the first."""
+    if not results:
+        raise ValueError("nothing to merge")
+    idx = results[0]["tile_indices"]
+    for r in results[1:]:
+        if r["tile_indices"] != idx:
+            raise ValueError("results measured on different tiles cannot be merged")
+    key = lambda row: (row["rate_point_bpp"], row["method"], row.get("quality", -1))  # noqa: E731
+    return {
+        "rows": sorted((row for r in results for row in r["rows"]), key=key),
+        "ablation": [row for r in results for row in r.get("ablation", [])],
+        "sweeps": results[0]["sweeps"],
+        "scale": [row for r in results for row in r.get("scale", [])],
+        "tiles": results[0]["tiles"],
+        "tile_indices": idx,
+        "rates": sorted({x for r in results for x in r["rates"]}),
+        "seconds": sum(r["seconds"] for r in results),
+        "notes": results[0]["notes"],
+    }
+
+
 def fit_scaling(tiles, rate, fit_steps) -> list[dict]:
     """The analysis fit of ``tiles`` as Ray tasks on 1 and 2 actors (2 shards per actor)."""
     import ray

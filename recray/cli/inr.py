@@ -81,6 +81,13 @@ def cmd_bench(args) -> int:
     from recray.bench import inr as bi
     from recray.cli.main import _write_json
 
+    if args.merge:
+        r = bi.merge([json.load(open(p)) for p in args.merge])
+        print(bi.format_table(r))
+        _write_json(args.json, r)
+        if args.plots:
+            print("wrote", bi.plot(r, args.plots))
+        return 0
     r = bi.run(
         limit=args.limit,
         rates=args.rates,
@@ -176,6 +183,12 @@ def add_parsers(codec_sub, bench_sub) -> None:
     b.add_argument("--stages", type=int, default=None)
     b.add_argument("--scale", action="store_true", help="also time the Ray fit, 1 vs 2 actors")
     b.add_argument("--workdir", default=None)
+    b.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="no measuring: merge results of earlier runs (e.g. one per rate)",
+    )
     b.add_argument("--json", metavar="PATH")
     b.add_argument("--plots", metavar="DIR")
     b.set_defaults(func=cmd_bench)
