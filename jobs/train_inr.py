@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm-rounds", type=int, default=40)
     ap.add_argument("--steps-per-round", type=int, default=10)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr-sigma", type=float, default=1e-2)
+    ap.add_argument("--init-sigma", type=float, default=0.3)
+    ap.add_argument("--beta", type=float, default=0.01, help="initial beta (first rate)")
+    ap.add_argument("--max-minutes", type=float, default=None, help="per rate point")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(WEIGHTS_DIR))
     args = ap.parse_args(argv)
@@ -49,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
             rounds=rounds,
             steps_per_round=args.steps_per_round,
             lr=args.lr,
+            lr_sigma=args.lr_sigma,
+            init_sigma=args.init_sigma,
+            beta=args.beta,
+            max_minutes=args.max_minutes,
             init=prev,
             log=lambda s: print(s, flush=True),
         )
@@ -64,9 +72,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(train_split)} train tiles of recray.data.tiles "
                 f"(test sources {list(TEST_SOURCES)} excluded)",
                 "tile_ids": [int(i) for i in idx],
-                "rounds": rounds,
+                "rounds": len(rec["history"]),
+                "max_minutes": args.max_minutes,
                 "steps_per_round": args.steps_per_round,
-                "adam_lr_posteriors": args.lr,
+                "adam_lr_posterior_means": args.lr,
+                "adam_lr_posterior_log_scales": args.lr_sigma,
+                "posterior_init": f"prior samples, scale {args.init_sigma} x prior",
+                "beta_init": args.beta if prev is None else "from the previous rate",
                 "adam_lr_shared": args.lr / 3,
                 "mc_samples_per_step": 1,
                 "warm_start_from": None if prev is None else f"inr_{rate_tag(args.rates[k - 1])}",

@@ -259,16 +259,24 @@ def train(
     rounds: int = 40,
     steps_per_round: int = 10,
     lr: float = 3e-3,
-    beta: float = 0.02,
+    lr_sigma: float = 1e-2,
+    beta: float = 0.01,
+    init_sigma: float = 0.3,
+    max_minutes: float | None = None,
     init: INR | None = None,
+    init_posteriors: tuple[torch.Tensor, torch.Tensor] | None = None,
     cfg: INRConfig | None = None,
     seed: int = 0,
     log=print,
 ) -> tuple[INR, dict]:
     """Learn the shared parts and the prior on ``tiles`` (uint8 ``(M, 32, 32, 3)``) for a
     target rate of ``target_bpp`` bits per pixel; ``init`` warm-starts from another rate's
-    model; ``cfg`` a smaller architecture (tests). Returns the model (``beta`` set) and a
-    history/summary dict."""
+    model and ``init_posteriors`` (``info["posteriors"]`` of that run) from its posteriors;
+    ``cfg`` a smaller architecture (tests). Adam: ``lr`` for the posterior means,
+    ``lr_sigma`` for their log-scales, ``lr / 3`` for the shared parts; posteriors start at
+    prior samples with ``init_sigma`` times the prior's scale. Training stops after the
+    round that passes ``max_minutes``. Returns the model
+    (``beta`` set) and a dict with the history, time and the final posteriors."""
     torch.manual_seed(seed)
     x = _as_float(tiles)
     m = x.shape[0]
@@ -279,11 +287,19 @@ def train(
     for p in model.parameters():
         p.requires_grad_(True)
     d = model.cfg.dim
-    mu = (model.prior_mu + model.prior_sigma * torch.randn(m, d)).requires_grad_(True)
-    log_sigma = (torch.log(model.prior_sigma) + math.log(0.1)).expand(m, d).clone()
-    log_sigma.requires_grad_(True)
+    if init_posteriors is not None:
+        mu = init_posteriors[0].clone().requires_grad_(True)
+        log_sigma = init_posteriors[1].clone().requires_grad_(True)
+    else:
+        mu = (model.prior_mu + model.prior_sigma * torch.randn(m, d)).requires_grad_(True)
+        log_sigma = (torch.log(model.prior_sigma) + math.log(init_sigma)).expand(m, d).clone()
+        log_sigma.requires_grad_(True)
     opt = torch.optim.Adam(
-        [{"params": [mu, log_sigma], "lr": lr}, {"params": model.parameters(), "lr": lr / 3}]
+        [
+            {"params": [mu], "lr": lr},
+            {"params": [log_sigma], "lr": lr_sigma},
+            {"params": model.parameters(), "lr": lr / 3},
+        ]
     )
     target_bits = target_bpp * PIXELS
     history = []
@@ -318,6 +334,8 @@ def train(
             }
         )
         log(f"round {r}: {history[-1]}")
+        if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
+            break
     with torch.no_grad():
         sigma = torch.exp(log_sigma)
         info = model.kl_bits(mu, sigma).mean(0)  # I_d: mean KL per dimension, bits
@@ -327,7 +345,11 @@ def train(
     model.prior_sigma64 = model.prior_sigma.double().numpy()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model, {"history": history, "train_seconds": time.perf_counter() - t0}
+    return model, {
+        "history": history,
+        "train_seconds": time.perf_counter() - t0,
+        "posteriors": (mu.detach(), log_sigma.detach()),
+    }
 
 
 # ---------------------------------------------------------------------- fitting
