@@ -191,6 +191,10 @@ def run(
     if ablation and rates:
         mid = rates[len(rates) // 2]
         for strategy in ("mi", "random", "collapsed-only"):
+            same = [r for r in rows if r["rate_point_bpp"] == mid and r["method"] == "sp-orc"]
+            if strategy == "mi" and same:  # the sp-orc row is this setting: not run twice
+                ablation_rows.append(same[0])
+                continue
             try:
                 row = inr_row(
                     tiles, idx, mid, Settings(method="sp-orc", strategy=strategy, **kw), work
