@@ -165,6 +165,7 @@ def run(
     refine_steps: int | None = None,
     stages: int | None = None,
     scale: bool = False,
+    classical: bool = True,
     report=None,
 ) -> dict:
     from recray.codecs.inr import Settings
@@ -209,8 +210,8 @@ def run(
             ablation_rows.append(row)
             if report:
                 report(row)
-    sweeps = {c: classical_sweep(tiles, c) for c in CLASSICAL}
-    for rate in rates:
+    sweeps = {c: classical_sweep(tiles, c) for c in CLASSICAL} if classical else {}
+    for rate in rates if classical else []:
         ref = [r for r in rows if r["rate_point_bpp"] == rate and r["method"] == "orc-16"]
         target = ref[0]["bpp"] if ref else rate
         for c in CLASSICAL:
@@ -254,7 +255,7 @@ def merge(results: list[dict]) -> dict:
     return {
         "rows": sorted((row for r in results for row in r["rows"]), key=key),
         "ablation": [row for r in results for row in r.get("ablation", [])],
-        "sweeps": results[0]["sweeps"],
+        "sweeps": next((r["sweeps"] for r in results if r["sweeps"]), {}),
         "scale": [row for r in results for row in r.get("scale", [])],
         "tiles": results[0]["tiles"],
         "tile_indices": idx,

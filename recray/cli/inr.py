@@ -98,6 +98,7 @@ def cmd_bench(args) -> int:
         refine_steps=args.refine_steps,
         stages=args.stages,
         scale=args.scale,
+        classical=not args.no_classical,
         report=lambda row: print(json.dumps(row), flush=True),
     )
     print(bi.format_table(r))
@@ -178,6 +179,7 @@ def add_parsers(codec_sub, bench_sub) -> None:
     b.add_argument("--rates", type=float, nargs="+", default=None, help="default: all shipped")
     b.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     b.add_argument("--no-ablation", action="store_true")
+    b.add_argument("--no-classical", action="store_true", help="skip JPEG/WebP/AVIF/JPEG XL")
     b.add_argument("--fit-steps", type=int, default=None)
     b.add_argument("--refine-steps", type=int, default=None)
     b.add_argument("--stages", type=int, default=None)

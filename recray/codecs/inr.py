@@ -64,7 +64,7 @@ class Settings:
     block_bits: float | None = None  # None: 16 for orc-16, 32 for SP
     strategy: str = "mi"
     n_samples: int = 1 << 16
-    max_steps: int = 1 << 20
+    max_steps: int = 1 << 16
     seed: int = 0
     fit_steps: int = 300
     refine_steps: int = 30
