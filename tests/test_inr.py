@@ -316,3 +316,17 @@ def test_the_mnist_codec_sits_behind_the_same_interface():
     enc = encode_progressive(codec, x, np.arange(3), spec)
     out, z = decode_items(codec, np.arange(3), enc.messages, spec)
     assert np.array_equal(out, x) and np.array_equal(z, enc.z)
+
+
+def test_shipped_rate_points_load_with_their_checksums():
+    from recray.models.inr import shipped_rates, weights_path
+
+    rates = shipped_rates()
+    assert len(rates) >= 3 and rates[0] <= 0.5 and rates[-1] >= 4
+    for r in rates:
+        model = load_inr(weights_path(r))
+        card = json.load(open(weights_path(r).with_suffix(".json")))
+        assert card["target_bpp"] == r and card["weights_sha256"] == model.model_checksum
+        prior = read_prior(str(weights_path(r)).replace(".npz", "_prior.json"))
+        assert prior.dim == model.cfg.dim == 3779
+        assert np.array_equal(prior.sigma, model.prior_sigma64)
