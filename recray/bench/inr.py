@@ -166,6 +166,7 @@ def run(
     stages: int | None = None,
     scale: bool = False,
     classical: bool = True,
+    ablation_strategies=("mi", "random", "collapsed-only"),
     report=None,
 ) -> dict:
     from recray.codecs.inr import Settings
@@ -191,7 +192,7 @@ def run(
                 report(row)
     if ablation and rates:
         mid = rates[len(rates) // 2]
-        for strategy in ("mi", "random", "collapsed-only"):
+        for strategy in ablation_strategies:
             same = [r for r in rows if r["rate_point_bpp"] == mid and r["method"] == "sp-orc"]
             if strategy == "mi" and same:  # the sp-orc row is this setting: not run twice
                 ablation_rows.append(same[0])
@@ -252,9 +253,16 @@ def merge(results: list[dict]) -> dict:
         if r["tile_indices"] != idx:
             raise ValueError("results measured on different tiles cannot be merged")
     key = lambda row: (row["rate_point_bpp"], row["method"], row.get("quality", -1))  # noqa: E731
+    rows = sorted((row for r in results for row in r["rows"]), key=key)
+    ablation = [row for r in results for row in r.get("ablation", [])]
+    for rate in {row["rate_point_bpp"] for row in ablation}:
+        have = {row["allocation"] for row in ablation if row["rate_point_bpp"] == rate}
+        same = [row for row in rows if row["rate_point_bpp"] == rate and row["method"] == "sp-orc"]
+        if "mi" not in have and same:  # the sp-orc row is the ablation's MI setting
+            ablation.insert(0, same[0])
     return {
-        "rows": sorted((row for r in results for row in r["rows"]), key=key),
-        "ablation": [row for r in results for row in r.get("ablation", [])],
+        "rows": rows,
+        "ablation": ablation,
         "sweeps": next((r["sweeps"] for r in results if r["sweeps"]), {}),
         "scale": [row for r in results for row in r.get("scale", [])],
         "tiles": results[0]["tiles"],

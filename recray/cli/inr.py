@@ -99,6 +99,7 @@ def cmd_bench(args) -> int:
         stages=args.stages,
         scale=args.scale,
         classical=not args.no_classical,
+        ablation_strategies=tuple(args.ablation),
         report=lambda row: print(json.dumps(row), flush=True),
     )
     print(bi.format_table(r))
@@ -177,8 +178,15 @@ def add_parsers(codec_sub, bench_sub) -> None:
     )
     b.add_argument("--limit", type=int, default=100, help="test tiles (evenly spaced)")
     b.add_argument("--rates", type=float, nargs="+", default=None, help="default: all shipped")
-    b.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    b.add_argument("--methods", nargs="*", choices=METHODS, default=list(METHODS))
     b.add_argument("--no-ablation", action="store_true")
+    b.add_argument(
+        "--ablation",
+        nargs="+",
+        default=["mi", "random", "collapsed-only"],
+        metavar="ALLOCATION",
+        help="allocations of the SP-ORC ablation",
+    )
     b.add_argument("--no-classical", action="store_true", help="skip JPEG/WebP/AVIF/JPEG XL")
     b.add_argument("--fit-steps", type=int, default=None)
     b.add_argument("--refine-steps", type=int, default=None)
