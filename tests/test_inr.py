@@ -330,3 +330,32 @@ def test_shipped_rate_points_load_with_their_checksums():
         prior = read_prior(str(weights_path(r)).replace(".npz", "_prior.json"))
         assert prior.dim == model.cfg.dim == 3779
         assert np.array_equal(prior.sigma, model.prior_sigma64)
+
+
+def test_ray_engine_writes_the_same_bytes(run, tiny, tmp_path):
+    """The actor pool (2 actors, one shard each) gives the in-process run's bytes."""
+    out, _, method = run
+    if method != "sp-orc":
+        pytest.skip("one method is enough")
+    w, tiles = tiny
+    info = inr.compress(
+        tiles,
+        str(tmp_path / "ray"),
+        source={"test": True},
+        weights=w,
+        settings=_settings(method),
+        engine="ray",
+        actors=2,
+        shard_rows=2,
+    )
+    assert info["engine"] == "ray" and info["actors"] == 2
+
+    def messages(d):
+        return [
+            m
+            for f in sorted(os.listdir(d))
+            if f.endswith(".parquet")
+            for m in pq.read_table(os.path.join(d, f)).column("message").to_pylist()
+        ]
+
+    assert messages(str(tmp_path / "ray")) == messages(out)
