@@ -332,11 +332,10 @@ def test_shipped_rate_points_load_with_their_checksums():
         assert np.array_equal(prior.sigma, model.prior_sigma64)
 
 
+@pytest.mark.parametrize("run", ["sp-orc"], indirect=True)
 def test_ray_engine_writes_the_same_bytes(run, tiny, tmp_path):
     """The actor pool (2 actors, one shard each) gives the in-process run's bytes."""
     out, _, method = run
-    if method != "sp-orc":
-        pytest.skip("one method is enough")
     w, tiles = tiny
     info = inr.compress(
         tiles,
