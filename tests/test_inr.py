@@ -323,6 +323,7 @@ def test_shipped_rate_points_load_with_their_checksums():
 
     rates = shipped_rates()
     assert len(rates) >= 3 and rates[0] <= 0.5 and rates[-1] >= 4
+    assert inr.DEFAULT_RATE in rates
     for r in rates:
         model = load_inr(weights_path(r))
         card = json.load(open(weights_path(r).with_suffix(".json")))

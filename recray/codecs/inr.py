@@ -53,7 +53,7 @@ CODEC_VERSION = 1
 PIXELS = 1024
 METHODS = ("orc-16", "sp-orc", "sp-pfr")
 STRATEGIES = ("mi", "random", "collapsed-only")
-DEFAULT_RATE = 1.0
+DEFAULT_RATE = 1.5
 
 
 @dataclass(frozen=True)
