@@ -7,6 +7,10 @@
     recray compress LATENTS --prior P --out RUN [--engine ray|local] [--address A] [--resume]
     recray decompress RUN --out Z.parquet
     recray inspect RUN
+    recray codec mnist compress|decompress|demo [...]
+    recray codec inr compress [TILES | --split test] [--rate R] --out RUN   (recray.cli.inr)
+    recray codec inr decompress RUN --out DIR
+    recray bench inr [--limit N] --json PATH --plots DIR
     recray version
 
 ``main(argv)`` returns the exit code: 0 on success, 2 on a :class:`RecrayError` (bad input,
@@ -644,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ray_args(bm)
     bm.set_defaults(func=cmd_bench_mnist)
 
-    codec = sub.add_parser("codec", help="lossless codecs built on REC")
+    codec = sub.add_parser("codec", help="codecs built on REC (lossless MNIST, lossy INR)")
     csub = codec.add_subparsers(dest="codec", required=True)
     mn = csub.add_parser("mnist", help="lossless MNIST: VAE latent by REC, pixels under p(x|z)")
     msub = mn.add_subparsers(dest="mnist", required=True)
@@ -696,6 +700,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", metavar="PATH")
     _add_ray_args(demo)
     demo.set_defaults(func=lambda a: cmd_bench_mnist(a, demo=True))
+
+    from recray.cli import inr as inr_cli
+
+    inr_cli.add_parsers(csub, bsub)
 
     ver = sub.add_parser("version", help="print the version and the format versions")
     ver.set_defaults(func=cmd_version)

@@ -46,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recray.codecs.base import LatentCodec, Posterior
 from recray.errors import FormatError, InputError, MessageError, fmt_item
 from recray.format.messages import Tail, decode_blocks, encode_messages, read_head
 from recray.format.run import Run, RunWriter, check_crcs, crc32_of, part_schema
@@ -124,6 +125,34 @@ def _pixel_tails(images: np.ndarray, probs: np.ndarray, version: int) -> list[li
             ideal = float(24 * PIXELS - np.log2(p[rows, x] + 1.0).sum())
         out.append([Tail(x.astype(np.int32), PIXEL_MODEL, np.ascontiguousarray(p), ideal)])
     return out
+
+
+class MnistCodec(LatentCodec):
+    """This codec's parts behind the shared interface (:mod:`recray.codecs.base`): the VAE
+    encoder (analysis), the pixels under ``p(x|z)`` (tail), reading them back (synthesis).
+    :func:`compress` runs the same parts through the Ray pipeline."""
+
+    name = CODEC_NAME
+    version = CODEC_VERSION
+
+    def __init__(self, weights=None):
+        self.model = _model(weights)
+
+    def analysis(self, items) -> Posterior:
+        from recray.models.vae import posteriors
+
+        mu, sigma = posteriors(self.model, np.asarray(items).reshape(-1, PIXELS))
+        return Posterior(mu, sigma)
+
+    def tail(self, items, z):
+        return _pixel_tails(np.asarray(items).reshape(-1, PIXELS), _tables(self.model, z))
+
+    def synthesis(self, z, decoders=None, ids=None):
+        probs = _tables(self.model, z)
+        ids = range(len(z)) if ids is None else ids
+        return np.stack(
+            [_read_pixels(d, p, i) for d, p, i in zip(decoders, probs, ids, strict=True)]
+        )
 
 
 def _write_latents(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:

@@ -1,0 +1,397 @@
+"""``recray bench inr``: rate-distortion of the INR codec against classical codecs.
+
+On ``limit`` test tiles (evenly spaced over the test split, ids in the JSON), for every
+shipped rate point (or ``rates``):
+
+* the INR codec with each coding setting (``orc-16``, ``sp-orc``, ``sp-pfr``; same model,
+  same fit settings) is run through :func:`recray.codecs.inr.compress` and
+  :func:`recray.codecs.inr.decompress`; **bpp** is ``8 x`` the message bytes written per
+  tile over 1,024 pixels (the run's plan and prior, shared by every tile, are reported
+  apart as ``header_bytes``); **PSNR** is that of the decoded 8-bit PNG tiles against the
+  source (mean over tiles of the per-tile PSNR, peak 255);
+* the ablation at one rate point (the middle one): SP-ORC with partition bits by mutual
+  information vs random vs collapsed dimensions only (same blocks);
+* JPEG, WebP, AVIF (Pillow) and JPEG XL (``imagecodecs``) over a quality sweep, each tile
+  a complete file (**headers included**): per rate point the row is the quality whose mean
+  bpp is closest to the ORC-16 row's measured bpp (every sweep point is in ``sweeps``).
+
+Optionally (``scale``) the Ray fit: the same tiles' analysis on 1 and 2 Ray actors.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import time
+
+import numpy as np
+
+PIXELS = 1024
+CLASSICAL = ("jpeg", "webp", "avif", "jxl")
+QUALITIES = {
+    "jpeg": [1, 5, 10, 20, 30, 50, 70, 90, 95],
+    "webp": [0, 5, 10, 20, 30, 50, 70, 90, 100],
+    "avif": [0, 5, 10, 20, 30, 50, 70, 90, 100],
+    "jxl": [1, 5, 10, 20, 30, 50, 70, 90, 99],
+}
+
+
+def test_tiles(limit: int | None):
+    """``limit`` test tiles evenly spaced over the split (all when ``None``), and their
+    indices in the split."""
+    from recray.data.tiles import load_tiles
+
+    t = load_tiles("test")
+    n = len(t)
+    idx = (
+        np.arange(n)
+        if not limit or limit >= n
+        else np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+    )
+    return np.ascontiguousarray(t.images[idx]), idx
+
+
+# ------------------------------------------------------------------------ classical
+def encode_classical(codec: str, tile: np.ndarray, quality: int) -> bytes:
+    """One tile as a complete file of ``codec`` at ``quality``."""
+    if codec == "jxl":
+        import imagecodecs
+
+        return bytes(imagecodecs.jpegxl_encode(tile, level=quality, effort=7))
+    from PIL import Image
+
+    buf = io.BytesIO()
+    im = Image.fromarray(tile)
+    if codec == "jpeg":
+        im.save(buf, format="JPEG", quality=quality, optimize=True)
+    elif codec == "webp":
+        im.save(buf, format="WEBP", quality=quality, method=6)
+    elif codec == "avif":
+        im.save(buf, format="AVIF", quality=quality, speed=0)
+    else:
+        raise ValueError(codec)
+    return buf.getvalue()
+
+
+def decode_classical(codec: str, data: bytes) -> np.ndarray:
+    if codec == "jxl":
+        import imagecodecs
+
+        return np.asarray(imagecodecs.jpegxl_decode(data))[..., :3]
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def classical_sweep(tiles: np.ndarray, codec: str, qualities=None) -> list[dict]:
+    from recray.models.inr import psnr_db
+
+    out = []
+    for q in qualities or QUALITIES[codec]:
+        t0 = time.perf_counter()
+        files = [encode_classical(codec, t, q) for t in tiles]
+        t1 = time.perf_counter()
+        dec = np.stack([decode_classical(codec, f) for f in files])
+        t2 = time.perf_counter()
+        out.append(
+            {
+                "method": codec,
+                "quality": q,
+                "tiles": len(tiles),
+                "bpp": 8.0 * sum(map(len, files)) / (len(tiles) * PIXELS),
+                "min_file_bytes": min(map(len, files)),
+                "psnr_db": float(np.mean(psnr_db(tiles, dec))),
+                "encode_s_per_tile": (t1 - t0) / len(tiles),
+                "decode_s_per_tile": (t2 - t1) / len(tiles),
+            }
+        )
+    return out
+
+
+# ------------------------------------------------------------------------ INR
+def inr_row(tiles, idx, rate, settings, workdir, engine="local", actors=1) -> dict:
+    from recray.codecs import inr
+    from recray.models.inr import psnr_db
+
+    name = f"{settings.method}-{settings.strategy}-{rate:g}-{engine}{actors}"
+    run = os.path.join(workdir, name)
+    info = inr.compress(
+        tiles,
+        run,
+        source={"split": "test", "tile_indices": idx.tolist()},
+        rate=rate,
+        settings=settings,
+        engine=engine,
+        actors=actors,
+    )
+    dec = inr.decompress(run, os.path.join(workdir, name + "-png"))
+    row = {
+        "method": settings.method,
+        "allocation": settings.strategy,
+        "rate_point_bpp": rate,
+        "tiles": info["tiles"],
+        "bpp": info["bpp"],
+        "psnr_db": float(np.mean(psnr_db(tiles[dec["ids"]], dec["images"]))),
+        "encoder_psnr_db": info["psnr_db"],
+        "kl_bpp": info["kl_bpp"],
+        "analysis_kl_bpp": info["analysis_kl_bpp"],
+        "blocks": info["blocks"],
+        "steps_per_tile": info["steps_per_tile"],
+        "fallback_blocks_per_tile": info["fallback_blocks_per_tile"],
+        "header_bytes": info["header_bytes"],
+        "encode_s_per_tile": info["encode_s_per_tile"],
+        "decode_s_per_tile": dec["decode_seconds"] / info["tiles"],
+        "block_bits": settings.block_bits
+        if settings.block_bits
+        else (16 if settings.method == "orc-16" else 32),
+        "n_samples": settings.n_samples,
+        "fit_steps": settings.fit_steps,
+        "refine_steps": settings.refine_steps,
+        "stages": settings.stages,
+    }
+    return row
+
+
+def run(
+    *,
+    limit: int | None = 100,
+    rates=None,
+    methods=("orc-16", "sp-orc", "sp-pfr"),
+    ablation: bool = True,
+    workdir: str | None = None,
+    fit_steps: int | None = None,
+    refine_steps: int | None = None,
+    stages: int | None = None,
+    scale: bool = False,
+    classical: bool = True,
+    ablation_strategies=("mi", "random", "collapsed-only"),
+    report=None,
+) -> dict:
+    from recray.codecs.inr import Settings
+    from recray.models.inr import shipped_rates
+
+    rates = sorted(rates or shipped_rates())
+    tiles, idx = test_tiles(limit)
+    base = Settings()
+    kw = {
+        "fit_steps": fit_steps if fit_steps is not None else base.fit_steps,
+        "refine_steps": refine_steps if refine_steps is not None else base.refine_steps,
+        "stages": stages if stages is not None else base.stages,
+    }
+    rows, ablation_rows, scale_rows = [], [], []
+    work = workdir or tempfile.mkdtemp(prefix="recray-bench-inr-")
+    os.makedirs(work, exist_ok=True)
+    t_start = time.perf_counter()
+    for rate in rates:
+        for m in methods:
+            row = inr_row(tiles, idx, rate, Settings(method=m, **kw), work)
+            rows.append(row)
+            if report:
+                report(row)
+    if ablation and rates:
+        mid = rates[len(rates) // 2]
+        for strategy in ablation_strategies:
+            same = [r for r in rows if r["rate_point_bpp"] == mid and r["method"] == "sp-orc"]
+            if strategy == "mi" and same:  # the sp-orc row is this setting: not run twice
+                ablation_rows.append(same[0])
+                continue
+            try:
+                row = inr_row(
+                    tiles, idx, mid, Settings(method="sp-orc", strategy=strategy, **kw), work
+                )
+            except Exception as exc:  # an allocation the plan cannot realize: say so
+                row = {
+                    "method": "sp-orc",
+                    "allocation": strategy,
+                    "rate_point_bpp": mid,
+                    "error": f"{type(exc).__name__}: {exc}",
+                }
+            ablation_rows.append(row)
+            if report:
+                report(row)
+    sweeps = {c: classical_sweep(tiles, c) for c in CLASSICAL} if classical else {}
+    for rate in rates if classical else []:
+        ref = [r for r in rows if r["rate_point_bpp"] == rate and r["method"] == "orc-16"]
+        target = ref[0]["bpp"] if ref else rate
+        for c in CLASSICAL:
+            best = min(sweeps[c], key=lambda r: abs(r["bpp"] - target))
+            rows.append(best | {"rate_point_bpp": rate, "matched_to_bpp": target})
+    if scale and rates:
+        scale_rows = fit_scaling(tiles[: min(8, len(tiles))], rates[0], kw["fit_steps"])
+    return {
+        "rows": rows,
+        "ablation": ablation_rows,
+        "sweeps": sweeps,
+        "scale": scale_rows,
+        "tiles": int(len(tiles)),
+        "tile_indices": idx.tolist(),
+        "rates": rates,
+        "seconds": time.perf_counter() - t_start,
+        "notes": NOTES,
+    }
+
+
+NOTES = [
+    "bpp = 8 x message bytes written / 1024 pixels per tile; the run's plan.json and "
+    "prior.json (shared by all tiles of a run) are in header_bytes, not in bpp",
+    "classical codecs: one complete file per tile (headers included), quality chosen per "
+    "rate point to match the orc-16 row's bpp; a codec whose smallest file is larger than "
+    "that cannot match it (see min_file_bytes and sweeps)",
+    "psnr_db: mean over tiles of per-tile PSNR of the decoded 8-bit tiles (peak 255)",
+]
+
+
+def merge(results: list[dict]) -> dict:
+    """One result from several runs of :func:`run` on the same tiles (e.g. one process per
+    rate point): rows, ablation and scale rows concatenated, sweeps of the first."""
+    if not results:
+        raise ValueError("nothing to merge")
+    idx = results[0]["tile_indices"]
+    for r in results[1:]:
+        if r["tile_indices"] != idx:
+            raise ValueError("results measured on different tiles cannot be merged")
+    key = lambda row: (row["rate_point_bpp"], row["method"], row.get("quality", -1))  # noqa: E731
+    rows = sorted((row for r in results for row in r["rows"]), key=key)
+    ablation = [row for r in results for row in r.get("ablation", [])]
+    for rate in {row["rate_point_bpp"] for row in ablation}:
+        have = {row["allocation"] for row in ablation if row["rate_point_bpp"] == rate}
+        same = [row for row in rows if row["rate_point_bpp"] == rate and row["method"] == "sp-orc"]
+        if "mi" not in have and same:  # the sp-orc row is the ablation's MI setting
+            ablation.insert(0, same[0])
+    return {
+        "rows": rows,
+        "ablation": ablation,
+        "sweeps": next((r["sweeps"] for r in results if r["sweeps"]), {}),
+        "scale": [row for r in results for row in r.get("scale", [])],
+        "tiles": results[0]["tiles"],
+        "tile_indices": idx,
+        "rates": sorted({x for r in results for x in r["rates"]}),
+        "seconds": sum(r["seconds"] for r in results),
+        "notes": results[0]["notes"],
+    }
+
+
+def fit_scaling(tiles, rate, fit_steps) -> list[dict]:
+    """The analysis fit of ``tiles`` as Ray tasks on 1 and 2 actors (2 shards per actor)."""
+    import ray
+
+    from recray.codecs.inr import Settings, load_model, model_files
+    from recray.pipeline.ray_engine import ray_session
+
+    w, _ = model_files(rate)
+
+    class Fitter:
+        def __init__(self):
+            import torch
+
+            torch.set_num_threads(1)
+            from recray.codecs.inr import INRCodec
+
+            self.codec = INRCodec(load_model(w), Settings(fit_steps=fit_steps))
+
+        def fit(self, x):
+            return self.codec.analysis(x).mu.shape[0]
+
+    out = []
+    with ray_session(None):
+        remote = ray.remote(num_cpus=1)(Fitter)
+        for n_act in (1, 2):
+            from ray.util import ActorPool
+
+            actors = [remote.remote() for _ in range(n_act)]
+            ray.get([a.fit.remote(tiles[:1]) for a in actors])  # warm: model loaded
+            shards = np.array_split(tiles, 4)
+            t0 = time.perf_counter()
+            done = sum(ActorPool(actors).map(lambda a, v: a.fit.remote(v), shards))
+            secs = time.perf_counter() - t0
+            out.append(
+                {
+                    "actors": n_act,
+                    "tiles": int(done),
+                    "fit_steps": fit_steps,
+                    "seconds": secs,
+                    "s_per_tile": secs / done,
+                }
+            )
+            for a in actors:
+                ray.kill(a)
+    return out
+
+
+def format_table(r: dict) -> str:
+    lines = [f"INR codec on {r['tiles']} test tiles (bpp from bytes written, PSNR of 8-bit tiles)"]
+    lines.append(
+        f"{'rate pt':>7} {'method':<8} {'bpp':>8} {'PSNR dB':>8} "
+        f"{'enc s/tile':>10} {'dec s/tile':>10}"
+    )
+    for row in r["rows"]:
+        lines.append(
+            f"{row['rate_point_bpp']:>7g} {row['method']:<8} {row['bpp']:>8.4f} "
+            f"{row['psnr_db']:>8.2f} "
+            f"{row['encode_s_per_tile']:>10.3f} {row['decode_s_per_tile']:>10.4f}"
+            + (f"  q={row['quality']}" if "quality" in row else "")
+        )
+    for row in r.get("ablation", []):
+        if "error" in row:
+            lines.append(f"ablation {row['allocation']}: {row['error']}")
+        else:
+            lines.append(
+                f"ablation sp-orc {row['allocation']:<15} bpp {row['bpp']:.4f} "
+                f"PSNR {row['psnr_db']:.2f}"
+            )
+    for row in r.get("scale", []):
+        lines.append(f"Ray fit: {row['actors']} actor(s): {row['s_per_tile']:.2f} s/tile")
+    return "\n".join(lines)
+
+
+def plot(r: dict, out_dir: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for m in ("orc-16", "sp-orc", "sp-pfr"):
+        pts = sorted((row["bpp"], row["psnr_db"]) for row in r["rows"] if row["method"] == m)
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "o-", label=f"INR {m}")
+    for c in CLASSICAL:
+        pts = sorted((row["bpp"], row["psnr_db"]) for row in r["sweeps"].get(c, []))
+        if pts:
+            ax.plot(*zip(*pts, strict=True), ".--", alpha=0.7, label=f"{c} (file bytes)")
+    ax.set_xlabel("bits per pixel (bytes written)")
+    ax.set_ylabel("PSNR (dB, 8-bit)")
+    ax.set_xscale("log")
+    ax.set_title(f"32x32 photo tiles, {r['tiles']} test tiles")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = os.path.join(out_dir, "inr_rd.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def markdown_table(r: dict) -> str:
+    """The rows as a Markdown table (README), INR settings first within each rate point."""
+    order = {m: k for k, m in enumerate(("orc-16", "sp-orc", "sp-pfr", *CLASSICAL))}
+    head = (
+        "| rate point | method | tiles | bpp (bytes written) | PSNR (dB) | KL (bpp) "
+        "| fallback blocks/tile | encode s/tile | decode s/tile |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
+    lines = [head]
+    rows = sorted(r["rows"], key=lambda x: (x["rate_point_bpp"], order.get(x["method"], 99)))
+    for x in rows:
+        name = x["method"] + (f" (q={x['quality']})" if "quality" in x else "")
+        kl = f"{x['kl_bpp']:.3f}" if "kl_bpp" in x else ""
+        fb = f"{x['fallback_blocks_per_tile']:.1f}" if "fallback_blocks_per_tile" in x else ""
+        lines.append(
+            f"| {x['rate_point_bpp']:g} | {name} | {x['tiles']} | {x['bpp']:.4f} | "
+            f"{x['psnr_db']:.2f} | {kl} | {fb} | {x['encode_s_per_tile']:.2f} | "
+            f"{x['decode_s_per_tile']:.3f} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,204 @@
+"""``recray codec inr ...`` and ``recray bench inr``: the INR codec's commands.
+
+recray codec inr compress [TILES | --split test] [--limit N] [--rate R] [--method M] --out RUN
+recray codec inr decompress RUN --out DIR
+recray bench inr [--limit N] [--rates R ...] --json docs/figures/inr.json --plots docs/figures/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def _settings(args):
+    from recray.codecs.inr import Settings
+
+    return Settings(
+        method=args.method,
+        block_bits=args.block_bits,
+        strategy=args.strategy,
+        n_samples=args.n_samples,
+        seed=args.seed,
+        fit_steps=args.fit_steps,
+        refine_steps=args.refine_steps,
+        stages=args.stages,
+    )
+
+
+def _tiles(args):
+    from recray.codecs.inr import read_tiles
+    from recray.data.tiles import load_tiles
+    from recray.errors import InputError
+
+    if args.tiles and args.split:
+        raise InputError("give TILES or --split, not both")
+    if args.tiles:
+        t = read_tiles(args.tiles)
+        if args.limit is not None:
+            t = t[: args.limit]
+        return t, {"file": os.path.abspath(args.tiles), "limit": args.limit}
+    split = args.split or "test"
+    return load_tiles(split, args.limit).images, {"split": split, "limit": args.limit}
+
+
+def cmd_compress(args) -> int:
+    from recray.cli.main import _progress
+    from recray.codecs import inr
+
+    tiles, source = _tiles(args)
+    r = inr.compress(
+        tiles,
+        args.out,
+        source=source,
+        rate=args.rate,
+        settings=_settings(args),
+        weights=args.weights,
+        engine=args.engine,
+        actors=args.actors,
+        address=args.address,
+        shard_rows=args.shard_rows,
+        progress=_progress(),
+    )
+    print(
+        f"{r['tiles']:,} tiles -> {args.out}: {r['bpp']:.4f} bpp from the message bytes "
+        f"(+{r['header_bytes']:,} bytes of plan and prior for the whole run), PSNR "
+        f"{r['psnr_db']:.2f} dB, {r['method']} ({r['blocks']} blocks), KL {r['kl_bpp']:.4f} bpp; "
+        f"{r['encode_s_per_tile']:.2f} s/tile ({r['engine']}, {r['actors']} actor(s))"
+    )
+    return 0
+
+
+def cmd_decompress(args) -> int:
+    from recray.codecs import inr
+
+    r = inr.decompress(args.run, args.out, weights=args.weights)
+    print(f"decoded {r['tiles']:,} tiles into {r['out']} ({r['decode_seconds']:.1f} s)")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from recray.bench import inr as bi
+    from recray.cli.main import _write_json
+
+    if args.merge:
+        r = bi.merge([json.load(open(p)) for p in args.merge])
+        print(bi.format_table(r))
+        _write_json(args.json, r)
+        if args.plots:
+            print("wrote", bi.plot(r, args.plots))
+        return 0
+    r = bi.run(
+        limit=args.limit,
+        rates=args.rates,
+        methods=args.methods,
+        ablation=not args.no_ablation,
+        workdir=args.workdir,
+        fit_steps=args.fit_steps,
+        refine_steps=args.refine_steps,
+        stages=args.stages,
+        scale=args.scale,
+        classical=not args.no_classical,
+        ablation_strategies=tuple(args.ablation),
+        report=lambda row: print(json.dumps(row), flush=True),
+    )
+    print(bi.format_table(r))
+    _write_json(args.json, r)
+    if args.plots:
+        print("wrote", bi.plot(r, args.plots))
+    return 0
+
+
+def _add_coding_args(c) -> None:
+    from recray.codecs.inr import METHODS, STRATEGIES, Settings
+
+    d = Settings()
+    c.add_argument("--method", choices=METHODS, default=d.method)
+    c.add_argument(
+        "--block-bits",
+        type=float,
+        default=None,
+        help="information per block (default 16 for orc-16, 32 for sp-*)",
+    )
+    c.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default=d.strategy,
+        help="partition-bit allocation inside a block (SP methods)",
+    )
+    c.add_argument("--n-samples", type=int, default=d.n_samples)
+    c.add_argument("--seed", type=int, default=d.seed)
+    c.add_argument("--fit-steps", type=int, default=d.fit_steps)
+    c.add_argument("--refine-steps", type=int, default=d.refine_steps)
+    c.add_argument(
+        "--stages",
+        type=int,
+        default=d.stages,
+        help="progressive coding rounds (fine-tuning after each)",
+    )
+
+
+def add_parsers(codec_sub, bench_sub) -> None:
+    """Register ``codec inr`` under ``codec_sub`` and ``bench inr`` under ``bench_sub``."""
+    from recray.codecs.inr import DEFAULT_RATE, METHODS
+
+    ci = codec_sub.add_parser("inr", help="lossy 32x32 RGB tiles: Bayesian INR weights by REC")
+    isub = ci.add_subparsers(dest="inr", required=True)
+    c = isub.add_parser("compress", help="compress tiles into a run directory")
+    c.add_argument(
+        "tiles",
+        nargs="?",
+        default=None,
+        help="a .npy of uint8 (n, 32, 32, 3) or a directory of 32x32 PNGs",
+    )
+    c.add_argument(
+        "--split",
+        choices=("test", "train"),
+        default=None,
+        help="the photo tiles of recray.data.tiles (default test)",
+    )
+    c.add_argument("--limit", type=int, default=None, help="first N tiles")
+    c.add_argument("--rate", type=float, default=DEFAULT_RATE, help="shipped rate point (bpp)")
+    c.add_argument("--weights", default=None, help="INR weights (default: the rate's shipped)")
+    c.add_argument("--out", required=True)
+    c.add_argument("--shard-rows", type=int, default=8, help="tiles per part / Ray task")
+    c.add_argument("--engine", choices=("ray", "local"), default="ray")
+    c.add_argument("--address", default=None, help="Ray cluster to join (default: local Ray)")
+    c.add_argument("--actors", type=int, default=2, help="Ray actors")
+    _add_coding_args(c)
+    c.set_defaults(func=cmd_compress)
+    d = isub.add_parser("decompress", help="decode a run into one PNG per tile")
+    d.add_argument("run")
+    d.add_argument("--out", required=True, help="directory for tile-NNNNN.png")
+    d.add_argument("--weights", default=None)
+    d.set_defaults(func=cmd_decompress)
+
+    b = bench_sub.add_parser(
+        "inr", help="INR codec R-D: ORC-16 vs SP, ablation, JPEG/WebP/AVIF/JXL"
+    )
+    b.add_argument("--limit", type=int, default=100, help="test tiles (evenly spaced)")
+    b.add_argument("--rates", type=float, nargs="+", default=None, help="default: all shipped")
+    b.add_argument("--methods", nargs="*", choices=METHODS, default=list(METHODS))
+    b.add_argument("--no-ablation", action="store_true")
+    b.add_argument(
+        "--ablation",
+        nargs="+",
+        default=["mi", "random", "collapsed-only"],
+        metavar="ALLOCATION",
+        help="allocations of the SP-ORC ablation",
+    )
+    b.add_argument("--no-classical", action="store_true", help="skip JPEG/WebP/AVIF/JPEG XL")
+    b.add_argument("--fit-steps", type=int, default=None)
+    b.add_argument("--refine-steps", type=int, default=None)
+    b.add_argument("--stages", type=int, default=None)
+    b.add_argument("--scale", action="store_true", help="also time the Ray fit, 1 vs 2 actors")
+    b.add_argument("--workdir", default=None)
+    b.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="no measuring: merge results of earlier runs (e.g. one per rate)",
+    )
+    b.add_argument("--json", metavar="PATH")
+    b.add_argument("--plots", metavar="DIR")
+    b.set_defaults(func=cmd_bench)

@@ -1,0 +1,451 @@
+"""``recray codec inr``: lossy 32x32 RGB tiles with a Bayesian INR, its weights sent by REC.
+
+RECOMBINER-style (He et al., ICLR 2024; see :mod:`recray.models.inr`). Encoding a batch
+of tiles:
+
+1. **analysis**: fit every tile's posterior over the INR latent (INR weights in the
+   reparameterized space plus the positional grid, 3,779 dims) under the shipped prior of
+   the chosen rate point (:func:`recray.models.inr.fit`);
+2. **progressive REC** (:func:`recray.codecs.base.encode_progressive`): per tile, the
+   uncoded blocks of largest KL go first; after each stage the uncoded dimensions are
+   fine-tuned with the coded ones pinned to their samples;
+3. the block indices become one message per tile (:mod:`recray.format.messages`), written
+   as a recray run (plan, prior, Parquet parts with a CRC per row, manifest). There is no
+   tail: the decoder rebuilds the INR from the decoded latent and renders the tile
+   (:func:`recray.models.inr.render_uint8`, float64, one tile at a time).
+
+**Coding settings** (``method`` presets, same model and fit):
+
+* ``orc-16``: RECOMBINER's baseline: ORC, 16-bit blocks (plan blocks of ~16 bits of
+  information, collapsed dims spread over them), ``2^16`` candidates, a fixed 16-bit index;
+* ``sp-orc``: space-partitioned ORC, larger blocks (``block_bits``, default 32), partition
+  bits by mutual information, ``2^16`` candidates;
+* ``sp-pfr``: space-partitioned PFR (exact) with the same blocks; blocks it cannot code
+  within ``max_steps`` fall back to SP-ORC (counted in ``fallback_blocks``).
+
+Ray: with ``engine="ray"`` every shard of tiles (``shard_rows`` tiles) is one task of an
+actor pool (:class:`ray.util.ActorPool`, ``actors`` actors, each loads the model once);
+``engine="local"`` codes the shards in this process. The bytes do not depend on it.
+
+Guarantees and requirements: decoding needs the same weights (SHA-256 in the run header),
+the same torch build and CPU family (the rendering is float64, fixed op order); a message
+names its tile when it fails its CRC or does not decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from recray.codecs.base import LatentCodec, Posterior, decode_items, encode_progressive
+from recray.errors import FormatError, InputError, MessageError, fmt_item
+
+# pyarrow, the run format and the plan are imported where used: the command line builds
+# its parser from this module's constants without paying for them
+
+CODEC_NAME = "inr-recombiner"
+CODEC_VERSION = 1
+PIXELS = 1024
+METHODS = ("orc-16", "sp-orc", "sp-pfr")
+STRATEGIES = ("mi", "random", "collapsed-only")
+DEFAULT_RATE = 1.5
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Coding settings of one run (written to the run header)."""
+
+    method: str = "sp-orc"
+    block_bits: float | None = None  # None: 16 for orc-16, 32 for SP
+    strategy: str = "mi"
+    n_samples: int = 1 << 16
+    max_steps: int = 1 << 16
+    seed: int = 0
+    fit_steps: int = 300
+    refine_steps: int = 30
+    stages: int = 4
+    lr: float = 1e-2
+
+
+class INRCodec(LatentCodec):
+    """The INR codec's parts: fit (analysis), fine-tune (refine), render (synthesis)."""
+
+    name = CODEC_NAME
+    version = CODEC_VERSION
+
+    def __init__(self, model, settings: Settings = Settings()):
+        self.model = model
+        self.s = settings
+
+    def analysis(self, items) -> Posterior:
+        from recray.models.inr import fit
+
+        mu, sigma = fit(self.model, items, steps=self.s.fit_steps, lr=self.s.lr, seed=self.s.seed)
+        return Posterior(mu, sigma)
+
+    def refine(self, items, posterior, coded, z):
+        from recray.models.inr import fit
+
+        if self.s.refine_steps <= 0:
+            return posterior
+        mu, sigma = fit(
+            self.model,
+            items,
+            steps=self.s.refine_steps,
+            lr=self.s.lr,
+            init=(posterior.mu, posterior.sigma),
+            fixed=coded,
+            values=z,
+            seed=self.s.seed + int(coded.sum()),
+        )
+        return Posterior(mu, sigma)
+
+    def synthesis(self, z, decoders=None, ids=None):
+        from recray.models.inr import render_uint8
+
+        return render_uint8(self.model, z)
+
+
+# ------------------------------------------------------------------------ model files
+def model_files(rate: float, weights: str | None = None) -> tuple[str, str]:
+    """``(weights.npz, prior.json)`` of a rate point (or of explicit ``weights``)."""
+    from recray.models.inr import shipped_rates, weights_path
+
+    if weights is None:
+        rates = shipped_rates()
+        if float(rate) not in rates:
+            raise InputError(
+                f"--rate {rate:g} has no shipped INR prior; shipped rate points "
+                f"(bpp): {', '.join(f'{r:g}' for r in rates) or 'none'}"
+            )
+        weights = str(weights_path(rate))
+    return weights, os.path.splitext(weights)[0] + "_prior.json"
+
+
+def load_model(weights: str):
+    from recray.models.inr import load_inr
+
+    return load_inr(weights)
+
+
+def make_spec(prior, s: Settings):
+    """The :class:`~recray.pipeline.codec.CodecSpec` of ``s`` under ``prior`` (a
+    :class:`~recray.latents.io.Prior`), and the allocation actually used."""
+    from recray.pipeline.codec import CodecSpec
+    from recray.plan import build_plan
+    from recray.plan.allocation import allocate_bits, derive_block_seed
+
+    if s.method not in METHODS:
+        raise InputError(f"method must be one of {METHODS}; got {s.method!r}")
+    if s.strategy not in STRATEGIES:
+        raise InputError(f"strategy must be one of {STRATEGIES}; got {s.strategy!r}")
+    sp = s.method != "orc-16"
+    bb = s.block_bits if s.block_bits is not None else (32.0 if sp else 16.0)
+    # ORC (and the ablation's common layout): collapsed dims spread over the blocks
+    spread = (not sp) or s.strategy != "mi" or s.method == "sp-orc"
+    strategy = "mi" if s.strategy == "collapsed-only" else s.strategy
+    plan = build_plan(
+        prior.mi_bits, bb, strategy=strategy, seed=s.seed, collapsed_block_size=0 if spread else 8
+    )
+    if s.strategy == "collapsed-only":
+        bits = np.zeros(plan.dim, np.int64)
+        mi = np.asarray(plan.mi_bits)
+        for i, dims in enumerate(plan.blocks):
+            bits[list(dims)] = allocate_bits(
+                mi[list(dims)],
+                plan.block_budget_bits[i],
+                "collapsed-only",
+                seed=derive_block_seed(s.seed, i),
+                collapse_threshold=plan.collapse_threshold,
+                max_bits_per_dim=plan.max_bits_per_dim,
+            )
+        plan = replace(plan, bits=tuple(int(b) for b in bits))
+    method = {"orc-16": "orc"}.get(s.method, s.method)
+    spec = CodecSpec(
+        plan=plan,
+        method=method,
+        seed=s.seed,
+        prior_mu=prior.mu,
+        prior_sigma=prior.sigma,
+        n_samples=s.n_samples,
+        max_steps=s.max_steps,
+        on_unbounded="orc" if method == "sp-pfr" else "error",
+    )
+    return spec, s.strategy
+
+
+# ------------------------------------------------------------------------ input tiles
+def read_tiles(path: str) -> np.ndarray:
+    """Tiles from a ``.npy`` file (uint8 ``(n, 32, 32, 3)``) or a directory of 32x32 PNGs
+    (sorted by name)."""
+    if os.path.isdir(path):
+        from PIL import Image
+
+        names = sorted(n for n in os.listdir(path) if n.lower().endswith(".png"))
+        if not names:
+            raise InputError(f"{path!r} holds no .png tiles")
+        out = []
+        for n in names:
+            with Image.open(os.path.join(path, n)) as im:
+                a = np.asarray(im.convert("RGB"))
+            if a.shape != (32, 32, 3):
+                raise InputError(f"tile {n!r} in {path!r} is {a.shape[1]}x{a.shape[0]}, not 32x32")
+            out.append(a)
+        return np.stack(out)
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"tiles {path!r} cannot be read as .npy: {exc}") from None
+    if a.dtype != np.uint8 or a.ndim != 4 or a.shape[1:] != (32, 32, 3):
+        raise InputError(f"tiles {path!r} must be uint8 (n, 32, 32, 3); got {a.dtype} {a.shape}")
+    return a
+
+
+# ------------------------------------------------------------------------ encode
+def _encode_shard(model, s: Settings, spec, ids, tiles) -> dict:
+    import pyarrow as pa
+
+    from recray.format.run import crc32_of
+    from recray.models.inr import psnr_db
+
+    codec = INRCodec(model, s)
+    enc = encode_progressive(codec, tiles, ids, spec, stages=s.stages)
+    recon = codec.synthesis(enc.z)
+    msgs = enc.messages
+    return {
+        "id": pa.array(np.asarray(ids, np.int64)),
+        "message": pa.array(msgs, pa.binary()),
+        "nbits": pa.array(8 * np.fromiter(map(len, msgs), np.int64, len(msgs))),
+        "crc32": pa.array(crc32_of(msgs)),
+        "kl_bits": pa.array(enc.kl_bits),
+        "steps": pa.array(enc.steps),
+        "fallback_blocks": pa.array(enc.fallback_blocks),
+        "psnr_db": pa.array(psnr_db(tiles, recon)),
+        "analysis_kl_bits": pa.array(enc.analysis_kl_bits),
+    }
+
+
+class _ShardActor:
+    def __init__(self, weights: str, s: Settings, spec):
+        import torch
+
+        torch.set_num_threads(1)
+        self.model, self.s, self.spec = load_model(weights), s, spec
+
+    def encode(self, ids, tiles):
+        return _encode_shard(self.model, self.s, self.spec, ids, tiles)
+
+
+def compress(
+    tiles: np.ndarray,
+    out_dir: str,
+    *,
+    source: dict,
+    rate: float = DEFAULT_RATE,
+    settings: Settings = Settings(),
+    weights: str | None = None,
+    engine: str = "local",
+    actors: int = 1,
+    address: str | None = None,
+    shard_rows: int = 8,
+    progress=None,
+) -> dict:
+    """Code ``tiles`` (uint8 ``(n, 32, 32, 3)``, ids ``0..n-1``) into the run ``out_dir``
+    at the shipped rate point ``rate`` (bpp) or with explicit ``weights``; returns
+    :func:`summary` plus timings. ``source`` describes the input (split or file)."""
+    if os.path.exists(out_dir):
+        raise InputError(f"output {out_dir!r} already exists; remove it or choose another --out")
+    if engine not in ("local", "ray"):
+        raise InputError(f"engine must be 'local' or 'ray'; got {engine!r}")
+    t0 = time.perf_counter()
+    import pyarrow as pa
+    import torch
+
+    from recray.format.run import RunWriter, part_schema
+    from recray.latents.io import read_prior
+    from recray.pipeline.driver import run_header
+
+    w, prior_file = model_files(rate, weights)
+    model = load_model(w)
+    prior = read_prior(prior_file)
+    if prior.dim != model.cfg.dim:
+        raise FormatError(
+            f"prior {prior_file!r} has {prior.dim} dims; the model has {model.cfg.dim}"
+        )
+    spec, allocation = make_spec(prior, settings)
+    n = tiles.shape[0]
+    header = run_header(spec, prior, "int") | {
+        "shard_rows": int(shard_rows),
+        "codec": {
+            "name": CODEC_NAME,
+            "version": CODEC_VERSION,
+            "model_sha256": model.model_checksum,
+            "torch_version": torch.__version__,
+            "rate_point_bpp": float(rate),
+            "preset": settings.method,
+            "allocation": allocation,
+            "settings": {k: v for k, v in settings.__dict__.items()},
+            "source": source,
+            "tiles": int(n),
+        },
+    }
+    schema = part_schema("int", prior.dim, False)
+    for name in ("psnr_db", "analysis_kl_bits"):
+        schema = schema.append(pa.field(name, pa.float64()))
+    shards = [(k, a, min(a + shard_rows, n)) for k, a in enumerate(range(0, n, shard_rows))]
+    fingerprint = {
+        "tiles_sha256": hashlib.sha256(np.ascontiguousarray(tiles).tobytes()).hexdigest()
+    }
+    bar = progress(total=n, unit="tile", desc=f"inr {settings.method}") if progress else None
+    with RunWriter(out_dir, header, prior.to_json(), schema, fingerprint=fingerprint) as writer:
+        if engine == "local":
+            for k, a, b in shards:
+                cols = _encode_shard(model, settings, spec, np.arange(a, b), tiles[a:b])
+                writer.commit(k, pa.table(cols, schema=schema))
+                if bar:
+                    bar.update(b - a)
+        else:
+            import ray
+            from ray.util import ActorPool
+
+            from recray.pipeline.ray_engine import ray_session
+
+            with ray_session(address):
+                remote = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)(_ShardActor)
+                pool = ActorPool([remote.remote(w, settings, spec) for _ in range(max(1, actors))])
+                work = [(np.arange(a, b), tiles[a:b]) for _, a, b in shards]
+                for (k, a, b), cols in zip(
+                    shards, pool.map(lambda act, v: act.encode.remote(*v), work), strict=True
+                ):
+                    writer.commit(k, pa.table(cols, schema=schema))
+                    if bar:
+                        bar.update(b - a)
+        totals = writer.totals(len(shards))
+        writer.publish(len(shards), totals)
+    if bar:
+        bar.close()
+    secs = time.perf_counter() - t0
+    return summary(out_dir) | {
+        "encode_seconds": secs,
+        "encode_s_per_tile": secs / max(n, 1),
+        "engine": engine,
+        "actors": actors if engine == "ray" else 1,
+    }
+
+
+def summary(run_dir: str) -> dict:
+    """Bits per pixel from the bytes written (messages only; the run's plan and prior
+    files are shared by all tiles and reported apart), PSNR of the encoder's own
+    reconstruction, KL and steps."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recray.format.run import Run
+
+    run = Run.open(run_dir, verify_parts=False)
+    codec = _codec_of(run)
+    t = pa.concat_tables([pq.read_table(p) for p in run.part_paths()])
+    n = t.num_rows
+    payload = sum(len(m) for m in t.column("message").to_pylist())
+    side = sum(os.path.getsize(os.path.join(run_dir, f)) for f in ("plan.json", "prior.json"))
+    return {
+        "run": run_dir,
+        "method": codec["preset"],
+        "allocation": codec["allocation"],
+        "rate_point_bpp": codec["rate_point_bpp"],
+        "tiles": n,
+        "bpp": 8.0 * payload / (n * PIXELS),
+        "payload_bytes": payload,
+        "header_bytes": side,
+        "psnr_db": float(np.mean(t.column("psnr_db").to_numpy())),
+        "kl_bpp": float(np.mean(t.column("kl_bits").to_numpy())) / PIXELS,
+        "analysis_kl_bpp": float(np.mean(t.column("analysis_kl_bits").to_numpy())) / PIXELS,
+        "steps_per_tile": float(np.mean(t.column("steps").to_numpy())),
+        "fallback_blocks_per_tile": float(np.mean(t.column("fallback_blocks").to_numpy())),
+        "blocks": len(json.loads(json.dumps(run.header["plan"]["blocks"]))),
+    }
+
+
+def _codec_of(run) -> dict:
+    codec = run.header.get("codec")
+    if not isinstance(codec, dict) or codec.get("name") != CODEC_NAME:
+        raise FormatError(f"{run.path!r} is not a recray codec inr run (no codec {CODEC_NAME!r})")
+    if codec.get("version") != CODEC_VERSION:
+        raise FormatError(
+            f"{run.path!r}: codec version {codec.get('version')!r}; this recray "
+            f"decodes version {CODEC_VERSION}"
+        )
+    return codec
+
+
+# ------------------------------------------------------------------------ decode
+def decompress(
+    run_dir: str, out_dir: str, *, weights: str | None = None, batch_size: int = 64, progress=None
+) -> dict:
+    """Decode every tile of a run into ``out_dir/tile-NNNNN.png`` (NNNNN = tile id);
+    returns ``{"tiles", "out", "decode_seconds"}`` and ``ids``/``images`` arrays."""
+    from recray.format.run import Run, crc32_of
+    from recray.latents.io import Prior
+    from recray.pipeline.driver import spec_from_header
+
+    t0 = time.perf_counter()
+    run = Run.open(run_dir)
+    codec_info = _codec_of(run)
+    w, _ = model_files(codec_info["rate_point_bpp"], weights)
+    model = load_model(w)
+    if model.model_checksum != codec_info["model_sha256"]:
+        raise FormatError(
+            f"{run_dir!r} was coded with model weights of SHA-256 "
+            f"{codec_info['model_sha256']}, but the loaded weights have "
+            f"{model.model_checksum}: decode with the same weights (--weights)"
+        )
+    import torch
+
+    if codec_info.get("torch_version") != torch.__version__:
+        raise FormatError(
+            f"{run_dir!r} was coded with torch {codec_info.get('torch_version')}, "
+            f"this is torch {torch.__version__}: the rendering is only bit-identical "
+            "on the same torch build"
+        )
+    prior = Prior.from_dict(json.loads(run.prior_json), where="run prior")
+    spec = spec_from_header(run.header, prior)
+    if os.path.exists(out_dir):
+        raise InputError(f"output {out_dir!r} already exists; remove it or choose another --out")
+    codec = INRCodec(model)
+    all_ids, all_tiles = [], []
+    for rb in run.iter_rows(columns=["id", "message", "crc32"], batch_size=batch_size):
+        ids = rb.column("id").to_numpy()
+        msgs = rb.column("message").to_pylist()
+        bad = crc32_of(msgs) != rb.column("crc32").to_numpy()
+        if bad.any():
+            raise MessageError(
+                f"tile {fmt_item(ids[np.argmax(bad)])}: its message fails its "
+                "CRC-32: the stored bytes are corrupted or truncated "
+                f"({int(bad.sum())} tiles of this batch affected)"
+            )
+        tiles, _ = decode_items(codec, ids, msgs, spec, what="tile")
+        all_ids.append(ids)
+        all_tiles.append(tiles)
+        if progress:
+            progress(len(ids))
+    ids = np.concatenate(all_ids)
+    images = np.concatenate(all_tiles)
+    from PIL import Image
+
+    tmp = out_dir + ".partial"
+    os.makedirs(tmp, exist_ok=True)
+    for i, im in zip(ids, images, strict=True):
+        Image.fromarray(im).save(os.path.join(tmp, f"tile-{int(i):05d}.png"))
+    os.rename(tmp, out_dir)
+    return {
+        "tiles": int(ids.size),
+        "out": out_dir,
+        "decode_seconds": time.perf_counter() - t0,
+        "ids": ids,
+        "images": images,
+    }

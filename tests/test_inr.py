@@ -1,0 +1,361 @@
+"""The INR codec end to end with a tiny model (trained here in seconds), its refusals
+(corrupted, truncated, other weights) named by tile, the tile data's checksums and the
+CIFAR-10 pickle loader."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import rehash_part
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("skimage")
+
+from recray.codecs import inr  # noqa: E402
+from recray.codecs.base import encode_progressive  # noqa: E402
+from recray.data import tiles as td  # noqa: E402
+from recray.errors import FormatError, InputError, MessageError  # noqa: E402
+from recray.latents.io import read_prior  # noqa: E402
+from recray.models.inr import INRConfig, load_inr, train  # noqa: E402
+
+N = 3
+TINY = INRConfig(hidden=8, grid_channels=8)
+
+
+def _settings(method):
+    return inr.Settings(
+        method=method,
+        n_samples=256,
+        max_steps=1 << 14,
+        fit_steps=4,
+        refine_steps=2,
+        stages=2,
+        block_bits=16 if method != "orc-16" else 8,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.set_num_threads(1)
+    test = td.load_tiles("test")
+    model, _ = train(
+        test.images[N : N + 6], 1.0, rounds=2, steps_per_round=2, cfg=TINY, log=lambda s: None
+    )
+    w = tmp_path_factory.mktemp("w") / "inr_tiny.npz"
+    model.save(w, {"model": "tiny test model"})
+    return str(w), test.images[:N]
+
+
+@pytest.fixture(scope="module", params=["sp-orc", "orc-16", "sp-pfr"])
+def run(request, tiny, tmp_path_factory):
+    w, tiles = tiny
+    out = str(tmp_path_factory.mktemp("run") / "r")
+    info = inr.compress(
+        tiles,
+        out,
+        source={"test": True},
+        weights=w,
+        settings=_settings(request.param),
+        engine="local",
+        shard_rows=2,
+    )
+    return out, info, request.param
+
+
+def test_round_trip_gives_the_encoders_reconstruction(run, tiny, tmp_path):
+    out, info, method = run
+    w, tiles = tiny
+    dec = inr.decompress(out, str(tmp_path / "dec"), weights=w)
+    names = sorted(os.listdir(tmp_path / "dec"))
+    assert names == [f"tile-{i:05d}.png" for i in range(N)]
+    from PIL import Image
+
+    pngs = np.stack([np.asarray(Image.open(tmp_path / "dec" / n)) for n in names])
+    assert np.array_equal(pngs, dec["images"])
+    # the encoder, run again on the same tiles: same messages, and its own reconstruction
+    model = load_inr(w)
+    spec, _ = inr.make_spec(read_prior(w.replace(".npz", "_prior.json")), _settings(method))
+    codec = inr.INRCodec(model, _settings(method))
+    msgs = []
+    recon = []
+    for a in range(0, N, 2):
+        enc = encode_progressive(
+            codec, tiles[a : a + 2], np.arange(a, min(a + 2, N)), spec, stages=2
+        )
+        msgs += enc.messages
+        recon.append(codec.synthesis(enc.z))
+    stored = pa.concat_tables(
+        [
+            pq.read_table(os.path.join(out, f))
+            for f in sorted(os.listdir(out))
+            if f.endswith(".parquet")
+        ]
+    )
+    assert stored.column("message").to_pylist() == msgs
+    assert np.array_equal(np.concatenate(recon), pngs)
+    # bitrate from the bytes written
+    assert info["bpp"] == pytest.approx(8 * sum(map(len, msgs)) / (N * 1024))
+    assert info["tiles"] == N and info["method"] == method
+
+
+def test_corrupted_message_names_the_tile(run, tiny, tmp_path):
+    d = str(tmp_path / "copy")
+    shutil.copytree(run[0], d)
+    part = "part-00000.parquet"
+    t = pq.read_table(os.path.join(d, part))
+    msgs = t.column("message").to_pylist()
+    msgs[1] = msgs[1][:2] + bytes([msgs[1][2] ^ 0x40]) + msgs[1][3:]
+    t = t.set_column(t.schema.get_field_index("message"), "message", pa.array(msgs, pa.binary()))
+    pq.write_table(t, os.path.join(d, part))
+    rehash_part(d, part)
+    with pytest.raises(MessageError, match="tile 1: its message fails its CRC"):
+        inr.decompress(d, str(tmp_path / "dec"), weights=tiny[0])
+    assert not os.path.exists(tmp_path / "dec")
+
+
+def test_truncated_runs_are_refused(run, tiny, tmp_path):
+    d = str(tmp_path / "copy")
+    shutil.copytree(run[0], d)
+    part = os.path.join(d, "part-00001.parquet")
+    data = open(part, "rb").read()
+    open(part, "wb").write(data[: len(data) // 2])
+    with pytest.raises(FormatError, match="part-00001.parquet does not match the manifest"):
+        inr.decompress(d, str(tmp_path / "dec"), weights=tiny[0])
+    # a truncated message (its CRC stored again) is caught by its tile id
+    shutil.rmtree(d)
+    shutil.copytree(run[0], d)
+    t = pq.read_table(os.path.join(d, "part-00001.parquet"))
+    msgs = t.column("message").to_pylist()
+    msgs[0] = msgs[0][: len(msgs[0]) // 2]
+    t = t.set_column(t.schema.get_field_index("message"), "message", pa.array(msgs, pa.binary()))
+    pq.write_table(t, os.path.join(d, "part-00001.parquet"))
+    rehash_part(d, "part-00001.parquet")
+    with pytest.raises(MessageError, match="tile 2: its message fails its CRC"):
+        inr.decompress(d, str(tmp_path / "dec"), weights=tiny[0])
+
+
+def test_other_weights_are_refused(run, tiny, tmp_path):
+    w = tmp_path / "inr_tiny.npz"
+    with np.load(tiny[0]) as z:
+        arrays = {k: z[k].copy() for k in z.files}
+    arrays["A.0"].flat[0] += 1e-3
+    np.savez(w, **arrays)
+    card = json.load(open(tiny[0].replace(".npz", ".json")))
+    card["weights_sha256"] = hashlib.sha256(w.read_bytes()).hexdigest()
+    (tmp_path / "inr_tiny.json").write_text(json.dumps(card))
+    with pytest.raises(FormatError, match="coded with model weights of SHA-256"):
+        inr.decompress(run[0], str(tmp_path / "dec"), weights=str(w))
+
+
+def test_cli_compress_and_decompress(tiny, tmp_path):
+    from recray.cli.main import main
+
+    w, tiles = tiny
+    npy = tmp_path / "t.npy"
+    np.save(npy, tiles[:2])
+    out, dec = str(tmp_path / "run"), str(tmp_path / "dec")
+    args = [
+        "codec",
+        "inr",
+        "compress",
+        str(npy),
+        "--weights",
+        w,
+        "--engine",
+        "local",
+        "--out",
+        out,
+        "--n-samples",
+        "256",
+        "--fit-steps",
+        "3",
+        "--refine-steps",
+        "1",
+        "--block-bits",
+        "16",
+    ]
+    assert main(args) == 0
+    assert main(["codec", "inr", "decompress", out, "--out", dec, "--weights", w]) == 0
+    assert sorted(os.listdir(dec)) == ["tile-00000.png", "tile-00001.png"]
+    assert (
+        main(
+            ["codec", "inr", "compress", str(npy), "--rate", "0.123", "--out", str(tmp_path / "x")]
+        )
+        == 2
+    )
+
+
+# ----------------------------------------------------------------------------- data
+def test_tile_splits_are_pinned_and_disjoint_by_source():
+    test = td.load_tiles("test")
+    assert len(test) == td.SPLIT_SIZES["test"] and test.images.dtype == np.uint8
+    assert set(test.sources) == set(td.TEST_SOURCES)
+    names = {s.name for s in td.SOURCES}
+    assert set(td.TEST_SOURCES) < names
+    assert td.load_tiles("test", limit=5).images.shape == (5, 32, 32, 3)
+    with pytest.raises(InputError):
+        td.load_tiles("valid")
+
+
+def test_a_source_with_another_checksum_is_refused(tmp_path):
+    src = next(s for s in td.SOURCES if s.name == "chelsea")
+    data = bytearray(open(td.source_path(src), "rb").read())
+    assert hashlib.sha256(data).hexdigest() == src.sha256
+    data[-1] ^= 1
+    bad = tmp_path / "chelsea.png"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="tile source 'chelsea'.*SHA-256"):
+        td.read_source(src, str(bad))
+
+
+def test_cut_tiles_is_row_major():
+    img = np.arange(64 * 96 * 3, dtype=np.int64).reshape(64, 96, 3).astype(np.uint8)
+    t = td.cut_tiles(img[: 70 // 32 * 32 + 5])
+    assert t.shape == (6, 32, 32, 3)
+    assert np.array_equal(t[1], img[:32, 32:64]) and np.array_equal(t[3], img[32:64, :32])
+
+
+def test_cifar10_pickle_loader(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    data = images.transpose(0, 3, 1, 2).reshape(5, 3072)  # R plane, G plane, B plane
+    batch = {
+        b"batch_label": b"testing batch 1 of 1",
+        b"labels": [3, 1, 4, 1, 5],
+        b"data": data,
+        b"filenames": [b"a.png"] * 5,
+    }
+    with open(tmp_path / "test_batch", "wb") as f:
+        pickle.dump(batch, f, protocol=2)  # CIFAR's python batches are protocol-2 pickles
+    got, labels = td.load_cifar10(str(tmp_path), "test")
+    assert np.array_equal(got, images) and labels.tolist() == [3, 1, 4, 1, 5]
+    assert got[2, 7, 9, 1] == data[2, 1024 + 7 * 32 + 9]
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    with open(tmp_path / "evil", "wb") as f:
+        pickle.dump({b"data": Evil()}, f, protocol=2)
+    with pytest.raises(FormatError, match="refusing to unpickle"):
+        td.read_cifar10_batch(str(tmp_path / "evil"))
+    with open(tmp_path / "short", "wb") as f:
+        pickle.dump({b"data": data[:, :100], b"labels": [0] * 5}, f, protocol=2)
+    with pytest.raises(FormatError, match="must be uint8 \\(n, 3072\\)"):
+        td.read_cifar10_batch(str(tmp_path / "short"))
+
+
+def test_classical_baselines_count_whole_files():
+    from recray.bench import inr as bi
+
+    tiles, idx = bi.test_tiles(2)
+    assert idx.tolist() == [0, len(td.load_tiles("test")) - 1]
+    for codec in bi.CLASSICAL:
+        data = bi.encode_classical(codec, tiles[0], 50)
+        assert bi.decode_classical(codec, data).shape == (32, 32, 3)
+        row = bi.classical_sweep(tiles, codec, [50])[0]
+        assert row["tiles"] == 2 and row["bpp"] >= 8 * row["min_file_bytes"] / 1024
+
+
+def test_job_entrypoint_forwards_to_the_codec_commands():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "jobs_inr", os.path.join(os.path.dirname(__file__), "..", "jobs", "inr.py")
+    )
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    assert job.argv_for(["compress", "--out", "/r"], {}) == [
+        "codec",
+        "inr",
+        "compress",
+        "--out",
+        "/r",
+    ]
+    assert job.argv_for(["compress", "--out", "/r"], {"RAY_ADDRESS": "x"})[-2:] == [
+        "--address",
+        "auto",
+    ]
+    assert job.argv_for(["bench", "--limit", "3"], {}) == ["bench", "inr", "--limit", "3"]
+    assert job.argv_for(["nope"], {}) is None
+    assert job.relative_path(["--out", "rel/run"]) == "rel/run"
+    assert job.relative_path(["--json", "x.json"]) == "x.json"
+    assert job.relative_path(["--out", "/abs", "--json", "/abs.json"]) is None
+
+
+def test_the_mnist_codec_sits_behind_the_same_interface():
+    from recray.codecs.base import decode_items
+    from recray.codecs.mnist import MnistCodec, prior_path
+    from recray.data.mnist import load_mnist
+    from recray.pipeline.codec import CodecSpec
+    from recray.plan import build_plan
+
+    try:
+        images, _ = load_mnist("test")
+    except Exception as exc:  # the MNIST cache is made by `recray` on first use
+        pytest.skip(f"MNIST not available: {exc}")
+    x = images[:3].reshape(3, -1)
+    prior = read_prior(prior_path())
+    spec = CodecSpec(
+        plan=build_plan(prior.mi_bits, 32.0),
+        method="sp-pfr",
+        seed=0,
+        prior_mu=prior.mu,
+        prior_sigma=prior.sigma,
+        on_unbounded="orc",
+    )
+    codec = MnistCodec()
+    enc = encode_progressive(codec, x, np.arange(3), spec)
+    out, z = decode_items(codec, np.arange(3), enc.messages, spec)
+    assert np.array_equal(out, x) and np.array_equal(z, enc.z)
+
+
+def test_shipped_rate_points_load_with_their_checksums():
+    from recray.models.inr import shipped_rates, weights_path
+
+    rates = shipped_rates()
+    assert len(rates) >= 3 and rates[0] <= 0.5 and rates[-1] >= 4
+    assert inr.DEFAULT_RATE in rates
+    for r in rates:
+        model = load_inr(weights_path(r))
+        card = json.load(open(weights_path(r).with_suffix(".json")))
+        assert card["target_bpp"] == r and card["weights_sha256"] == model.model_checksum
+        prior = read_prior(str(weights_path(r)).replace(".npz", "_prior.json"))
+        assert prior.dim == model.cfg.dim == 3779
+        assert np.array_equal(prior.sigma, model.prior_sigma64)
+
+
+@pytest.mark.parametrize("run", ["sp-orc"], indirect=True)
+def test_ray_engine_writes_the_same_bytes(run, tiny, tmp_path):
+    """The actor pool (2 actors, one shard each) gives the in-process run's bytes."""
+    out, _, method = run
+    w, tiles = tiny
+    info = inr.compress(
+        tiles,
+        str(tmp_path / "ray"),
+        source={"test": True},
+        weights=w,
+        settings=_settings(method),
+        engine="ray",
+        actors=2,
+        shard_rows=2,
+    )
+    assert info["engine"] == "ray" and info["actors"] == 2
+
+    def messages(d):
+        return [
+            m
+            for f in sorted(os.listdir(d))
+            if f.endswith(".parquet")
+            for m in pq.read_table(os.path.join(d, f)).column("message").to_pylist()
+        ]
+
+    assert messages(str(tmp_path / "ray")) == messages(out)
