@@ -136,7 +136,8 @@ class MnistCodec(LatentCodec):
     version = CODEC_VERSION
 
     def __init__(self, weights=None):
-        self.model = _model(weights)
+        self.model = _model(weights)  # the float encoder: q(z|x)
+        self.decoder = _int_decoder(weights)  # the integer tables: p(x|z) on any machine
 
     def analysis(self, items) -> Posterior:
         from recray.models.vae import posteriors
@@ -145,10 +146,11 @@ class MnistCodec(LatentCodec):
         return Posterior(mu, sigma)
 
     def tail(self, items, z):
-        return _pixel_tails(np.asarray(items).reshape(-1, PIXELS), _tables(self.model, z))
+        probs = _tables(self.decoder, z, CODEC_VERSION)
+        return _pixel_tails(np.asarray(items).reshape(-1, PIXELS), probs, CODEC_VERSION)
 
     def synthesis(self, z, decoders=None, ids=None):
-        probs = _tables(self.model, z)
+        probs = _tables(self.decoder, z, CODEC_VERSION)
         ids = range(len(z)) if ids is None else ids
         return np.stack(
             [_read_pixels(d, p, i) for d, p, i in zip(decoders, probs, ids, strict=True)]
