@@ -14,7 +14,7 @@ from recray.latents.io import RowIndex, validate_batch
 from recray.pipeline.codec import CodecSpec
 from recray.pipeline.progress import tick
 from recray.pipeline.shards import encode_or_reject
-from recray.pipeline.validate import Rejects, Scan
+from recray.pipeline.validate import Scan
 
 
 def iter_rows(index: RowIndex, start: int, stop: int, chunk_rows: int, skip: np.ndarray):
@@ -65,7 +65,7 @@ def code_shard(
                 hook(np.full(len(rows), k, np.int64), rows)
             part, bad = encode_or_reject(ids, mu, sigma, rows, spec, schema, on_bad)
             pieces.append(part)
-            rej = _merge(rej, bad)
+            rej.extend(bad)
             tick(progress, b - a, part.column("nbits"))
         else:
             tick(progress, b - a)
@@ -104,9 +104,3 @@ def run_local(
     from recray.backend import get_backend
 
     return {"actors": 0, "backend": get_backend(spec.backend).label, "driver_seconds": 0.0}
-
-
-def _merge(a: Rejects, b: Rejects) -> Rejects:
-    for f in ("rows", "ids", "fields", "reasons", "errors"):
-        getattr(a, f).extend(getattr(b, f))
-    return a

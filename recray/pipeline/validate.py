@@ -67,20 +67,26 @@ class Rejects:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def sorted(self) -> Rejects:
-        order = np.argsort(np.asarray(self.rows, dtype=np.int64), kind="stable")
-        pick = lambda a: [a[i] for i in order]  # noqa: E731
+    def _take(self, keep) -> Rejects:
         return Rejects(
-            *(pick(a) for a in (self.rows, self.ids, self.fields, self.reasons, self.errors))
+            *(
+                [a[i] for i in keep]
+                for a in (self.rows, self.ids, self.fields, self.reasons, self.errors)
+            )
         )
+
+    def sorted(self) -> Rejects:
+        return self._take(np.argsort(np.asarray(self.rows, dtype=np.int64), kind="stable"))
 
     def select(self, lo: int, hi: int) -> Rejects:
         """The rejects of input rows ``[lo, hi)``."""
-        keep = [i for i, r in enumerate(self.rows) if lo <= r < hi]
-        pick = lambda a: [a[i] for i in keep]  # noqa: E731
-        return Rejects(
-            *(pick(a) for a in (self.rows, self.ids, self.fields, self.reasons, self.errors))
-        )
+        return self._take([i for i, r in enumerate(self.rows) if lo <= r < hi])
+
+    def extend(self, other: Rejects) -> Rejects:
+        """Append ``other``'s rejects to these (in place); returns ``self``."""
+        for f in ("rows", "ids", "fields", "reasons", "errors"):
+            getattr(self, f).extend(getattr(other, f))
+        return self
 
     def table(self, id_kind: str) -> pa.Table:
         sch = reject_schema(id_kind)
