@@ -180,7 +180,7 @@ def test_cpu_kernel_machine_code_has_no_fma():
     regen = numba.njit(error_model="numpy")(cpu.regenerate_many.py_func)
     one = np.ones((1, 2), dtype=np.int64)
     keys = np.ones((1, 2), dtype=np.uint64)
-    regen(one[:, 0], one[:, 0], one, one, keys, np.zeros((1, 2)), np.ones((1, 2)), np.empty((1, 2)))
+    regen(one[:, 0], one[:, 0], one, keys, np.zeros((1, 2)), np.ones((1, 2)), np.empty((1, 2)))
     for fn in (search_math, regen):
         asm = "\n".join(fn.inspect_asm().values())
         assert "mulsd" in asm  # the code is there (mulsd / vmulsd)
@@ -202,7 +202,7 @@ u2 = T.uint64[:, ::1]
 sig = (f2, f2, f2, i2, i2, f2, i2, f1, f1, f2, f1, u2, i1, T.boolean, T.boolean, i1, i1, i1,
        i1, T.uint64, i1, i2, i2, f1, i1)
 ptx, _ = cuda.compile_ptx(gpu.search_kernel.py_func, sig, cc=(9, 0))
-ptx2, _ = cuda.compile_ptx(gpu.regenerate_kernel.py_func, (i1, i1, i2, i2, u2, f2, f2, f2),
+ptx2, _ = cuda.compile_ptx(gpu.regenerate_kernel.py_func, (i1, i1, i2, u2, f2, f2, f2),
                            cc=(9, 0))
 print(len(re.findall(r"\bfma\.", ptx + ptx2)), len(re.findall(r"mul\.rn\.f64", ptx + ptx2)))
 """

@@ -27,6 +27,7 @@ from recray.backend import get_backend
 from recray.errors import InputError, SearchBudgetError, UnboundedRatioError, fmt_block
 from recray.rec import codes
 from recray.rec.gaussian import LN2, kl_bits
+from recray.rec.kernels import compact_rows
 from recray.rec.partition import MAX_BITS_PER_DIM, build_tables
 from recray.rec.philox import RNG_VERSION, RNG_VERSIONS
 from recray.rec.randomness import MAX_DIM, MAX_LOCAL_INDEX, block_keys, shared_sample
@@ -204,7 +205,9 @@ def _bits(bits, method: str, shape, ids) -> np.ndarray:
     if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
         raise InputError(f"bits must be an integer array; got dtype {arr.dtype}")
     try:
-        arr = np.broadcast_to(arr.astype(np.int64), shape)
+        arr = arr.astype(np.int64, copy=False)
+        if arr.shape != shape:
+            arr = np.broadcast_to(arr, shape)
     except ValueError:
         raise InputError(
             f"bits of shape {arr.shape} does not broadcast to (n_blocks, d) = {shape}"
@@ -604,17 +607,15 @@ def _regenerate(be, bin_np, local_np, bits_np, k0, k1, pm, ps, version=RNG_VERSI
     if be.kernel is not None and version == RNG_VERSION:
         from recray.rec.kernels import regenerate
 
-        shift = _bit_offsets(bits_np)
         return regenerate(
             be.kernel,
             bin_np,
             local_np,
             bits_np,
-            shift,
             be.to_numpy(k0),
             be.to_numpy(k1),
-            np.broadcast_to(pm, bits_np.shape),
-            np.broadcast_to(ps, bits_np.shape),
+            compact_rows(np.broadcast_to(pm, bits_np.shape)),
+            compact_rows(np.broadcast_to(ps, bits_np.shape)),
         )
     j = be.asarray(bin_np)[:, None]
     local = be.asarray(local_np)[:, None]
@@ -685,7 +686,7 @@ def decode(
     _check_finite("prior_sigma", ps, ids)
     _check_positive("prior_sigma", ps, ids)
     bits_np = _bits(bits, method, (n, d), ids)
-    B = bits_np.sum(axis=1)
+    B = np.broadcast_to(compact_rows(bits_np).sum(axis=1), (n,))
     j, local = indices.bin, indices.local
     bad = (j < 0) | (j >= np.left_shift(1, B))
     if bad.any():
@@ -716,8 +717,8 @@ def decode(
         bits_np,
         k0,
         k1,
-        np.ascontiguousarray(pm),
-        np.ascontiguousarray(ps),
+        pm,
+        ps,
         rng_version,
     )
 

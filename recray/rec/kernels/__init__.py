@@ -252,9 +252,22 @@ def shared_keys(seed: int, ids, version: int):
     return out[:, 0], out[:, 1]
 
 
-def regenerate(kind: str, bins, local, bits, shift, k0, k1, pm, ps):
-    """Decoder samples ``(n, d)`` float64 with the CPU (``"cpu"``) or GPU (``"gpu"``) build."""
-    n, d = bits.shape
+def compact_rows(a) -> np.ndarray:
+    """``a`` (``(n, d)``) as one row when every row is the same broadcast row (stride 0),
+    else unchanged: the kernels read row 0 for every block then, and nothing is copied."""
+    a = np.asarray(a)
+    if a.ndim == 2 and a.shape[0] > 1 and a.strides[0] == 0:
+        return a[:1]
+    return a
+
+
+def regenerate(kind: str, bins, local, bits, k0, k1, pm, ps):
+    """Decoder samples ``(n, d)`` float64 with the CPU (``"cpu"``) or GPU (``"gpu"``) build.
+
+    ``bins``, ``local``, ``k0``, ``k1``: ``(n,)``; ``bits``, ``pm``, ``ps``: ``(n, d)`` or
+    one shared row ``(1, d)`` (broadcast views are compacted, not copied)."""
+    bits, pm, ps = (compact_rows(a) for a in (bits, pm, ps))
+    n, d = len(bins), bits.shape[1]
     out = np.empty((n, d), dtype=np.float64)
     if n == 0:
         return out
@@ -262,7 +275,6 @@ def regenerate(kind: str, bins, local, bits, shift, k0, k1, pm, ps):
         _c(bins, np.int64),
         _c(local, np.int64),
         _c(bits, np.int64),
-        _c(shift, np.int64),
         np.ascontiguousarray(np.stack([np.asarray(k0, np.uint64), np.asarray(k1, np.uint64)], 1)),
         _c(pm, np.float64),
         _c(ps, np.float64),

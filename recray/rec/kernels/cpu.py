@@ -102,10 +102,10 @@ def search_many(
 
 
 @njit(parallel=True, **dict(_OPTS, cache=True))
-def regenerate_many(bins, local, bits, shift, keys, pm, ps, out):
+def regenerate_many(bins, local, bits, keys, pm, ps, out):
     """The decoder's samples of every block (``prange``)."""
     for i in prange(bins.shape[0]):
-        _regenerate_block(i, bins, local, bits, shift, keys, pm, ps, out)
+        _regenerate_block(i, bins, local, bits, keys, pm, ps, out)
 
 
 @njit(parallel=True, **dict(_OPTS, cache=True))

@@ -102,7 +102,7 @@ def search_kernel(
 
 
 @cuda.jit
-def regenerate_kernel(bins, local, bits, shift, keys, pm, ps, out):
+def regenerate_kernel(bins, local, bits, keys, pm, ps, out):
     i = cuda.grid(1)
     if i < bins.shape[0]:
-        _regenerate_block(i, bins, local, bits, shift, keys, pm, ps, out)
+        _regenerate_block(i, bins, local, bits, keys, pm, ps, out)

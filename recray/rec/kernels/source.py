@@ -441,9 +441,17 @@ def build(jit, mul, frexp):
         return o0, o1
 
     @jit
-    def regenerate_block(i, bins, local, bits, shift, keys, pm, ps, out):
-        """Decoder: ``out[i, d] = pm + ps * G(key, j, n)_d`` for block ``i``."""
+    def regenerate_block(i, bins, local, bits, keys, pm, ps, out):
+        """Decoder: ``out[i, d] = pm + ps * G(key, j, n)_d`` for block ``i``.
+
+        ``bits`` and ``pm``/``ps`` hold one row per block, or a single row that every block
+        shares (a broadcast the caller did not have to materialize). A dimension's field of
+        the flat bin id starts after the bits of the dimensions before it."""
         d = bits.shape[1]
+        ii = np.int64(i)
+        ib = min(ii, np.int64(bits.shape[0] - 1))
+        ip = min(ii, np.int64(pm.shape[0] - 1))
+        iq = min(ii, np.int64(ps.shape[0] - 1))
         ju = np.uint64(bins[i])
         jl = ju & MASK32
         jh = ju >> U32
@@ -454,6 +462,7 @@ def build(jit, mul, frexp):
         ks1 = keys[i, 1]
         w2 = U0
         w3 = U0
+        sh = 0
         for dd in range(d):
             if (dd & 1) == 0:
                 pp = np.uint64(dd >> 1)
@@ -461,11 +470,12 @@ def build(jit, mul, frexp):
                 u = uniform53(w0, w1)
             else:
                 u = uniform53(w2, w3)
-            b = bits[i, dd]
-            kk = (bins[i] >> shift[i, dd]) & ((1 << b) - 1)
+            b = bits[ib, dd]
+            kk = (bins[i] >> sh) & ((1 << b) - 1)
+            sh += b
             inv_J = 1.0 / np.float64(1 << b)
             y = sample_in_interval(kk, u, inv_J)
-            out[i, dd] = pm[i, dd] + mul(ps[i, dd], y)
+            out[i, dd] = pm[ip, dd] + mul(ps[iq, dd], y)
 
     return SimpleNamespace(
         philox=philox,
