@@ -175,6 +175,7 @@ def search_gpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
     )
     dev = {k: cuda.to_device(a[k]) for k in names}
     d_kd = cuda.to_device(np.zeros((n, d), dtype=np.int64))
+    d_ub = cuda.device_array((n, d + 2), dtype=np.uint64)  # batch = 1 on the GPU
     d_out_i = cuda.to_device(out_i)
     d_out_f = cuda.to_device(out_f)
     d_status = cuda.to_device(status)
@@ -217,6 +218,7 @@ def search_gpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
                 np.uint64(hash_mult),
                 cuda.to_device(rows),
                 d_kd,
+                d_ub,
                 d_out_i,
                 d_out_f,
                 d_status,

@@ -65,11 +65,14 @@ def search_kernel(
     hmult,
     rows,
     kd,
+    ub,
     out_i,
     out_f,
     status,
 ):
-    """Thread ``t`` searches block ``rows[t]`` with table ``[hbase[t], hbase[t] + hcap[t])``."""
+    """Thread ``t`` searches block ``rows[t]`` with table ``[hbase[t], hbase[t] + hcap[t])``;
+    ``ub[i]`` is block ``i``'s row of private random bits (the GPU build draws them one arrival
+    at a time: ``batch = 1``)."""
     t = cuda.grid(1)
     if t < rows.shape[0]:
         i = rows[t]
@@ -96,6 +99,8 @@ def search_kernel(
             hcap[t],
             hmult,
             kd,
+            ub,
+            i,
             out_i,
             out_f,
         )

@@ -119,15 +119,22 @@ ST_OVERFLOW = 2  # the local-index table filled up: rerun the block with a large
 LAZY_MARGIN = 1e-7
 
 
-def build(jit, mul, frexp):
+def build(jit, mul, frexp, batch=1, inline_jit=None):
     """Compile the hot loop's functions with ``jit``.
 
     ``mul(a, b)``: the float product (see the module docstring); ``frexp(x)``: ``(m, e)``
-    with ``x = m 2^e``, ``m`` in [1/2, 1). Returns a namespace of the compiled functions.
+    with ``x = m 2^e``, ``m`` in [1/2, 1). ``batch``: arrivals whose sender-private uniforms
+    :func:`search_block` draws together (they depend on the arrival number only, so a
+    compiler can vectorize that loop; 1 on the GPU, where a thread's scratch is precious).
+    ``inline_jit``: the decorator of the small functions that loop calls (default ``jit``;
+    the CPU build inlines them so the loop vectorizes). Returns a namespace of the compiled
+    functions.
     """
+    ijit = jit if inline_jit is None else inline_jit
+    L = int(batch)
 
     # ----------------------------------------------------------------- Philox, uniforms
-    @jit
+    @ijit
     def philox(c0, c1, c2, c3, k0, k1):
         """Philox4x32-10 (Random123); all arguments and results ``uint64`` below 2^32."""
         for r in range(10):
@@ -144,13 +151,22 @@ def build(jit, mul, frexp):
             c2 = n2
         return c0, c1, c2, c3
 
-    @jit
-    def uniform53(w0, w1):
-        """Float64 in (0, 1) from two words: top 53 bits times 2^-53; 0 maps to 2^-54."""
-        m = ((w1 << U32) | w0) >> U11
+    @ijit
+    def bits53(w0, w1):
+        """The top 53 bits of the 64-bit word ``w1 w0``."""
+        return ((w1 << U32) | w0) >> U11
+
+    @ijit
+    def uniform_of(m):
+        """Float64 in (0, 1) from 53 random bits: ``m 2^-53``; 0 maps to 2^-54."""
         if m == U0:
             return TWO_M54
         return mul(np.float64(m), TWO_M53)
+
+    @ijit
+    def uniform53(w0, w1):
+        """Float64 in (0, 1) from two words: top 53 bits times 2^-53; 0 maps to 2^-54."""
+        return uniform_of(bits53(w0, w1))
 
     # ----------------------------------------------------------------- portable log
     @jit
@@ -310,6 +326,8 @@ def build(jit, mul, frexp):
         hcap,
         hmult,
         kd,
+        ub,
+        urow,
         out_i,
         out_f,
     ):
@@ -317,7 +335,15 @@ def build(jit, mul, frexp):
 
         Writes ``out_i[i] = (bin, local, arrival, steps)`` and ``out_f[i] = ln tau*``; returns
         a status (``ST_*``). ``hkeys``/``hcounts[hbase : hbase + hcap]`` is the block's
-        local-index table; ``kd[i]`` its scratch row of interval indices.
+        local-index table; ``kd[i]`` its scratch row of interval indices; ``ub[urow]`` its
+        scratch row (``uint64``, ``batch * (d + 2)``) of the 53 random bits of sender-private
+        uniforms, uniform-major.
+
+        Private uniforms: arrival ``k``'s uniform ``ui`` (0: its spacing, ``1 + dd``: the
+        interval of dimension ``dd``) is half of ``Philox((k, ui >> 1, 0, 0), private key)``.
+        They depend on ``k`` alone, so they are drawn ``batch`` arrivals at a time, pair by
+        pair, in a loop without dependencies (uniforms of arrivals past the stop are drawn
+        and never used); everything after them runs arrival by arrival.
 
         Lazy dimensions (exact mode, ``lazy``): candidate ``k`` can only win if
         ``ln T_k - ln r'(X_k) < best``. Each dimension's term is at most its
@@ -351,29 +377,31 @@ def build(jit, mul, frexp):
         status = ST_CAPPED if exact else ST_DONE
         steps = nb
         for k in range(1, nb + 1):
-            ku = np.uint64(k)
-            kl = ku & MASK32
-            kh = ku >> U32
-            w0, w1, w2, w3 = philox(kl, kh, U0, U0, kp0, kp1)
-            e = -plog(uniform53(w0, w1))
+            lb = (k - 1) % L
+            if lb == 0:  # draw the private uniforms of arrivals k .. k + L - 1
+                for p in range((d >> 1) + 1):
+                    need = p == 0 or bits[i, 2 * p - 1] > 0 or (2 * p < d and bits[i, 2 * p] > 0)
+                    if need:
+                        pu = np.uint64(p)
+                        o0 = 2 * p * L
+                        o1 = o0 + L
+                        for ll in range(L):  # integer work only: vectorizes on the CPU
+                            ku = np.uint64(k + ll)
+                            w0, w1, w2, w3 = philox(ku & MASK32, ku >> U32, pu, U0, kp0, kp1)
+                            ub[urow, o0 + ll] = bits53(w0, w1)
+                            ub[urow, o1 + ll] = bits53(w2, w3)
+            e = -plog(uniform_of(ub[urow, lb]))
             if not exact:  # ORC arrival times: E_k N / (N - k + 1)
                 e = mul(e, nbf / ((nbf - np.float64(k)) + 1.0))
             T = T + time_increment(e)
             logT = plog(np.float64(T)) - LN_TIME_SCALE
-            # sender-private interval draws (uniform 1 + d of this arrival)
+            # sender-private interval draws (uniform 1 + dd of this arrival)
             j = 0
-            pcur = 0
             for dd in range(d):
                 b = bits[i, dd]
                 kk = 0
                 if b > 0:
-                    ui = dd + 1
-                    p = ui >> 1
-                    if p != pcur:
-                        w0, w1, w2, w3 = philox(kl, kh, np.uint64(p), U0, kp0, kp1)
-                        pcur = p
-                    u = uniform53(w0, w1) if (ui & 1) == 0 else uniform53(w2, w3)
-                    kk = draw_interval(cdf, offs[i, dd], b, u)
+                    kk = draw_interval(cdf, offs[i, dd], b, uniform_of(ub[urow, (dd + 1) * L + lb]))
                 kd[i, dd] = kk
                 j = j | (kk << shift[i, dd])
             # local index
@@ -481,6 +509,8 @@ def build(jit, mul, frexp):
         philox=philox,
         horner=horner,
         uniform53=uniform53,
+        bits53=bits53,
+        uniform_of=uniform_of,
         log_core=log_core,
         plog=plog,
         ndtri_central=ndtri_central,
