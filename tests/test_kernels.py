@@ -384,6 +384,28 @@ def test_decode_ignores_encoder_only_arguments():
         rec.decode(res.indices, rng_version=7, **kw)
 
 
+def test_decode_of_shared_rows_equals_decode_of_full_arrays():
+    """The kernels read a bit allocation or prior given once for every block (a broadcast,
+    never copied) exactly as the same values given per block, on both backends."""
+    rng = np.random.default_rng(3)
+    n, d = 300, 5
+    bits = np.array([3, 0, 2, 1, 4])
+    pm, ps = rng.normal(size=d), rng.uniform(0.5, 2.0, size=d)
+    idx = np.stack([rng.integers(0, 1 << int(bits.sum()), n), rng.integers(1, 50, n)], 1)
+    kw = {"seed": 9, "stream_ids": np.arange(n) + 7}
+    full = [np.tile(a, (n, 1)) for a in (bits, pm, ps)]
+    for be in ("numpy", "numba"):
+        shared = rec.decode(idx, bits=bits, prior_mu=pm, prior_sigma=ps, backend=be, **kw)
+        per_row = rec.decode(
+            idx, bits=full[0], prior_mu=full[1], prior_sigma=full[2], backend=be, **kw
+        )
+        np.testing.assert_array_equal(shared, per_row)
+        moved = full[1].copy()
+        moved[-1, 2] += 1.0  # a per-row value is read per row, not from row 0
+        x = rec.decode(idx, bits=bits, prior_mu=moved, prior_sigma=ps, backend=be, **kw)
+        np.testing.assert_array_equal(x[:-1], shared[:-1])
+        assert x[-1, 2] == pytest.approx(shared[-1, 2] + 1.0, abs=1e-12)
+
 # --------------------------------------------------------------------------- CUDA simulator
 SIM_SCRIPT = r"""
 import json, sys, time
