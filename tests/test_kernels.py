@@ -406,6 +406,7 @@ def test_decode_of_shared_rows_equals_decode_of_full_arrays():
         np.testing.assert_array_equal(x[:-1], shared[:-1])
         assert x[-1, 2] == pytest.approx(shared[-1, 2] + 1.0, abs=1e-12)
 
+
 # --------------------------------------------------------------------------- CUDA simulator
 SIM_SCRIPT = r"""
 import json, sys, time
