@@ -57,6 +57,35 @@ def test_golden_tables(dec):
     assert w[:, 406, [100, 101, 102, 103, 254, 255]].tolist() == GOLDEN_PIXEL_406
 
 
+def test_compiled_coder_tables_equal_the_numpy_path(dec):
+    """The fused Numba pass gives the range coder exactly the NumPy path's float64 tables,
+    on ordinary latents, on latents far out (every clip of the lookups hit) and on the
+    golden rows; a table built with one edge off is caught (negative control)."""
+    rng = np.random.default_rng(11)
+    z = np.concatenate([GOLDEN_Z, rng.standard_normal((5, 32)), rng.standard_normal((4, 32)) * 40])
+    want = intdec.coder_probabilities(dec.tables(z))
+    got = dec.coder_tables(z)
+    assert got.dtype == np.float64 and got.flags.c_contiguous
+    assert np.array_equal(got, want)
+    from recray.models.intdec_kernel import coder_tables
+
+    w1, means, inv = dec.parameters(z[:2])
+    off = np.empty((2, 784, 256))
+    coder_tables(dec.logistic, w1, means, inv, intdec.EDGES + 1, off)
+    assert not np.array_equal(off, want[:2])
+
+
+def test_float64_matmul_of_the_layers_is_the_integer_matmul(dec):
+    """Every layer's product through float64 BLAS equals NumPy's integer matmul, at the
+    largest inputs the format allows (activations at their clip, ``|zq|`` at its clip)."""
+    rng = np.random.default_rng(2)
+    for i, w in enumerate(dec.weights):
+        top = intdec.ACT_MAX if i else intdec.Z_CLIP << intdec.Z_FRAC
+        a = rng.integers(0 if i else -top, top + 1, size=(9, w.shape[0]))
+        a[0] = top * np.sign(w[:, 0]).astype(np.int64)  # the largest sum of column 0
+        assert np.array_equal(intdec._exact_matmul(a, w), np.matmul(a, w))
+
+
 def test_tables_are_exact_integers_independent_of_the_batch(dec):
     z = np.random.default_rng(5).standard_normal((7, 32)) * 1.3
     w = dec.tables(z)

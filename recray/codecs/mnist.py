@@ -110,9 +110,7 @@ def _tables(decoder, z: np.ndarray, version: int) -> np.ndarray:
         from recray.models.vae import pixel_probabilities
 
         return pixel_probabilities(decoder, z)
-    from recray.models.intdec import coder_probabilities
-
-    return coder_probabilities(decoder.tables(z))
+    return decoder.coder_tables(z)  # = coder_probabilities(decoder.tables(z)), compiled
 
 
 def _pixel_tails(images: np.ndarray, probs: np.ndarray, version: int) -> list[list[Tail]]:
