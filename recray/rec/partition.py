@@ -41,6 +41,12 @@ class BinTables:
     log_rmax_d (n, d) f64    per-dimension ln r'_max (nats; "sup" weights only, else NaN)
     log_rmax  (n,) f64       ln r'_max = sum over dimensions (nats; "sup" only, else NaN)
     max_bits  int            largest b (binary-search depth)
+    log_bound (total,) f64   per interval, ``ln sup_{interval} q/p - log_corr``: the most a
+                             candidate in it can add to ``ln r'`` ("qmass" only, else None;
+                             ``+inf`` where the ratio is unbounded or the interval is never
+                             drawn). The compiled kernels use it to drop fixed-budget
+                             candidates that cannot win; "sup" weights make it constant per
+                             dimension (``log_rmax_d``).
     """
 
     offsets: object
@@ -50,6 +56,7 @@ class BinTables:
     log_rmax_d: object
     log_rmax: object
     max_bits: int
+    log_bound: object = None
 
 
 def table_entries(bits_np) -> int:
@@ -76,6 +83,7 @@ def build_tables(be, m, s, bits, bits_host, weights: str) -> BinTables:
     cdf = xp.empty(total, dtype=xp.float64)
     log_corr = xp.empty(total, dtype=xp.float64)
     lse = xp.empty(n * d, dtype=xp.float64)
+    log_bound = xp.empty(total, dtype=xp.float64) if weights == "qmass" else None
 
     prior = StandardNormalPrior(be)
     flat_m = m.reshape(-1)
@@ -104,8 +112,15 @@ def build_tables(be, m, s, bits, bits_host, weights: str) -> BinTables:
         idx = offsets[sel][:, None] + xp.arange(J, dtype=xp.int64)[None, :]
         cdf[idx] = seg_cdf
         # ln(J * pi(k)) = b ln2 + ln w_k - ln sum w
-        log_corr[idx] = (b * LN2) + (logw - seg_lse)
+        seg_corr = (b * LN2) + (logw - seg_lse)
+        log_corr[idx] = seg_corr
         lse[sel] = seg_lse[:, 0]
+        if log_bound is not None:
+            with be.errstate():
+                sup = ratio.log_sup_on(edges[None, :-1], edges[None, 1:])
+                seg_bound = sup - seg_corr
+            usable = ratio.bounded() & (logw > -xp.inf) & ~xp.isnan(seg_bound)
+            log_bound[idx] = xp.where(usable, seg_bound, xp.inf)
 
     bits_dev = bits
     if weights == "sup":
@@ -122,6 +137,7 @@ def build_tables(be, m, s, bits, bits_host, weights: str) -> BinTables:
         log_rmax_d=log_rmax_d,
         log_rmax=log_rmax,
         max_bits=int(bits_host.max()) if bits_host.size else 0,
+        log_bound=log_bound,
     )
 
 

@@ -62,7 +62,12 @@ def kernel_arrays(prob):
     if exact:
         for dd in range(d - 2, -1, -1):  # bound of the dimensions after dd
             rest[:, dd] = rest[:, dd + 1] + rmax_d[:, dd + 1]
-    lazy = exact and d > 1 and bool(np.isfinite(rest).all())
+    if exact:
+        lazy = d > 1 and bool(np.isfinite(rest).all())
+        log_bound = np.zeros(1, dtype=f64)  # unused: exact mode bounds by rest_max
+    else:  # per-interval bounds (+inf where a candidate can never be dropped)
+        lazy = d > 1 and t.log_bound is not None
+        log_bound = _c(t.log_bound if lazy else np.zeros(1), f64)
     keys = np.ascontiguousarray(np.stack([np.asarray(k, dtype=np.uint64) for k in prob.keys], 1))
     bits = _c(prob.bits, np.int64)
     budget = _c(prob.budget, np.int64)
@@ -79,6 +84,7 @@ def kernel_arrays(prob):
         offs=_c(t.offsets, np.int64),
         cdf=_c(t.cdf, f64),
         log_corr=_c(t.log_corr, f64),
+        log_bound=log_bound,
         rest_max=rest,
         log_rmax=log_rmax,
         keys=keys,
@@ -125,6 +131,7 @@ def search_cpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
                 a["offs"],
                 a["cdf"],
                 a["log_corr"],
+                a["log_bound"],
                 a["rest_max"],
                 a["log_rmax"],
                 a["keys"],
@@ -168,6 +175,7 @@ def search_gpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
         "offs",
         "cdf",
         "log_corr",
+        "log_bound",
         "rest_max",
         "log_rmax",
         "keys",
@@ -205,6 +213,7 @@ def search_gpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
                 dev["offs"],
                 dev["cdf"],
                 dev["log_corr"],
+                dev["log_bound"],
                 dev["rest_max"],
                 dev["log_rmax"],
                 dev["keys"],

@@ -314,6 +314,7 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
         offs,
         cdf,
         log_corr,
+        log_bound,
         rest_max,
         log_rmax,
         keys,
@@ -345,13 +346,16 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
         pair, in a loop without dependencies (uniforms of arrivals past the stop are drawn
         and never used); everything after them runs arrival by arrival.
 
-        Lazy dimensions (exact mode, ``lazy``): candidate ``k`` can only win if
-        ``ln T_k - ln r'(X_k) < best``. Each dimension's term is at most its
-        ``ln r'_max,d``, so after dimension ``dd`` the final ``ln r'`` is at most
-        ``acc + rest_max[i, dd]`` (``rest_max`` = sum of the later dimensions' bounds); a
-        candidate below ``ln T_k - best`` by a relative margin far above the rounding of
-        these sums is dropped unseen. Its local index is already counted and the stop test
-        does not depend on it, so winners and step counts are unchanged.
+        Lazy dimensions (``lazy``): candidate ``k`` can only win if
+        ``ln T_k - ln r'(X_k) < best``. Each dimension's term is at most a bound, so after
+        dimension ``dd`` the final ``ln r'`` is at most ``acc`` plus the later dimensions'
+        bounds; a candidate below ``ln T_k - best`` by a relative margin far above the
+        rounding of these sums is dropped unseen. Its local index is already counted and the
+        stop test does not depend on it, so winners and step counts are unchanged. Exact
+        mode bounds a dimension by its ``ln r'_max,d`` (``rest_max[i, dd]``: the sum of the
+        later ones); fixed-budget mode by the bound of the interval the candidate drew
+        (``log_bound``, a running remainder of their sum), since ``Q``-mass weights make it
+        differ from interval to interval (``+inf``, never a drop, where unbounded).
         """
         d = m.shape[1]
         ks0 = keys[i, 0]
@@ -397,6 +401,7 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
             logT = plog(np.float64(T)) - LN_TIME_SCALE
             # sender-private interval draws (uniform 1 + dd of this arrival)
             j = 0
+            rem = 0.0
             for dd in range(d):
                 b = bits[i, dd]
                 kk = 0
@@ -404,6 +409,8 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
                     kk = draw_interval(cdf, offs[i, dd], b, uniform_of(ub[urow, (dd + 1) * L + lb]))
                 kd[i, dd] = kk
                 j = j | (kk << shift[i, dd])
+                if lazy and not exact:
+                    rem = rem + log_bound[offs[i, dd] + kk]
             # local index
             local = k
             if has_bins:
@@ -434,8 +441,13 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
                 t = log_ratio(y, m[i, dd], s[i, dd], log_s[i, dd]) - corr
                 acc = t if dd == 0 else acc + t
                 if lazy and dd + 1 < d:
-                    top = acc + rest_max[i, dd]
-                    slack = mul(LAZY_MARGIN, 1.0 + abs(acc) + abs(rest_max[i, dd]) + abs(thr))
+                    if exact:
+                        rest = rest_max[i, dd]
+                    else:
+                        rem = rem - log_bound[offs[i, dd] + kd[i, dd]]
+                        rest = rem
+                    top = acc + rest
+                    slack = mul(LAZY_MARGIN, 1.0 + abs(acc) + abs(rest) + abs(thr))
                     if top < thr - slack:
                         alive = False
                         break
