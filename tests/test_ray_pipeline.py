@@ -323,3 +323,30 @@ def test_driver_killed_then_killed_during_resume_then_resumed(cluster, data, tmp
     )
     assert info["resumed_shards"] == len(more)
     assert _files(out) == _files(ref)
+
+
+def test_mnist_pixel_stage_and_decode_on_ray(cluster, tmp_path, monkeypatch):
+    """``recray codec mnist`` on Ray: the pixel stage of compress and the whole of decompress
+    run one part per task on an actor pool and give what the in-process engine gives, byte
+    for byte (the codec run's parts; the decoded images). The latent search on Ray is what
+    the tests above cover; here it runs in-process to keep the test short."""
+    pytest.importorskip("torch")
+    from recray.codecs import mnist
+
+    kw = dict(limit=20, method="sp-pfr", block_bits=32, shard_rows=10)  # two parts
+    here, there = str(tmp_path / "here"), str(tmp_path / "there")
+    mnist.compress(here, engine="local", **kw)
+    latent_stage = mnist.driver.compress
+    monkeypatch.setattr(
+        mnist.driver, "compress", lambda *a, **k: latent_stage(*a, **(k | {"engine": "local"}))
+    )
+    opts = _ray(cluster, 2)
+    mnist.compress(there, **kw, **opts)
+    parts = [f for f in sorted(os.listdir(here)) if f.startswith("part-")]
+    assert len(parts) == 2
+    assert {f: _files(there)[f] for f in parts} == {f: _files(here)[f] for f in parts}
+    a = mnist.decompress(here, str(tmp_path / "dec-here"))
+    b = mnist.decompress(here, str(tmp_path / "dec-there"), verify=True, **opts)
+    assert b["images"] == 20 and b["verified"]
+    a, b = np.load(a["out"]), np.load(b["out"])
+    assert np.array_equal(a["ids"], b["ids"]) and np.array_equal(a["images"], b["images"])

@@ -464,6 +464,8 @@ def cmd_mnist_decompress(args) -> int:
         data_dir=args.data_dir,
         weights=args.weights,
         progress=_progress(),
+        engine=args.engine,
+        ray_options=_ray_opts(args),
     )
     tail = "; identical to the source, byte for byte" if r.get("verified") else ""
     print(f"decoded {r['images']:,} images into {r['out']}{tail}")
@@ -686,6 +688,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="VAE weights (default: the shipped ones); decoding uses the integer decoder "
         "next to them, <stem>_intdec.npz",
     )
+    md.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: decode in this process; ray: one part per task on a Ray actor pool "
+        "(the same images)",
+    )
+    md.add_argument("--address", default=None, help="Ray cluster to join (default: local Ray)")
+    md.add_argument("--actors", type=int, default=None, help="actor pool size")
+    _add_cluster_args(md)
     md.set_defaults(func=cmd_mnist_decompress)
     demo = msub.add_parser(
         "demo", help="the table's rows on a small test subset (ORC 16-bit vs SP-PFR 32-bit)"
