@@ -22,6 +22,7 @@ decode damaged ones; both list them in a rejects file).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -46,6 +47,15 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False) or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
+
+    def _format_action(self, action):
+        # an option without help text still shows its default
+        if not action.help and action.option_strings and action.default not in (
+            None, False, argparse.SUPPRESS,
+        ):  # fmt: skip
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -390,6 +400,24 @@ def cmd_bench_scale(args) -> int:
     return 0 if r["summary"]["identical_bytes"] else 1
 
 
+def cmd_bench_driver(args) -> int:
+    from recray.bench import scale
+
+    r = scale.run_driver_cost(
+        n=args.n,
+        dim=args.dim,
+        block_bits=args.block_bits,
+        batch_size=args.batch_size,
+        shard_rows=args.shard_rows,
+        actors=args.actors,
+        decompress=not args.no_decompress,
+        workdir=args.workdir,
+    )
+    print(scale.format_driver_cost(r))
+    _write_json(args.json, r)
+    return 0
+
+
 def _ray_opts(args):
     from recray.pipeline.options import RayOptions
 
@@ -629,6 +657,21 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--workdir", default=None)
     bs.add_argument("--json", metavar="PATH")
     bs.set_defaults(func=cmd_bench_scale)
+
+    bdc = bsub.add_parser(
+        "driver",
+        help="the driver's CPU per item of a compress and a decompress on a local Ray",
+    )
+    bdc.add_argument("--n", type=int, default=200_000)
+    bdc.add_argument("--dim", type=int, default=16)
+    bdc.add_argument("--block-bits", type=float, default=4.0)
+    bdc.add_argument("--shard-rows", type=int, default=10_000)
+    bdc.add_argument("--batch-size", type=int, default=2000)
+    bdc.add_argument("--actors", type=int, default=2)
+    bdc.add_argument("--no-decompress", action="store_true", help="compress only")
+    bdc.add_argument("--workdir", default=None)
+    bdc.add_argument("--json", metavar="PATH")
+    bdc.set_defaults(func=cmd_bench_driver)
 
     brd = bsub.add_parser(
         "reads", help="read amplification: bytes decoded per byte handed out, before and now"
