@@ -143,7 +143,9 @@ def test_bad_input_is_named_before_coding(cluster, data, tmp_path):
     bad_id = t.column("id")[437].as_py()
     out = str(tmp_path / "run")
     with pytest.raises(InputError, match=rf"item {bad_id}: sigma\[5\] = nan is not finite") as e:
-        driver.compress(bad, pri, out, batch_size=100, **SETTINGS, **_ray(cluster, 2))
+        driver.compress(
+            bad, pri, out, batch_size=100, **SETTINGS, **_ray(cluster, 2, validate_on_ray=True)
+        )
     assert f"duplicate item id {ids[3]} (first at row 3)" in str(e.value)
     assert os.listdir(tmp_path) == ["bad.parquet"]  # nothing published, no partial left
     spec = driver.spec_from_header(driver.Run.open(data[2]).header, driver.read_prior(pri))

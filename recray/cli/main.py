@@ -411,6 +411,7 @@ def cmd_bench_driver(args) -> int:
         shard_rows=args.shard_rows,
         actors=args.actors,
         decompress=not args.no_decompress,
+        validate_on_ray={"auto": None, "driver": False, "ray": True}[args.validate_on],
         workdir=args.workdir,
     )
     print(scale.format_driver_cost(r))
@@ -669,6 +670,12 @@ def build_parser() -> argparse.ArgumentParser:
     bdc.add_argument("--batch-size", type=int, default=2000)
     bdc.add_argument("--actors", type=int, default=2)
     bdc.add_argument("--no-decompress", action="store_true", help="compress only")
+    bdc.add_argument(
+        "--validate-on",
+        choices=("auto", "driver", "ray"),
+        default="auto",
+        help="where the validation pass runs (auto: Ray tasks from 2^20 items on)",
+    )
     bdc.add_argument("--workdir", default=None)
     bdc.add_argument("--json", metavar="PATH")
     bdc.set_defaults(func=cmd_bench_driver)

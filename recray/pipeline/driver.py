@@ -42,7 +42,7 @@ from recray.latents.io import LatentSource, Prior, read_prior
 from recray.pipeline.codec import CodecSpec
 from recray.pipeline.decode import decoded_schema, decoded_table
 from recray.pipeline.local_engine import run_local
-from recray.pipeline.options import RayOptions
+from recray.pipeline.options import VALIDATE_ON_RAY_ROWS, RayOptions
 from recray.pipeline.progress import tick
 from recray.pipeline.shards import DEFAULT_SHARD_ROWS, ON_BAD_ITEM, shard_ranges
 from recray.pipeline.validate import scan_shards
@@ -285,14 +285,19 @@ def compress(
 
 
 def _validate(index, shards, spec: CodecSpec, out_dir: str, engine: str, opts: RayOptions):
-    """The validation pass, shard by shard (on Ray with the Ray engine): the ids go to
-    per-shard sorted id files in a scratch location next to the output, removed afterwards
-    whatever happens, so this process holds O(shards), not O(items)."""
+    """The validation pass, shard by shard (on Ray tasks with the Ray engine, see
+    :attr:`RayOptions.validate_on_ray`, else here): the ids go to per-shard sorted id files
+    in a scratch location next to the output, removed afterwards whatever happens, so this
+    process holds O(shards) (plus one shard's or one hash range's keys when the pass runs
+    here), not 16 bytes per item."""
     out = resolve(out_dir)
     scratch = out.sibling(f".{out.name}.ids-{uuid.uuid4().hex[:12]}")
     made_parent = out.renames and not out.parent().exists()
     try:
-        if engine == "ray":
+        on_ray = opts.validate_on_ray
+        if on_ray is None:
+            on_ray = index.n_rows >= VALIDATE_ON_RAY_ROWS
+        if engine == "ray" and on_ray:
             from recray.pipeline.ray_engine import validate_on_ray
 
             return validate_on_ray(index, shards, spec, scratch, opts=opts)

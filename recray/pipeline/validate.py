@@ -12,6 +12,16 @@ reports **every** bad item (:class:`Rejects`), each with its row, id, field and 
 Cost: one read of the input and the bound computation of every block (the same tables the
 search builds first), a small fraction of the search itself; :attr:`Scan.seconds` reports
 it.
+
+**Shard by shard.** ``compress`` runs the pass per shard (:func:`check_shard`: on Ray one
+task per shard, :func:`recray.pipeline.ray_engine.validate_on_ray`; in-process
+:func:`scan_shards`). Each shard's valid items leave their 64-bit keys (int ids as they
+are, string ids hashed) and rows in an id file, sorted and cut into hash ranges; then each
+range is checked on its own (:func:`check_range`: the keys of that range from every
+shard, ``RANGE_ITEMS`` at most on average). Whoever gathers the results holds the shards'
+rejects only: O(shards), not 16 bytes per item. The rejects and their order are those of
+the one-pass check (:func:`scan`): a bad row's id is not kept, the first occurrence (lowest
+row) of an id is kept and each repeat rejected, naming the id and the first row.
 """
 
 from __future__ import annotations
