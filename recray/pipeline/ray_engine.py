@@ -248,10 +248,11 @@ class ShardCoder:
         self.batch_size = batch_size
         self.on_bad = on_bad
         self.hook = hook
-        if spec.backend:
-            from recray.backend import get_backend
+        from recray.backend import get_backend
 
-            get_backend(spec.backend)  # fail at start-up, not on the first shard
+        # fail at start-up, not on the first shard; the label goes back with each summary,
+        # so the driver need not resolve "auto" itself (importing Numba and probing CUDA)
+        self.backend_label = get_backend(spec.backend).label
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = {SHARD: [], SUMMARY: [], ERROR: []}
@@ -277,6 +278,8 @@ class ShardCoder:
             except RecrayError as exc:  # back to the driver as a row, with its type
                 error = _error_doc(exc, True)
             out[SHARD].append(k)
+            if summary is not None:
+                summary = summary | {"backend": self.backend_label}
             out[SUMMARY].append(None if summary is None else json.dumps(summary))
             out[ERROR].append(error)
         return pa.table(
@@ -647,6 +650,7 @@ def run_ray(
             )
         driver_s = 0.0  # time the driver spends per shard (its serial part)
         todo = {k for k, _, _ in pending}
+        labels = []  # the backend the actors resolved
         try:
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 t0 = time.perf_counter()
@@ -656,6 +660,7 @@ def run_ray(
                     if error is not None:
                         _raise_from_doc(json.loads(error))
                     s = json.loads(summary)
+                    labels.append(s.pop("backend", None))
                     writer.record(k, s)
                     todo.discard(k)
                     if progress is not None:
@@ -680,8 +685,10 @@ def run_ray(
                 f"Ray Data finished without delivering every row of shards {missing[:5]}; "
                 "run again with --resume"
             )
-    if backend is None:  # CPU actors resolve "auto" as this process does (same packages)
-        from recray.backend import get_backend
+    if backend is None:  # CPU actors resolved "auto"; the label came with the summaries
+        backend = next((b for b in labels if b), None)
+        if backend is None:
+            from recray.backend import get_backend
 
-        backend = get_backend("auto").label
+            backend = get_backend("auto").label
     return {"actors": actors, "backend": backend, "driver_seconds": driver_s}
