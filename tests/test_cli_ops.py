@@ -97,6 +97,7 @@ def test_help_shows_defaults_and_every_option_has_help(capsys):
     text = capsys.readouterr().out
     assert "(default: 16.0)" in text and "(default: 65536)" in text
     assert "--connect-timeout S" in text and "(default: 30.0)" in text
+    assert "(default: sp-pfr)" in text  # an option without help text shows its default too
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     codec = next(a for a in sub.choices["codec"]._actions if a.dest == "codec")

@@ -113,6 +113,7 @@ def test_compress_decompress_inspect_on_s3(s3, clean, tmp_path, capsys):
     assert rc == 0, err
     assert "bits/item" in out
     assert _keys(fs, "runs/a") == _local_files(clean)  # the manifest included: same bytes
+    assert not [k for k in _keys(fs, "runs") if ".ids-" in k]  # validation scratch removed
 
     assert main(["inspect", uri("runs/a"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -121,18 +121,42 @@ def test_decompress_on_ray_writes_the_in_process_file(cluster, data, tmp_path):
 
 
 def test_bad_input_is_named_before_coding(cluster, data, tmp_path):
+    """The validation pass runs as Ray tasks (one per shard, then one per hash range of the
+    ids): the same rejects, in the same order, as the in-process pass, and nothing is left
+    behind (no partial run, no id files)."""
+    from recray.format.storage import resolve
+    from recray.latents.io import LatentSource
+    from recray.pipeline.ray_engine import validate_on_ray
+    from recray.pipeline.shards import shard_ranges
+    from recray.pipeline.validate import scan
+
     lat, pri, _ = data
     t = pq.read_table(lat).slice(0, 600)
     sigma = np.stack(t.column("sigma").to_numpy(zero_copy_only=False))
     sigma[437, 5] = np.nan
+    ids = t.column("id").to_numpy().copy()
+    ids[520] = ids[3]  # a repeat in another shard
     t = t.set_column(t.schema.get_field_index("sigma"), "sigma", pa.array(list(sigma)))
+    t = t.set_column(0, "id", pa.array(ids))
     bad = str(tmp_path / "bad.parquet")
     pq.write_table(t, bad)
     bad_id = t.column("id")[437].as_py()
     out = str(tmp_path / "run")
-    with pytest.raises(InputError, match=rf"item {bad_id}: sigma\[5\] = nan is not finite"):
-        driver.compress(bad, pri, out, batch_size=100, **SETTINGS, **_ray(cluster, 2))
+    with pytest.raises(InputError, match=rf"item {bad_id}: sigma\[5\] = nan is not finite") as e:
+        driver.compress(
+            bad, pri, out, batch_size=100, **SETTINGS, **_ray(cluster, 2, validate_on_ray=True)
+        )
+    assert f"duplicate item id {ids[3]} (first at row 3)" in str(e.value)
     assert os.listdir(tmp_path) == ["bad.parquet"]  # nothing published, no partial left
+    spec = driver.spec_from_header(driver.Run.open(data[2]).header, driver.read_prior(pri))
+    index = LatentSource(bad, 16).row_index()
+    opts = RayOptions(address=cluster.address, resources=ACTOR)
+    scratch = resolve(str(tmp_path / "ids"))
+    there = validate_on_ray(index, shard_ranges(600, 250), spec, scratch, opts=opts,
+                            range_items=200).rejects  # fmt: skip
+    here = scan(index, spec).rejects
+    assert (there.rows, there.ids, there.reasons) == (here.rows, here.ids, here.reasons)
+    assert len(here) == 2
 
 
 def _wait_for_parts(partial, n, timeout=120.0, proc=None):
@@ -301,3 +325,30 @@ def test_driver_killed_then_killed_during_resume_then_resumed(cluster, data, tmp
     )
     assert info["resumed_shards"] == len(more)
     assert _files(out) == _files(ref)
+
+
+def test_mnist_pixel_stage_and_decode_on_ray(cluster, tmp_path, monkeypatch):
+    """``recray codec mnist`` on Ray: the pixel stage of compress and the whole of decompress
+    run one part per task on an actor pool and give what the in-process engine gives, byte
+    for byte (the codec run's parts; the decoded images). The latent search on Ray is what
+    the tests above cover; here it runs in-process to keep the test short."""
+    pytest.importorskip("torch")
+    from recray.codecs import mnist
+
+    kw = dict(limit=20, method="sp-pfr", block_bits=32, shard_rows=10)  # two parts
+    here, there = str(tmp_path / "here"), str(tmp_path / "there")
+    mnist.compress(here, engine="local", **kw)
+    latent_stage = mnist.driver.compress
+    monkeypatch.setattr(
+        mnist.driver, "compress", lambda *a, **k: latent_stage(*a, **(k | {"engine": "local"}))
+    )
+    opts = _ray(cluster, 2)
+    mnist.compress(there, **kw, **opts)
+    parts = [f for f in sorted(os.listdir(here)) if f.startswith("part-")]
+    assert len(parts) == 2
+    assert {f: _files(there)[f] for f in parts} == {f: _files(here)[f] for f in parts}
+    a = mnist.decompress(here, str(tmp_path / "dec-here"))
+    b = mnist.decompress(here, str(tmp_path / "dec-there"), verify=True, **opts)
+    assert b["images"] == 20 and b["verified"]
+    a, b = np.load(a["out"]), np.load(b["out"])
+    assert np.array_equal(a["ids"], b["ids"]) and np.array_equal(a["images"], b["images"])

@@ -22,6 +22,7 @@ decode damaged ones; both list them in a rejects file).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -46,6 +47,15 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False) or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
+
+    def _format_action(self, action):
+        # an option without help text still shows its default
+        if not action.help and action.option_strings and action.default not in (
+            None, False, argparse.SUPPRESS,
+        ):  # fmt: skip
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -390,6 +400,25 @@ def cmd_bench_scale(args) -> int:
     return 0 if r["summary"]["identical_bytes"] else 1
 
 
+def cmd_bench_driver(args) -> int:
+    from recray.bench import scale
+
+    r = scale.run_driver_cost(
+        n=args.n,
+        dim=args.dim,
+        block_bits=args.block_bits,
+        batch_size=args.batch_size,
+        shard_rows=args.shard_rows,
+        actors=args.actors,
+        decompress=not args.no_decompress,
+        validate_on_ray={"auto": None, "driver": False, "ray": True}[args.validate_on],
+        workdir=args.workdir,
+    )
+    print(scale.format_driver_cost(r))
+    _write_json(args.json, r)
+    return 0
+
+
 def _ray_opts(args):
     from recray.pipeline.options import RayOptions
 
@@ -464,6 +493,8 @@ def cmd_mnist_decompress(args) -> int:
         data_dir=args.data_dir,
         weights=args.weights,
         progress=_progress(),
+        engine=args.engine,
+        ray_options=_ray_opts(args),
     )
     tail = "; identical to the source, byte for byte" if r.get("verified") else ""
     print(f"decoded {r['images']:,} images into {r['out']}{tail}")
@@ -628,6 +659,27 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--json", metavar="PATH")
     bs.set_defaults(func=cmd_bench_scale)
 
+    bdc = bsub.add_parser(
+        "driver",
+        help="the driver's CPU per item of a compress and a decompress on a local Ray",
+    )
+    bdc.add_argument("--n", type=int, default=200_000)
+    bdc.add_argument("--dim", type=int, default=16)
+    bdc.add_argument("--block-bits", type=float, default=4.0)
+    bdc.add_argument("--shard-rows", type=int, default=10_000)
+    bdc.add_argument("--batch-size", type=int, default=2000)
+    bdc.add_argument("--actors", type=int, default=2)
+    bdc.add_argument("--no-decompress", action="store_true", help="compress only")
+    bdc.add_argument(
+        "--validate-on",
+        choices=("auto", "driver", "ray"),
+        default="auto",
+        help="where the validation pass runs (auto: Ray tasks from 2^20 items on)",
+    )
+    bdc.add_argument("--workdir", default=None)
+    bdc.add_argument("--json", metavar="PATH")
+    bdc.set_defaults(func=cmd_bench_driver)
+
     brd = bsub.add_parser(
         "reads", help="read amplification: bytes decoded per byte handed out, before and now"
     )
@@ -686,6 +738,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="VAE weights (default: the shipped ones); decoding uses the integer decoder "
         "next to them, <stem>_intdec.npz",
     )
+    md.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: decode in this process; ray: one part per task on a Ray actor pool "
+        "(the same images)",
+    )
+    md.add_argument("--address", default=None, help="Ray cluster to join (default: local Ray)")
+    md.add_argument("--actors", type=int, default=None, help="actor pool size")
+    _add_cluster_args(md)
     md.set_defaults(func=cmd_mnist_decompress)
     demo = msub.add_parser(
         "demo", help="the table's rows on a small test subset (ORC 16-bit vs SP-PFR 32-bit)"

@@ -34,7 +34,9 @@ Version 1 runs (float64 tables from torch) still decode, on the same torch build
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -51,7 +53,7 @@ from recray.errors import FormatError, InputError, MessageError, fmt_item
 from recray.format.messages import Tail, decode_blocks, encode_messages, read_head
 from recray.format.run import Run, RunWriter, check_crcs, crc32_of, part_schema
 from recray.latents.io import Prior, read_prior
-from recray.pipeline import driver
+from recray.pipeline import driver, parts
 from recray.pipeline.codec import decode_indices
 from recray.pipeline.driver import spec_from_header
 from recray.pipeline.options import RayOptions
@@ -208,7 +210,9 @@ def compress(
     os.makedirs(parent, exist_ok=True)
     work = os.path.join(parent, f".{os.path.basename(out_dir)}.work-{uuid.uuid4().hex[:8]}")
     os.makedirs(work)
+    scope = contextlib.ExitStack()
     try:
+        scope.enter_context(parts.session(engine, ray_options))  # one Ray for both stages
         lat = os.path.join(work, "latents.parquet")
         _write_latents(lat, mu, sigma)
         t_rec = time.perf_counter()
@@ -233,10 +237,12 @@ def compress(
         rec_s = time.perf_counter() - t_rec
         t_pix = time.perf_counter()
         info = _write_codec_run(
-            latent_run, out_dir, model, decoder, prior, images, split, progress, codec_version
-        )
+            latent_run, out_dir, model, decoder, prior, images, split, progress, codec_version,
+            engine=engine, ray_options=ray_options, weights=weights,
+        )  # fmt: skip
         pixel_s = time.perf_counter() - t_pix
     finally:
+        scope.close()
         shutil.rmtree(work, ignore_errors=True)
     total_s = time.perf_counter() - t_start
     return info | {
@@ -293,10 +299,13 @@ def _codec_header(latent_header: dict, model, decoder, split: str, version: int)
 
 
 def _write_codec_run(
-    latent_run, out_dir, model, decoder, prior: Prior, images, split, progress, version
-):
+    latent_run, out_dir, model, decoder, prior: Prior, images, split, progress, version,
+    *, engine: str = "local", ray_options: RayOptions | None = None, weights=None,
+):  # fmt: skip
+    """The pixel stage: each part of the latent run becomes the codec run's part (its
+    pixels coded after the latent indices), one task per part, in this process or on Ray
+    (:func:`recray.pipeline.parts.map_parts`); whoever codes a part commits it."""
     run = Run.open(latent_run)
-    spec = spec_from_header(run.header, prior)
     header = _codec_header(run.header, model, decoder, split, version)
     schema = part_schema("int", prior.dim, False)
     schema = schema.append(pa.field("latent_nbits", pa.int64()))
@@ -304,42 +313,79 @@ def _write_codec_run(
     fingerprint = {"split": split, "images": int(images.shape[0])}
     bar = progress(total=images.shape[0], unit="image", desc="pixels") if progress else None
     with RunWriter(out_dir, header, prior.to_json(), schema, fingerprint=fingerprint) as writer:
-        for k, path in enumerate(run.part_paths()):
-            t = pq.read_table(path)
-            ids = t.column("id").to_numpy()
-            lat_msgs = t.column("message").to_pylist()
-            check_crcs(ids, lat_msgs, t.column("crc32").to_numpy())
-            bins, local, extra = decode_blocks(lat_msgs, spec.layout, item_ids=ids)
-            adaptive = spec.layout.adaptive
-            msgs, ideal = [], []
-            for a in range(0, len(ids), TABLE_CHUNK):
-                sl = slice(a, a + TABLE_CHUNK)
-                ex = extra[sl] if adaptive else None
-                z = decode_indices(ids[sl], bins[sl], local[sl], spec, ex)
-                tails = _pixel_tails(images[ids[sl]], _tables(decoder, z, version), version)
-                msgs += encode_messages(bins[sl], local[sl], spec.layout, tails, extra=ex)
-                ideal += [tl[0].ideal_bits for tl in tails]
-                if bar:
-                    bar.update(len(tails))
-            cols = {
-                "id": pa.array(ids, pa.int64()),
-                "message": pa.array(msgs, pa.binary()),
-                "nbits": pa.array(8 * np.fromiter(map(len, msgs), np.int64, len(msgs))),
-                "crc32": pa.array(crc32_of(msgs)),
-                "kl_bits": t.column("kl_bits"),
-                "steps": t.column("steps"),
-                "fallback_blocks": t.column("fallback_blocks"),
-                "adapted_blocks": t.column("adapted_blocks"),
-                "latent_nbits": t.column("nbits"),
-                "pixel_ideal_bits": pa.array(np.asarray(ideal, np.float64)),
-            }
-            writer.commit(k, pa.table(cols, schema=schema))
-        n_parts = len(run.part_paths())
+        coder = _PixelCoder(latent_run, weights, version, images, writer.committer)
+        tasks = list(enumerate(run.part_paths()))
+        for k, part in zip(
+            range(len(tasks)),
+            parts.map_parts(coder, tasks, engine=engine, opts=ray_options),
+            strict=True,
+        ):
+            writer.record(k, part)
+            if bar:
+                bar.update(part["rows"])
+        n_parts = len(tasks)
         totals = writer.totals(n_parts)
         writer.publish(n_parts, totals)
     if bar:
         bar.close()
     return summary(out_dir)
+
+
+@dataclasses.dataclass
+class _PixelCoder:
+    """Builds the pixel stage's worker (once per process or actor): the latent run's spec
+    and the table model, loaded from the same files as the driver's."""
+
+    latent_run: str
+    weights: object
+    version: int
+    images: np.ndarray
+    committer: object
+
+    def __call__(self):
+        run = Run.open(self.latent_run, verify_parts=False)
+        prior = Prior.from_dict(json.loads(run.prior_json), where="run prior")
+        spec = spec_from_header(run.header, prior)
+        if self.version == FLOAT_TABLES_VERSION:
+            decoder = _model(self.weights)
+        else:
+            decoder = _int_decoder(self.weights)
+        return functools.partial(
+            _code_pixel_part, spec, decoder, self.version, self.images, self.committer
+        )
+
+
+def _code_pixel_part(spec, decoder, version, images, committer, task) -> dict:
+    """Code the pixels of one latent part ``task = (k, path)`` after its indices and
+    commit it as the codec run's part ``k``; returns the part's summary."""
+    k, path = task
+    t = pq.read_table(path)
+    ids = t.column("id").to_numpy()
+    lat_msgs = t.column("message").to_pylist()
+    check_crcs(ids, lat_msgs, t.column("crc32").to_numpy())
+    bins, local, extra = decode_blocks(lat_msgs, spec.layout, item_ids=ids)
+    adaptive = spec.layout.adaptive
+    msgs, ideal = [], []
+    for a in range(0, len(ids), TABLE_CHUNK):
+        sl = slice(a, a + TABLE_CHUNK)
+        ex = extra[sl] if adaptive else None
+        z = decode_indices(ids[sl], bins[sl], local[sl], spec, ex)
+        tails = _pixel_tails(images[ids[sl]], _tables(decoder, z, version), version)
+        msgs += encode_messages(bins[sl], local[sl], spec.layout, tails, extra=ex)
+        ideal += [tl[0].ideal_bits for tl in tails]
+    cols = {
+        "id": pa.array(ids, pa.int64()),
+        "message": pa.array(msgs, pa.binary()),
+        "nbits": pa.array(8 * np.fromiter(map(len, msgs), np.int64, len(msgs))),
+        "crc32": pa.array(crc32_of(msgs)),
+        "kl_bits": t.column("kl_bits"),
+        "steps": t.column("steps"),
+        "fallback_blocks": t.column("fallback_blocks"),
+        "adapted_blocks": t.column("adapted_blocks"),
+        "latent_nbits": t.column("nbits"),
+        "pixel_ideal_bits": pa.array(np.asarray(ideal, np.float64)),
+    }
+    return committer.commit(k, pa.table(cols, schema=committer.schema))
 
 
 def summary(run_dir: str) -> dict:
@@ -436,22 +482,76 @@ def decompress(
     weights=None,
     batch_size: int = 1024,
     progress=None,
+    engine: str = "local",
+    ray_options: RayOptions | None = None,
 ) -> dict:
     """Decode every image of a codec run into ``out_dir/images.npz`` (``ids`` int64 ``(n,)``,
     ``images`` uint8 ``(n, 28, 28)``). ``verify=True`` compares them byte for byte with the
     MNIST split they came from and raises :class:`FormatError` naming the first image that
-    differs."""
+    differs. ``engine="ray"`` decodes one part per task on a Ray actor pool (as
+    ``recray decompress --engine ray``), ``"local"`` here: the same images either way."""
     run = Run.open(run_dir)
     codec = _codec_of(run)
-    version = codec["version"]
-    decoder = _decoder_for(run_dir, codec, weights)
-    prior = Prior.from_dict(json.loads(run.prior_json), where="run prior")
-    spec = spec_from_header(run.header, prior)
+    _decoder_for(run_dir, codec, weights)  # the right model, checked before any work
     if os.path.exists(out_dir):
         raise InputError(f"output {out_dir!r} already exists; remove it or choose another --out")
     all_ids, all_images = [], []
     bar = progress(total=run.manifest["items"], unit="image", desc="decode") if progress else None
-    for rb in run.iter_rows(columns=["id", "message", "crc32"], batch_size=batch_size):
+    worker = _PartDecoding(run_dir, weights, batch_size)
+    files = [p["file"] for p in run.manifest["parts"]]
+    for ids, images in parts.map_parts(worker, files, engine=engine, opts=ray_options):
+        all_ids.append(ids)
+        all_images.append(images)
+        if bar:
+            bar.update(len(ids))
+    if bar:
+        bar.close()
+    ids = np.concatenate(all_ids)
+    images = np.concatenate(all_images).reshape(-1, 28, 28)
+    result = {"images": int(ids.size), "out": os.path.join(out_dir, "images.npz")}
+    if verify:
+        src = _images(codec["split"], None, data_dir)
+        if ids.max() >= src.shape[0]:
+            raise FormatError(f"image id {int(ids.max())} is outside the {codec['split']} split")
+        bad = np.flatnonzero((src[ids] != images.reshape(-1, PIXELS)).any(axis=1))
+        if bad.size:
+            raise FormatError(
+                f"image {int(ids[bad[0]])}: decoded pixels differ from MNIST {codec['split']} "
+                f"({bad.size} images differ)"
+            )
+        result["verified"] = True
+    os.makedirs(out_dir)
+    tmp = os.path.join(out_dir, ".images.npz.tmp.npz")
+    np.savez(tmp, ids=ids, images=images)
+    os.replace(tmp, result["out"])
+    return result
+
+
+@dataclasses.dataclass
+class _PartDecoding:
+    """Builds the decoder of a codec run's parts (once per process or actor)."""
+
+    run_dir: str
+    weights: object
+    batch_size: int
+
+    def __call__(self):
+        run = Run.open(self.run_dir, verify_parts=False)  # the driver verified them
+        codec = _codec_of(run)
+        decoder = _decoder_for(self.run_dir, codec, self.weights)
+        prior = Prior.from_dict(json.loads(run.prior_json), where="run prior")
+        spec = spec_from_header(run.header, prior)
+        return functools.partial(
+            _decode_part, run, spec, decoder, codec["version"], self.batch_size
+        )
+
+
+def _decode_part(run: Run, spec, decoder, version: int, batch_size: int, file: str):
+    """``(ids, images)`` of one part: ids int64 ``(n,)``, images uint8 ``(n, 784)``; read in
+    batches of ``batch_size`` rows (each checked against its CRCs first)."""
+    all_ids, all_images = [], []
+    pf = run.part_file(file)
+    for rb in pf.iter_batches(batch_size=batch_size, columns=["id", "message", "crc32"]):
         ids = rb.column("id").to_numpy()
         msgs = rb.column("message").to_pylist()
         bad = crc32_of(msgs) != rb.column("crc32").to_numpy()
@@ -476,29 +576,9 @@ def decompress(
             for j, (i, h) in enumerate(zip(chunk_ids, heads, strict=True)):
                 all_images.append(_read_pixels(h.decoder, probs[j], i))
             all_ids.append(chunk_ids)
-            if bar:
-                bar.update(len(chunk_ids))
-    if bar:
-        bar.close()
-    ids = np.concatenate(all_ids)
-    images = np.stack(all_images).reshape(-1, 28, 28)
-    result = {"images": int(ids.size), "out": os.path.join(out_dir, "images.npz")}
-    if verify:
-        src = _images(codec["split"], None, data_dir)
-        if ids.max() >= src.shape[0]:
-            raise FormatError(f"image id {int(ids.max())} is outside the {codec['split']} split")
-        bad = np.flatnonzero((src[ids] != images.reshape(-1, PIXELS)).any(axis=1))
-        if bad.size:
-            raise FormatError(
-                f"image {int(ids[bad[0]])}: decoded pixels differ from MNIST {codec['split']} "
-                f"({bad.size} images differ)"
-            )
-        result["verified"] = True
-    os.makedirs(out_dir)
-    tmp = os.path.join(out_dir, ".images.npz.tmp.npz")
-    np.savez(tmp, ids=ids, images=images)
-    os.replace(tmp, result["out"])
-    return result
+    if not all_ids:
+        return np.zeros(0, np.int64), np.zeros((0, PIXELS), np.uint8)
+    return np.concatenate(all_ids), np.stack(all_images)
 
 
 def _read_pixels(decoder, probs: np.ndarray, image_id) -> np.ndarray:

@@ -42,10 +42,10 @@ from recray.latents.io import LatentSource, Prior, read_prior
 from recray.pipeline.codec import CodecSpec
 from recray.pipeline.decode import decoded_schema, decoded_table
 from recray.pipeline.local_engine import run_local
-from recray.pipeline.options import RayOptions
+from recray.pipeline.options import VALIDATE_ON_RAY_ROWS, RayOptions
 from recray.pipeline.progress import tick
 from recray.pipeline.shards import DEFAULT_SHARD_ROWS, ON_BAD_ITEM, shard_ranges
-from recray.pipeline.validate import scan as validate_input
+from recray.pipeline.validate import scan_shards
 from recray.plan import CodecPlan, build_plan
 from recray.plan.adaptive import DEFAULT_ADAPT_ABOVE_BITS
 from recray.rec.api import FEASIBLE_MARGIN_BITS
@@ -196,23 +196,19 @@ def compress(
     if index.n_rows == 0:
         raise InputError(f"latents {latents!r} hold no items")
     opts = ray_options or RayOptions()
-    if engine == "ray":
-        from recray.pipeline.ray_engine import check_early
-
-        check_early(opts)  # an unreachable cluster fails now, not after the validation pass
-    checked = validate_input(index, spec)
-    if len(checked.rejects) and on_bad_item == "fail":
-        raise checked.rejects.error()
     shards = shard_ranges(index.n_rows, shard_rows)
     schema = part_schema(src.id_kind, prior.dim, debug_samples)
     header = run_header(spec, prior, src.id_kind) | {"shard_rows": int(shard_rows)}
     with contextlib.ExitStack() as stack:
         if engine == "ray":
-            # join (or start) Ray before the writer exists: an unreachable cluster then
-            # fails with nothing written, and a retry needs no --resume
+            # join (or start) Ray first: an unreachable cluster fails now, with nothing
+            # written (a retry needs no --resume), and the validation pass runs on it
             from recray.pipeline.ray_engine import ray_session
 
             stack.enter_context(ray_session(opts.address, opts.connect_timeout, opts.verbose))
+        checked = _validate(index, shards, spec, out_dir, engine, opts)
+        if len(checked.rejects) and on_bad_item == "fail":
+            raise checked.rejects.error()
         writer = stack.enter_context(
             RunWriter(
                 out_dir,
@@ -286,6 +282,30 @@ def compress(
         "driver_seconds": used["driver_seconds"],
         "publish_seconds": publish_s,
     }
+
+
+def _validate(index, shards, spec: CodecSpec, out_dir: str, engine: str, opts: RayOptions):
+    """The validation pass, shard by shard (on Ray tasks with the Ray engine, see
+    :attr:`RayOptions.validate_on_ray`, else here): the ids go to per-shard sorted id files
+    in a scratch location next to the output, removed afterwards whatever happens, so this
+    process holds O(shards) (plus one shard's or one hash range's keys when the pass runs
+    here), not 16 bytes per item."""
+    out = resolve(out_dir)
+    scratch = out.sibling(f".{out.name}.ids-{uuid.uuid4().hex[:12]}")
+    made_parent = out.renames and not out.parent().exists()
+    try:
+        on_ray = opts.validate_on_ray
+        if on_ray is None:
+            on_ray = index.n_rows >= VALIDATE_ON_RAY_ROWS
+        if engine == "ray" and on_ray:
+            from recray.pipeline.ray_engine import validate_on_ray
+
+            return validate_on_ray(index, shards, spec, scratch, opts=opts)
+        return scan_shards(index, shards, spec, scratch)
+    finally:
+        scratch.rmtree()
+        if made_parent and not out.parent().listdir():
+            out.parent().rmtree()  # nothing written yet: leave no empty directory either
 
 
 def decompress(

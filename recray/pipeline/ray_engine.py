@@ -248,10 +248,11 @@ class ShardCoder:
         self.batch_size = batch_size
         self.on_bad = on_bad
         self.hook = hook
-        if spec.backend:
-            from recray.backend import get_backend
+        from recray.backend import get_backend
 
-            get_backend(spec.backend)  # fail at start-up, not on the first shard
+        # fail at start-up, not on the first shard; the label goes back with each summary,
+        # so the driver need not resolve "auto" itself (importing Numba and probing CUDA)
+        self.backend_label = get_backend(spec.backend).label
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = {SHARD: [], SUMMARY: [], ERROR: []}
@@ -277,6 +278,8 @@ class ShardCoder:
             except RecrayError as exc:  # back to the driver as a row, with its type
                 error = _error_doc(exc, True)
             out[SHARD].append(k)
+            if summary is not None:
+                summary = summary | {"backend": self.backend_label}
             out[SUMMARY].append(None if summary is None else json.dumps(summary))
             out[ERROR].append(error)
         return pa.table(
@@ -459,6 +462,136 @@ def _resources(spec: CodecSpec, opts: RayOptions) -> tuple[str, int, dict]:
     return backend, actors, {"num_cpus": opts.actor_cpus}
 
 
+def _task_options(opts: RayOptions, cpus: float | None = None) -> dict:
+    if opts.actor_cpus <= 0:
+        raise BackendError(f"actor_cpus must be > 0; got {opts.actor_cpus}")
+    kw = {
+        "num_cpus": opts.actor_cpus if cpus is None else cpus,
+        "max_retries": opts.retries,
+        "scheduling_strategy": "SPREAD",
+    }
+    if opts.resources:
+        kw["resources"] = opts.resources
+    return kw
+
+
+def _checked_call(fn, *args):
+    """``("ok", fn(*args))``, or ``("error", doc)`` for a :class:`RecrayError` (the driver
+    raises it again with its type: no Ray traceback reaches the terminal)."""
+    try:
+        return "ok", fn(*args)
+    except RecrayError as exc:
+        return "error", _error_doc(exc, True)
+
+
+def _gather(refs: list) -> list:
+    """The values of ``refs`` (in order), each error raised again with its type."""
+    try:
+        out = ray.get(refs)
+    except RecrayError:
+        raise
+    except Exception as exc:
+        cause = _recray_cause(exc)
+        if cause is not None:
+            raise type(cause)(str(cause), block=cause.block, dim=cause.dim) from None
+        if not isinstance(exc, ray.exceptions.RayError):
+            raise
+        raise ClusterError(
+            f"a Ray task failed: {_last_line(exc)} (--verbose shows Ray's traceback)"
+        ) from None
+    for status, value in out:
+        if status == "error":
+            _raise_from_doc(json.loads(value))
+    return [v for _, v in out]
+
+
+def validate_on_ray(
+    index: RowIndex,
+    shards: list[tuple[int, int]],
+    spec: CodecSpec,
+    scratch,
+    *,
+    opts: RayOptions,
+    range_items: int | None = None,
+) -> Scan:
+    """The validation pass of :func:`recray.pipeline.validate.scan_shards` as Ray tasks:
+    one task per shard validates it and writes its ids, sorted into hash ranges, to
+    ``scratch`` (storage every node reaches; the caller removes it); then one task per hash
+    range finds the repeated ids. The driver holds only the shards' rejects: O(shards), not
+    O(items). Same rejects, same order, as the in-process pass."""
+    from recray.pipeline import validate as v
+
+    t0 = time.perf_counter()
+    ranges = v.n_ranges(index.n_rows, range_items or v.RANGE_ITEMS)
+    scratch.makedirs()
+    with ray_session(opts.address, opts.connect_timeout, opts.verbose):
+        idx, sp = ray.put(index), ray.put(replace(spec, backend=None))
+        kw = _task_options(opts)
+        check = ray.remote(_call).options(**kw)
+        refs = [
+            check.remote(v.check_shard, idx, (k, a, b), sp, {"ranges": ranges, "sink": scratch})
+            for k, (a, b) in enumerate(shards)
+        ]
+        checks = _gather(refs)
+        files = [scratch.child(v.id_file(k)) for k in range(len(shards))]
+        dups = _gather([check.remote(v.check_range, idx, h, files, {}) for h in range(ranges)])
+    return v.merge_checks(index.n_rows, checks, dups, time.perf_counter() - t0)
+
+
+def _call(fn, *args):
+    """A Ray task's body: ``fn(*args[:-1], **args[-1])`` as :func:`_checked_call` returns it."""
+    *pos, kw = args
+    return _checked_call(lambda: fn(*pos, **kw))
+
+
+def map_parts(make_worker, tasks: list, *, opts: RayOptions, cpus: float | None = None):
+    """``make_worker()(task)`` for every task, on a pool of Ray actors (each builds its
+    worker once: a model, tables), yielded in task order: what a codec's per-part stage
+    runs on Ray (:mod:`recray.pipeline.parts`). ``make_worker`` must be picklable; a
+    :class:`RecrayError` raised by a worker is raised here with its type."""
+    from ray.util import ActorPool
+
+    if not tasks:
+        return
+    with ray_session(opts.address, opts.connect_timeout, opts.verbose):
+        actors = opts.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        kw = _task_options(opts, cpus)
+        kw.pop("max_retries")
+        kw |= {"max_restarts": opts.retries, "max_task_retries": opts.retries}
+        pool = [
+            _PartWorker.options(**kw).remote(make_worker)
+            for _ in range(max(1, min(actors, len(tasks))))
+        ]
+        try:
+            for status, value in ActorPool(pool).map(lambda a, t: a.run.remote(t), tasks):
+                if status == "error":
+                    _raise_from_doc(json.loads(value))
+                yield value
+        except RecrayError:
+            raise
+        except Exception as exc:
+            cause = _recray_cause(exc)
+            if cause is not None:
+                raise type(cause)(str(cause), block=cause.block, dim=cause.dim) from None
+            if opts.verbose or not isinstance(exc, ray.exceptions.RayError):
+                raise
+            raise ClusterError(
+                f"a Ray actor failed: {_last_line(exc)} (--verbose shows Ray's traceback)"
+            ) from None
+        finally:
+            for a in pool:
+                ray.kill(a)
+
+
+@ray.remote
+class _PartWorker:
+    def __init__(self, make_worker):
+        self.work = make_worker()
+
+    def run(self, task):
+        return _checked_call(self.work, task)
+
+
 def run_ray(
     index: RowIndex,
     pending: list[tuple[int, int, int]],
@@ -517,6 +650,7 @@ def run_ray(
             )
         driver_s = 0.0  # time the driver spends per shard (its serial part)
         todo = {k for k, _, _ in pending}
+        labels = []  # the backend the actors resolved
         try:
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 t0 = time.perf_counter()
@@ -526,6 +660,7 @@ def run_ray(
                     if error is not None:
                         _raise_from_doc(json.loads(error))
                     s = json.loads(summary)
+                    labels.append(s.pop("backend", None))
                     writer.record(k, s)
                     todo.discard(k)
                     if progress is not None:
@@ -550,8 +685,10 @@ def run_ray(
                 f"Ray Data finished without delivering every row of shards {missing[:5]}; "
                 "run again with --resume"
             )
-    if backend is None:  # CPU actors resolve "auto" as this process does (same packages)
-        from recray.backend import get_backend
+    if backend is None:  # CPU actors resolved "auto"; the label came with the summaries
+        backend = next((b for b in labels if b), None)
+        if backend is None:
+            from recray.backend import get_backend
 
-        backend = get_backend("auto").label
+            backend = get_backend("auto").label
     return {"actors": actors, "backend": backend, "driver_seconds": driver_s}

@@ -12,6 +12,16 @@ reports **every** bad item (:class:`Rejects`), each with its row, id, field and 
 Cost: one read of the input and the bound computation of every block (the same tables the
 search builds first), a small fraction of the search itself; :attr:`Scan.seconds` reports
 it.
+
+**Shard by shard.** ``compress`` runs the pass per shard (:func:`check_shard`: on Ray one
+task per shard, :func:`recray.pipeline.ray_engine.validate_on_ray`; in-process
+:func:`scan_shards`). Each shard's valid items leave their 64-bit keys (int ids as they
+are, string ids hashed) and rows in an id file, sorted and cut into hash ranges; then each
+range is checked on its own (:func:`check_range`: the keys of that range from every
+shard, ``RANGE_ITEMS`` at most on average). Whoever gathers the results holds the shards'
+rejects only: O(shards), not 16 bytes per item. The rejects and their order are those of
+the one-pass check (:func:`scan`): a bad row's id is not kept, the first occurrence (lowest
+row) of an id is kept and each repeat rejected, naming the id and the first row.
 """
 
 from __future__ import annotations
@@ -226,16 +236,62 @@ def _route_problems(ids_ok, mu, sigma, spec: CodecSpec):
     return out
 
 
-def scan(index: RowIndex, spec: CodecSpec, *, chunk_rows: int = SCAN_ROWS, progress=None) -> Scan:
-    """Validate every row of ``index`` against ``spec`` (see the module docstring). Reads the
-    input once, in chunks of ``chunk_rows``; memory: the chunk plus 16 bytes per item (ids
-    for the duplicate check)."""
-    t0 = time.perf_counter()
+#: Items per hash range of the duplicate-id check: what one range's check holds in memory
+#: (16 bytes each: the 8-byte key and the row), 64 MiB.
+RANGE_ITEMS = 1 << 22
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads consecutive int ids
+_KEY_SCHEMA = pa.schema([("key", pa.uint64()), ("row", pa.int64())])
+
+
+def n_ranges(n_rows: int, range_items: int = RANGE_ITEMS) -> int:
+    """How many hash ranges the duplicate check of ``n_rows`` items uses."""
+    return max(1, -(-int(n_rows) // int(range_items)))
+
+
+def id_file(shard: int) -> str:
+    """Name of a shard's id file in the validation's scratch location."""
+    return f"ids-{shard:05d}.arrow"
+
+
+def _range_of(keys: np.ndarray, ranges: int) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        mixed = keys * _MIX
+    return ((mixed >> np.uint64(32)) % np.uint64(ranges)).astype(np.int64)
+
+
+@dataclass
+class ShardCheck:
+    """What :func:`check_shard` found in one shard: its ``rejects`` (every problem but
+    repeated ids) and, unless they went to a file, ``keys``: per hash range, the 64-bit
+    keys and input rows of the shard's valid items, sorted by (key, row)."""
+
+    shard: int
+    rows: int
+    rejects: Rejects
+    keys: list | None = None
+
+
+def check_shard(
+    index: RowIndex,
+    shard: tuple[int, int, int],
+    spec: CodecSpec,
+    *,
+    ranges: int = 1,
+    sink=None,
+    chunk_rows: int = SCAN_ROWS,
+) -> ShardCheck:
+    """Validate input rows ``[start, stop)`` of ``shard = (k, start, stop)`` (every check of
+    the module docstring but the duplicate ids) and sort the keys of its valid items into
+    ``ranges`` hash ranges for :func:`check_range`. With ``sink`` (a
+    :class:`~recray.format.storage.Location`: a directory every worker reaches) the keys
+    are written to ``sink/ids-NNNNN.arrow`` (Arrow IPC, record batch ``h`` = range ``h``)
+    instead of returned, so whoever holds the shard's results holds no per-item state.
+    Memory: one chunk of rows plus 16 bytes per item of the shard."""
+    k, start, stop = shard
     rej = Rejects()
-    n = index.n_rows
     keys, key_rows = [], []
-    a = 0
-    for t in index.iter_tables(0, n, chunk_rows):
+    a = start
+    for t in index.iter_tables(start, stop, chunk_rows):
         b = a + t.num_rows
         ids, ok, mu, sigma, problems = check_rows(t, index.dim, index.id_kind, spec.prior_sigma)
         for i, fld, msg in problems:
@@ -256,43 +312,117 @@ def scan(index: RowIndex, spec: CodecSpec, *, chunk_rows: int = SCAN_ROWS, progr
                 rej.add(a + int(rows_ok[j]), ids_ok[j], fld, str(exc), type(exc).__name__)
             keys.append(item_keys(ids_ok))
             key_rows.append(a + rows_ok)
-        if progress:
-            progress.update(b - a)
         a = b
-    _duplicates(index, keys, key_rows, rej)
-    return Scan(n, rej.sorted(), time.perf_counter() - t0)
+    kk = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
+    rr = np.concatenate(key_rows).astype(np.int64) if key_rows else np.zeros(0, np.int64)
+    h = _range_of(kk, ranges)
+    order = np.lexsort((rr, kk, h))
+    kk, rr, h = kk[order], rr[order], h[order]
+    cuts = np.searchsorted(h, np.arange(ranges + 1))
+    per_range = [(kk[cuts[i] : cuts[i + 1]], rr[cuts[i] : cuts[i + 1]]) for i in range(ranges)]
+    out = ShardCheck(k, stop - start, rej)
+    if sink is None:
+        out.keys = per_range
+        return out
+    sinkbuf = pa.BufferOutputStream()
+    with pa.ipc.new_file(sinkbuf, _KEY_SCHEMA) as w:
+        for kr, rw in per_range:
+            w.write_batch(pa.record_batch([pa.array(kr), pa.array(rw)], schema=_KEY_SCHEMA))
+    sink.child(id_file(k)).write_bytes(sinkbuf.getvalue())
+    return out
 
 
-def _duplicates(index: RowIndex, keys, key_rows, rej: Rejects) -> None:
-    """Reject every repeat of an id (the first occurrence is kept)."""
-    if not keys:
-        return
-    k = np.concatenate(keys)
-    r = np.concatenate(key_rows)
+def _range_keys(source, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keys and rows of range ``h`` from a :class:`ShardCheck` or an id file's location."""
+    if isinstance(source, ShardCheck):
+        return source.keys[h]
+    with source.fs.open_input_file(source.path) as f:
+        b = pa.ipc.open_file(f).get_batch(h)
+        return (
+            b.column(0).to_numpy(zero_copy_only=False).astype(np.uint64),
+            b.column(1).to_numpy(zero_copy_only=False).astype(np.int64),
+        )
+
+
+def check_range(index: RowIndex, h: int, sources) -> Rejects:
+    """Every repeated id of hash range ``h``: ``sources`` are the shards'
+    :class:`ShardCheck` results or id files (any order). Each repeat of an id is rejected,
+    its first occurrence (lowest row) is kept. Memory: the range's keys (16 bytes each)."""
+    parts = [_range_keys(s, h) for s in sources]
+    rej = Rejects()
+    if not parts:
+        return rej
+    k = np.concatenate([p[0] for p in parts])
+    r = np.concatenate([p[1] for p in parts])
     order = np.lexsort((r, k))
     ks, rs = k[order], r[order]
-    rep = np.flatnonzero(ks[1:] == ks[:-1]) + 1
-    if rep.size == 0:
-        return
-    first_of = {}
-    start = 0
-    for i in range(1, ks.size + 1):  # only reached when duplicates exist
-        if i == ks.size or ks[i] != ks[start]:
-            if i - start > 1:
-                first_of.update({int(rs[j]): int(rs[start]) for j in range(start + 1, i)})
-            start = i
-    if index.id_kind == "int":
-        for row, first in sorted(first_of.items()):
-            v = int(k[np.flatnonzero(r == row)[0]].view(np.int64))
-            rej.add(
-                row, v, "id", f"duplicate item id {v!r} (first at row {first}); ids must be unique"
-            )
-        return
-    # string ids: confirm on the strings (a 64-bit hash can collide)
-    for row, first in sorted(first_of.items()):
-        a = index.read_table(row, row + 1).column("id")[0].as_py()
-        b = index.read_table(first, first + 1).column("id")[0].as_py()
-        if a == b:
-            rej.add(
-                row, a, "id", f"duplicate item id {a!r} (first at row {first}); ids must be unique"
-            )
+    same = ks[1:] == ks[:-1]
+    if not same.any():
+        return rej
+    new_run = np.concatenate([[True], ~same])
+    first = rs[np.flatnonzero(new_run)][np.cumsum(new_run) - 1]
+    for i in np.flatnonzero(~new_run).tolist():
+        row, first_row = int(rs[i]), int(first[i])
+        if index.id_kind == "int":
+            v = int(ks[i : i + 1].view(np.int64)[0])
+        else:  # string ids: confirm on the strings (a 64-bit hash can collide)
+            v = index.read_table(row, row + 1).column("id")[0].as_py()
+            if v != index.read_table(first_row, first_row + 1).column("id")[0].as_py():
+                continue
+        rej.add(
+            row, v, "id", f"duplicate item id {v!r} (first at row {first_row}); ids must be unique"
+        )
+    return rej
+
+
+def merge_checks(n_rows: int, checks: list, duplicates: list, seconds: float) -> Scan:
+    """The :class:`Scan` of a whole input from its shards' checks and its ranges' repeated
+    ids (in input order: a row's other problem before its repeat, as one pass finds them)."""
+    rej = Rejects()
+    for c in sorted(checks, key=lambda c: c.shard):
+        rej.extend(c.rejects)
+    for d in duplicates:
+        rej.extend(d)
+    return Scan(n_rows, rej.sorted(), seconds)
+
+
+def scan(index: RowIndex, spec: CodecSpec, *, chunk_rows: int = SCAN_ROWS, progress=None) -> Scan:
+    """Validate every row of ``index`` against ``spec`` (see the module docstring) in this
+    process, holding the ids in memory. Reads the input once, in chunks of ``chunk_rows``;
+    memory: the chunk plus 16 bytes per item (ids for the duplicate check).
+    :func:`scan_shards` holds O(shards) instead."""
+    t0 = time.perf_counter()
+    n = index.n_rows
+    c = check_shard(index, (0, 0, n), spec, chunk_rows=chunk_rows)
+    if progress:
+        progress.update(n)
+    dup = check_range(index, 0, [c])
+    return merge_checks(n, [c], [dup], time.perf_counter() - t0)
+
+
+def scan_shards(
+    index: RowIndex,
+    shards: list[tuple[int, int]],
+    spec: CodecSpec,
+    scratch,
+    *,
+    range_items: int = RANGE_ITEMS,
+    progress=None,
+) -> Scan:
+    """:func:`scan` shard by shard in this process, the ids spilled to per-shard sorted id
+    files under ``scratch`` (a :class:`~recray.format.storage.Location`, created here; the
+    caller removes it) and checked one hash range at a time: memory is one shard's keys or
+    one range's (:data:`RANGE_ITEMS`), not 16 bytes per item of the input. The Ray engine
+    runs the same two steps as tasks (:func:`recray.pipeline.ray_engine.validate_on_ray`);
+    both find the same rejects in the same order."""
+    t0 = time.perf_counter()
+    ranges = n_ranges(index.n_rows, range_items)
+    scratch.makedirs()
+    checks = []
+    for k, (a, b) in enumerate(shards):
+        checks.append(check_shard(index, (k, a, b), spec, ranges=ranges, sink=scratch))
+        if progress:
+            progress.update(b - a)
+    files = [scratch.child(id_file(k)) for k in range(len(shards))]
+    dups = [check_range(index, h, files) for h in range(ranges)]
+    return merge_checks(index.n_rows, checks, dups, time.perf_counter() - t0)
