@@ -342,7 +342,11 @@ def cmd_bench_bitrate(args) -> int:
 def cmd_bench_compress(args) -> int:
     from recray.bench import compress
 
-    extra = ["--on-unbounded", args.on_unbounded, "--max-steps", str(args.max_steps)]
+    extra = []  # recray compress's own defaults unless set here
+    if args.on_unbounded is not None:
+        extra += ["--on-unbounded", args.on_unbounded]
+    if args.max_steps is not None:
+        extra += ["--max-steps", str(args.max_steps)]
     r = compress.run_compress_bench(
         n=args.n,
         dim=args.dim,
@@ -631,8 +635,15 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--method", default="sp-pfr")
     bc.add_argument("--block-bits", type=float, default=16.0)
     bc.add_argument("--batch-size", type=int, default=4096)
-    bc.add_argument("--on-unbounded", choices=("error", "orc"), default="orc")
-    bc.add_argument("--max-steps", type=int, default=1 << 20)
+    bc.add_argument(
+        "--on-unbounded",
+        choices=("error", "orc"),
+        default=None,
+        help="passed to recray compress (default: compress's own)",
+    )
+    bc.add_argument(
+        "--max-steps", type=int, default=None, help="passed to recray compress (default: its own)"
+    )
     bc.add_argument("--workdir", default=None)
     bc.add_argument("--json", metavar="PATH")
     bc.set_defaults(func=cmd_bench_compress)
