@@ -7,8 +7,14 @@ This module codes all of them with one ``constriction`` range coder (a queue: th
 symbol in is the first out) and trims the result to the shortest byte string that still
 decodes, so a message costs within a few bits of the ideal ``sum -log2 P``.
 
-Wire format (``MESSAGE_CODEC_VERSION = 2``; version 1 is version 2 without step 0, and is
-what a layout without ``adaptive_dims`` codes), symbols in this order:
+Wire format (``MESSAGE_CODEC_VERSION = 3``; a layout without ``laws`` codes exactly as
+version 2; version 1 is version 2 without step 0, and is what a layout without
+``adaptive_dims`` codes). Layouts with learned ``laws`` (plan version 2,
+:mod:`recray.plan.laws`) replace steps 1-2 by: the class of every block under its learned
+law, ``min(class, 32)`` with 32 the escape; the escaped classes under the universal law;
+the interval of every partitioned dimension of every unadapted block under its learned law;
+then the remaining fields (raw bins of adapted blocks, the local index's low bits) as
+uniform chunks (``docs/FORMAT.md`` section 7.2). Version 2, symbols in this order:
 
 0. layouts with ``adaptive_dims`` only (per-block adaptive partitions): one flag per block,
    in block order, under the fixed law :data:`ADAPT_FLAG_PROBS` (``P(1) = 2^-10``, so an
