@@ -134,13 +134,39 @@ def test_demo_prints_the_table_rows_it_measured(tmp_path, capsys):
     for row in (
         "-ELBO",
         "ORC 16-bit blocks, N=2^16, collapsed spread",
-        "SP-PFR 32-bit blocks",
+        "SP-ORC 48-bit blocks, N=2^10, collapsed spread, B-4, learned laws",
         "png",
         "webp",
     ):
         assert row in out
     rows = json.load(open(tmp_path / "t.json"))["rows"]
     assert rows[1]["verified_round_trip"] is True
+    assert rows[2]["laws"] == "learned" and rows[2]["laws_fit_seconds"] == 0.0  # shipped
+
+
+def test_learned_laws_run_decodes_and_old_plan_runs_keep_version_1(tmp_path):
+    """The default setting (learned laws: plan version 2, message codec 3) round-trips; a
+    run without laws writes a version 1 plan, as before."""
+    from recray.bench.mnist import BEST_SP
+
+    out = str(tmp_path / "learned")
+    info = mnist.compress(
+        out,
+        limit=4,
+        method=BEST_SP.method,
+        block_bits=BEST_SP.block_bits,
+        n_samples=BEST_SP.n_samples,
+        collapsed_block_size=BEST_SP.collapsed_block_size,
+        budget_offset_bits=BEST_SP.budget_offset_bits,
+        laws="learned",
+        engine="local",
+    )
+    assert info["laws"] == "learned"
+    header = json.load(open(os.path.join(out, "plan.json")))
+    assert header["plan"]["version"] == 2 and header["plan"]["index_laws"]["method"] == "sp-orc"
+    assert header["message_codec_version"] == 3
+    dec = mnist.decompress(out, str(tmp_path / "dec"), verify=True)
+    assert dec["verified"]
 
 
 def test_integer_tables_need_no_torch_version(run, tmp_path, monkeypatch):

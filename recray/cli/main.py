@@ -476,6 +476,8 @@ def cmd_mnist_compress(args) -> int:
         data_dir=args.data_dir,
         weights=args.weights,
         collapsed_block_size=args.collapsed_block_size,
+        budget_offset_bits=args.budget_offset_bits,
+        laws=args.laws,
         progress=_progress(),
     )
     print(
@@ -508,12 +510,17 @@ def cmd_mnist_decompress(args) -> int:
 def cmd_bench_mnist(args, demo: bool = False) -> int:
     from recray.bench import mnist as bm
 
-    settings = bm.DEMO if demo else bm.FULL
+    grid = getattr(args, "grid", False)
+    settings = bm.DEMO if demo else bm.GRID if grid else bm.FULL
 
     def show(row):
         print(
             f"  measured: {row['row']} ({row['images']} images): "
-            f"{row['bits_per_image']:.1f} bits/image",
+            + (
+                f"failed: {row['failed']}"
+                if "failed" in row
+                else f"{row['bits_per_image']:.1f} bits/image"
+            ),
             flush=True,
         )
 
@@ -525,8 +532,13 @@ def cmd_bench_mnist(args, demo: bool = False) -> int:
         workdir=args.workdir,
         data_dir=args.data_dir,
         report=show,
+        decode_all=grid,
+        bias=grid,
+        baselines=not grid,
     )
-    print(bm.format_table(r))
+    print(bm.format_grid(r) if grid else bm.format_table(r))
+    if grid and args.png:
+        bm.plot_grid(r, args.png)
     _write_json(args.json, r)
     return 0
 
@@ -708,6 +720,13 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--workdir", default=None)
     bm.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     bm.add_argument("--json", metavar="PATH")
+    bm.add_argument(
+        "--grid",
+        action="store_true",
+        help="the blocks x samples table (ORC, PFR, SP-ORC, SP-PFR, GPRS; every run decoded "
+        "and timed, KS of the latent z-scores) instead of the summary table",
+    )
+    bm.add_argument("--png", metavar="PATH", help="--grid: plot bits vs encode time here")
     _add_ray_args(bm)
     bm.set_defaults(func=cmd_bench_mnist)
 
@@ -719,11 +738,27 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--out", required=True)
     mc.add_argument("--split", choices=("test", "train"), default="test")
     mc.add_argument("--limit", type=int, default=None, help="first N images of the split")
+    # defaults: the best SP setting of `recray bench mnist --grid` (README); the fair
+    # RECOMBINER-style ORC baseline is --method orc --block-bits 16 --n-samples 65536
+    # --collapsed-block-size 0 --budget-offset-bits 0 --laws fixed
     mc.add_argument(
-        "--method", choices=rec.METHODS, default="sp-pfr", help="REC method of the latent"
+        "--method", choices=rec.METHODS, default="sp-orc", help="REC method of the latent"
     )
-    mc.add_argument("--block-bits", type=float, default=32.0)
-    mc.add_argument("--n-samples", type=int, default=1 << 16)
+    mc.add_argument("--block-bits", type=float, default=48.0)
+    mc.add_argument("--n-samples", type=int, default=1 << 10)
+    mc.add_argument(
+        "--budget-offset-bits",
+        type=int,
+        default=-4,
+        help="partition bits of each informative block over its information (plan v2)",
+    )
+    mc.add_argument(
+        "--laws",
+        choices=("learned", "fixed"),
+        default="learned",
+        help="code the indices under index laws fitted on the training set (shipped for "
+        "the defaults; other settings are fitted once and cached), or the fixed codes",
+    )
     mc.add_argument(
         "--seed", type=int, default=0, help="seed of the shared randomness (decoder needs it)"
     )
@@ -732,7 +767,7 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument(
         "--collapsed-block-size",
         type=int,
-        default=8,
+        default=0,
         help="collapsed latent dims per block of their own; 0 spreads them over the "
         "informative blocks (the ORC baseline's layout)",
     )
@@ -761,7 +796,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_args(md)
     md.set_defaults(func=cmd_mnist_decompress)
     demo = msub.add_parser(
-        "demo", help="the table's rows on a small test subset (ORC 16-bit vs SP-PFR 32-bit)"
+        "demo",
+        help="the table's rows on a small test subset (fair ORC 16-bit vs the best SP setting)",
     )
     demo.add_argument("--limit", type=int, default=200, help="first N test images")
     demo.add_argument(

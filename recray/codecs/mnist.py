@@ -157,6 +157,144 @@ class MnistCodec(LatentCodec):
         )
 
 
+# ----------------------------------------------------------------------------- index laws
+#: Training images the index laws are estimated on (the first ones of the train split).
+LAW_TRAIN_IMAGES = 5000
+LAWS = ("learned", "fixed")
+
+
+def laws_path(weights=None) -> str:
+    """The shipped learned index laws of the weights (``<stem>_laws.json``): a JSON object
+    from :func:`laws_key` to serialized :class:`recray.plan.laws.IndexLaws`."""
+    from recray.models.vae import DEFAULT_WEIGHTS
+
+    return os.path.splitext(str(weights or DEFAULT_WEIGHTS))[0] + "_laws.json"
+
+
+def _laws_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "recray", "laws")
+
+
+def laws_key(plan, method: str, n_samples: int, model_sha256: str) -> str:
+    """What a set of laws was estimated for: the model, the plan (without laws), the method
+    and its budget (the budget only for the fixed-budget methods)."""
+    n = f"|N={int(n_samples)}" if method.endswith("orc") else ""
+    return f"{model_sha256[:16]}|{method}{n}|plan={plan.with_laws(None).checksum()[:16]}"
+
+
+def build_codec_plan(
+    prior: Prior,
+    *,
+    block_bits: float,
+    seed: int,
+    collapsed_block_size: int,
+    budget_offset_bits: int = 0,
+):
+    """The plan :func:`recray.pipeline.driver.compress` builds for these settings (no laws)."""
+    from recray.plan import build_plan
+
+    return build_plan(
+        prior.mi_bits,
+        block_bits,
+        seed=seed,
+        collapsed_block_size=collapsed_block_size,
+        budget_offset_bits=budget_offset_bits,
+    )
+
+
+def fit_laws(
+    plan,
+    method: str,
+    *,
+    n_samples: int = 1 << 16,
+    seed: int = 0,
+    images: int = LAW_TRAIN_IMAGES,
+    weights=None,
+    data_dir=None,
+    max_steps: int = 1 << 20,
+):
+    """Estimate the index laws of ``plan`` under ``method`` on the first ``images`` training
+    images (never the test set): their latents are coded exactly as ``compress`` codes the
+    test images (same spec, fallback and adaptive partitions) and the coded indices are
+    counted (:func:`recray.plan.laws.estimate_laws`)."""
+    from recray.format.messages import decode_blocks
+    from recray.models.vae import posteriors
+    from recray.pipeline.codec import CodecSpec, encode_items
+    from recray.plan.adaptive import DEFAULT_ADAPT_ABOVE_BITS
+    from recray.plan.laws import estimate_laws
+
+    model = _model(weights)
+    prior = read_prior(prior_path(weights))
+    x = _images("train", images, data_dir)
+    mu, sigma = posteriors(model, x)
+    spec = CodecSpec(
+        plan=plan.with_laws(None),
+        method=method,
+        seed=seed,
+        prior_mu=prior.mu,
+        prior_sigma=prior.sigma,
+        n_samples=n_samples,
+        max_steps=max_steps,
+        on_unbounded="orc",
+        adapt_above_bits=DEFAULT_ADAPT_ABOVE_BITS,
+    )
+    ids = np.arange(x.shape[0], dtype=np.int64)
+    bins, local = [], []
+    for a in range(0, len(ids), 1000):
+        enc = encode_items(ids[a : a + 1000], mu[a : a + 1000], sigma[a : a + 1000], spec)
+        b, n_, _ = decode_blocks(enc.messages, spec.layout)
+        bins.append(b)
+        local.append(n_)
+    block_bits = [[plan.bits[d] for d in blk] for blk in plan.blocks]
+    return estimate_laws(
+        np.concatenate(bins),
+        np.concatenate(local),
+        block_bits if method.startswith("sp-") else [[] for _ in plan.blocks],
+        method=method,
+        source=f"mnist train[:{x.shape[0]}], seed {seed}",
+    )
+
+
+def learned_laws(
+    plan, method: str, n_samples: int, *, seed: int = 0, weights=None, data_dir=None, fit=True
+):
+    """``(laws, fit_seconds)`` for these settings: the shipped laws (:func:`laws_path`), else
+    the user cache (``$XDG_CACHE_HOME/recray/laws``), else (``fit=True``) estimated now on
+    the training set and cached; ``(None, 0)`` for ``orc`` (raw indices) or nothing found."""
+    from recray.plan.laws import IndexLaws
+
+    if method == "orc":
+        return None, 0.0
+    key = laws_key(plan, method, n_samples, _model(weights).model_checksum)
+    shipped = laws_path(weights)
+    if os.path.exists(shipped):
+        with open(shipped) as f:
+            table = json.load(f)
+        if key in table:
+            return IndexLaws.from_dict(table[key]), 0.0
+    import hashlib
+
+    cached = os.path.join(
+        _laws_cache_dir(), hashlib.sha256(key.encode()).hexdigest()[:24] + ".json"
+    )
+    if os.path.exists(cached):
+        with open(cached) as f:
+            return IndexLaws.from_dict(json.load(f)), 0.0
+    if not fit:
+        return None, 0.0
+    t0 = time.perf_counter()
+    laws = fit_laws(
+        plan, method, n_samples=n_samples, seed=seed, weights=weights, data_dir=data_dir
+    )
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    tmp = cached + f".{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(laws.to_dict(), f)
+    os.replace(tmp, cached)
+    return laws, time.perf_counter() - t0
+
+
 def _write_latents(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
     n, d = mu.shape
     vec = lambda a: pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), d)  # noqa: E731
@@ -187,12 +325,21 @@ def compress(
     collapsed_block_size: int = 8,
     progress=None,
     codec_version: int = CODEC_VERSION,
+    budget_offset_bits: int = 0,
+    laws: str = "fixed",
 ) -> dict:
     """Compress MNIST ``split`` (its first ``limit`` images) into the run ``out_dir``;
     returns the figures of :func:`summary` plus timings. Item ids are image indices in
     the split. Blocks an exact method cannot code are coded with its fixed-budget twin
     (``--on-unbounded orc``). ``codec_version=1`` writes the old float-table format (for
-    comparisons; it decodes on the same torch build only)."""
+    comparisons; it decodes on the same torch build only).
+
+    ``laws="learned"``: the indices are coded under index laws estimated on the training
+    set for exactly this plan and method (:func:`learned_laws`; message codec version 3),
+    ``"fixed"`` under the fixed codes. ``budget_offset_bits``: partition bits per
+    informative block over its rounded information (plan version 2)."""
+    if laws not in LAWS:
+        raise InputError(f"laws must be one of {LAWS}; got {laws!r}")
     if codec_version not in (FLOAT_TABLES_VERSION, CODEC_VERSION):
         raise InputError(f"codec_version must be 1 or 2; got {codec_version!r}")
     if os.path.exists(out_dir):
@@ -206,6 +353,19 @@ def compress(
     from recray.models.vae import posteriors
 
     mu, sigma = posteriors(model, images)
+    plan = build_codec_plan(
+        prior,
+        block_bits=block_bits,
+        seed=seed,
+        collapsed_block_size=collapsed_block_size,
+        budget_offset_bits=budget_offset_bits,
+    )
+    index_laws, fit_s = (None, 0.0)
+    if laws == "learned":
+        index_laws, fit_s = learned_laws(
+            plan, method, n_samples, seed=seed, weights=weights, data_dir=data_dir
+        )
+    t_start += fit_s  # a one-time model step (like training), reported on its own
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     work = os.path.join(parent, f".{os.path.basename(out_dir)}.work-{uuid.uuid4().hex[:8]}")
@@ -233,6 +393,8 @@ def compress(
             ray_options=ray_options,
             collapsed_block_size=collapsed_block_size,
             progress=progress,
+            budget_offset_bits=budget_offset_bits,
+            index_laws=index_laws,
         )
         rec_s = time.perf_counter() - t_rec
         t_pix = time.perf_counter()
@@ -255,6 +417,8 @@ def compress(
         "fallback_blocks": rec_info["fallback_blocks"],
         "engine": rec_info["engine"],
         "actors": rec_info["actors"],
+        "laws": "learned" if index_laws is not None else "fixed",
+        "laws_fit_seconds": fit_s,
     }
 
 

@@ -150,11 +150,14 @@ class CodecSpec:
         if self.method == "orc":
             raw = int(math.ceil(math.log2(self.n_samples))) if self.n_samples > 1 else 0
             return IndexLayout(bin_bits=self.bin_bits, code="raw", raw_bits=raw)
+        laws = self.plan.index_laws
         return IndexLayout(
             bin_bits=self.bin_bits,
             code="universal",
             class_models=self.class_models,
             adaptive_dims=tuple(len(b) for b in self.plan.blocks) if self.adaptive else (),
+            # learned index laws (message codec 3): only those fitted for this method
+            laws=laws.blocks if laws is not None and laws.method == self.method else (),
         )
 
     def groups(self) -> list[BlockGroup]:

@@ -141,6 +141,8 @@ def compress(
     adapt_above_bits: float | None = DEFAULT_ADAPT_ABOVE_BITS,
     feasible_margin_bits: float = FEASIBLE_MARGIN_BITS,
     progress=None,
+    budget_offset_bits: int = 0,
+    index_laws=None,
 ) -> dict:
     """Compress a latent data set into the run directory ``out_dir`` (see
     :mod:`recray.format.run`); returns the run summary (:func:`inspect`'s figures plus
@@ -162,6 +164,9 @@ def compress(
     partition (exact, sent as side information). ``feasible_margin_bits``: a block goes to the
     exact search only if ``2^D_inf`` is at most ``max_steps / 2^margin`` (see
     :data:`recray.rec.api.FEASIBLE_MARGIN_BITS`). Committed parts are never deleted.
+    ``budget_offset_bits`` and ``index_laws`` (plan version 2, :func:`recray.plan.build_plan`):
+    partition bits over the blocks' information, and learned laws of the coded symbols
+    (message codec version 3).
     """
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {ENGINES}; got {engine!r}")
@@ -176,6 +181,8 @@ def compress(
         strategy=allocation,
         seed=seed,
         collapsed_block_size=collapsed_block_size,
+        budget_offset_bits=budget_offset_bits,
+        index_laws=index_laws,
     )
     spec = CodecSpec(
         plan=plan,

@@ -16,6 +16,7 @@ decode (:meth:`CodecPlan.from_json`, :meth:`CodecPlan.checksum`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -40,6 +41,7 @@ from recray.plan.allocation import (
     derive_block_seed,
 )
 from recray.plan.blocks import split_blocks
+from recray.plan.laws import IndexLaws
 
 __all__ = [
     "PLAN_FORMAT",
@@ -55,7 +57,11 @@ __all__ = [
 #: ``"format"`` entry of a serialized plan.
 PLAN_FORMAT = "recray-plan"
 #: ``"version"`` entry of a serialized plan; bump it with any change of layout or recipe.
-PLAN_FORMAT_VERSION = 1
+#: Version 2 adds the optional fields ``budget_offset_bits`` and ``index_laws``; a plan
+#: without them is written as version 1, byte for byte as before (old runs' plan checksums
+#: still hold), and both versions are read.
+PLAN_FORMAT_VERSION = 2
+PLAN_FORMAT_VERSIONS = (1, 2)
 #: Strategies :func:`build_plan` accepts ("collapsed-only" is an allocate_bits ablation).
 PLAN_STRATEGIES: tuple[str, ...] = ("mi", "uniform", "random")
 
@@ -72,6 +78,8 @@ _FIELDS = (
     "bits",
     "block_budget_bits",
 )
+#: Fields of version 2 (optional: absent = default; a plan using neither is version 1).
+_V2_FIELDS = ("budget_offset_bits", "index_laws")
 
 
 # --------------------------------------------------------------------------- validation
@@ -176,6 +184,11 @@ class CodecPlan:
             partition ``range(d)``. The collapsed dims, if any, form the last blocks.
         bits: partition bits ``b_d`` per dimension, length ``d``.
         block_budget_bits: per block, ``B = sum of bits of its dims``, ``B <= 62``.
+        budget_offset_bits: (version 2) bits added to every informative block's budget
+            over its rounded information (negative: fewer partition bits, a larger local
+            index; the learned laws make that cheap). Default 0.
+        index_laws: (version 2) learned laws of the blocks' coded symbols
+            (:class:`recray.plan.laws.IndexLaws`), or None (the fixed codes).
     """
 
     dim: int
@@ -189,6 +202,8 @@ class CodecPlan:
     blocks: tuple[tuple[int, ...], ...]
     bits: tuple[int, ...]
     block_budget_bits: tuple[int, ...]
+    budget_offset_bits: int = 0
+    index_laws: IndexLaws | None = None
 
     def __post_init__(self) -> None:
         dim = check_int(self.dim, "plan field dim", 1)
@@ -216,6 +231,18 @@ class CodecPlan:
             "bits": bits,
             "block_budget_bits": _norm_budgets(self.block_budget_bits, blocks, bits),
         }
+        values["budget_offset_bits"] = check_int(
+            self.budget_offset_bits,
+            "plan field budget_offset_bits",
+            -MAX_BLOCK_BITS,
+            MAX_BLOCK_BITS,
+        )
+        laws = self.index_laws
+        if laws is not None and not isinstance(laws, IndexLaws):
+            laws = IndexLaws.from_dict(laws)
+        if laws is not None:
+            laws.check_plan([[bits[d] for d in b] for b in blocks])
+        values["index_laws"] = laws
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
@@ -244,9 +271,15 @@ class CodecPlan:
 
     # ----------------------------------------------------------------- serialization
 
+    @property
+    def version(self) -> int:
+        """1 when the version 2 fields are at their defaults (then written as before)."""
+        return 2 if self.budget_offset_bits or self.index_laws is not None else 1
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON dict: ``format``, ``version`` and every field (tuples as lists)."""
-        out: dict[str, Any] = {"format": PLAN_FORMAT, "version": PLAN_FORMAT_VERSION}
+        """Plain-JSON dict: ``format``, ``version`` and every field (tuples as lists); the
+        version 2 fields only in a version 2 plan."""
+        out: dict[str, Any] = {"format": PLAN_FORMAT, "version": self.version}
         for name in _FIELDS:
             value = getattr(self, name)
             if name == "blocks":
@@ -254,7 +287,14 @@ class CodecPlan:
             elif isinstance(value, tuple):
                 value = list(value)
             out[name] = value
+        if self.version == 2:
+            out["budget_offset_bits"] = self.budget_offset_bits
+            out["index_laws"] = None if self.index_laws is None else self.index_laws.to_dict()
         return out
+
+    def with_laws(self, laws: IndexLaws | None) -> CodecPlan:
+        """The same plan with ``index_laws`` replaced."""
+        return dataclasses.replace(self, index_laws=laws)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CodecPlan:
@@ -267,18 +307,25 @@ class CodecPlan:
                 "this is not a recray codec plan"
             )
         version = d.get("version")
-        if type(version) is not int or version != PLAN_FORMAT_VERSION:
+        if type(version) is not int or version not in PLAN_FORMAT_VERSIONS:
             raise PlanError(
-                f"plan field version is {version!r}; this recray reads plan version "
-                f"{PLAN_FORMAT_VERSION}: rebuild the plan or use the matching recray"
+                f"plan field version is {version!r}; this recray reads plan versions "
+                f"{PLAN_FORMAT_VERSIONS}: rebuild the plan or use the matching recray"
             )
-        missing = [k for k in _FIELDS if k not in d]
+        fields = _FIELDS + (_V2_FIELDS if version == 2 else ())
+        missing = [k for k in fields if k not in d]
         if missing:
             raise PlanError(f"plan is missing field(s) {missing}")
-        unknown = sorted(set(d) - set(_FIELDS) - {"format", "version"})
+        unknown = sorted(set(d) - set(fields) - {"format", "version"})
         if unknown:
             raise PlanError(f"plan has unknown field(s) {unknown} for version {version}")
-        return cls(**{k: d[k] for k in _FIELDS})
+        plan = cls(**{k: d[k] for k in fields})
+        if plan.version != version:
+            raise PlanError(
+                f"plan field version is {version} but its fields make it a version "
+                f"{plan.version} plan (a version 2 plan uses budget_offset_bits or index_laws)"
+            )
+        return plan
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, no spaces, floats as ``repr`` (exact round trip)."""
@@ -315,13 +362,16 @@ def build_plan(
     collapse_threshold: float = 0.01,
     collapsed_block_size: int = 8,
     max_bits_per_dim: int = 24,
+    budget_offset_bits: int = 0,
+    index_laws: IndexLaws | None = None,
 ) -> CodecPlan:
     """Blocks and partition bits for per-dimension information ``mi_bits`` (bits, ``(d,)``).
 
     Blocks come from :func:`split_blocks` (``block_bits`` bits of information each, then
     the collapsed dims in blocks of at most ``collapsed_block_size``). Block ``i``'s budget is
     ``B_i = min(floor(sum(mi of its dims) + 0.5), 62, max_bits_per_dim * n_i)``, and 0 for
-    the collapsed block; its bits are ``allocate_bits(mi of its dims, B_i, strategy,
+    the collapsed block (``budget_offset_bits`` is added to every informative block's ``B_i``,
+    clipped to ``[1, cap]``); its bits are ``allocate_bits(mi of its dims, B_i, strategy,
     seed=derive_block_seed(seed, i))``. ``strategy`` is one of :data:`PLAN_STRATEGIES`.
 
     Deterministic: the same arguments give the same plan (and :meth:`CodecPlan.checksum`)
@@ -350,7 +400,10 @@ def build_plan(
     for i, dims in enumerate(blocks):
         mi_blk = mi[dims]
         collapsed = bool(np.all(mi_blk < threshold))
-        budget = 0 if collapsed else block_budget(mi_blk, min(MAX_BLOCK_BITS, cap * len(dims)))
+        cap_blk = min(MAX_BLOCK_BITS, cap * len(dims))
+        budget = 0 if collapsed else block_budget(mi_blk, cap_blk)
+        if budget and budget_offset_bits:
+            budget = min(max(1, budget + int(budget_offset_bits)), cap_blk)
         kw = {"seed": derive_block_seed(seed, i), "collapse_threshold": threshold}
         bits[dims] = allocate_bits(mi_blk, budget, strategy, max_bits_per_dim=cap, **kw)
         budgets.append(budget)
@@ -366,4 +419,6 @@ def build_plan(
         blocks=tuple(tuple(b) for b in blocks),
         bits=tuple(int(b) for b in bits),
         block_budget_bits=tuple(budgets),
+        budget_offset_bits=int(budget_offset_bits),
+        index_laws=index_laws,
     )

@@ -15,6 +15,9 @@ Guarantees and requirements (both sides must share all of these for decoding to 
   same alone or inside any batch, and for any chunk schedule.
 
 PFR and SP-PFR return exact samples of Q; ORC and SP-ORC are approximate (fixed budget).
+GPRS (greedy Poisson rejection sampling, Flamich 2023; :mod:`recray.rec.gprs`) is exact,
+for one-dimensional blocks: the per-dimension baseline. Its candidates are PFR's, so its
+indices decode like PFR's.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from recray.rec.philox import RNG_VERSION, RNG_VERSIONS
 from recray.rec.randomness import MAX_DIM, MAX_LOCAL_INDEX, block_keys, shared_sample
 from recray.rec.search import ChunkSchedule, SearchProblem, run_search
 
-METHODS = ("pfr", "orc", "sp-pfr", "sp-orc")
+METHODS = ("pfr", "orc", "sp-pfr", "sp-orc", "gprs")
 EXACT_METHODS = ("pfr", "sp-pfr")
 #: Default step cap of the exact methods: far above any search recray is meant for
 #: (2^26 ~ 6.7e7 candidates, about 2^26 / 2^16 = 1024x the largest advised mean).
@@ -320,6 +323,8 @@ def encode(
     t = _targets(mu, sigma, prior_mu, prior_sigma, bits, method, stream_ids)
     n, d, ids, pm, ps, bits_np, m, s = t.n, t.d, t.ids, t.pm, t.ps, t.bits, t.m, t.s
     seed = _seed(seed)
+    if method == "gprs":
+        return _encode_gprs(t, seed, max_steps, backend, on_cap)
     exact = method in EXACT_METHODS
     if exact:
         budget = _int_param(
@@ -410,6 +415,41 @@ def encode(
         dinf_bits=dinf,
         partition_bits=B.astype(np.int64),
         method=method,
+        seed=seed,
+        backend_name=be.label,
+        rng_version=RNG_VERSION,
+    )
+
+
+def _encode_gprs(t: _Targets, seed: int, max_steps, backend, on_cap: str) -> EncodeResult:
+    from recray.rec import gprs
+
+    budget = _int_param(
+        "max_steps", DEFAULT_MAX_STEPS if max_steps is None else max_steps, t.n, 1, MAX_STEPS_LIMIT
+    )
+    be = get_backend(backend)
+    local, _, steps, capped = gprs.encode(t, seed, budget, be, on_cap)
+    zeros = np.zeros(t.n, np.int64)
+    # the receiver's regeneration (PFR's candidates), so samples match decode bit for bit
+    samples = decode(
+        Indices(zeros, local, t.d),
+        prior_mu=t.pm,
+        prior_sigma=t.ps,
+        method="gprs",
+        seed=seed,
+        stream_ids=t.ids,
+        backend=backend,
+    )
+    return EncodeResult(
+        samples=samples,
+        indices=Indices(zeros.copy(), local.copy(), t.d),
+        steps=steps,
+        nbits=codes.index_bits("gprs", local, zeros).astype(np.int64),
+        capped=capped,
+        kl_bits=kl_bits(t.m, t.s, np),
+        dinf_bits=gprs.dinf_bits(t.m[:, 0], t.s[:, 0]),
+        partition_bits=zeros,
+        method="gprs",
         seed=seed,
         backend_name=be.label,
         rng_version=RNG_VERSION,
