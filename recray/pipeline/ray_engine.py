@@ -386,10 +386,20 @@ def decode_on_ray(run, spec: CodecSpec, schema: pa.Schema, *, batch_size: int, o
         except RecrayError:
             raise
         except Exception as exc:
-            cause = _recray_cause(exc)
-            if cause is not None:
-                raise type(cause)(str(cause), block=cause.block, dim=cause.dim) from None
-            raise
+            _reraise(exc, None)
+
+
+def _reraise(exc, what, verbose=False, hint="--verbose shows Ray's traceback"):
+    """Re-raise ``exc``, caught around a Ray call, as what the user should see: the recray
+    error a worker raised (item, block and field intact), else one :class:`ClusterError`
+    line ``"{what}: <Ray's last line> ({hint})"`` for Ray's own failures (``exc`` itself
+    when ``what`` is None, with ``verbose`` or for errors that are not Ray's)."""
+    cause = _recray_cause(exc)
+    if cause is not None:
+        raise type(cause)(str(cause), block=cause.block, dim=cause.dim) from None
+    if what is None or verbose or not isinstance(exc, ray.exceptions.RayError):
+        raise exc
+    raise ClusterError(f"{what}: {_last_line(exc)} ({hint})") from None
 
 
 def _runs_of(values: list) -> list:
@@ -491,14 +501,7 @@ def _gather(refs: list) -> list:
     except RecrayError:
         raise
     except Exception as exc:
-        cause = _recray_cause(exc)
-        if cause is not None:
-            raise type(cause)(str(cause), block=cause.block, dim=cause.dim) from None
-        if not isinstance(exc, ray.exceptions.RayError):
-            raise
-        raise ClusterError(
-            f"a Ray task failed: {_last_line(exc)} (--verbose shows Ray's traceback)"
-        ) from None
+        _reraise(exc, "a Ray task failed")
     for status, value in out:
         if status == "error":
             _raise_from_doc(json.loads(value))
@@ -570,14 +573,7 @@ def map_parts(make_worker, tasks: list, *, opts: RayOptions, cpus: float | None 
         except RecrayError:
             raise
         except Exception as exc:
-            cause = _recray_cause(exc)
-            if cause is not None:
-                raise type(cause)(str(cause), block=cause.block, dim=cause.dim) from None
-            if opts.verbose or not isinstance(exc, ray.exceptions.RayError):
-                raise
-            raise ClusterError(
-                f"a Ray actor failed: {_last_line(exc)} (--verbose shows Ray's traceback)"
-            ) from None
+            _reraise(exc, "a Ray actor failed", opts.verbose)
         finally:
             for a in pool:
                 ray.kill(a)
@@ -670,15 +666,13 @@ def run_ray(
         except RecrayError:
             raise
         except Exception as exc:
-            cause = _recray_cause(exc)
-            if cause is not None:
-                raise type(cause)(str(cause), block=cause.block, dim=cause.dim) from None
-            if opts.verbose or not isinstance(exc, ray.exceptions.RayError):
-                raise
-            raise ClusterError(
-                f"the Ray pipeline failed: {_last_line(exc)} (committed parts are kept: run "
-                "again with --resume; --verbose shows Ray's traceback)"
-            ) from None
+            _reraise(
+                exc,
+                "the Ray pipeline failed",
+                opts.verbose,
+                "committed parts are kept: run again with --resume; --verbose shows Ray's "
+                "traceback",
+            )
         if todo:
             missing = sorted(todo)
             raise RecrayError(
