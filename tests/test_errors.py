@@ -148,7 +148,7 @@ ENCODE_CASES = {
     ),
     "max-steps-zero": ({"max_steps": 0}, InputError, r"max_steps\[0\] = 0 is outside"),
     "max-steps-too-large": ({"max_steps": 2**31}, InputError, r"max_steps\[0\] = 2147483648"),
-    "unknown-method": ({"method": "gprs"}, InputError, r"method must be one of.*'gprs'"),
+    "unknown-method": ({"method": "prs"}, InputError, r"method must be one of.*'prs'"),
     "unknown-on-cap": ({"on_cap": "ignore"}, InputError, r"on_cap must be.*'ignore'"),
     "negative-seed": ({"seed": -1}, InputError, r"seed must be an integer.*-1"),
     "float-seed": ({"seed": 1.0}, InputError, r"seed must be an integer.*1\.0"),
