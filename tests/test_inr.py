@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -191,6 +192,47 @@ def test_cli_compress_and_decompress(tiny, tmp_path):
         )
         == 2
     )
+
+
+def test_per_block_beta_annealing_steers_each_blocks_kl(tiny):
+    """RECOMBINER's test-time protocol: each block's beta is raised while the block holds
+    more KL than its budget and lowered while it holds less, so blocks end near budget
+    (here: a budget far below and one far above what the rate point's beta gives)."""
+    from recray.models.inr import BlockBeta, fit
+
+    w, tiles = tiny
+    model = load_inr(w)
+    d = model.cfg.dim
+    block_of = np.arange(d) % 4
+    kw = dict(steps=60, lr=0.02, seed=0)
+    mu, sg = fit(model, tiles[:2], **kw)
+    free = _block_kl_bits(model, mu, sg, block_of)
+    for scale in (0.25, 3.0):
+        ab = BlockBeta(block_of, scale * free.mean(0), every=2, step=1.5)
+        mu, sg = fit(model, tiles[:2], anneal=ab, **kw)
+        kl = _block_kl_bits(model, mu, sg, block_of)
+        assert ab.beta.shape == (2, 4)
+        if scale < 1:
+            assert (kl < 0.6 * free).all() and (ab.beta > model.beta).all()
+        else:
+            assert (kl > 1.15 * free).all() and (ab.beta < model.beta).all()
+    # the codec takes its blocks and budgets from the plan
+    spec, _ = inr.make_spec(read_prior(w.replace(".npz", "_prior.json")), _settings("orc-16"))
+    codec = inr.INRCodec(model, replace(_settings("orc-16"), anneal=1.0), plan=spec.plan)
+    bb = codec._block_beta()
+    mi = np.asarray(spec.plan.mi_bits)
+    assert np.allclose(bb.target_bits, [mi[list(b)].sum() for b in spec.plan.blocks])
+    with pytest.raises(InputError, match="needs the codec plan"):
+        inr.INRCodec(model, replace(_settings("orc-16"), anneal=1.0)).analysis(tiles[:1])
+
+
+def _block_kl_bits(model, mu, sigma, block_of):
+    pm, ps = model.prior_mu64, model.prior_sigma64
+    v = (sigma / ps) ** 2
+    kl = 0.5 * (v + ((mu - pm) / ps) ** 2 - 1 - np.log(v)) / np.log(2)
+    out = np.zeros((mu.shape[0], block_of.max() + 1))
+    np.add.at(out, (slice(None), block_of), kl)
+    return out
 
 
 # ----------------------------------------------------------------------------- data
