@@ -307,6 +307,18 @@ def test_classical_baselines_count_whole_files():
         assert row["tiles"] == 2 and row["bpp"] >= 8 * row["min_file_bytes"] / 1024
 
 
+def test_bench_pools_chunks_tile_weighted():
+    from recray.bench import inr as bi
+
+    a = {k: 1.0 for k in bi._MEAN_KEYS} | {"tiles": 1, "tile_psnr_db": [1.0], "tile_bits": [8]}
+    b = {k: 4.0 for k in bi._MEAN_KEYS} | {"tiles": 3, "tile_psnr_db": [2.0, 3.0, 4.0]}
+    b["tile_bits"] = [1, 2, 3]
+    row = bi.pool_rows([a, b])
+    assert row["tiles"] == 4 and row["chunks"] == 2
+    assert all(row[k] == pytest.approx(13 / 4) for k in bi._MEAN_KEYS)
+    assert row["tile_psnr_db"] == [1.0, 2.0, 3.0, 4.0] and row["tile_bits"] == [8, 1, 2, 3]
+
+
 def test_job_entrypoint_forwards_to_the_codec_commands():
     import importlib.util
 
