@@ -192,7 +192,7 @@ def pool_rows(parts: list[dict]) -> dict:
     for k in _MEAN_KEYS:
         row[k] = float(np.dot(n, [p[k] for p in parts]) / n.sum())
     row["tiles"] = int(n.sum())
-    row["chunks"] = len(parts)
+    row["chunks"] = sum(p.get("chunks", 1) for p in parts)
     for k in ("tile_psnr_db", "tile_bits"):
         row[k] = [v for p in parts for v in p[k]]
     return row
