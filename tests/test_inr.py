@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -193,6 +194,47 @@ def test_cli_compress_and_decompress(tiny, tmp_path):
     )
 
 
+def test_per_block_beta_annealing_steers_each_blocks_kl(tiny):
+    """RECOMBINER's test-time protocol: each block's beta is raised while the block holds
+    more KL than its budget and lowered while it holds less, so blocks end near budget
+    (here: a budget far below and one far above what the rate point's beta gives)."""
+    from recray.models.inr import BlockBeta, fit
+
+    w, tiles = tiny
+    model = load_inr(w)
+    d = model.cfg.dim
+    block_of = np.arange(d) % 4
+    kw = dict(steps=60, lr=0.02, seed=0)
+    mu, sg = fit(model, tiles[:2], **kw)
+    free = _block_kl_bits(model, mu, sg, block_of)
+    for scale in (0.25, 3.0):
+        ab = BlockBeta(block_of, scale * free.mean(0), every=2, step=1.5)
+        mu, sg = fit(model, tiles[:2], anneal=ab, **kw)
+        kl = _block_kl_bits(model, mu, sg, block_of)
+        assert ab.beta.shape == (2, 4)
+        if scale < 1:
+            assert (kl < 0.6 * free).all() and (ab.beta > model.beta).all()
+        else:
+            assert (kl > 1.15 * free).all() and (ab.beta < model.beta).all()
+    # the codec takes its blocks and budgets from the plan
+    spec, _ = inr.make_spec(read_prior(w.replace(".npz", "_prior.json")), _settings("orc-16"))
+    codec = inr.INRCodec(model, replace(_settings("orc-16"), anneal=1.0), plan=spec.plan)
+    bb = codec._block_beta()
+    mi = np.asarray(spec.plan.mi_bits)
+    assert np.allclose(bb.target_bits, [mi[list(b)].sum() for b in spec.plan.blocks])
+    with pytest.raises(InputError, match="needs the codec plan"):
+        inr.INRCodec(model, replace(_settings("orc-16"), anneal=1.0)).analysis(tiles[:1])
+
+
+def _block_kl_bits(model, mu, sigma, block_of):
+    pm, ps = model.prior_mu64, model.prior_sigma64
+    v = (sigma / ps) ** 2
+    kl = 0.5 * (v + ((mu - pm) / ps) ** 2 - 1 - np.log(v)) / np.log(2)
+    out = np.zeros((mu.shape[0], block_of.max() + 1))
+    np.add.at(out, (slice(None), block_of), kl)
+    return out
+
+
 # ----------------------------------------------------------------------------- data
 def test_tile_splits_are_pinned_and_disjoint_by_source():
     test = td.load_tiles("test")
@@ -263,6 +305,18 @@ def test_classical_baselines_count_whole_files():
         assert bi.decode_classical(codec, data).shape == (32, 32, 3)
         row = bi.classical_sweep(tiles, codec, [50])[0]
         assert row["tiles"] == 2 and row["bpp"] >= 8 * row["min_file_bytes"] / 1024
+
+
+def test_bench_pools_chunks_tile_weighted():
+    from recray.bench import inr as bi
+
+    a = {k: 1.0 for k in bi._MEAN_KEYS} | {"tiles": 1, "tile_psnr_db": [1.0], "tile_bits": [8]}
+    b = {k: 4.0 for k in bi._MEAN_KEYS} | {"tiles": 3, "tile_psnr_db": [2.0, 3.0, 4.0]}
+    b["tile_bits"] = [1, 2, 3]
+    row = bi.pool_rows([a, b])
+    assert row["tiles"] == 4 and row["chunks"] == 2
+    assert all(row[k] == pytest.approx(13 / 4) for k in bi._MEAN_KEYS)
+    assert row["tile_psnr_db"] == [1.0, 2.0, 3.0, 4.0] and row["tile_bits"] == [8, 1, 2, 3]
 
 
 def test_job_entrypoint_forwards_to_the_codec_commands():

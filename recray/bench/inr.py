@@ -127,13 +127,14 @@ def inr_row(tiles, idx, rate, settings, workdir, engine="local", actors=1) -> di
         actors=actors,
     )
     dec = inr.decompress(run, os.path.join(workdir, name + "-png"))
+    tile_psnr = psnr_db(tiles[dec["ids"]], dec["images"])
     row = {
         "method": settings.method,
         "allocation": settings.strategy,
         "rate_point_bpp": rate,
         "tiles": info["tiles"],
         "bpp": info["bpp"],
-        "psnr_db": float(np.mean(psnr_db(tiles[dec["ids"]], dec["images"]))),
+        "psnr_db": float(np.mean(tile_psnr)),
         "encoder_psnr_db": info["psnr_db"],
         "kl_bpp": info["kl_bpp"],
         "analysis_kl_bpp": info["analysis_kl_bpp"],
@@ -150,7 +151,50 @@ def inr_row(tiles, idx, rate, settings, workdir, engine="local", actors=1) -> di
         "fit_steps": settings.fit_steps,
         "refine_steps": settings.refine_steps,
         "stages": settings.stages,
+        "anneal": settings.anneal,
+        # per tile (in tile order): decoded PSNR and message bits, for paired comparisons
+        "tile_psnr_db": [round(float(v), 4) for v in tile_psnr],
+        "tile_bits": _tile_bits(run),
     }
+    return row
+
+
+def _tile_bits(run_dir: str) -> list[int]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recray.format.run import Run
+
+    r = Run.open(run_dir, verify_parts=False)
+    t = pa.concat_tables([pq.read_table(p, columns=["id", "nbits"]) for p in r.part_paths()])
+    order = np.argsort(t.column("id").to_numpy())
+    return [int(v) for v in t.column("nbits").to_numpy()[order]]
+
+
+_MEAN_KEYS = (
+    "bpp",
+    "psnr_db",
+    "encoder_psnr_db",
+    "kl_bpp",
+    "analysis_kl_bpp",
+    "steps_per_tile",
+    "fallback_blocks_per_tile",
+    "encode_s_per_tile",
+    "decode_s_per_tile",
+)
+
+
+def pool_rows(parts: list[dict]) -> dict:
+    """One row from the rows of the same setting measured on disjoint chunks of tiles:
+    tile-weighted means, per-tile lists concatenated, ``chunks`` counted."""
+    n = np.array([p["tiles"] for p in parts], np.float64)
+    row = dict(parts[0])
+    for k in _MEAN_KEYS:
+        row[k] = float(np.dot(n, [p[k] for p in parts]) / n.sum())
+    row["tiles"] = int(n.sum())
+    row["chunks"] = sum(p.get("chunks", 1) for p in parts)
+    for k in ("tile_psnr_db", "tile_bits"):
+        row[k] = [v for p in parts for v in p[k]]
     return row
 
 
@@ -164,10 +208,15 @@ def run(
     fit_steps: int | None = None,
     refine_steps: int | None = None,
     stages: int | None = None,
+    anneal: float | None = None,
+    sp_block_bits: float | None = None,
     scale: bool = False,
     classical: bool = True,
     ablation_strategies=("mi", "random", "collapsed-only"),
     report=None,
+    chunk: int | None = None,
+    max_minutes: float | None = None,
+    checkpoint=None,
 ) -> dict:
     from recray.codecs.inr import Settings
     from recray.models.inr import shipped_rates
@@ -179,17 +228,36 @@ def run(
         "fit_steps": fit_steps if fit_steps is not None else base.fit_steps,
         "refine_steps": refine_steps if refine_steps is not None else base.refine_steps,
         "stages": stages if stages is not None else base.stages,
+        "anneal": anneal if anneal is not None else base.anneal,
     }
+    sp_kw = {"block_bits": sp_block_bits} if sp_block_bits is not None else {}
     rows, ablation_rows, scale_rows = [], [], []
     work = workdir or tempfile.mkdtemp(prefix="recray-bench-inr-")
     os.makedirs(work, exist_ok=True)
     t_start = time.perf_counter()
-    for rate in rates:
-        for m in methods:
-            row = inr_row(tiles, idx, rate, Settings(method=m, **kw), work)
-            rows.append(row)
-            if report:
-                report(row)
+    # INR settings chunk by chunk of tiles (every setting on the same tiles), so that a
+    # time cap (max_minutes, checked after each chunk) still leaves a paired comparison
+    step = chunk or len(tiles)
+    parts: dict = {}
+    done = 0
+    for c0 in range(0, len(tiles), step):
+        sl = slice(c0, c0 + step)
+        cw = os.path.join(work, f"tiles-{c0:05d}") if chunk else work
+        for rate in rates:
+            for m in methods:
+                extra = sp_kw if m != "orc-16" else {}
+                row = inr_row(tiles[sl], idx[sl], rate, Settings(method=m, **kw, **extra), cw)
+                parts.setdefault((rate, m), []).append(row)
+                if report:
+                    report(row)
+        done = min(c0 + step, len(tiles))
+        rows = [pool_rows(p) for p in parts.values()]
+        if checkpoint:
+            checkpoint({"rows": rows, "tiles": done, "tile_indices": idx[:done].tolist()})
+        if max_minutes is not None and time.perf_counter() - t_start > 60 * max_minutes:
+            break
+    if parts:  # the tiles every setting was measured on
+        tiles, idx = tiles[:done], idx[:done]
     if ablation and rates:
         mid = rates[len(rates) // 2]
         for strategy in ablation_strategies:
@@ -199,7 +267,11 @@ def run(
                 continue
             try:
                 row = inr_row(
-                    tiles, idx, mid, Settings(method="sp-orc", strategy=strategy, **kw), work
+                    tiles,
+                    idx,
+                    mid,
+                    Settings(method="sp-orc", strategy=strategy, **kw, **sp_kw),
+                    work,
                 )
             except Exception as exc:  # an allocation the plan cannot realize: say so
                 row = {

@@ -23,6 +23,7 @@ def _settings(args):
         fit_steps=args.fit_steps,
         refine_steps=args.refine_steps,
         stages=args.stages,
+        anneal=args.anneal,
     )
 
 
@@ -97,10 +98,15 @@ def cmd_bench(args) -> int:
         fit_steps=args.fit_steps,
         refine_steps=args.refine_steps,
         stages=args.stages,
+        anneal=args.anneal,
+        sp_block_bits=args.sp_block_bits,
         scale=args.scale,
         classical=not args.no_classical,
         ablation_strategies=tuple(args.ablation),
         report=lambda row: print(json.dumps(row), flush=True),
+        chunk=args.chunk,
+        max_minutes=args.max_minutes,
+        checkpoint=(lambda r: _write_json(args.json + ".partial", r)) if args.json else None,
     )
     print(bi.format_table(r))
     _write_json(args.json, r)
@@ -135,6 +141,13 @@ def _add_coding_args(c) -> None:
         type=int,
         default=d.stages,
         help="progressive coding rounds (fine-tuning after each)",
+    )
+    c.add_argument(
+        "--anneal",
+        type=float,
+        default=d.anneal,
+        help="per-block beta annealing at fit time: each block's KL steered to ANNEAL x "
+        "its information (0: off, the rate point's one beta)",
     )
 
 
@@ -191,6 +204,32 @@ def add_parsers(codec_sub, bench_sub) -> None:
     b.add_argument("--fit-steps", type=int, default=None)
     b.add_argument("--refine-steps", type=int, default=None)
     b.add_argument("--stages", type=int, default=None)
+    b.add_argument(
+        "--anneal",
+        type=float,
+        default=None,
+        help="per-block beta annealing factor of every INR setting (0: off; default: the codec's)",
+    )
+    b.add_argument(
+        "--sp-block-bits",
+        type=float,
+        default=None,
+        help="information per block of the SP settings (default: the codec's, 32)",
+    )
+    b.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="measure the INR settings chunk by chunk of this many tiles (all settings on "
+        "each chunk; JSON.partial written after each)",
+    )
+    b.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop the INR settings after the chunk that passes this time; the rows hold "
+        "the tiles measured",
+    )
     b.add_argument("--scale", action="store_true", help="also time the Ray fit, 1 vs 2 actors")
     b.add_argument("--workdir", default=None)
     b.add_argument(

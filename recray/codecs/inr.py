@@ -76,6 +76,9 @@ class Settings:
     refine_steps: int = 30
     stages: int = 4
     lr: float = 1e-2
+    # per-block beta annealing at fit time (RECOMBINER): 0 = off (one beta, the rate
+    # point's); > 0: each plan block's KL is steered to anneal x its information sum I_d
+    anneal: float = 0.0
 
 
 class INRCodec(LatentCodec):
@@ -84,14 +87,41 @@ class INRCodec(LatentCodec):
     name = CODEC_NAME
     version = CODEC_VERSION
 
-    def __init__(self, model, settings: Settings = Settings()):
+    def __init__(self, model, settings: Settings = Settings(), plan=None):
         self.model = model
         self.s = settings
+        self.plan = plan
+        self._anneal = None
+
+    def _block_beta(self):
+        """A fresh :class:`~recray.models.inr.BlockBeta` of the plan (``None``: no
+        annealing)."""
+        from recray.models.inr import BlockBeta
+
+        if self.s.anneal <= 0:
+            return None
+        if self.plan is None:
+            raise InputError("per-block beta annealing (anneal > 0) needs the codec plan")
+        block_of = np.empty(self.plan.dim, np.int64)
+        mi = np.asarray(self.plan.mi_bits, np.float64)
+        target = np.empty(self.plan.n_blocks)
+        for b, dims in enumerate(self.plan.blocks):
+            block_of[list(dims)] = b
+            target[b] = self.s.anneal * mi[list(dims)].sum()
+        return BlockBeta(block_of, target, warmup=self.s.fit_steps // 2)
 
     def analysis(self, items) -> Posterior:
         from recray.models.inr import fit
 
-        mu, sigma = fit(self.model, items, steps=self.s.fit_steps, lr=self.s.lr, seed=self.s.seed)
+        self._anneal = self._block_beta()
+        mu, sigma = fit(
+            self.model,
+            items,
+            steps=self.s.fit_steps,
+            lr=self.s.lr,
+            seed=self.s.seed,
+            anneal=self._anneal,
+        )
         return Posterior(mu, sigma)
 
     def refine(self, items, posterior, coded, z):
@@ -108,6 +138,7 @@ class INRCodec(LatentCodec):
             fixed=coded,
             values=z,
             seed=self.s.seed + int(coded.sum()),
+            anneal=self._anneal,
         )
         return Posterior(mu, sigma)
 
@@ -219,7 +250,7 @@ def _encode_shard(model, s: Settings, spec, ids, tiles) -> dict:
     from recray.format.run import crc32_of
     from recray.models.inr import psnr_db
 
-    codec = INRCodec(model, s)
+    codec = INRCodec(model, s, plan=spec.plan)
     enc = encode_progressive(codec, tiles, ids, spec, stages=s.stages)
     recon = codec.synthesis(enc.z)
     msgs = enc.messages

@@ -353,6 +353,27 @@ def train(
 
 
 # ---------------------------------------------------------------------- fitting
+@dataclass
+class BlockBeta:
+    """Per-block beta annealing of the encoder's fit (RECOMBINER's test-time protocol):
+    ``block_of`` int ``(D,)`` maps each dimension to its coding block, ``target_bits``
+    ``(n_blocks,)`` is each block's KL budget; ``beta`` float ``(n, n_blocks)`` is the state
+    (``None``: start at the model's ``beta``), carried from the analysis fit into the
+    fine-tuning fits. After ``warmup`` Adam steps at the start (the first fit only: the KL
+    of a fresh posterior is far from where it settles), every ``every`` steps each uncoded
+    block's beta is multiplied by ``clip(KL_b / target_b, 1 / step, step)``: a block above
+    its budget is pushed down, one below is let up, so each block ends near its budget.
+    The small ``step`` keeps the loop slower than the posterior's response (a fast one
+    overshoots: the KL of a block squeezed to the prior comes back only slowly)."""
+
+    block_of: np.ndarray
+    target_bits: np.ndarray
+    beta: np.ndarray | None = None
+    every: int = 1
+    step: float = 1.02
+    warmup: int = 0
+
+
 def fit(
     model: INR,
     tiles: np.ndarray,
@@ -363,13 +384,16 @@ def fit(
     fixed: np.ndarray | None = None,
     values: np.ndarray | None = None,
     seed: int = 0,
+    anneal: BlockBeta | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Posteriors ``(mu, sigma)`` float64 ``(n, D)`` of ``tiles`` under the frozen model.
 
     ``init``: a previous ``(mu, sigma)`` to continue from (else the prior with sigma =
     prior / 3). ``fixed`` bool ``(n, D)`` and ``values`` float64 ``(n, D)``: dimensions pinned
     to ``values`` (already coded); their returned ``mu`` is the value and ``sigma`` is left
-    as it was. The encoder alone runs this: its randomness needs no sharing."""
+    as it was. ``anneal``: per-block beta (:class:`BlockBeta`, updated in place: its
+    ``beta`` holds the final per-block betas); without it one beta (the model's) for all.
+    The encoder alone runs this: its randomness needs no sharing."""
     gen = torch.Generator().manual_seed(seed)
     x = _as_float(tiles)
     n, d = x.shape[0], model.cfg.dim
@@ -389,17 +413,40 @@ def fit(
     mu = mu0.requires_grad_(True)
     rho = rho0.requires_grad_(True)
     opt = torch.optim.Adam([mu, rho], lr=lr)
+    if anneal is not None:
+        blk = torch.as_tensor(np.asarray(anneal.block_of, np.int64))
+        nb = len(anneal.target_bits)
+        target = torch.as_tensor(np.asarray(anneal.target_bits, np.float64)).clamp_min(1e-3)
+        if anneal.beta is None:
+            bb = torch.full((n, nb), float(model.beta), dtype=torch.float64)
+        else:
+            bb = torch.as_tensor(np.asarray(anneal.beta, np.float64)).clone()
+        open_blk = torch.zeros(n, nb).index_add_(1, blk, (~fx).float()) > 0
     beta = model.beta
-    for _ in range(steps):
+    for k in range(steps):
         sigma = smax * torch.sigmoid(rho)
         eps = torch.randn(n, d, generator=gen)
         h = torch.where(fx, vals, mu + sigma * eps)
         mse = ((model.render(h) - x) ** 2).mean(dim=(1, 2))
-        kl = torch.where(fx, 0.0, model.kl_bits(mu, sigma)).sum(1)
-        loss = (mse + beta * kl / PIXELS).sum()
+        kl_d = torch.where(fx, 0.0, model.kl_bits(mu, sigma))
+        if anneal is None:
+            kl = beta * kl_d.sum(1)
+        else:
+            kl = (bb[:, blk].float() * kl_d).sum(1)
+            if k >= anneal.warmup and (k + 1) % anneal.every == 0:
+                with torch.no_grad():
+                    kl_b = torch.zeros(n, nb, dtype=torch.float64).index_add_(
+                        1, blk, kl_d.detach().double()
+                    )
+                    f = (kl_b / target).clamp(1 / anneal.step, anneal.step)
+                    bb = torch.where(open_blk, bb * f, bb)
+        loss = (mse + kl / PIXELS).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
+    if anneal is not None:
+        anneal.beta = bb.numpy()
+        anneal.warmup = 0
     with torch.no_grad():
         sigma = smax * torch.sigmoid(rho)
         mu_out = torch.where(fx, vals, mu)
