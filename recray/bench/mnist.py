@@ -307,18 +307,19 @@ def format_grid(r: dict) -> str:
 
 
 def format_table(r: dict) -> str:
+    w = max([48] + [len(x["row"]) for x in r["rows"]])  # the label column fits every row
     lines = [
-        f"{'':<48} {'images':>6} {'bits/image':>10} {'bits/px':>8} {'latent bits':>11} "
+        f"{'':<{w}} {'images':>6} {'bits/image':>10} {'bits/px':>8} {'latent bits':>11} "
         f"{'ms/image':>9}"
     ]
     for x in r["rows"]:
         if "failed" in x:
-            lines.append(f"{x['row']:<48} {x['images']:>6} failed: {x['failed'][:80]}")
+            lines.append(f"{x['row']:<{w}} {x['images']:>6} failed: {x['failed'][:80]}")
             continue
         lat = x.get("latent_bits_per_image")
         ms = x.get("encode_ms_per_image")
         lines.append(
-            f"{x['row']:<48} {x['images']:>6} {x['bits_per_image']:>10.1f} "
+            f"{x['row']:<{w}} {x['images']:>6} {x['bits_per_image']:>10.1f} "
             f"{x['bits_per_pixel']:>8.3f} {'' if lat is None else f'{lat:.1f}':>11} "
             f"{'' if ms is None else f'{ms:.1f}':>9}"
         )

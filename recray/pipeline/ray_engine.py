@@ -123,8 +123,10 @@ def check_early(opts: RayOptions) -> None:
 @contextlib.contextmanager
 def quiet_ray(verbose: bool):
     """Ray's own logging at ERROR and above unless ``verbose`` (its C++ components only
-    fatal lines): the run's terminal shows recray's lines, the progress bar and the result.
-    The environment and logger levels are restored afterwards."""
+    fatal lines), and the Python warnings Ray's modules issue (e.g. Ray Data's note that an
+    actor pool got fewer inputs than actors) hidden: the run's terminal shows recray's
+    lines, the progress bar and the result. The environment, logger levels and warning
+    filters are restored afterwards."""
     names = ("ray", "ray.data", "ray.train", "ray.tune")
     saved_levels = {n: logging.getLogger(n).level for n in names}
     saved_env = {k: os.environ.get(k) for k in ("RAY_BACKEND_LOG_LEVEL",)}
@@ -133,7 +135,10 @@ def quiet_ray(verbose: bool):
         for n in names:
             logging.getLogger(n).setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            if not verbose:
+                warnings.filterwarnings("ignore", module=r"ray\.")
+            yield
     finally:
         for n, lv in saved_levels.items():
             logging.getLogger(n).setLevel(lv)
