@@ -35,11 +35,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from recray import rec  # noqa: E402
-from recray.backend import cuda_available, cupy_available, get_backend  # noqa: E402
+from recray.backend import cuda_available, cupy_available  # noqa: E402
 from recray.bench.throughput import make_blocks  # noqa: E402
 from recray.rec import api, kernels  # noqa: E402
-from recray.rec.randomness import block_keys  # noqa: E402
-from recray.rec.search import SearchProblem  # noqa: E402
 
 
 def log(msg):
@@ -47,20 +45,7 @@ def log(msg):
 
 
 def problem(mu, sigma, bits, seed=0):
-    t = api._targets(mu, sigma, 0.0, 1.0, bits, "sp-pfr", None)
-    tables = api._tables(get_backend("numpy"), t.m, t.s, t.bits, True)
-    return SearchProblem(
-        m=t.m,
-        s=t.s,
-        log_s=np.log(t.s),
-        bits=t.bits,
-        shift=api._bit_offsets(t.bits),
-        inv_J=np.ldexp(1.0, -t.bits),
-        tables=tables,
-        keys=block_keys(seed, t.ids, np),
-        budget=np.full(t.n, rec.DEFAULT_MAX_STEPS, dtype=np.int64),
-        exact=True,
-    )
+    return api.standard_problem(mu, sigma, bits, "sp-pfr", seed=seed)
 
 
 def decode_check(backends, n=64, args_quick=False):

@@ -129,3 +129,29 @@ def test_negative_control_biased_orc_is_detected():
     res = rec.encode(mu, sigma, method="orc", n_samples=2**6)
     p = ks_min_pvalue(res.samples, mu, sigma)
     assert p < 1e-6, p
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_coarse_partition_edges_are_the_finest_tables_bits(backend):
+    """Edge tables above the small-table cache are strided views of the finest one built
+    (adaptive partitions reach 24 bits per dimension); they must be the same bits as a
+    table built on its own, whichever order they are asked for in."""
+    from recray.backend import get_backend
+    from recray.rec import gaussian
+
+    be = get_backend(backend)
+    prior = gaussian.StandardNormalPrior(be)
+    fresh = {}
+    for b in (17, 18, 19):
+        gaussian._EDGE_FINEST.clear()
+        fresh[b] = np.array(prior.edges(b)).view(np.uint64)
+    gaussian._EDGE_FINEST.clear()
+    prior.edges(19)
+    for b in (17, 18, 19):
+        got = np.asarray(prior.edges(b))
+        assert got.shape == (2**b + 1,)
+        np.testing.assert_array_equal(got.view(np.uint64), fresh[b], err_msg=f"b={b}")
+    # negative control: a view with the wrong stride is caught
+    wrong = np.asarray(prior.edges(19))[::2][: 2**17 + 1]
+    assert not np.array_equal(wrong.view(np.uint64), fresh[17])
+    gaussian._EDGE_FINEST.clear()

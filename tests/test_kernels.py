@@ -32,8 +32,7 @@ from recray.backend import get_backend
 from recray.errors import BackendError
 from recray.rec import api, kernels, portable
 from recray.rec.kernels import cpu
-from recray.rec.randomness import block_keys
-from recray.rec.search import ChunkSchedule, SearchProblem, run_search
+from recray.rec.search import ChunkSchedule, run_search
 from tests.conftest import typical_posteriors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,24 +41,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # --------------------------------------------------------------------------- helpers
 def problem(mu, sigma, bits, method, seed=3, budget=None, n_samples=256):
     """The SearchProblem that ``rec.encode`` would build (standard prior, one batch)."""
-    t = api._targets(mu, sigma, 0.0, 1.0, bits, method, None)
-    be = get_backend("numpy")
-    exact = method in rec.EXACT_METHODS
-    tables = api._tables(be, t.m, t.s, t.bits, exact)
-    if budget is None:
-        budget = rec.DEFAULT_MAX_STEPS if exact else n_samples
-    return SearchProblem(
-        m=t.m,
-        s=t.s,
-        log_s=np.log(t.s),
-        bits=t.bits,
-        shift=api._bit_offsets(t.bits),
-        inv_J=np.ldexp(1.0, -t.bits),
-        tables=tables,
-        keys=block_keys(seed, t.ids, np),
-        budget=np.broadcast_to(np.asarray(budget, dtype=np.int64), (t.n,)).copy(),
-        exact=exact,
-    )
+    if budget is None and method not in rec.EXACT_METHODS:
+        budget = n_samples
+    return api.standard_problem(mu, sigma, bits, method, seed=seed, budget=budget)
 
 
 def assert_same_outcome(a, b, what=""):
@@ -199,8 +183,8 @@ from recray.rec.kernels import gpu
 f2, f1 = T.float64[:, ::1], T.float64[::1]
 i2, i1 = T.int64[:, ::1], T.int64[::1]
 u2 = T.uint64[:, ::1]
-sig = (f2, f2, f2, i2, i2, f2, i2, f1, f1, f1, f2, f1, u2, i1, T.boolean, T.boolean, i1, i1, i1,
-       i1, T.uint64, i1, i2, u2, i2, f1, i1)
+prob = T.Tuple((f2, f2, f2, i2, i2, f2, i2, f1, f1, f1, f2, f1, u2, i1, T.boolean, T.boolean))
+sig = (prob, i1, i1, i1, i1, T.uint64, i1, i2, u2, i2, f1, i1)
 ptx, _ = cuda.compile_ptx(gpu.search_kernel.py_func, sig, cc=(9, 0))
 ptx2, _ = cuda.compile_ptx(gpu.regenerate_kernel.py_func, (i1, i1, i2, u2, f2, f2, f2),
                            cc=(9, 0))

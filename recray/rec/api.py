@@ -583,23 +583,46 @@ def _tables(be, m, s, bits_np, exact):
     )
 
 
-def _search_batch(be, tables, m, s, bits_np, ids, seed, budget, exact, schedule, pm, ps):
+def _problem(be, tables, m, s, bits_np, ids, seed, budget, exact) -> SearchProblem:
+    """The search problem of one batch: standardized targets ``m``, ``s`` ``(n, d)``, their
+    partition bits and tables, stream ids, run seed and per-block budgets ``(n,)``."""
     xp = be.xp
     s_d = be.asarray(s)
-    shift = _bit_offsets(bits_np)
-    keys = block_keys(seed, be.asarray(ids), xp)
-    prob = SearchProblem(
+    return SearchProblem(
         m=be.asarray(m),
         s=s_d,
         log_s=xp.log(s_d),
         bits=be.asarray(bits_np),
-        shift=be.asarray(shift),
+        shift=be.asarray(_bit_offsets(bits_np)),
         inv_J=be.asarray(np.ldexp(1.0, -bits_np)),
         tables=tables,
-        keys=keys,
+        keys=block_keys(seed, be.asarray(ids), xp),
         budget=be.asarray(budget),
         exact=exact,
     )
+
+
+def standard_problem(mu, sigma, bits, method, *, seed=0, budget=None) -> SearchProblem:
+    """The :class:`SearchProblem` that :func:`encode` builds for targets ``N(mu, sigma^2)``
+    ``(n, d)`` against the standard prior, as one batch on NumPy (stream ids ``0..n-1``);
+    ``budget``: the step cap (exact methods, default :data:`DEFAULT_MAX_STEPS`) or ``N``
+    (fixed-budget methods; required), scalar or ``(n,)``. For tests and benchmarks that
+    drive the search backends directly."""
+    t = _targets(mu, sigma, 0.0, 1.0, bits, method, None)
+    exact = method in EXACT_METHODS
+    if budget is None:
+        if not exact:
+            raise InputError(f"method {method!r} needs a budget: the fixed N per block")
+        budget = DEFAULT_MAX_STEPS
+    be = get_backend("numpy")
+    budget = np.broadcast_to(np.asarray(budget, dtype=np.int64), (t.n,)).copy()
+    tables = _tables(be, t.m, t.s, t.bits, exact)
+    return _problem(be, tables, t.m, t.s, t.bits, t.ids, seed, budget, exact)
+
+
+def _search_batch(be, tables, m, s, bits_np, ids, seed, budget, exact, schedule, pm, ps):
+    prob = _problem(be, tables, m, s, bits_np, ids, seed, budget, exact)
+    keys = prob.keys
     if be.kernel == "cpu":
         from recray.rec.kernels import search_cpu
 

@@ -21,10 +21,16 @@ bits at the API boundary).
 from __future__ import annotations
 
 import math
+import threading
 
 LN2 = math.log(2.0)
+#: Edge tables of up to this many bits are cached as their own arrays (<= 1 MiB each).
 EDGE_CACHE_MAX_BITS = 16
 _EDGE_CACHE: dict = {}
+#: Per backend, the finest larger table built so far (adaptive partitions reach 24 bits per
+#: dimension: 2^24 inverse-CDF evaluations, about a second): coarser tables are views of it.
+_EDGE_FINEST: dict = {}
+_EDGE_LOCK = threading.Lock()
 
 
 class StandardNormalPrior:
@@ -37,11 +43,19 @@ class StandardNormalPrior:
         """Interval edges ``a_0 = -inf < a_1 < ... < a_J = +inf`` (shape ``(J + 1,)``),
         ``a_k = Phi^{-1}(k / J)``; the upper half is computed through the complement
         (``-Phi^{-1}((J - k) / J)``) so no quantile rounds towards 1. Cached per ``b`` up to
-        :data:`EDGE_CACHE_MAX_BITS` (do not modify the returned array)."""
+        :data:`EDGE_CACHE_MAX_BITS`; above it, the finest table built so far serves every
+        coarser one as a strided view, bit for bit (``edges(b)[k]`` and
+        ``edges(b + t)[k 2^t]`` evaluate the same quantile of the same float). Do not
+        modify the returned array."""
         key = (self.be.name, b)
         hit = _EDGE_CACHE.get(key)
         if hit is not None:
             return hit
+        if b > EDGE_CACHE_MAX_BITS:
+            with _EDGE_LOCK:
+                finest = _EDGE_FINEST.get(self.be.name)
+            if finest is not None and finest[0] >= b:
+                return finest[1][:: 1 << (finest[0] - b)]
         xp, ndtri = self.be.xp, self.be.special.ndtri
         J = 1 << b
         k = xp.arange(J + 1, dtype=xp.float64)
@@ -50,6 +64,10 @@ class StandardNormalPrior:
             out = xp.where(2 * k <= J, ndtri(k * inv), -ndtri((J - k) * inv))
         if b <= EDGE_CACHE_MAX_BITS:
             _EDGE_CACHE[key] = out
+        else:
+            with _EDGE_LOCK:
+                if _EDGE_FINEST.get(self.be.name, (0,))[0] < b:
+                    _EDGE_FINEST[self.be.name] = (b, out)
         return out
 
     def sample_in_interval(self, k, u, inv_J):

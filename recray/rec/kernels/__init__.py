@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from recray.rec.kernels.source import HASH_MULT, ST_CAPPED, ST_OVERFLOW
+from recray.rec.kernels.source import HASH_MULT, PROBLEM_FIELDS, ST_CAPPED, ST_OVERFLOW
 
 #: Serializes calls into the CPU build: each call already uses every core (``prange``), and
 #: Numba's fallback threading layer (workqueue) aborts on concurrent parallel calls.
@@ -51,8 +51,10 @@ def _c(a, dtype):
     return np.require(a, dtype=dtype, requirements=["C", "W"])
 
 
-def kernel_arrays(prob):
-    """Host arrays of a :class:`recray.rec.search.SearchProblem` in the kernels' layout."""
+def kernel_arrays(prob, lazy: bool | None = None):
+    """Host arrays of a :class:`recray.rec.search.SearchProblem` in the kernels' layout: a
+    dict with the :data:`~recray.rec.kernels.source.PROBLEM_FIELDS` (``lazy=False`` turns
+    the lazy-dimension reject off) and ``caps``, the first local-index table sizes."""
     t = prob.tables
     n, d = prob.m.shape
     f64 = np.float64
@@ -63,11 +65,11 @@ def kernel_arrays(prob):
         for dd in range(d - 2, -1, -1):  # bound of the dimensions after dd
             rest[:, dd] = rest[:, dd + 1] + rmax_d[:, dd + 1]
     if exact:
-        lazy = d > 1 and bool(np.isfinite(rest).all())
+        can_lazy = d > 1 and bool(np.isfinite(rest).all())
         log_bound = np.zeros(1, dtype=f64)  # unused: exact mode bounds by rest_max
     else:  # per-interval bounds (+inf where a candidate can never be dropped)
-        lazy = d > 1 and t.log_bound is not None
-        log_bound = _c(t.log_bound if lazy else np.zeros(1), f64)
+        can_lazy = d > 1 and t.log_bound is not None
+        log_bound = _c(t.log_bound if can_lazy else np.zeros(1), f64)
     keys = np.ascontiguousarray(np.stack([np.asarray(k, dtype=np.uint64) for k in prob.keys], 1))
     bits = _c(prob.bits, np.int64)
     budget = _c(prob.budget, np.int64)
@@ -90,9 +92,17 @@ def kernel_arrays(prob):
         keys=keys,
         budget=budget,
         exact=exact,
-        lazy=lazy,
+        lazy=can_lazy if lazy is None else (lazy and can_lazy),
         caps=caps,
     )
+
+
+def problem_tuple(a, to_device=None) -> tuple:
+    """The kernels' ``prob`` argument: ``a``'s :data:`PROBLEM_FIELDS` in order, arrays passed
+    through ``to_device`` when given (flags stay host scalars)."""
+    if to_device is None:
+        return tuple(a[k] for k in PROBLEM_FIELDS)
+    return tuple(a[k] if isinstance(a[k], bool) else to_device(a[k]) for k in PROBLEM_FIELDS)
 
 
 def _outcome(out_i, out_f, status):
@@ -113,7 +123,7 @@ def search_cpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
     ``lazy=False`` turns the lazy-dimension reject off (tests)."""
     from recray.rec.kernels import cpu
 
-    a = kernel_arrays(prob)
+    a = kernel_arrays(prob, lazy)
     n, d = a["m"].shape
     out_i = np.zeros((n, 4), dtype=np.int64)
     out_f = np.full(n, np.inf)
@@ -122,28 +132,7 @@ def search_cpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
     if n:
         with _CPU_LOCK:
             cpu.search_many(
-                a["m"],
-                a["s"],
-                a["log_s"],
-                a["bits"],
-                a["shift"],
-                a["inv_J"],
-                a["offs"],
-                a["cdf"],
-                a["log_corr"],
-                a["log_bound"],
-                a["rest_max"],
-                a["log_rmax"],
-                a["keys"],
-                a["budget"],
-                a["exact"],
-                a["lazy"] if lazy is None else (lazy and a["lazy"]),
-                a["caps"],
-                np.uint64(hash_mult),
-                kd,
-                out_i,
-                out_f,
-                status,
+                problem_tuple(a), a["caps"], np.uint64(hash_mult), kd, out_i, out_f, status
             )
     return _outcome(out_i, out_f, status)
 
@@ -158,37 +147,20 @@ def search_gpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
 
     from recray.rec.kernels import gpu
 
-    a = kernel_arrays(prob)
+    a = kernel_arrays(prob, lazy)
     n, d = a["m"].shape
     out_i = np.zeros((n, 4), dtype=np.int64)
     out_f = np.full(n, np.inf)
     status = np.zeros(n, dtype=np.int64)
     if n == 0:
         return _outcome(out_i, out_f, status)
-    names = (
-        "m",
-        "s",
-        "log_s",
-        "bits",
-        "shift",
-        "inv_J",
-        "offs",
-        "cdf",
-        "log_corr",
-        "log_bound",
-        "rest_max",
-        "log_rmax",
-        "keys",
-        "budget",
-    )
-    dev = {k: cuda.to_device(a[k]) for k in names}
+    d_prob = problem_tuple(a, cuda.to_device)
     d_kd = cuda.to_device(np.zeros((n, d), dtype=np.int64))
     d_ub = cuda.device_array((n, d + 2), dtype=np.uint64)  # batch = 1 on the GPU
     d_out_i = cuda.to_device(out_i)
     d_out_f = cuda.to_device(out_f)
     d_status = cuda.to_device(status)
     caps = a["caps"].copy()
-    lazy_flag = a["lazy"] if lazy is None else (lazy and a["lazy"])
     todo = np.arange(n, dtype=np.int64)
     while todo.size:
         again = []
@@ -204,22 +176,7 @@ def search_gpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
             hc = cuda.device_array(total, dtype=np.int64)
             blocks = (rows.size + GPU_THREADS - 1) // GPU_THREADS
             gpu.search_kernel[blocks, GPU_THREADS](
-                dev["m"],
-                dev["s"],
-                dev["log_s"],
-                dev["bits"],
-                dev["shift"],
-                dev["inv_J"],
-                dev["offs"],
-                dev["cdf"],
-                dev["log_corr"],
-                dev["log_bound"],
-                dev["rest_max"],
-                dev["log_rmax"],
-                dev["keys"],
-                dev["budget"],
-                a["exact"],
-                lazy_flag,
+                d_prob,
                 hk,
                 hc,
                 cuda.to_device(base),

@@ -40,68 +40,18 @@ _derive_key = K.derive_key
 
 
 @njit(parallel=True, **dict(_OPTS, cache=True))
-def search_many(
-    m,
-    s,
-    log_s,
-    bits,
-    shift,
-    inv_J,
-    offs,
-    cdf,
-    log_corr,
-    log_bound,
-    rest_max,
-    log_rmax,
-    keys,
-    budget,
-    exact,
-    lazy,
-    caps,
-    hmult,
-    kd,
-    out_i,
-    out_f,
-    status,
-):
-    """Search every block (``prange``); a block whose local-index table fills up is rerun
-    from scratch with a 4x larger one (its result does not depend on the table size)."""
-    n, d = m.shape
+def search_many(prob, caps, hmult, kd, out_i, out_f, status):
+    """Search every block of ``prob`` (a tuple in ``PROBLEM_FIELDS`` order; ``prange``); a
+    block whose local-index table fills up is rerun from scratch with a 4x larger one (its
+    result does not depend on the table size)."""
+    n, d = prob[0].shape
     for i in prange(n):
         cap = caps[i]
         ub = np.empty((1, BATCH * (d + 2)), dtype=np.uint64)
         while True:
             hk = np.empty(cap, dtype=np.int64)
             hc = np.empty(cap, dtype=np.int64)
-            st = _search_block(
-                i,
-                m,
-                s,
-                log_s,
-                bits,
-                shift,
-                inv_J,
-                offs,
-                cdf,
-                log_corr,
-                log_bound,
-                rest_max,
-                log_rmax,
-                keys,
-                budget,
-                exact,
-                lazy,
-                hk,
-                hc,
-                0,
-                cap,
-                hmult,
-                kd,
-                ub,
-                0,
-                out_i,
-                out_f,
-            )
+            st = _search_block(i, prob, hk, hc, 0, cap, hmult, kd, ub, 0, out_i, out_f)
             if st != ST_OVERFLOW:
                 break
             cap *= 4

@@ -42,69 +42,15 @@ _regenerate_block = K.regenerate_block
 
 
 @cuda.jit
-def search_kernel(
-    m,
-    s,
-    log_s,
-    bits,
-    shift,
-    inv_J,
-    offs,
-    cdf,
-    log_corr,
-    log_bound,
-    rest_max,
-    log_rmax,
-    keys,
-    budget,
-    exact,
-    lazy,
-    hkeys,
-    hcounts,
-    hbase,
-    hcap,
-    hmult,
-    rows,
-    kd,
-    ub,
-    out_i,
-    out_f,
-    status,
-):
-    """Thread ``t`` searches block ``rows[t]`` with table ``[hbase[t], hbase[t] + hcap[t])``;
-    ``ub[i]`` is block ``i``'s row of private random bits (the GPU build draws them one arrival
-    at a time: ``batch = 1``)."""
+def search_kernel(prob, hkeys, hcounts, hbase, hcap, hmult, rows, kd, ub, out_i, out_f, status):
+    """Thread ``t`` searches block ``rows[t]`` of ``prob`` (a tuple in ``PROBLEM_FIELDS``
+    order) with table ``[hbase[t], hbase[t] + hcap[t])``; ``ub[i]`` is block ``i``'s row of
+    private random bits (the GPU build draws them one arrival at a time: ``batch = 1``)."""
     t = cuda.grid(1)
     if t < rows.shape[0]:
         i = rows[t]
         status[i] = _search_block(
-            i,
-            m,
-            s,
-            log_s,
-            bits,
-            shift,
-            inv_J,
-            offs,
-            cdf,
-            log_corr,
-            log_bound,
-            rest_max,
-            log_rmax,
-            keys,
-            budget,
-            exact,
-            lazy,
-            hkeys,
-            hcounts,
-            hbase[t],
-            hcap[t],
-            hmult,
-            kd,
-            ub,
-            i,
-            out_i,
-            out_f,
+            i, prob, hkeys, hcounts, hbase[t], hcap[t], hmult, kd, ub, i, out_i, out_f
         )
 
 

@@ -115,6 +115,32 @@ ST_DONE = 0  # stopped by the bound, or ran its fixed budget
 ST_CAPPED = 1  # exact mode: hit the step cap before the bound allowed a stop
 ST_OVERFLOW = 2  # the local-index table filled up: rerun the block with a larger table
 
+#: The search problem as the kernels take it: one tuple, in this order (shapes: ``n``
+#: blocks of ``d`` dimensions; ``total`` flat table entries; see
+#: :func:`recray.rec.kernels.kernel_arrays`):
+#: ``m``, ``s``, ``log_s`` (n, d) f64; ``bits``, ``shift`` (n, d) i64; ``inv_J`` (n, d) f64;
+#: ``offs`` (n, d) i64; ``cdf``, ``log_corr``, ``log_bound`` (total,) f64; ``rest_max``
+#: (n, d) f64; ``log_rmax`` (n,) f64; ``keys`` (n, 4) u64 (shared, then private key);
+#: ``budget`` (n,) i64; ``exact``, ``lazy`` bool.
+PROBLEM_FIELDS = (
+    "m",
+    "s",
+    "log_s",
+    "bits",
+    "shift",
+    "inv_J",
+    "offs",
+    "cdf",
+    "log_corr",
+    "log_bound",
+    "rest_max",
+    "log_rmax",
+    "keys",
+    "budget",
+    "exact",
+    "lazy",
+)
+
 #: relative margin of the lazy-dimension reject (see ``search_block``)
 LAZY_MARGIN = 1e-7
 
@@ -303,37 +329,10 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
 
     # ----------------------------------------------------------------- one block
     @jit
-    def search_block(
-        i,
-        m,
-        s,
-        log_s,
-        bits,
-        shift,
-        inv_J,
-        offs,
-        cdf,
-        log_corr,
-        log_bound,
-        rest_max,
-        log_rmax,
-        keys,
-        budget,
-        exact,
-        lazy,
-        hkeys,
-        hcounts,
-        hbase,
-        hcap,
-        hmult,
-        kd,
-        ub,
-        urow,
-        out_i,
-        out_f,
-    ):
+    def search_block(i, prob, hkeys, hcounts, hbase, hcap, hmult, kd, ub, urow, out_i, out_f):
         """Block ``i``'s whole sequential search (search.py's rules, arrival by arrival).
 
+        ``prob``: the problem's arrays and flags, a tuple in :data:`PROBLEM_FIELDS` order.
         Writes ``out_i[i] = (bin, local, arrival, steps)`` and ``out_f[i] = ln tau*``; returns
         a status (``ST_*``). ``hkeys``/``hcounts[hbase : hbase + hcap]`` is the block's
         local-index table; ``kd[i]`` its scratch row of interval indices; ``ub[urow]`` its
@@ -357,6 +356,8 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
         (``log_bound``, a running remainder of their sum), since ``Q``-mass weights make it
         differ from interval to interval (``+inf``, never a drop, where unbounded).
         """
+        m, s, log_s, bits, shift, inv_J, offs, cdf, log_corr, log_bound = prob[:10]
+        rest_max, log_rmax, keys, budget, exact, lazy = prob[10:]
         d = m.shape[1]
         ks0 = keys[i, 0]
         ks1 = keys[i, 1]
