@@ -135,6 +135,7 @@ def test_demo_prints_the_table_rows_it_measured(tmp_path, capsys):
         "-ELBO",
         "ORC 16-bit blocks, N=2^16, collapsed spread",
         "SP-ORC 48-bit blocks, N=2^10, collapsed spread, B-4, learned laws",
+        "ORC 16-bit blocks, N=2^ceil(I_b) per block, collapsed spread",
         "png",
         "webp",
     ):
@@ -142,6 +143,7 @@ def test_demo_prints_the_table_rows_it_measured(tmp_path, capsys):
     rows = json.load(open(tmp_path / "t.json"))["rows"]
     assert rows[1]["verified_round_trip"] is True
     assert rows[2]["laws"] == "learned" and rows[2]["laws_fit_seconds"] == 0.0  # shipped
+    assert rows[3]["setting"]["n_samples"] == "kl"
 
 
 def test_learned_laws_run_decodes_and_old_plan_runs_keep_version_1(tmp_path):

@@ -82,7 +82,8 @@ FAIR_ORC = Setting("orc", 16, collapsed_block_size=0)
 #: The same blocks with a per-block budget from each block's expected KL, as RECOMBINER's
 #: beta-tuned blocks effectively have: N_b = 2^ceil(I_b), index in ceil(I_b) raw bits.
 FAIR_ORC_KL = Setting("orc", 16, "kl", collapsed_block_size=0)
-DEMO = (FAIR_ORC, BEST_SP)
+#: The demo: fair ORC-16, the best SP setting, and ORC with per-block N from the KL.
+DEMO = (FAIR_ORC, BEST_SP, FAIR_ORC_KL)
 #: ``jobs/bench_mnist_fair.py``: the fair fixed-budget baselines of issue 11 and the best SP
 #: setting, each measured on its own (full test set).
 FAIR_SETTINGS = {"orc16": FAIR_ORC, "orc-kl": FAIR_ORC_KL, "sp": BEST_SP}

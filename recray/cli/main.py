@@ -837,7 +837,8 @@ def build_parser() -> argparse.ArgumentParser:
     md.set_defaults(func=cmd_mnist_decompress)
     demo = msub.add_parser(
         "demo",
-        help="the table's rows on a small test subset (fair ORC 16-bit vs the best SP setting)",
+        help="the table's rows on a small test subset (fair ORC 16-bit, the best SP setting, "
+        "ORC with per-block N from the KL)",
     )
     demo.add_argument("--limit", type=int, default=200, help="first N test images")
     demo.add_argument(
