@@ -124,9 +124,9 @@ def test_learned_golden_bytes_and_wrong_laws_do_not_decode():
 def test_old_message_codec_versions_are_read():
     from recray.pipeline.driver import spec_from_header
 
-    assert READABLE_MESSAGE_CODEC_VERSIONS == (1, 2, 3)
-    with pytest.raises(FormatError, match="message_codec_version = 4"):
-        spec_from_header({"rng_version": 2, "message_codec_version": 4}, None)
+    assert READABLE_MESSAGE_CODEC_VERSIONS == (1, 2, 3, 4)
+    with pytest.raises(FormatError, match="message_codec_version = 5"):
+        spec_from_header({"rng_version": 2, "message_codec_version": 5}, None)
 
 
 def test_estimate_laws_counts():

@@ -89,14 +89,21 @@ def test_empty_message():
 def layouts_and_indices(draw):
     nb = draw(st.integers(1, 12))
     bits = draw(st.lists(st.integers(0, 62), min_size=nb, max_size=nb))
-    code = draw(st.sampled_from(["universal", "raw"]))
+    code = draw(st.sampled_from(["universal", "raw", "raw-per-block"]))
     raw_bits = draw(st.integers(0, 48)) if code == "raw" else 0
+    widths = (
+        draw(st.lists(st.integers(0, 48), min_size=nb, max_size=nb))
+        if code == "raw-per-block"
+        else [raw_bits] * nb
+    )
     bins = [draw(st.integers(0, 2**b - 1)) for b in bits]
     if code == "universal":
         classes = [draw(st.integers(0, 47)) for _ in range(nb)]
         local = [draw(st.integers(2**c, min(2 ** (c + 1), 2**48) - 1)) for c in classes]
     else:
-        local = [draw(st.integers(1, min(2**raw_bits, 2**48 - 1))) for _ in range(nb)]
+        local = [draw(st.integers(1, min(2**w, 2**48 - 1))) for w in widths]
+    if code == "raw-per-block":
+        return IndexLayout(tuple(bits), "raw", block_raw_bits=tuple(widths)), bins, local
     return IndexLayout(tuple(bits), code, raw_bits), bins, local
 
 
@@ -130,10 +137,78 @@ GOLDEN = [
 
 @pytest.mark.parametrize("layout,bins,local,hexbytes", GOLDEN)
 def test_golden_bytes(layout, bins, local, hexbytes):
-    assert MESSAGE_CODEC_VERSION == 3
+    assert MESSAGE_CODEC_VERSION == 4
     assert encode_message(bins, local, layout).hex() == hexbytes
     got_bins, got_local = decode_message(bytes.fromhex(hexbytes), layout)
     assert got_bins.tolist() == bins and got_local.tolist() == local
+
+
+# Version 4: a raw index width per block (orc with a per-block budget N_b). Block b's
+# local - 1 is written in block_raw_bits[b] bits; with equal widths the bytes are those of
+# the version 2/3 layout with that raw_bits (old messages decode unchanged).
+GOLDEN_V4 = (IndexLayout((8, 8, 8), "raw", block_raw_bits=(3, 16, 9)), [1, 2, 3], [8, 65536, 300])
+
+
+def test_per_block_raw_widths_golden_bytes_and_widths_used():
+    layout, bins, local = GOLDEN_V4
+    msg = encode_message(bins, local, layout)
+    assert msg.hex() == "01e05fffde8fb1"
+    b, n = decode_message(msg, layout)
+    assert b.tolist() == bins and n.tolist() == local
+    # read with a bare constriction decoder: the uniform symbols are bin_b in 8 bits, then
+    # local_b - 1 in exactly w_b bits, block by block
+    words = np.frombuffer(msg + b"\0" * (-len(msg) % 4), dtype=">u4").astype(np.uint32)
+    dec = constriction.stream.queue.RangeDecoder(words)
+    sizes = np.array([2**8, 2**3, 2**8, 2**16, 2**8, 2**9], dtype=np.int32)
+    got = dec.decode(constriction.stream.model.Uniform(), sizes)
+    assert got.tolist() == [1, 7, 2, 65535, 3, 299]
+    # the fields are exactly 8 + w_b bits wide: 24 + 3 + 16 + 9 = 52 bits, 7 bytes
+    assert ideal_bits(bins, local, layout) == 52.0 and len(msg) == 7
+    assert layout.raw_widths.tolist() == [3, 16, 9]
+    # the negative control: the same bytes read with any other width per block (the widths
+    # permuted, or one width for all) do not give the indices back
+    for wrong in (
+        IndexLayout((8, 8, 8), "raw", block_raw_bits=(16, 3, 9)),
+        IndexLayout((8, 8, 8), "raw", block_raw_bits=(3, 9, 16)),
+        IndexLayout((8, 8, 8), "raw", 16),
+    ):
+        try:
+            got = decode_message(msg, wrong)
+        except MessageError:
+            continue
+        assert not (got[0].tolist() == bins and got[1].tolist() == local)
+    # equal widths code exactly as the scalar raw_bits layout (version 2/3 bytes)
+    same = IndexLayout((8, 8, 8), "raw", block_raw_bits=(16, 16, 16))
+    assert encode_message([1, 2, 3], [1, 65536, 300], same).hex() == GOLDEN[2][3]
+    assert decode_message(bytes.fromhex(GOLDEN[2][3]), same)[1].tolist() == [1, 65536, 300]
+
+
+def test_per_block_raw_widths_bound_each_block():
+    layout = IndexLayout((0, 0, 0), "raw", block_raw_bits=(2, 0, 5))
+    roundtrip([0, 0, 0], [4, 1, 32], layout)
+    with pytest.raises(InputError, match=r"local\[0\] = 5 must be in \[1, 2\^2\].*block_raw_bits"):
+        encode_message([0, 0, 0], [5, 1, 1], layout)
+    with pytest.raises(InputError, match=r"local\[1, 1\] = 2 must be in \[1, 2\^0\]"):
+        encode_messages([[0, 0, 0], [0, 0, 0]], [[1, 1, 1], [1, 2, 1]], layout)
+    with pytest.raises(InputError, match=r"local\[2\] = 33 must be in \[1, 2\^5\]"):
+        encode_message([0, 0, 0], [1, 1, 33], layout)
+
+
+def test_per_block_raw_widths_validation_names_the_field():
+    with pytest.raises(InputError, match=r"block_raw_bits\[1\] = 49 must be in \[0, 48\]"):
+        IndexLayout((0, 0), "raw", block_raw_bits=(3, 49))
+    with pytest.raises(InputError, match=r"block_raw_bits\[0\] = -1"):
+        IndexLayout((0, 0), "raw", block_raw_bits=(-1, 3))
+    with pytest.raises(InputError, match=r"block_raw_bits\[1\] must be an int"):
+        IndexLayout((0, 0), "raw", block_raw_bits=(3, 2.0))
+    with pytest.raises(InputError, match="block_raw_bits has 1 entries; the layout has 2 blocks"):
+        IndexLayout((0, 0), "raw", block_raw_bits=(3,))
+    with pytest.raises(InputError, match="block_raw_bits .* need code='raw'"):
+        IndexLayout((0, 0), "universal", block_raw_bits=(3, 3))
+    with pytest.raises(InputError, match="block_raw_bits replaces raw_bits"):
+        IndexLayout((0, 0), "raw", 4, block_raw_bits=(3, 3))
+    with pytest.raises(InputError, match="block_raw_bits must be a sequence"):
+        IndexLayout((0, 0), "raw", block_raw_bits=3)
 
 
 def test_ideal_bits_value():

@@ -135,6 +135,7 @@ def test_demo_prints_the_table_rows_it_measured(tmp_path, capsys):
         "-ELBO",
         "ORC 16-bit blocks, N=2^16, collapsed spread",
         "SP-ORC 48-bit blocks, N=2^10, collapsed spread, B-4, learned laws",
+        "ORC 16-bit blocks, N=2^ceil(I_b) per block, collapsed spread",
         "png",
         "webp",
     ):
@@ -142,6 +143,7 @@ def test_demo_prints_the_table_rows_it_measured(tmp_path, capsys):
     rows = json.load(open(tmp_path / "t.json"))["rows"]
     assert rows[1]["verified_round_trip"] is True
     assert rows[2]["laws"] == "learned" and rows[2]["laws_fit_seconds"] == 0.0  # shipped
+    assert rows[3]["setting"]["n_samples"] == "kl"
 
 
 def test_learned_laws_run_decodes_and_old_plan_runs_keep_version_1(tmp_path):
@@ -164,7 +166,36 @@ def test_learned_laws_run_decodes_and_old_plan_runs_keep_version_1(tmp_path):
     assert info["laws"] == "learned"
     header = json.load(open(os.path.join(out, "plan.json")))
     assert header["plan"]["version"] == 2 and header["plan"]["index_laws"]["method"] == "sp-orc"
-    assert header["message_codec_version"] == 3
+    assert header["message_codec_version"] == 4
+    dec = mnist.decompress(out, str(tmp_path / "dec"), verify=True)
+    assert dec["verified"]
+
+
+def test_fair_orc_with_per_block_budget_round_trips(tmp_path):
+    """ORC-16's blocks with N_b = 2^ceil(I_b) (``--n-samples kl``): each block's index is
+    ceil(I_b) raw bits inside the image's message; decoding rebuilds the images."""
+    from recray.bench.mnist import FAIR_ORC_KL
+    from recray.format.messages import read_head
+    from recray.latents.io import Prior
+    from recray.pipeline.driver import spec_from_header
+    from recray.plan import kl_sample_bits
+
+    out = str(tmp_path / "orc-kl")
+    s = FAIR_ORC_KL
+    info = mnist.compress(
+        out, limit=3, method=s.method, block_bits=s.block_bits, n_samples=s.n_samples,
+        collapsed_block_size=s.collapsed_block_size, engine="local",
+    )  # fmt: skip
+    header = json.load(open(os.path.join(out, "plan.json")))
+    prior = Prior.from_dict(json.load(open(os.path.join(out, "prior.json"))))
+    spec = spec_from_header(header, prior)
+    e = kl_sample_bits(spec.plan)
+    assert header["n_samples"] == "kl" and e == (15, 15, 14)  # I_b = 14.16, 14.03, 13.93
+    assert spec.layout.block_raw_bits == e and header["message_codec_version"] == 4
+    assert info["latent_only_bits_per_image"] <= 48  # 44 bits, rounded up to whole bytes
+    msgs = pq.read_table(os.path.join(out, "part-00000.parquet")).column("message").to_pylist()
+    local = np.stack([read_head(m, spec.layout).local for m in msgs])
+    assert (local <= np.array([1 << v for v in e])).all()
     dec = mnist.decompress(out, str(tmp_path / "dec"), verify=True)
     assert dec["verified"]
 

@@ -2,6 +2,7 @@
 and every bad input refused with nothing published."""
 
 import json
+import math
 import os
 import shutil
 
@@ -389,3 +390,185 @@ def test_collapsed_blocks_use_the_near_prior_class_law(run):
     mi = np.asarray(spec.plan.mi_bits)
     want = tuple(int(np.all(mi[list(b)] < 0.01)) for b in spec.plan.blocks)
     assert spec.layout.class_models == want and 0 < sum(want) < len(want)
+
+
+# ---------------------------------------------------------------- per-block budgets ("kl")
+def _small(synth, tmp_path, n=60):
+    lat, pri = synth
+    small = str(tmp_path / "small.parquet")
+    pq.write_table(_table(lat).slice(0, n), small)
+    return small, pri
+
+
+def _spec(run_dir):
+    from recray.latents.io import Prior
+    from recray.pipeline.driver import spec_from_header
+
+    hdr = json.load(open(os.path.join(run_dir, "plan.json")))
+    prior = Prior.from_dict(json.load(open(os.path.join(run_dir, "prior.json"))))
+    return hdr, spec_from_header(hdr, prior)
+
+
+def _messages(run_dir):
+    t = pa.concat_tables(
+        [
+            _table(os.path.join(run_dir, f))
+            for f in sorted(os.listdir(run_dir))
+            if f.startswith("part-")
+        ]
+    )
+    return t.column("message").to_pylist()
+
+
+def _edit_header(run_dir, **changes):
+    """Change entries of a run's header and make the manifest's plan checksum agree again,
+    so that a test reaches the header's own checks."""
+    import hashlib
+
+    path = os.path.join(run_dir, "plan.json")
+    hdr = json.load(open(path))
+    hdr.update(changes)
+    json.dump(hdr, open(path, "w"))
+    man_path = os.path.join(run_dir, "manifest.json")
+    man = json.load(open(man_path))
+    man["plan_sha256"] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    json.dump(man, open(man_path, "w"))
+
+
+def test_orc_with_per_block_budget_from_kl(synth, tmp_path):
+    """``n_samples="kl"``: block b searches N_b = 2^ceil(I_b + offset) candidates and orc
+    writes its index in exactly log2 N_b raw bits (message codec version 4)."""
+    from recray.format.messages import MESSAGE_CODEC_VERSION, decode_blocks, ideal_bits
+    from recray.plan import kl_sample_bits
+
+    small, pri = _small(synth, tmp_path)
+    out = str(tmp_path / "orc-kl")
+    kw = dict(method="orc", n_samples="kl", kl_offset_bits=1.5, debug_samples=True)
+    driver.compress(small, pri, out, **kw, **FAST)
+    hdr, spec = _spec(out)
+    e = kl_sample_bits(spec.plan, 1.5)
+    info = spec.plan.block_info_bits
+    assert e == tuple(min(max(math.ceil(i + 1.5), 0), 20) for i in info)
+    assert len(set(e)) == 3 and e[-1] == 2  # the last block is the collapsed one
+    assert hdr["n_samples"] == "kl" and hdr["kl_offset_bits"] == 1.5
+    assert hdr["block_n_samples"] == [1 << v for v in e]
+    assert hdr["message_codec_version"] == MESSAGE_CODEC_VERSION == 4
+    assert spec.layout.block_raw_bits == e
+    msgs = _messages(out)
+    # raw fields only (orc has no bins): sum(e) bits, at most that rounded up to bytes (the
+    # shortest termination drops trailing zero bytes)
+    bins, local, _ = decode_blocks(msgs, spec.layout)
+    assert (ideal_bits(bins, local, spec.layout) == sum(e)).all()
+    assert max(len(m) for m in msgs) == -(-sum(e) // 8)
+    assert (local <= np.array([1 << v for v in e])).all()
+    # the searches used the whole per-block budgets (informative blocks)
+    assert (local.max(axis=0)[:2] > np.array([1 << (v - 1) for v in e[:2]])).all()
+    dec = str(tmp_path / "orc-kl.parquet")
+    driver.decompress(out, dec)
+    enc = _table(os.path.join(out, "part-00000.parquet"))
+    assert np.array_equal(_vectors(_table(dec).column("z")), _vectors(enc.column("z_debug")))
+
+
+def test_sp_orc_with_per_block_budget_from_kl(synth, tmp_path):
+    """The rule also sets sp-orc's per-block search budget (its index keeps the universal
+    code); the winners never exceed N_b, and the run round-trips."""
+    from recray.format.messages import decode_blocks
+    from recray.plan import kl_sample_bits
+
+    small, pri = _small(synth, tmp_path)
+    out = str(tmp_path / "sp-orc-kl")
+    driver.compress(small, pri, out, method="sp-orc", n_samples="kl", debug_samples=True, **FAST)
+    hdr, spec = _spec(out)
+    n_b = [1 << v for v in kl_sample_bits(spec.plan)]
+    assert hdr["block_n_samples"] == n_b == list(spec.block_n_samples)
+    assert n_b[-1] == 2 and len(set(n_b)) > 1  # the collapsed block: I_b = 0.01
+    _, local, _ = decode_blocks(_messages(out), spec.layout)
+    assert (local <= np.array(n_b)).all()
+    dec = str(tmp_path / "sp-orc-kl.parquet")
+    driver.decompress(out, dec)
+    enc = _table(os.path.join(out, "part-00000.parquet"))
+    assert np.array_equal(_vectors(_table(dec).column("z")), _vectors(enc.column("z_debug")))
+
+
+def test_per_block_budget_bytes_do_not_depend_on_backend_or_batch(synth, tmp_path):
+    small, pri = _small(synth, tmp_path)
+    runs = []
+    for k, (backend, batch) in enumerate((("numpy", 128), ("numba", 7))):
+        out = str(tmp_path / f"r{k}")
+        driver.compress(
+            small, pri, out, method="orc", n_samples="kl", block_bits=8.0, batch_size=batch,
+            engine="local", backend=backend,
+        )  # fmt: skip
+        runs.append(_messages(out))
+    assert runs[0] == runs[1]
+
+
+def test_kl_budget_header_is_checked(synth, tmp_path):
+    small, pri = _small(synth, tmp_path, n=20)
+    out = str(tmp_path / "orc-kl")
+    driver.compress(small, pri, out, method="orc", n_samples="kl", **FAST)
+    for key, value, match in (
+        ("block_n_samples", [32, 32, 2], r"block_n_samples = \[32, 32, 2\] does not match"),
+        ("message_codec_version", 3, "n_samples = 'kl' needs message_codec_version >= 4"),
+        ("kl_max_bits", "20", "kl_max_bits = '20' must be an integer"),
+        ("kl_max_bits", 30, "kl samples max_bits must be an integer in"),
+        ("n_samples", "many", "n_samples = 'many' must be an integer >= 1 or 'kl'"),
+    ):
+        d = str(tmp_path / f"bad-{key}-{value}")
+        shutil.copytree(out, d)
+        _edit_header(d, **{key: value})
+        with pytest.raises(FormatError, match=match):
+            driver.decompress(d, str(tmp_path / "x.parquet"))
+
+
+def test_bad_budgets_are_refused_before_any_work(synth, tmp_path):
+    small, pri = _small(synth, tmp_path, n=20)
+    for kw, match in (
+        (dict(n_samples="klx"), "n_samples must be an integer N >= 1 or 'kl'"),
+        (dict(n_samples=0), "n_samples must be an integer N >= 1 or 'kl'"),
+        (dict(n_samples="kl", kl_max_bits=25), "kl samples max_bits"),
+        (dict(n_samples="kl", kl_offset_bits=float("nan")), "offset_bits = nan must be finite"),
+    ):
+        with pytest.raises((InputError, ValueError), match=match):
+            driver.compress(small, pri, str(tmp_path / "out"), method="orc", **kw, **FAST)
+        assert not os.path.exists(str(tmp_path / "out"))
+
+
+def test_runs_of_older_message_codec_versions_still_decode(run, synth, tmp_path):
+    """A run whose header says message codec version 1, 2 or 3 (layouts without per-block
+    widths code exactly as then) decodes to the same latents; so does an orc run."""
+    lat, pri = synth
+    small, _ = _small(synth, tmp_path)
+    orc = str(tmp_path / "orc")
+    driver.compress(small, pri, orc, method="orc", n_samples=512, **FAST)
+    for src in (run, orc):
+        ref = str(tmp_path / "ref.parquet")
+        driver.decompress(src, ref)
+        for version in (1, 2, 3):
+            d = str(tmp_path / f"v{version}-{os.path.basename(src)}")
+            shutil.copytree(src, d)
+            _edit_header(d, message_codec_version=version)
+            out = str(tmp_path / f"v{version}.parquet")
+            driver.decompress(d, out)
+            assert np.array_equal(
+                _vectors(_table(out).column("z")), _vectors(_table(ref).column("z"))
+            )
+            os.remove(out)
+        os.remove(ref)
+
+
+def test_cli_n_samples_kl(synth, tmp_path, capsys):
+    small, pri = _small(synth, tmp_path, n=20)
+    out = str(tmp_path / "cli")
+    from recray.plan import kl_sample_bits
+
+    args = ["compress", small, "--prior", pri, "--out", out, "--block-bits", "8"]
+    args += ["--engine", "local"]
+    assert main(args + ["--method", "orc", "--n-samples", "kl", "--kl-offset-bits", "1"]) == 0
+    hdr, spec = _spec(out)
+    assert hdr["n_samples"] == "kl" and hdr["kl_offset_bits"] == 1.0
+    assert spec.layout.block_raw_bits == kl_sample_bits(spec.plan, 1.0)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(args + ["--n-samples", "lots"])
+    assert "neither an integer N >= 1 nor 'kl'" in capsys.readouterr().err

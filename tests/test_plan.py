@@ -413,3 +413,24 @@ def test_plan_is_frozen():
     plan = small_plan()
     with pytest.raises(AttributeError):
         plan.dim = 3  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------ per-block budgets "kl"
+def test_kl_sample_bits_follow_the_block_information():
+    from recray.plan import KL_SAMPLES_MAX_BITS, kl_sample_bits
+
+    plan = build_plan([3.0, 0.0, 1.5, 2.5, 0.004, 4.0, 9.2, 8.7], 6.0, seed=1)
+    info = plan.block_info_bits
+    assert len(info) == plan.n_blocks
+    assert info == tuple(math.fsum(plan.mi_bits[d] for d in b) for b in plan.blocks)
+    assert kl_sample_bits(plan) == tuple(math.ceil(i) for i in info)
+    assert kl_sample_bits(plan, 1.5) == tuple(math.ceil(i + 1.5) for i in info)
+    assert kl_sample_bits(plan, -60) == (0,) * plan.n_blocks  # never below N = 1
+    assert max(kl_sample_bits(plan, 0, 5)) == 5  # the cap
+    assert KL_SAMPLES_MAX_BITS == 20
+    with pytest.raises(PlanError, match="max_bits"):
+        kl_sample_bits(plan, 0, 25)
+    with pytest.raises(PlanError, match="offset_bits"):
+        kl_sample_bits(plan, float("inf"))
+    with pytest.raises(PlanError, match="offset_bits"):
+        kl_sample_bits(plan, "1")

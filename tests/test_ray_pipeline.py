@@ -5,6 +5,7 @@ actor reach the caller with their type (or become rejects under ``on_bad_item="s
 busy worker node killed ungracefully while its actor holds a batch, and Ray's retry of that
 batch seen; the driver killed, killed again during its resume, and the run resumed."""
 
+import json
 import os
 import signal
 import subprocess
@@ -89,6 +90,20 @@ def test_same_bytes_as_in_process_for_any_pool_and_batch(
     )
     assert info["actors"] == actors and info["engine"] == "ray"
     assert _files(out) == _files(ref)
+
+
+def test_per_block_budget_gives_the_same_bytes_on_ray(cluster, data, tmp_path):
+    """orc with per-block budgets from the blocks' information (``n_samples="kl"``, message
+    codec version 4): the Ray engine writes the in-process engine's files."""
+    lat, pri, _ = data
+    kw = dict(method="orc", n_samples="kl", kl_offset_bits=1.0, **SETTINGS)
+    here = str(tmp_path / "local")
+    driver.compress(lat, pri, here, engine="local", batch_size=500, **kw)
+    out = str(tmp_path / "ray")
+    driver.compress(lat, pri, out, batch_size=333, **kw, **_ray(cluster, 2))
+    assert _files(out) == _files(here)
+    hdr = json.load(open(os.path.join(out, "plan.json")))
+    assert hdr["n_samples"] == "kl" and len(set(hdr["block_n_samples"])) > 1
 
 
 def test_decompress_on_ray_writes_the_in_process_file(cluster, data, tmp_path):

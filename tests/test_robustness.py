@@ -152,7 +152,7 @@ def test_outliers_are_coded_exactly_by_adaptive_partitions(tmp_path, outliers):
     enc = pq.read_table(os.path.join(out, "part-00000.parquet"))
     assert np.array_equal(_vectors(pq.read_table(dec).column("z")), _vectors(enc.column("z_debug")))
     hdr = json.load(open(os.path.join(out, "plan.json")))
-    assert hdr["adapt_above_bits"] == 12.0 and hdr["message_codec_version"] == 3
+    assert hdr["adapt_above_bits"] == 12.0 and hdr["message_codec_version"] == 4
     adapted = enc.column("adapted_blocks").to_numpy()
     # the side information is almost free where nothing is adapted: the same items' messages
     # are at most one byte longer than under a layout without it

@@ -28,15 +28,24 @@ class Setting:
 
     method: str
     block_bits: float
-    n_samples: int = 1 << 16
+    n_samples: int | str = 1 << 16  # "kl": per-block N_b = 2^ceil(I_b + kl_offset_bits)
     limit: int | None = None
     collapsed_block_size: int = 8  # 0: collapsed dims spread over the informative blocks
     budget_offset_bits: int = 0  # partition bits over each informative block's information
     laws: str = "fixed"  # "learned": index laws fitted on the training set
+    kl_offset_bits: float = 0.0  # n_samples="kl" only
+
+    @property
+    def budget(self) -> str:
+        """``2^16`` or, for the per-block rule, ``2^ceil(I_b)`` (``2^ceil(I_b+1)``...)."""
+        if self.n_samples == "kl":
+            off = f"{self.kl_offset_bits:+g}" if self.kl_offset_bits else ""
+            return f"2^ceil(I_b{off}) per block"
+        return f"2^{int(np.log2(self.n_samples))}"
 
     @property
     def name(self) -> str:
-        n = f", N=2^{int(np.log2(self.n_samples))}" if self.method.endswith("orc") else ""
+        n = f", N={self.budget}" if self.method.endswith("orc") else ""
         spread = ", collapsed spread" if self.collapsed_block_size == 0 else ""
         off = f", B{self.budget_offset_bits:+d}" if self.budget_offset_bits else ""
         laws = ", learned laws" if self.laws == "learned" else ""
@@ -48,11 +57,13 @@ class Setting:
         return (
             f"{self.method}-{self.block_bits:g}-{self.n_samples}-{self.collapsed_block_size}-"
             f"{self.budget_offset_bits}-{self.laws}"
+            + (f"-kl{self.kl_offset_bits:+g}" if self.n_samples == "kl" else "")
         )
 
 
 FULL = (
     Setting("orc", 16, collapsed_block_size=0),  # the RECOMBINER-style baseline
+    Setting("orc", 16, "kl", collapsed_block_size=0),  # the same, per-block N from the KL
     Setting("sp-orc", 48, 1 << 10, collapsed_block_size=0, budget_offset_bits=-4, laws="learned"),
     Setting("orc", 16),  # the same with the plan's separate collapsed blocks
     Setting("sp-pfr", 16),
@@ -68,7 +79,14 @@ BEST_SP = Setting(
 )
 #: The RECOMBINER-style fixed-budget baseline (16-bit blocks, N = 2^16, collapsed spread).
 FAIR_ORC = Setting("orc", 16, collapsed_block_size=0)
-DEMO = (FAIR_ORC, BEST_SP)
+#: The same blocks with a per-block budget from each block's expected KL, as RECOMBINER's
+#: beta-tuned blocks effectively have: N_b = 2^ceil(I_b), index in ceil(I_b) raw bits.
+FAIR_ORC_KL = Setting("orc", 16, "kl", collapsed_block_size=0)
+#: The demo: fair ORC-16, the best SP setting, and ORC with per-block N from the KL.
+DEMO = (FAIR_ORC, BEST_SP, FAIR_ORC_KL)
+#: ``jobs/bench_mnist_fair.py``: the fair fixed-budget baselines of issue 11 and the best SP
+#: setting, each measured on its own (full test set).
+FAIR_SETTINGS = {"orc16": FAIR_ORC, "orc-kl": FAIR_ORC_KL, "sp": BEST_SP}
 #: ``recray bench mnist --grid``: blocks (block bits) x samples per block, per method.
 GRID = (
     FAIR_ORC,
@@ -174,6 +192,7 @@ def _setting_row(s, out, m, k, elbo, images, work, decode_all, bias, engine, ray
         collapsed_block_size=s.collapsed_block_size,
         budget_offset_bits=s.budget_offset_bits,
         laws=s.laws,
+        kl_offset_bits=s.kl_offset_bits,
         engine=engine,
         ray_options=ray_options,
         data_dir=data_dir,

@@ -159,6 +159,8 @@ def cmd_compress(args) -> int:
         on_bad_item=args.on_bad_item,
         adapt_above_bits=None if args.adapt_above_bits <= 0 else args.adapt_above_bits,
         progress=_progress(),
+        kl_offset_bits=args.kl_offset_bits,
+        kl_max_bits=args.kl_max_bits,
     )
     print(driver.format_inspect(summary))
     extra = f", {summary['actors']} actors ({summary['backend']})" if summary["actors"] else ""
@@ -242,12 +244,8 @@ def _add_compress_args(c) -> None:
         default=16.0,
         help="information per block (bits) of the codec plan",
     )
-    c.add_argument(
-        "--n-samples",
-        type=int,
-        default=1 << 16,
-        help="fixed budget N of orc/sp-orc (and of the --on-unbounded fallback)",
-    )
+    c.add_argument("--n-samples", type=_n_samples_arg, default=1 << 16, help=N_SAMPLES_HELP)
+    _add_kl_args(c)
     c.add_argument("--allocation", choices=("mi", "uniform", "random"), default="mi")
     c.add_argument(
         "--collapsed-block-size",
@@ -451,6 +449,45 @@ def _add_cluster_args(c) -> None:
     )
 
 
+def _n_samples_arg(value: str):
+    """``--n-samples``: an integer ``N``, or ``kl`` (per-block ``N`` from the information)."""
+    if value.strip().lower() == "kl":
+        return "kl"
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is neither an integer N >= 1 nor 'kl'"
+        ) from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"N must be >= 1; got {n}")
+    return n
+
+
+N_SAMPLES_HELP = (
+    "fixed budget N of orc/sp-orc (and of the exact methods' fallback): an integer for every "
+    "block, or 'kl': per block N_b = 2^ceil(I_b + --kl-offset-bits) from the block's "
+    "information I_b, capped at 2^--kl-max-bits (orc then writes log2 N_b index bits per block)"
+)
+
+
+def _add_kl_args(c) -> None:
+    from recray.plan import KL_SAMPLES_MAX_BITS
+
+    c.add_argument(
+        "--kl-offset-bits",
+        type=float,
+        default=0.0,
+        help="--n-samples kl: bits added to each block's information before rounding up",
+    )
+    c.add_argument(
+        "--kl-max-bits",
+        type=int,
+        default=KL_SAMPLES_MAX_BITS,
+        help=f"--n-samples kl: cap of log2 N_b (default {KL_SAMPLES_MAX_BITS}, at most 24)",
+    )
+
+
 def _add_ray_args(c) -> None:
     c.add_argument(
         "--engine", choices=("ray", "local"), default="ray", help="where the search runs"
@@ -479,6 +516,8 @@ def cmd_mnist_compress(args) -> int:
         budget_offset_bits=args.budget_offset_bits,
         laws=args.laws,
         progress=_progress(),
+        kl_offset_bits=args.kl_offset_bits,
+        kl_max_bits=args.kl_max_bits,
     )
     print(
         f"{r['images']:,} images -> {args.out}: {r['bits_per_image']:.1f} bits/image "
@@ -745,7 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", choices=rec.METHODS, default="sp-orc", help="REC method of the latent"
     )
     mc.add_argument("--block-bits", type=float, default=48.0)
-    mc.add_argument("--n-samples", type=int, default=1 << 10)
+    mc.add_argument("--n-samples", type=_n_samples_arg, default=1 << 10, help=N_SAMPLES_HELP)
+    _add_kl_args(mc)
     mc.add_argument(
         "--budget-offset-bits",
         type=int,
@@ -797,7 +837,8 @@ def build_parser() -> argparse.ArgumentParser:
     md.set_defaults(func=cmd_mnist_decompress)
     demo = msub.add_parser(
         "demo",
-        help="the table's rows on a small test subset (fair ORC 16-bit vs the best SP setting)",
+        help="the table's rows on a small test subset (fair ORC 16-bit, the best SP setting, "
+        "ORC with per-block N from the KL)",
     )
     demo.add_argument("--limit", type=int, default=200, help="first N test images")
     demo.add_argument(

@@ -101,9 +101,10 @@ def _block_kl(post: Posterior, spec: CodecSpec) -> np.ndarray:
     return np.stack([kl[:, list(b)].sum(1) for b in spec.plan.blocks], axis=1)
 
 
-def _code_rows(m, s, pm, ps, bits, sid, spec: CodecSpec, where):
+def _code_rows(m, s, pm, ps, bits, sid, spec: CodecSpec, where, n_samples=None):
     """``rec.encode`` on rows of one block size, with the exact methods' fallback to
-    their fixed-budget twin (as :func:`recray.pipeline.codec.encode_items` does)."""
+    their fixed-budget twin (as :func:`recray.pipeline.codec.encode_items` does);
+    ``n_samples`` int64 ``(n,)``: each row's fixed budget (default ``spec.n_samples``)."""
     n = m.shape[0]
     out_bin = np.zeros(n, np.int64)
     out_local = np.ones(n, np.int64)
@@ -131,7 +132,7 @@ def _code_rows(m, s, pm, ps, bits, sid, spec: CodecSpec, where):
         kw = (
             dict(max_steps=spec.max_steps, on_cap="keep")
             if method in rec.EXACT_METHODS
-            else dict(n_samples=spec.n_samples)
+            else dict(n_samples=spec.n_samples if n_samples is None else n_samples[rows])
         )
         try:
             res = rec.encode(
@@ -193,6 +194,7 @@ def encode_progressive(
     pbits = np.asarray(spec.plan.bits, np.int64)
     if not spec.partitioned:
         pbits = np.zeros_like(pbits)
+    block_n = np.asarray(spec.block_n_samples, np.int64)
     stages = max(1, min(int(stages), nb))
     per = math.ceil(nb / stages)
     for st in range(stages):
@@ -217,7 +219,7 @@ def encode_progressive(
                 )
 
             b_, l_, k_, s_, f_, x_ = _code_rows(
-                m, s, pm, ps, pbits[dims], sids[it, bk], spec, where
+                m, s, pm, ps, pbits[dims], sids[it, bk], spec, where, block_n[bk]
             )
             bins[it, bk], local[it, bk], kl[it, bk], steps[it, bk], fb[it, bk] = b_, l_, k_, s_, f_
             z[it[:, None], dims] = x_

@@ -54,9 +54,10 @@ from recray.format.messages import Tail, decode_blocks, encode_messages, read_he
 from recray.format.run import Run, RunWriter, check_crcs, crc32_of, part_schema
 from recray.latents.io import Prior, read_prior
 from recray.pipeline import driver, parts
-from recray.pipeline.codec import decode_indices
+from recray.pipeline.codec import decode_indices, parse_n_samples
 from recray.pipeline.driver import spec_from_header
 from recray.pipeline.options import RayOptions
+from recray.plan import KL_SAMPLES_MAX_BITS
 
 CODEC_NAME = "mnist-vae"
 CODEC_VERSION = 2  # integer decoder tables (recray.models.intdec)
@@ -176,10 +177,14 @@ def _laws_cache_dir() -> str:
     return os.path.join(base, "recray", "laws")
 
 
-def laws_key(plan, method: str, n_samples: int, model_sha256: str) -> str:
+def laws_key(plan, method: str, n_samples, model_sha256: str, kl_offset_bits: float = 0.0,
+             kl_max_bits: int = KL_SAMPLES_MAX_BITS) -> str:  # fmt: skip
     """What a set of laws was estimated for: the model, the plan (without laws), the method
-    and its budget (the budget only for the fixed-budget methods)."""
-    n = f"|N={int(n_samples)}" if method.endswith("orc") else ""
+    and its budget (the budget only for the fixed-budget methods; ``n_samples`` an int or
+    ``"kl"``, the per-block rule with its offset and cap)."""
+    n_, rule = parse_n_samples(n_samples)
+    budget = f"{n_}" if rule == "fixed" else f"kl{float(kl_offset_bits):+g}/{int(kl_max_bits)}"
+    n = f"|N={budget}" if method.endswith("orc") else ""
     return f"{model_sha256[:16]}|{method}{n}|plan={plan.with_laws(None).checksum()[:16]}"
 
 
@@ -207,12 +212,14 @@ def fit_laws(
     plan,
     method: str,
     *,
-    n_samples: int = 1 << 16,
+    n_samples: int | str = 1 << 16,
     seed: int = 0,
     images: int = LAW_TRAIN_IMAGES,
     weights=None,
     data_dir=None,
     max_steps: int = 1 << 20,
+    kl_offset_bits: float = 0.0,
+    kl_max_bits: int = KL_SAMPLES_MAX_BITS,
 ):
     """Estimate the index laws of ``plan`` under ``method`` on the first ``images`` training
     images (never the test set): their latents are coded exactly as ``compress`` codes the
@@ -228,13 +235,17 @@ def fit_laws(
     prior = read_prior(prior_path(weights))
     x = _images("train", images, data_dir)
     mu, sigma = posteriors(model, x)
+    n_, rule = parse_n_samples(n_samples)
     spec = CodecSpec(
         plan=plan.with_laws(None),
         method=method,
         seed=seed,
         prior_mu=prior.mu,
         prior_sigma=prior.sigma,
-        n_samples=n_samples,
+        n_samples=n_,
+        n_samples_rule=rule,
+        kl_offset_bits=float(kl_offset_bits),
+        kl_max_bits=kl_max_bits,
         max_steps=max_steps,
         on_unbounded="orc",
         adapt_above_bits=DEFAULT_ADAPT_ABOVE_BITS,
@@ -257,8 +268,9 @@ def fit_laws(
 
 
 def learned_laws(
-    plan, method: str, n_samples: int, *, seed: int = 0, weights=None, data_dir=None, fit=True
-):
+    plan, method: str, n_samples, *, seed: int = 0, weights=None, data_dir=None, fit=True,
+    kl_offset_bits: float = 0.0, kl_max_bits: int = KL_SAMPLES_MAX_BITS,
+):  # fmt: skip
     """``(laws, fit_seconds)`` for these settings: the shipped laws (:func:`laws_path`), else
     the user cache (``$XDG_CACHE_HOME/recray/laws``), else (``fit=True``) estimated now on
     the training set and cached; ``(None, 0)`` for ``orc`` (raw indices) or nothing found."""
@@ -266,7 +278,8 @@ def learned_laws(
 
     if method == "orc":
         return None, 0.0
-    key = laws_key(plan, method, n_samples, _model(weights).model_checksum)
+    kl = dict(kl_offset_bits=kl_offset_bits, kl_max_bits=kl_max_bits)
+    key = laws_key(plan, method, n_samples, _model(weights).model_checksum, **kl)
     shipped = laws_path(weights)
     if os.path.exists(shipped):
         with open(shipped) as f:
@@ -285,7 +298,7 @@ def learned_laws(
         return None, 0.0
     t0 = time.perf_counter()
     laws = fit_laws(
-        plan, method, n_samples=n_samples, seed=seed, weights=weights, data_dir=data_dir
+        plan, method, n_samples=n_samples, seed=seed, weights=weights, data_dir=data_dir, **kl
     )
     os.makedirs(os.path.dirname(cached), exist_ok=True)
     tmp = cached + f".{uuid.uuid4().hex[:8]}.tmp"
@@ -313,7 +326,7 @@ def compress(
     limit: int | None = None,
     method: str = "sp-pfr",
     block_bits: float = 48.0,
-    n_samples: int = 1 << 16,
+    n_samples: int | str = 1 << 16,
     seed: int = 0,
     max_steps: int = 1 << 20,
     engine: str = "ray",
@@ -327,6 +340,8 @@ def compress(
     codec_version: int = CODEC_VERSION,
     budget_offset_bits: int = 0,
     laws: str = "fixed",
+    kl_offset_bits: float = 0.0,
+    kl_max_bits: int = KL_SAMPLES_MAX_BITS,
 ) -> dict:
     """Compress MNIST ``split`` (its first ``limit`` images) into the run ``out_dir``;
     returns the figures of :func:`summary` plus timings. Item ids are image indices in
@@ -337,7 +352,10 @@ def compress(
     ``laws="learned"``: the indices are coded under index laws estimated on the training
     set for exactly this plan and method (:func:`learned_laws`; message codec version 3),
     ``"fixed"`` under the fixed codes. ``budget_offset_bits``: partition bits per
-    informative block over its rounded information (plan version 2)."""
+    informative block over its rounded information (plan version 2). ``n_samples``: the
+    fixed-budget methods' ``N``, or ``"kl"``: per block ``N_b = 2^clip(ceil(I_b +
+    kl_offset_bits), 0, kl_max_bits)`` from the plan's block information (message codec
+    version 4 for ``orc``: a raw index of ``log2 N_b`` bits per block)."""
     if laws not in LAWS:
         raise InputError(f"laws must be one of {LAWS}; got {laws!r}")
     if codec_version not in (FLOAT_TABLES_VERSION, CODEC_VERSION):
@@ -363,8 +381,9 @@ def compress(
     index_laws, fit_s = (None, 0.0)
     if laws == "learned":
         index_laws, fit_s = learned_laws(
-            plan, method, n_samples, seed=seed, weights=weights, data_dir=data_dir
-        )
+            plan, method, n_samples, seed=seed, weights=weights, data_dir=data_dir,
+            kl_offset_bits=kl_offset_bits, kl_max_bits=kl_max_bits,
+        )  # fmt: skip
     t_start += fit_s  # a one-time model step (like training), reported on its own
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
@@ -395,6 +414,8 @@ def compress(
             progress=progress,
             budget_offset_bits=budget_offset_bits,
             index_laws=index_laws,
+            kl_offset_bits=kl_offset_bits,
+            kl_max_bits=kl_max_bits,
         )
         rec_s = time.perf_counter() - t_rec
         t_pix = time.perf_counter()

@@ -2,14 +2,18 @@
 
 An item's blocks each carry an index ``(bin, local)`` (see ``docs/FORMAT.md`` section 6):
 ``bin`` in ``B_b`` raw bits, ``local`` with the universal (log-class) code for ``sp-pfr``,
-``sp-orc`` and ``pfr``, or ``local - 1`` in ``raw_bits = ceil(log2 N)`` raw bits for ``orc``.
+``sp-orc`` and ``pfr``, or ``local - 1`` in ``raw_bits = ceil(log2 N)`` raw bits for ``orc``
+(one width for every block, or since version 4 one per block: ``block_raw_bits``).
 This module codes all of them with one ``constriction`` range coder (a queue: the first
 symbol in is the first out) and trims the result to the shortest byte string that still
 decodes, so a message costs within a few bits of the ideal ``sum -log2 P``.
 
-Wire format (``MESSAGE_CODEC_VERSION = 3``; a layout without ``laws`` codes exactly as
-version 2; version 1 is version 2 without step 0, and is what a layout without
-``adaptive_dims`` codes). Layouts with learned ``laws`` (plan version 2,
+Wire format (``MESSAGE_CODEC_VERSION = 4``). Version 4 adds per-block raw widths
+(``IndexLayout.block_raw_bits``: block ``b``'s ``local_b - 1`` in ``raw_bits_b`` bits, e.g.
+``orc`` with a per-block budget ``N_b``); every layout of versions 1-3 codes exactly as it
+did, so their messages decode unchanged. Version 3 is version 2 plus learned laws; a
+layout without ``laws`` codes exactly as version 2; version 1 is version 2 without step 0,
+and is what a layout without ``adaptive_dims`` codes. Layouts with learned ``laws`` (plan version 2,
 :mod:`recray.plan.laws`) replace steps 1-2 by: the class of every block under its learned
 law, ``min(class, 32)`` with 32 the escape; the escaped classes under the universal law;
 the interval of every partitioned dimension of every unadapted block under its learned law;
@@ -30,7 +34,8 @@ uniform chunks (``docs/FORMAT.md`` section 7.2). Version 2, symbols in this orde
    probabilities);
 2. block by block, the bit fields as uniform chunks: first the ``B_b`` bits of ``bin_b``,
    then the ``l_b`` bits of ``local_b`` below its leading one (universal) or the
-   ``raw_bits`` bits of ``local_b - 1`` (raw). A field is cut into chunks of at most 16 bits,
+   ``raw_bits`` bits (version 4: block ``b``'s ``block_raw_bits[b]``) of ``local_b - 1``
+   (raw). A field is cut into chunks of at most 16 bits,
    lowest chunk first; a chunk of ``k`` bits is one ``Uniform(2^k)`` symbol; a field of 0
    bits adds no symbol;
 3. only in codec messages (e.g. ``recray codec mnist``): the application's :class:`Tail`
@@ -63,7 +68,7 @@ Guarantees and requirements
   decodes *silently* to wrong indices (range coding has no redundancy to detect it); the
   row-level CRC of the bitstream guards against that, not this codec.
 * ``local`` must lie in ``[1, 2^48)`` (the candidate-generation limit), and for ``"raw"``
-  in ``[1, 2^raw_bits]``; ``bin_b`` in ``[0, 2^B_b)`` with ``B_b <= 62``.
+  in ``[1, 2^raw_bits_b]``; ``bin_b`` in ``[0, 2^B_b)`` with ``B_b <= 62``.
 """
 
 from __future__ import annotations
@@ -97,10 +102,11 @@ __all__ = [
     "ideal_bits",
 ]
 
-MESSAGE_CODEC_VERSION = 3
+MESSAGE_CODEC_VERSION = 4
 #: Message codec versions this recray decodes (1: no side information; 2: adaptive side
-#: information; 3: learned index laws when the layout has them, else the same as 2).
-READABLE_MESSAGE_CODEC_VERSIONS = (1, 2, 3)
+#: information; 3: learned index laws when the layout has them, else the same as 2;
+#: 4: per-block raw index widths when the layout has them, else the same as 3).
+READABLE_MESSAGE_CODEC_VERSIONS = (1, 2, 3, 4)
 CODES = ("universal", "raw")
 CHUNK_BITS = 16  # widest uniform symbol (constriction's Uniform needs size < 2^24)
 MAX_BIN_BITS = 62
@@ -147,7 +153,10 @@ class IndexLayout:
     tuple). ``code``: ``"universal"`` (``sp-pfr``, ``sp-orc``, ``pfr``: ``local >= 1`` with
     the log-class code) or ``"raw"`` (``orc``: ``local - 1`` in ``raw_bits`` bits).
     ``raw_bits``: ``ceil(log2 N)`` in ``[0, 48]`` (0 means ``N = 1``); read only for
-    ``"raw"``. ``class_models``: per block, which class law codes its local index's class
+    ``"raw"``. ``block_raw_bits`` (message codec version 4; ``"raw"`` only): empty (every
+    block's width is ``raw_bits``), or ``ceil(log2 N_b)`` in ``[0, 48]`` for each block, for
+    a per-block budget ``N_b``; ``raw_bits`` must then be left at 0. ``class_models``: per
+    block, which class law codes its local index's class
     (an index into :data:`recray.rec.codes.CLASS_MODEL_PROBS`: 0 default, 1 near-prior);
     empty means all 0. ``adaptive_dims``: empty (no side information: message codec
     version 1), or the number of dimensions of every block: then each message starts with
@@ -160,6 +169,7 @@ class IndexLayout:
     class_models: tuple[int, ...] = ()
     adaptive_dims: tuple[int, ...] = ()
     laws: tuple = ()
+    block_raw_bits: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -184,6 +194,7 @@ class IndexLayout:
         if not 0 <= int(rb) <= MAX_RAW_BITS:
             raise InputError(f"IndexLayout.raw_bits = {int(rb)} must be in [0, {MAX_RAW_BITS}]")
         object.__setattr__(self, "raw_bits", int(rb))
+        object.__setattr__(self, "block_raw_bits", self._check_block_raw_bits(len(bits)))
         models = tuple(int(v) for v in self.class_models) or (0,) * len(bits)
         if len(models) != len(bits) or any(
             v not in range(CLASS_MODEL_PROBS.shape[0]) for v in models
@@ -217,6 +228,45 @@ class IndexLayout:
                     )
         object.__setattr__(self, "laws", laws)
 
+    def _check_block_raw_bits(self, nb: int) -> tuple[int, ...]:
+        try:
+            widths = tuple(self.block_raw_bits)
+        except TypeError:
+            raise InputError(
+                f"IndexLayout.block_raw_bits must be a sequence of ints; got "
+                f"{self.block_raw_bits!r}"
+            ) from None
+        if not widths:
+            return ()
+        if self.code != "raw":
+            raise InputError(
+                f"IndexLayout.block_raw_bits (per-block raw widths) need code='raw'; got "
+                f"code={self.code!r}"
+            )
+        if self.raw_bits:
+            raise InputError(
+                f"IndexLayout.block_raw_bits replaces raw_bits: leave raw_bits at 0 (got "
+                f"raw_bits = {self.raw_bits})"
+            )
+        if len(widths) != nb:
+            raise InputError(
+                f"IndexLayout.block_raw_bits has {len(widths)} entries; the layout has {nb} blocks"
+            )
+        for b, v in enumerate(widths):
+            if isinstance(v, bool) or not isinstance(v, int | np.integer):
+                raise InputError(f"IndexLayout.block_raw_bits[{b}] must be an int; got {v!r}")
+            if not 0 <= int(v) <= MAX_RAW_BITS:
+                raise InputError(
+                    f"IndexLayout.block_raw_bits[{b}] = {int(v)} must be in [0, {MAX_RAW_BITS}]"
+                )
+        return tuple(int(v) for v in widths)
+
+    @property
+    def raw_widths(self) -> np.ndarray:
+        """Raw field width of every block's local index, int64 ``(n_blocks,)`` (read only
+        for ``"raw"``): ``block_raw_bits``, else ``raw_bits`` for every block."""
+        return _raw_widths_array(self)
+
     @property
     def learned(self) -> bool:
         """Whether messages code the indices under learned laws (message codec version 3)."""
@@ -246,6 +296,13 @@ class IndexLayout:
 @lru_cache(maxsize=256)
 def _bin_bits_array(layout: IndexLayout) -> np.ndarray:
     out = np.asarray(layout.bin_bits, dtype=np.int64)
+    out.flags.writeable = False
+    return out
+
+
+@lru_cache(maxsize=256)
+def _raw_widths_array(layout: IndexLayout) -> np.ndarray:
+    out = np.asarray(layout.block_raw_bits or (layout.raw_bits,) * layout.n_blocks, np.int64)
     out.flags.writeable = False
     return out
 
@@ -324,14 +381,24 @@ def _check_indices(
             f"{what} does not fit block {b}'s B = {int(B[row, b])} partition bits: "
             f"must be in [0, 2^{int(B[row, b])}); bins, local or the layout do not match"
         )
-    if layout.code == "raw" and layout.raw_bits < MAX_RAW_BITS:
-        hi, bound = 1 << layout.raw_bits, f"[1, 2^{layout.raw_bits}] (raw code, N <= 2^raw_bits)"
-    else:
-        hi, bound = MAX_LOCAL_INDEX - 1, "[1, 2^48)"
-    bad = (local < 1) | (local > hi)
+    if layout.code == "raw":
+        w = layout.raw_widths
+        hi = np.where(w < MAX_RAW_BITS, np.left_shift(np.int64(1), w), MAX_LOCAL_INDEX - 1)
+        bad = (local < 1) | (local > hi[None, :])
+        if bad.any():
+            what, b = _first_bad("local", local, bad, two_d)
+            field = f"block_raw_bits[{b}]" if layout.block_raw_bits else "raw_bits"
+            bound = (
+                f"[1, 2^{int(w[b])}] (raw code, N <= 2^{field})"
+                if w[b] < MAX_RAW_BITS
+                else "[1, 2^48)"
+            )
+            raise InputError(f"{what} must be in {bound}")
+        return
+    bad = (local < 1) | (local > MAX_LOCAL_INDEX - 1)
     if bad.any():
         what, _ = _first_bad("local", local, bad, two_d)
-        raise InputError(f"{what} must be in {bound}")
+        raise InputError(f"{what} must be in [1, 2^48)")
 
 
 # ----------------------------------------------------------------------------- symbols
@@ -341,7 +408,7 @@ def _field_widths(classes: np.ndarray | None, layout: IndexLayout, bin_w: np.nda
     n_items, nb = bin_w.shape
     widths = np.empty((n_items, 2 * nb), dtype=np.int64)
     widths[:, 0::2] = bin_w
-    widths[:, 1::2] = classes if layout.code == "universal" else layout.raw_bits
+    widths[:, 1::2] = classes if layout.code == "universal" else layout.raw_widths[None, :]
     return widths
 
 
@@ -883,7 +950,7 @@ def encode_message(bins, local, layout: IndexLayout, extra=None) -> bytes:
     """Code one item's block indices into the shortest byte string that decodes to them.
 
     ``bins``: int ``(n_blocks,)``, ``bins[b]`` in ``[0, 2^(B_b + sum extra[b]))``; ``local``:
-    int ``(n_blocks,)``, in ``[1, 2^48)`` (``"universal"``) or ``[1, 2^raw_bits]``
+    int ``(n_blocks,)``, in ``[1, 2^48)`` (``"universal"``) or ``[1, 2^raw_bits_b]``
     (``"raw"``); ``extra`` (adaptive layouts only): int ``(n_blocks, max_block_dims)``, the
     extra partition bits of each block's dimensions (default all 0).
     Returns ``b""`` when the layout leaves nothing to code. Raises

@@ -28,6 +28,13 @@ BLAKE2b-64 of its UTF-8 bytes.
    ``fallback_blocks`` says how many (a search that hits ``max_steps`` at run time, which the
    margin makes rare, also falls back, its steps counted). With ``"error"`` such a block is
    a bad item (:class:`BlockProblem`).
+
+**Budgets.** The fixed-budget methods (``orc``, ``sp-orc``, and the fallback twin) search
+``N`` candidates per block: ``n_samples`` for every block (``n_samples_rule="fixed"``), or
+with ``n_samples_rule="kl"`` a per-block ``N_b = 2^e_b`` from the block's information,
+``e_b = clip(ceil(I_b + kl_offset_bits), 0, kl_max_bits)``
+(:func:`recray.plan.kl_sample_bits`), which the decoder derives from the plan as well.
+``orc`` writes block ``b``'s index in ``e_b`` raw bits (message codec version 4).
 """
 
 from __future__ import annotations
@@ -48,14 +55,37 @@ from recray.errors import (
     fmt_item,
 )
 from recray.format.messages import IndexLayout, decode_blocks, encode_messages
-from recray.plan import CodecPlan
+from recray.plan import KL_SAMPLES_MAX_BITS, CodecPlan, kl_sample_bits
 from recray.plan.adaptive import adapt_bits, dim_dinf_bits
 from recray.rec.api import FEASIBLE_MARGIN_BITS
 from recray.rec.philox import RNG_VERSION, philox4x32, split64
 
 STREAM_DOMAIN = 0x52535452  # "RSTR"
 ON_UNBOUNDED = ("error", "orc")
+#: How the fixed-budget methods' ``N`` is chosen: one ``n_samples`` for every block, or per
+#: block from its information (see the module docstring, **Budgets**).
+N_SAMPLES_RULES = ("fixed", "kl")
 FALLBACK = {"sp-pfr": "sp-orc", "pfr": "orc"}
+
+
+def parse_n_samples(value) -> tuple[int, str]:
+    """``(n_samples, n_samples_rule)`` of a budget given as an int ``N >= 1`` (one for every
+    block) or the string ``"kl"`` (per block from its information; ``n_samples`` is then
+    the unused default)."""
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v == "kl":
+            return 1 << 16, "kl"
+        try:
+            value = int(v)
+        except ValueError:
+            raise InputError(
+                f"n_samples must be an integer N >= 1 or 'kl' (per-block N from each block's "
+                f"information); got {value!r}"
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise InputError(f"n_samples must be an integer N >= 1 or 'kl'; got {value!r}")
+    return int(value), "fixed"
 
 
 def item_keys(ids) -> np.ndarray:
@@ -109,8 +139,16 @@ class CodecSpec:
     #: the RNG recipe of the run's samples: the current one for new runs; a run header's
     #: for decoding (version 1 runs still decode, docs/FORMAT.md section 4)
     rng_version: int = RNG_VERSION
+    #: "fixed": ``n_samples`` per block; "kl": ``N_b`` from each block's information
+    n_samples_rule: str = "fixed"
+    kl_offset_bits: float = 0.0
+    kl_max_bits: int = KL_SAMPLES_MAX_BITS
 
     def __post_init__(self):
+        if self.n_samples_rule not in N_SAMPLES_RULES:
+            raise InputError(
+                f"n_samples_rule must be one of {N_SAMPLES_RULES}; got {self.n_samples_rule!r}"
+            )
         if self.method not in rec.METHODS:
             raise InputError(f"method must be one of {rec.METHODS}; got {self.method!r}")
         if self.on_unbounded not in ON_UNBOUNDED:
@@ -146,8 +184,26 @@ class CodecSpec:
         return tuple(int(bool(np.all(mi[list(b)] < thr))) for b in self.plan.blocks)
 
     @property
+    def block_n_samples(self) -> tuple[int, ...]:
+        """The fixed budget ``N_b`` of every plan block (``orc``, ``sp-orc`` and the
+        fallback twin of the exact methods): ``n_samples`` each, or by the "kl" rule."""
+        if self.n_samples_rule == "kl":
+            return tuple(
+                1 << e for e in kl_sample_bits(self.plan, self.kl_offset_bits, self.kl_max_bits)
+            )
+        return (int(self.n_samples),) * self.plan.n_blocks
+
+    def row_n_samples(self, group: BlockGroup, rows: np.ndarray) -> np.ndarray:
+        """``N`` of rows of ``group``'s ``n * g`` item-major rows, int64 ``(len(rows),)``."""
+        per_block = np.asarray(self.block_n_samples, dtype=np.int64)
+        return per_block[group.blocks[np.asarray(rows) % group.blocks.shape[0]]]
+
+    @property
     def layout(self) -> IndexLayout:
         if self.method == "orc":
+            if self.n_samples_rule == "kl":  # message codec version 4: a width per block
+                widths = tuple(int(n - 1).bit_length() for n in self.block_n_samples)
+                return IndexLayout(bin_bits=self.bin_bits, code="raw", block_raw_bits=widths)
             raw = int(math.ceil(math.log2(self.n_samples))) if self.n_samples > 1 else 0
             return IndexLayout(bin_bits=self.bin_bits, code="raw", raw_bits=raw)
         laws = self.plan.index_laws
@@ -391,7 +447,7 @@ def encode_items(ids, mu, sigma, spec: CodecSpec) -> EncodedItems:
                 kw = dict(max_steps=spec.max_steps, on_cap="keep" if fallback_ok else "raise")
                 row_bits = bits[rows] + row_extra[rows]
             else:
-                kw = dict(n_samples=spec.n_samples)
+                kw = dict(n_samples=spec.row_n_samples(grp, rows))
                 row_bits = bits[rows]
             try:
                 res = rec.encode(

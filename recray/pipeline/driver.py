@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recray import __version__, rec
-from recray.errors import FormatError, InputError, fmt_item
+from recray.errors import FormatError, InputError, PlanError, fmt_item
 from recray.format.messages import MESSAGE_CODEC_VERSION, READABLE_MESSAGE_CODEC_VERSIONS
 from recray.format.run import (
     MANIFEST_FILE,
@@ -39,14 +39,14 @@ from recray.format.run import (
 )
 from recray.format.storage import resolve
 from recray.latents.io import LatentSource, Prior, read_prior
-from recray.pipeline.codec import CodecSpec
+from recray.pipeline.codec import CodecSpec, parse_n_samples
 from recray.pipeline.decode import decoded_schema, decoded_table
 from recray.pipeline.local_engine import run_local
 from recray.pipeline.options import VALIDATE_ON_RAY_ROWS, RayOptions
 from recray.pipeline.progress import tick
 from recray.pipeline.shards import DEFAULT_SHARD_ROWS, ON_BAD_ITEM, shard_ranges
 from recray.pipeline.validate import scan_shards
-from recray.plan import CodecPlan, build_plan
+from recray.plan import KL_SAMPLES_MAX_BITS, CodecPlan, build_plan
 from recray.plan.adaptive import DEFAULT_ADAPT_ABOVE_BITS
 from recray.rec.api import FEASIBLE_MARGIN_BITS
 from recray.rec.philox import RNG_VERSION, RNG_VERSIONS
@@ -63,7 +63,7 @@ def run_header(spec: CodecSpec, prior: Prior, id_kind: str) -> dict:
         "message_codec_version": MESSAGE_CODEC_VERSION,
         "method": spec.method,
         "seed": spec.seed,
-        "n_samples": spec.n_samples,
+        "n_samples": spec.n_samples if spec.n_samples_rule == "fixed" else spec.n_samples_rule,
         "max_steps": spec.max_steps,
         "on_unbounded": spec.on_unbounded,
         "adapt_above_bits": spec.adapt_above_bits if spec.adaptive else None,
@@ -73,7 +73,39 @@ def run_header(spec: CodecSpec, prior: Prior, id_kind: str) -> dict:
         "prior_sha256": prior.checksum(),
         "plan": spec.plan.to_dict(),
         "plan_checksum": spec.plan.checksum(),
+    } | _budget_header(spec)
+
+
+def _budget_header(spec: CodecSpec) -> dict:
+    """The per-block budget rule's entries (message codec version 4; none for "fixed")."""
+    if spec.n_samples_rule == "fixed":
+        return {}
+    return {
+        "kl_offset_bits": spec.kl_offset_bits,
+        "kl_max_bits": spec.kl_max_bits,
+        "block_n_samples": list(spec.block_n_samples),
     }
+
+
+def _budget_from_header(header: dict) -> dict:
+    """CodecSpec fields of the run's budget: ``n_samples`` an int, or ``"kl"`` with its
+    offset and cap (the stored ``block_n_samples`` are checked against the plan later)."""
+    n = header.get("n_samples")
+    if n == "kl":
+        if header.get("message_codec_version", 0) < 4:
+            raise FormatError(
+                "run header: n_samples = 'kl' needs message_codec_version >= 4; got "
+                f"{header.get('message_codec_version')!r}"
+            )
+        off, cap = header.get("kl_offset_bits"), header.get("kl_max_bits")
+        if isinstance(off, bool) or not isinstance(off, int | float):
+            raise FormatError(f"run header: kl_offset_bits = {off!r} must be a number")
+        if isinstance(cap, bool) or not isinstance(cap, int):
+            raise FormatError(f"run header: kl_max_bits = {cap!r} must be an integer")
+        return {"n_samples_rule": "kl", "kl_offset_bits": float(off), "kl_max_bits": cap}
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise FormatError(f"run header: n_samples = {n!r} must be an integer >= 1 or 'kl'")
+    return {"n_samples": n}
 
 
 def spec_from_header(header: dict, prior: Prior, backend=None) -> CodecSpec:
@@ -98,20 +130,43 @@ def spec_from_header(header: dict, prior: Prior, backend=None) -> CodecSpec:
             "the prior does not match the run's prior checksum: this run was "
             "coded under another prior"
         )
-    return CodecSpec(
+    spec = CodecSpec(
         plan=plan,
         method=header["method"],
         seed=int(header["seed"]),
         prior_mu=prior.mu,
         prior_sigma=prior.sigma,
-        n_samples=int(header["n_samples"]),
         max_steps=int(header["max_steps"]),
         on_unbounded=header["on_unbounded"],
         adapt_above_bits=header.get("adapt_above_bits"),
         feasible_margin_bits=header.get("feasible_margin_bits", 0.0),
         backend=backend,
         rng_version=int(header["rng_version"]),
+        **_budget_from_header(header),
     )
+    if spec.n_samples_rule != "fixed":
+        try:
+            derived = list(spec.block_n_samples)
+        except PlanError as exc:
+            raise FormatError(f"run header: {exc}") from exc
+        if header.get("block_n_samples") != derived:
+            raise FormatError(
+                f"run header: block_n_samples = {header.get('block_n_samples')!r} does not "
+                f"match the 'kl' rule on the run's plan ({derived})"
+            )
+    return spec
+
+
+def _budget_args(n_samples, kl_offset_bits, kl_max_bits) -> dict:
+    """CodecSpec fields of a budget given as an int or ``"kl"`` (the rule checked here)."""
+    n, rule = parse_n_samples(n_samples)
+    if rule == "fixed":
+        return {"n_samples": n}
+    return {
+        "n_samples_rule": rule,
+        "kl_offset_bits": float(kl_offset_bits),
+        "kl_max_bits": kl_max_bits,
+    }
 
 
 ENGINES = ("ray", "local")
@@ -124,7 +179,7 @@ def compress(
     *,
     method: str = "sp-pfr",
     block_bits: float = 16.0,
-    n_samples: int = 1 << 16,
+    n_samples: int | str = 1 << 16,
     allocation: str = "mi",
     seed: int = 0,
     backend=None,
@@ -143,6 +198,8 @@ def compress(
     progress=None,
     budget_offset_bits: int = 0,
     index_laws=None,
+    kl_offset_bits: float = 0.0,
+    kl_max_bits: int = KL_SAMPLES_MAX_BITS,
 ) -> dict:
     """Compress a latent data set into the run directory ``out_dir`` (see
     :mod:`recray.format.run`); returns the run summary (:func:`inspect`'s figures plus
@@ -166,7 +223,10 @@ def compress(
     :data:`recray.rec.api.FEASIBLE_MARGIN_BITS`). Committed parts are never deleted.
     ``budget_offset_bits`` and ``index_laws`` (plan version 2, :func:`recray.plan.build_plan`):
     partition bits over the blocks' information, and learned laws of the coded symbols
-    (message codec version 3).
+    (message codec version 3). ``n_samples``: the fixed-budget methods' ``N`` for every
+    block, or ``"kl"``: per block ``N_b = 2^clip(ceil(I_b + kl_offset_bits), 0,
+    kl_max_bits)`` from its information ``I_b`` (:func:`recray.plan.kl_sample_bits`;
+    ``orc`` then writes each block's index in ``log2 N_b`` bits, message codec version 4).
     """
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {ENGINES}; got {engine!r}")
@@ -190,14 +250,14 @@ def compress(
         seed=seed,
         prior_mu=prior.mu,
         prior_sigma=prior.sigma,
-        n_samples=n_samples,
         max_steps=rec.DEFAULT_MAX_STEPS if max_steps is None else max_steps,
         on_unbounded=on_unbounded,
         adapt_above_bits=adapt_above_bits,
         feasible_margin_bits=feasible_margin_bits,
         backend=backend,
+        **_budget_args(n_samples, kl_offset_bits, kl_max_bits),
     )
-    _ = spec.layout  # validates n_samples for orc before any work
+    _ = spec.layout, spec.block_n_samples  # validates the budget before any work
     src = LatentSource(latents, prior.dim)
     index = src.row_index()
     if index.n_rows == 0:

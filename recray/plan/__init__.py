@@ -48,9 +48,11 @@ __all__ = [
     "PLAN_FORMAT_VERSION",
     "PLAN_STRATEGIES",
     "STRATEGIES",
+    "KL_SAMPLES_MAX_BITS",
     "CodecPlan",
     "allocate_bits",
     "build_plan",
+    "kl_sample_bits",
     "split_blocks",
 ]
 
@@ -265,6 +267,12 @@ class CodecPlan:
         """Dimension indices of block ``i``: int64 array ``(n_i,)``, ascending."""
         return np.asarray(self.blocks[self._check_block(i)], dtype=np.int64)
 
+    @property
+    def block_info_bits(self) -> tuple[float, ...]:
+        """Information of every block, ``I_b = fsum(mi_bits of its dims)`` (bits): what the
+        decoder knows of the block's expected KL (exact, the same on every machine)."""
+        return tuple(math.fsum(self.mi_bits[d] for d in b) for b in self.blocks)
+
     def block_bits_array(self, i: int) -> np.ndarray:
         """Partition bits of block ``i``'s dims, in :meth:`block_dims` order: int64 ``(n_i,)``."""
         return np.asarray([self.bits[d] for d in self.blocks[self._check_block(i)]], np.int64)
@@ -346,6 +354,32 @@ class CodecPlan:
 
 
 # --------------------------------------------------------------------------- building
+
+#: Default cap of the per-block budget rule "kl": ``N_b <= 2^20`` (``rec.encode`` takes at
+#: most ``2^24`` candidates per block).
+KL_SAMPLES_MAX_BITS = 20
+_KL_SAMPLES_LIMIT_BITS = 24
+
+
+def kl_sample_bits(
+    plan: CodecPlan, offset_bits: float = 0.0, max_bits: int = KL_SAMPLES_MAX_BITS
+) -> tuple[int, ...]:
+    """``log2 N_b`` of the fixed-budget rule ``"kl"``: block ``b`` searches
+    ``N_b = 2^e_b`` candidates with ``e_b = min(max(ceil(I_b + offset_bits), 0), max_bits)``,
+    ``I_b`` the block's information (:attr:`CodecPlan.block_info_bits`, its expected KL),
+    so a fixed-budget method spends about ``2^KL`` per block, as RECOMBINER's beta-tuned
+    blocks do (ORC's bias falls once ``log2 N`` exceeds the KL). Collapsed blocks get
+    ``N_b = 1`` (0 index bits). Public information only: the decoder derives the same."""
+    if isinstance(offset_bits, bool) or not isinstance(offset_bits, numbers.Real):
+        raise PlanError(f"kl samples offset_bits must be a number; got {offset_bits!r}")
+    off = float(offset_bits)
+    if not math.isfinite(off) or abs(off) > MAX_BLOCK_BITS:
+        raise PlanError(
+            f"kl samples offset_bits = {off} must be finite, in [-{MAX_BLOCK_BITS}, "
+            f"{MAX_BLOCK_BITS}]"
+        )
+    cap = check_int(max_bits, "kl samples max_bits", 0, _KL_SAMPLES_LIMIT_BITS)
+    return tuple(min(max(math.ceil(i + off), 0), cap) for i in plan.block_info_bits)
 
 
 def block_budget(mi_block: np.ndarray, cap_total: int) -> int:
