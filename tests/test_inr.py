@@ -436,6 +436,27 @@ def test_shipped_rate_points_load_with_their_checksums():
         assert np.array_equal(prior.sigma, model.prior_sigma64)
 
 
+def test_shipped_index_laws_match_the_sp_orc_preset_and_the_model_card():
+    """The shipped laws of the 1.5 rate point are the sp-orc preset's (found without
+    fitting), and the model card holds their file's SHA-256 and each entry's checksum."""
+    from recray.models.inr import weights_path
+    from recray.plan.laws import IndexLaws
+
+    w = str(weights_path(1.5))
+    card = json.load(open(w.replace(".npz", ".json")))["index_laws"]
+    path = inr.laws_path(w)
+    assert os.path.basename(path) == card["file"]
+    assert hashlib.sha256(open(path, "rb").read()).hexdigest() == card["sha256"]
+    table = json.load(open(path))
+    assert {k: IndexLaws.from_dict(v).checksum() for k, v in table.items()} == card["laws_sha256"]
+    model = load_inr(w)
+    prior = read_prior(w.replace(".npz", "_prior.json"))
+    laws, secs = inr.learned_laws(w, model, prior, inr.Settings(method="sp-orc"), fit=False)
+    assert laws is not None and secs == 0.0 and laws.method == "sp-orc"
+    spec, _ = inr.make_spec(prior, inr.Settings(method="sp-orc"), laws)
+    assert set(spec.plan.block_budget_bits) == {4} and spec.layout.laws
+
+
 @pytest.mark.parametrize("run", ["sp-orc"], indirect=True)
 def test_ray_engine_writes_the_same_bytes(run, tiny, tmp_path):
     """The actor pool (2 actors, one shard each) gives the in-process run's bytes."""
