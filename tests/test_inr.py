@@ -40,6 +40,9 @@ def _settings(method):
         refine_steps=2,
         stages=2,
         block_bits=16 if method != "orc-16" else 8,
+        # the fixed codes here (the learned laws' own test below fits them in a temp cache)
+        budget_offset_bits=0,
+        laws="fixed",
     )
 
 
@@ -156,9 +159,12 @@ def test_other_weights_are_refused(run, tiny, tmp_path):
         inr.decompress(run[0], str(tmp_path / "dec"), weights=str(w))
 
 
-def test_cli_compress_and_decompress(tiny, tmp_path):
+def test_cli_compress_and_decompress(tiny, tmp_path, monkeypatch):
     from recray.cli.main import main
 
+    # the default method's preset codes with learned laws: fitted here into a temp cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(inr, "LAW_TRAIN_TILES", 4)
     w, tiles = tiny
     npy = tmp_path / "t.npy"
     np.save(npy, tiles[:2])
@@ -224,6 +230,49 @@ def test_per_block_beta_annealing_steers_each_blocks_kl(tiny):
     assert np.allclose(bb.target_bits, [mi[list(b)].sum() for b in spec.plan.blocks])
     with pytest.raises(InputError, match="needs the codec plan"):
         inr.INRCodec(model, replace(_settings("orc-16"), anneal=1.0)).analysis(tiles[:1])
+
+
+def test_learned_index_laws_are_fitted_on_training_tiles_shipped_and_decode(
+    tiny, tmp_path, monkeypatch
+):
+    """SP-ORC with learned index laws: estimated on training tiles (pooled over blocks),
+    cached, read from the shipped ``<weights>_laws.json`` first; the run decodes to the
+    encoder's own reconstruction; orc-16 (the fixed 16-bit index baseline) refuses them."""
+    import pyarrow.parquet as pq
+
+    from recray.format.run import Run
+    from recray.models.inr import psnr_db
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(inr, "LAW_TRAIN_TILES", 4)
+    w, tiles = tiny
+    s = replace(_settings("sp-orc"), budget_offset_bits=-8, laws="learned")
+    kw = dict(source={"test": True}, weights=w, settings=s, engine="local")
+    first = inr.compress(tiles, str(tmp_path / "a"), **kw)
+    assert first["laws_fit_seconds"] > 0
+    run = Run.open(str(tmp_path / "a"))
+    laws = run.header["plan"]["index_laws"]
+    assert laws["method"] == "sp-orc" and laws["source"].startswith("inr train tiles")
+    assert run.header["plan"]["budget_offset_bits"] == -8
+    assert run.header["codec"]["settings"]["laws"] == "learned"
+    dec = inr.decompress(str(tmp_path / "a"), str(tmp_path / "a-png"), weights=w)
+    stored = pq.read_table(run.part_paths()[0]).column("psnr_db").to_numpy()
+    assert np.array_equal(psnr_db(tiles[dec["ids"]], dec["images"])[: len(stored)], stored)
+    # cached: not fitted again, same bytes
+    again = inr.compress(tiles, str(tmp_path / "b"), **kw)
+    assert again["laws_fit_seconds"] == 0 and again["payload_bytes"] == first["payload_bytes"]
+    # shipped next to the weights: read first (the cache emptied)
+    model = load_inr(w)
+    prior = read_prior(w.replace(".npz", "_prior.json"))
+    plan, _ = inr.make_plan(prior, s)
+    with open(inr.laws_path(w), "w") as f:
+        json.dump({inr.laws_key(plan, s, model.model_checksum): laws}, f)
+    shutil.rmtree(tmp_path / "cache")
+    got, secs = inr.learned_laws(w, model, prior, s, fit=False)
+    assert secs == 0 and got.to_dict() == laws
+    os.remove(inr.laws_path(w))
+    with pytest.raises(InputError, match="fixed 16-bit index"):
+        inr.make_spec(prior, replace(_settings("orc-16"), laws="learned"))
 
 
 def _block_kl_bits(model, mu, sigma, block_of):
@@ -385,6 +434,27 @@ def test_shipped_rate_points_load_with_their_checksums():
         prior = read_prior(str(weights_path(r)).replace(".npz", "_prior.json"))
         assert prior.dim == model.cfg.dim == 3779
         assert np.array_equal(prior.sigma, model.prior_sigma64)
+
+
+def test_shipped_index_laws_match_the_sp_orc_preset_and_the_model_card():
+    """The shipped laws of the 1.5 rate point are the sp-orc preset's (found without
+    fitting), and the model card holds their file's SHA-256 and each entry's checksum."""
+    from recray.models.inr import weights_path
+    from recray.plan.laws import IndexLaws
+
+    w = str(weights_path(1.5))
+    card = json.load(open(w.replace(".npz", ".json")))["index_laws"]
+    path = inr.laws_path(w)
+    assert os.path.basename(path) == card["file"]
+    assert hashlib.sha256(open(path, "rb").read()).hexdigest() == card["sha256"]
+    table = json.load(open(path))
+    assert {k: IndexLaws.from_dict(v).checksum() for k, v in table.items()} == card["laws_sha256"]
+    model = load_inr(w)
+    prior = read_prior(w.replace(".npz", "_prior.json"))
+    laws, secs = inr.learned_laws(w, model, prior, inr.Settings(method="sp-orc"), fit=False)
+    assert laws is not None and secs == 0.0 and laws.method == "sp-orc"
+    spec, _ = inr.make_spec(prior, inr.Settings(method="sp-orc"), laws)
+    assert set(spec.plan.block_budget_bits) == {4} and spec.layout.laws
 
 
 @pytest.mark.parametrize("run", ["sp-orc"], indirect=True)

@@ -144,9 +144,10 @@ def inr_row(tiles, idx, rate, settings, workdir, engine="local", actors=1) -> di
         "header_bytes": info["header_bytes"],
         "encode_s_per_tile": info["encode_s_per_tile"],
         "decode_s_per_tile": dec["decode_seconds"] / info["tiles"],
-        "block_bits": settings.block_bits
-        if settings.block_bits
-        else (16 if settings.method == "orc-16" else 32),
+        "block_bits": settings.resolved().block_bits,
+        "budget_offset_bits": settings.resolved().budget_offset_bits,
+        "laws": settings.resolved().laws,
+        "laws_fit_seconds": info.get("laws_fit_seconds", 0.0),
         "n_samples": settings.n_samples,
         "fit_steps": settings.fit_steps,
         "refine_steps": settings.refine_steps,

@@ -24,6 +24,8 @@ def _settings(args):
         refine_steps=args.refine_steps,
         stages=args.stages,
         anneal=args.anneal,
+        budget_offset_bits=args.budget_offset_bits,
+        laws=args.laws,
     )
 
 
@@ -116,7 +118,7 @@ def cmd_bench(args) -> int:
 
 
 def _add_coding_args(c) -> None:
-    from recray.codecs.inr import METHODS, STRATEGIES, Settings
+    from recray.codecs.inr import LAWS, METHODS, STRATEGIES, Settings
 
     d = Settings()
     c.add_argument("--method", choices=METHODS, default=d.method)
@@ -124,7 +126,8 @@ def _add_coding_args(c) -> None:
         "--block-bits",
         type=float,
         default=None,
-        help="information per block (default 16 for orc-16, 32 for sp-*)",
+        help="information per block (default: the method's preset: 16 for orc-16 and sp-orc, "
+        "32 for sp-pfr)",
     )
     c.add_argument(
         "--strategy",
@@ -148,6 +151,21 @@ def _add_coding_args(c) -> None:
         default=d.anneal,
         help="per-block beta annealing at fit time: each block's KL steered to ANNEAL x "
         "its information (0: off, the rate point's one beta)",
+    )
+    c.add_argument(
+        "--budget-offset-bits",
+        type=int,
+        default=d.budget_offset_bits,
+        help="SP: partition bits of every block over its rounded information (negative: "
+        "fewer bins, a larger local index; default: the preset, -12 for sp-orc, 0 for sp-pfr)",
+    )
+    c.add_argument(
+        "--laws",
+        choices=LAWS,
+        default=d.laws,
+        help="SP: code the indices under index laws fitted on training tiles (shipped next "
+        "to the weights; fitted and cached on first use otherwise) or the fixed codes "
+        "(default: the preset, learned for sp-orc)",
     )
 
 
@@ -214,7 +232,7 @@ def add_parsers(codec_sub, bench_sub) -> None:
         "--sp-block-bits",
         type=float,
         default=None,
-        help="information per block of the SP settings (default: the codec's, 32)",
+        help="information per block of the SP settings (default: each preset's)",
     )
     b.add_argument(
         "--chunk",

@@ -14,13 +14,19 @@ of tiles:
    tail: the decoder rebuilds the INR from the decoded latent and renders the tile
    (:func:`recray.models.inr.render_uint8`, float64, one tile at a time).
 
-**Coding settings** (``method`` presets, same model and fit):
+**Coding settings** (``method`` presets, :data:`PRESETS`; same model and fit):
 
 * ``orc-16``: RECOMBINER's baseline: ORC, 16-bit blocks (plan blocks of ~16 bits of
   information, collapsed dims spread over them), ``2^16`` candidates, a fixed 16-bit index;
-* ``sp-orc``: space-partitioned ORC, larger blocks (``block_bits``, default 32), partition
-  bits by mutual information, ``2^16`` candidates;
-* ``sp-pfr``: space-partitioned PFR (exact) with the same blocks; blocks it cannot code
+* ``sp-orc``: space-partitioned ORC on the same 16-bit blocks with ``budget_offset_bits =
+  -12`` (``B`` = the block's information - 12, about 4 partition bits on its most
+  informative dims, so each of the ``2^B`` bins holds thousands of the ``2^16`` arrivals and
+  the local index keeps ORC's arrival order) and **learned index laws** (the local index's
+  class and the bins under laws estimated on training tiles, shipped in
+  ``inr_<R>_laws.json``, :func:`learned_laws`). Until this preset, ``sp-orc`` meant 32-bit
+  blocks, ``B`` = the information, fixed codes (``block_bits=32, budget_offset_bits=0,
+  laws="fixed"``): those runs still decode (the header holds their plan);
+* ``sp-pfr``: space-partitioned PFR (exact) with 32-bit blocks; blocks it cannot code
   within ``max_steps`` fall back to SP-ORC (counted in ``fallback_blocks``).
 
 Ray: with ``engine="ray"`` every shard of tiles (``shard_rows`` tiles) is one task of an
@@ -59,7 +65,12 @@ CODEC_VERSION = 1
 PIXELS = 1024
 METHODS = ("orc-16", "sp-orc", "sp-pfr")
 STRATEGIES = ("mi", "random", "collapsed-only")
+LAWS = ("fixed", "learned")
 DEFAULT_RATE = 1.5
+#: Training tiles the learned index laws are estimated on (``LAW_TRAIN_SEED``'s random pick
+#: of the train split; never a test tile).
+LAW_TRAIN_TILES = 32
+LAW_TRAIN_SEED = 1
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,7 @@ class Settings:
     """Coding settings of one run (written to the run header)."""
 
     method: str = "sp-orc"
-    block_bits: float | None = None  # None: 16 for orc-16, 32 for SP
+    block_bits: float | None = None  # None: the method's preset (PRESETS)
     strategy: str = "mi"
     n_samples: int = 1 << 16
     max_steps: int = 1 << 16
@@ -79,6 +90,30 @@ class Settings:
     # per-block beta annealing at fit time (RECOMBINER): 0 = off (one beta, the rate
     # point's); > 0: each plan block's KL is steered to anneal x its information sum I_d
     anneal: float = 0.0
+    # partition bits of every SP block over its rounded information (negative: fewer bins,
+    # a larger local index), and the index code: "fixed" (raw bins, universal code of the
+    # local index) or "learned" (laws estimated on training tiles, shipped next to the
+    # weights: see learned_laws)
+    budget_offset_bits: int | None = None  # None: the method's preset
+    laws: str | None = None  # None: the method's preset
+
+    def resolved(self) -> Settings:
+        """These settings with every ``None`` replaced by the method's preset
+        (:data:`PRESETS`)."""
+        if self.method not in METHODS:
+            raise InputError(f"method must be one of {METHODS}; got {self.method!r}")
+        preset = PRESETS[self.method]
+        return replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None})
+
+
+#: Per method, the block size (bits of information), the partition-bit offset and the index
+#: code that ``None`` settings take. Runs written before a preset changed still decode: the
+#: run header holds their plan (blocks, bits, laws) and resolved settings.
+PRESETS = {
+    "orc-16": {"block_bits": 16.0, "budget_offset_bits": 0, "laws": "fixed"},
+    "sp-orc": {"block_bits": 16.0, "budget_offset_bits": -12, "laws": "learned"},
+    "sp-pfr": {"block_bits": 32.0, "budget_offset_bits": 0, "laws": "fixed"},
+}
 
 
 class INRCodec(LatentCodec):
@@ -170,24 +205,33 @@ def load_model(weights: str):
     return load_inr(weights)
 
 
-def make_spec(prior, s: Settings):
-    """The :class:`~recray.pipeline.codec.CodecSpec` of ``s`` under ``prior`` (a
-    :class:`~recray.latents.io.Prior`), and the allocation actually used."""
-    from recray.pipeline.codec import CodecSpec
+def make_plan(prior, s: Settings):
+    """The codec plan of ``s`` under ``prior`` (no index laws), and the allocation used."""
     from recray.plan import build_plan
     from recray.plan.allocation import allocate_bits, derive_block_seed
 
-    if s.method not in METHODS:
-        raise InputError(f"method must be one of {METHODS}; got {s.method!r}")
+    s = s.resolved()
     if s.strategy not in STRATEGIES:
         raise InputError(f"strategy must be one of {STRATEGIES}; got {s.strategy!r}")
+    if s.laws not in LAWS:
+        raise InputError(f"laws must be one of {LAWS}; got {s.laws!r}")
     sp = s.method != "orc-16"
-    bb = s.block_bits if s.block_bits is not None else (32.0 if sp else 16.0)
+    if not sp and (s.laws != "fixed" or s.budget_offset_bits):
+        raise InputError(
+            "orc-16 is the fixed 16-bit index baseline: budget_offset_bits and learned laws "
+            "are SP settings"
+        )
+    bb = s.block_bits
     # ORC (and the ablation's common layout): collapsed dims spread over the blocks
     spread = (not sp) or s.strategy != "mi" or s.method == "sp-orc"
     strategy = "mi" if s.strategy == "collapsed-only" else s.strategy
     plan = build_plan(
-        prior.mi_bits, bb, strategy=strategy, seed=s.seed, collapsed_block_size=0 if spread else 8
+        prior.mi_bits,
+        bb,
+        strategy=strategy,
+        seed=s.seed,
+        collapsed_block_size=0 if spread else 8,
+        budget_offset_bits=int(s.budget_offset_bits),
     )
     if s.strategy == "collapsed-only":
         bits = np.zeros(plan.dim, np.int64)
@@ -202,6 +246,21 @@ def make_spec(prior, s: Settings):
                 max_bits_per_dim=plan.max_bits_per_dim,
             )
         plan = replace(plan, bits=tuple(int(b) for b in bits))
+    return plan, s.strategy
+
+
+def make_spec(prior, s: Settings, index_laws=None):
+    """The :class:`~recray.pipeline.codec.CodecSpec` of ``s`` under ``prior`` (a
+    :class:`~recray.latents.io.Prior`), and the allocation actually used. With
+    ``s.laws == "learned"``, ``index_laws`` (:func:`learned_laws`) go into the plan."""
+    from recray.pipeline.codec import CodecSpec
+
+    s = s.resolved()
+    plan, allocation = make_plan(prior, s)
+    if s.laws == "learned":
+        if index_laws is None:
+            raise InputError("laws='learned' needs the index laws (see learned_laws)")
+        plan = plan.with_laws(index_laws)
     method = {"orc-16": "orc"}.get(s.method, s.method)
     spec = CodecSpec(
         plan=plan,
@@ -213,7 +272,152 @@ def make_spec(prior, s: Settings):
         max_steps=s.max_steps,
         on_unbounded="orc" if method == "sp-pfr" else "error",
     )
-    return spec, s.strategy
+    return spec, allocation
+
+
+# ------------------------------------------------------------------------ index laws
+def laws_path(weights: str) -> str:
+    """The shipped learned index laws of the weights (``<stem>_laws.json``): a JSON object
+    from :func:`laws_key` to serialized :class:`recray.plan.laws.IndexLaws`."""
+    return os.path.splitext(str(weights))[0] + "_laws.json"
+
+
+def laws_key(plan, s: Settings, model_sha256: str) -> str:
+    """What a set of laws was estimated for: the model, the plan (without laws) and every
+    setting that changes the coded indices (method, candidates, fit and coding schedule)."""
+    s = s.resolved()
+    fit = (
+        f"N={s.n_samples}|steps={s.max_steps}|seed={s.seed}|fit={s.fit_steps}|"
+        f"refine={s.refine_steps}|stages={s.stages}|lr={s.lr!r}|anneal={s.anneal!r}"
+    )
+    return f"{model_sha256[:16]}|{s.method}|{fit}|plan={plan.with_laws(None).checksum()[:16]}"
+
+
+def _laws_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "recray", "laws")
+
+
+def pooled_laws(bins, local, block_bits, *, method: str, source: str):
+    """Index laws from the coded indices of ``n`` training tiles (``bins``, ``local`` int64
+    ``(n, n_blocks)``), pooled over the blocks: one class law of the local index for every
+    block, and one interval law per partition width ``b`` shared by every dimension with
+    ``b`` bits (a tile's latent holds a few thousand weakly informative dimensions, so
+    per-block tables from a few dozen tiles would be noise). Same layout as
+    :func:`recray.plan.laws.estimate_laws`, so the message codec reads them unchanged."""
+    from recray.plan.laws import (
+        ESCAPE_COUNT,
+        MAX_LAW_BITS,
+        N_LAW_CLASSES,
+        PSEUDO_COUNT,
+        BlockLaw,
+        IndexLaws,
+        _freqs,
+    )
+
+    bins = np.asarray(bins, np.int64)
+    local = np.asarray(local, np.int64)
+    cls = np.frexp(local.astype(np.float64))[1].astype(np.int64) - 1
+    c = np.bincount(np.minimum(cls.ravel(), N_LAW_CLASSES), minlength=N_LAW_CLASSES + 1)
+    c = c.astype(np.float64)
+    c[:N_LAW_CLASSES] += PSEUDO_COUNT
+    c[N_LAW_CLASSES] += ESCAPE_COUNT
+    class_freqs = _freqs(c)
+    counts: dict[int, np.ndarray] = {}
+    raw = [max((int(b) for b in bits), default=0) > MAX_LAW_BITS for bits in block_bits]
+    for k, bits in enumerate(block_bits):
+        if raw[k]:
+            continue
+        shift = 0
+        for b in (int(b) for b in bits):
+            if b > 0:
+                kd = (bins[:, k] >> shift) & ((1 << b) - 1)
+                counts[b] = counts.get(b, 0) + np.bincount(kd, minlength=1 << b)
+            shift += b
+    bin_law = {b: _freqs(v.astype(np.float64) + PSEUDO_COUNT) for b, v in counts.items()}
+    blocks = tuple(
+        BlockLaw(
+            class_freqs,
+            () if raw[k] else tuple(bin_law[int(b)] for b in bits if int(b) > 0),
+        )
+        for k, bits in enumerate(block_bits)
+    )
+    return IndexLaws(method, source, blocks)
+
+
+def law_training_tiles(n: int, seed: int = LAW_TRAIN_SEED):
+    """``(tiles, indices)``: ``n`` tiles of the train split picked at random (``seed``)."""
+    from recray.data.tiles import load_tiles
+
+    t = load_tiles("train")
+    idx = np.sort(np.random.default_rng(seed).choice(len(t), size=n, replace=False))
+    return np.ascontiguousarray(t.images[idx]), idx
+
+
+def fit_laws(model, prior, s: Settings, *, tiles: int | None = None, progress=None):
+    """Estimate the index laws of the settings ``s`` on ``tiles`` training tiles (never the
+    test split; default :data:`LAW_TRAIN_TILES`): they are coded exactly as :func:`compress`
+    codes tiles (same model, fit, progressive schedule and spec, without laws) and their
+    indices counted (:func:`pooled_laws`)."""
+    x, idx = law_training_tiles(tiles or LAW_TRAIN_TILES)
+    s = s.resolved()
+    spec, _ = make_spec(prior, replace(s, laws="fixed"))
+    codec = INRCodec(model, s, plan=spec.plan)
+    from recray.format.messages import decode_blocks
+
+    bins, local = [], []
+    for a in range(0, len(x), 8):
+        ids = np.arange(a, min(a + 8, len(x)))
+        enc = encode_progressive(codec, x[ids], ids, spec, stages=s.stages)
+        b, n_, _ = decode_blocks(enc.messages, spec.layout)
+        bins.append(b)
+        local.append(n_)
+        if progress:
+            progress(len(ids))
+    plan = spec.plan
+    return pooled_laws(
+        np.concatenate(bins),
+        np.concatenate(local),
+        [[plan.bits[d] for d in blk] for blk in plan.blocks],
+        method={"orc-16": "orc"}.get(s.method, s.method),
+        source=f"inr train tiles {idx.tolist()} (seed {LAW_TRAIN_SEED}), pooled over blocks",
+    )
+
+
+def learned_laws(weights: str, model, prior, s: Settings, *, fit: bool = True):
+    """``(laws, fit_seconds)`` for the settings ``s``: the shipped laws of the weights
+    (:func:`laws_path`), else the user cache (``$XDG_CACHE_HOME/recray/laws``), else
+    (``fit=True``) estimated now on training tiles (:func:`fit_laws`) and cached;
+    ``(None, 0)`` when nothing is found and ``fit`` is false."""
+    import uuid
+
+    from recray.plan.laws import IndexLaws
+
+    s = replace(s.resolved(), laws="learned")
+    plan, _ = make_plan(prior, s)
+    key = laws_key(plan, s, model.model_checksum)
+    shipped = laws_path(weights)
+    if os.path.exists(shipped):
+        with open(shipped) as f:
+            table = json.load(f)
+        if key in table:
+            return IndexLaws.from_dict(table[key]), 0.0
+    cached = os.path.join(
+        _laws_cache_dir(), hashlib.sha256(key.encode()).hexdigest()[:24] + ".json"
+    )
+    if os.path.exists(cached):
+        with open(cached) as f:
+            return IndexLaws.from_dict(json.load(f)), 0.0
+    if not fit:
+        return None, 0.0
+    t0 = time.perf_counter()
+    laws = fit_laws(model, prior, s)
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    tmp = cached + f".{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(laws.to_dict(), f)
+    os.replace(tmp, cached)
+    return laws, time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------ input tiles
@@ -316,7 +520,11 @@ def compress(
         raise FormatError(
             f"prior {prior_file!r} has {prior.dim} dims; the model has {model.cfg.dim}"
         )
-    spec, allocation = make_spec(prior, settings)
+    settings = settings.resolved()
+    index_laws, laws_s = None, 0.0
+    if settings.laws == "learned":  # shipped (or cached) laws; fitted on training tiles if none
+        index_laws, laws_s = learned_laws(w, model, prior, settings)
+    spec, allocation = make_spec(prior, settings, index_laws)
     n = tiles.shape[0]
     header = run_header(spec, prior, "int") | {
         "shard_rows": int(shard_rows),
@@ -370,8 +578,9 @@ def compress(
         bar.close()
     secs = time.perf_counter() - t0
     return summary(out_dir) | {
-        "encode_seconds": secs,
-        "encode_s_per_tile": secs / max(n, 1),
+        "encode_seconds": secs - laws_s,
+        "encode_s_per_tile": (secs - laws_s) / max(n, 1),
+        "laws_fit_seconds": laws_s,
         "engine": engine,
         "actors": actors if engine == "ray" else 1,
     }

@@ -1,0 +1,68 @@
+"""Fit the learned index laws of the INR codec's SP-ORC setting on training tiles and add
+them to ``recray/models/weights/inr_<R>_laws.json``, named with its checksums in the rate
+point's model card ``inr_<R>.json`` (what ``recray codec inr compress`` reads first; other
+settings are fitted on first use and cached under ``~/.cache/recray/laws``).
+
+    python jobs/fit_inr_laws.py                 # every shipped rate point
+    python jobs/fit_inr_laws.py --rates 1.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+
+import torch
+
+from recray.codecs import inr
+from recray.latents.io import read_prior
+from recray.models.inr import shipped_rates
+from recray.plan.laws import IndexLaws
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rates", type=float, nargs="+", default=None)
+    ap.add_argument("--tiles", type=int, default=inr.LAW_TRAIN_TILES)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    s = inr.Settings(method="sp-orc").resolved()
+    for rate in args.rates or shipped_rates():
+        w, prior_file = inr.model_files(rate)
+        model = inr.load_model(w)
+        prior = read_prior(prior_file)
+        plan, _ = inr.make_plan(prior, s)
+        t0 = time.perf_counter()
+        laws = inr.fit_laws(model, prior, s, tiles=args.tiles)
+        path = inr.laws_path(w)
+        table = json.load(open(path)) if os.path.exists(path) else {}
+        key = inr.laws_key(plan, s, model.model_checksum)
+        table[key] = laws.to_dict()
+        with open(path, "w") as f:
+            json.dump(table, f, sort_keys=True, separators=(",", ":"))
+        # the model card names the laws file and every entry's checksum
+        card_path = os.path.splitext(w)[0] + ".json"
+        card = json.load(open(card_path))
+        card["index_laws"] = {
+            "file": os.path.basename(path),
+            "sha256": hashlib.sha256(open(path, "rb").read()).hexdigest(),
+            "fitted_by": f"python jobs/fit_inr_laws.py --rates {rate:g} ({args.tiles} training "
+            f"tiles, seed {inr.LAW_TRAIN_SEED}; {time.perf_counter() - t0:.0f} s at load "
+            f"{os.getloadavg()[0]:.0f})",
+            "laws_sha256": {k: IndexLaws.from_dict(v).checksum() for k, v in table.items()},
+        }
+        with open(card_path, "w") as f:
+            json.dump(card, f, indent=2)
+            f.write("\n")
+        print(
+            f"rate {rate:g}: {key} laws {laws.checksum()[:16]} "
+            f"({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
