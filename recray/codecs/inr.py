@@ -293,11 +293,6 @@ def laws_key(plan, s: Settings, model_sha256: str) -> str:
     return f"{model_sha256[:16]}|{s.method}|{fit}|plan={plan.with_laws(None).checksum()[:16]}"
 
 
-def _laws_cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "recray", "laws")
-
-
 def pooled_laws(bins, local, block_bits, *, method: str, source: str):
     """Index laws from the coded indices of ``n`` training tiles (``bins``, ``local`` int64
     ``(n, n_blocks)``), pooled over the blocks: one class law of the local index for every
@@ -389,35 +384,14 @@ def learned_laws(weights: str, model, prior, s: Settings, *, fit: bool = True):
     (:func:`laws_path`), else the user cache (``$XDG_CACHE_HOME/recray/laws``), else
     (``fit=True``) estimated now on training tiles (:func:`fit_laws`) and cached;
     ``(None, 0)`` when nothing is found and ``fit`` is false."""
-    import uuid
-
-    from recray.plan.laws import IndexLaws
+    from recray.plan.laws import find_or_fit
 
     s = replace(s.resolved(), laws="learned")
     plan, _ = make_plan(prior, s)
     key = laws_key(plan, s, model.model_checksum)
-    shipped = laws_path(weights)
-    if os.path.exists(shipped):
-        with open(shipped) as f:
-            table = json.load(f)
-        if key in table:
-            return IndexLaws.from_dict(table[key]), 0.0
-    cached = os.path.join(
-        _laws_cache_dir(), hashlib.sha256(key.encode()).hexdigest()[:24] + ".json"
+    return find_or_fit(
+        key, laws_path(weights), (lambda: fit_laws(model, prior, s)) if fit else None
     )
-    if os.path.exists(cached):
-        with open(cached) as f:
-            return IndexLaws.from_dict(json.load(f)), 0.0
-    if not fit:
-        return None, 0.0
-    t0 = time.perf_counter()
-    laws = fit_laws(model, prior, s)
-    os.makedirs(os.path.dirname(cached), exist_ok=True)
-    tmp = cached + f".{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(laws.to_dict(), f)
-    os.replace(tmp, cached)
-    return laws, time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------ input tiles

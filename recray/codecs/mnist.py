@@ -172,11 +172,6 @@ def laws_path(weights=None) -> str:
     return os.path.splitext(str(weights or DEFAULT_WEIGHTS))[0] + "_laws.json"
 
 
-def _laws_cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "recray", "laws")
-
-
 def laws_key(plan, method: str, n_samples, model_sha256: str, kl_offset_bits: float = 0.0,
              kl_max_bits: int = KL_SAMPLES_MAX_BITS) -> str:  # fmt: skip
     """What a set of laws was estimated for: the model, the plan (without laws), the method
@@ -274,38 +269,19 @@ def learned_laws(
     """``(laws, fit_seconds)`` for these settings: the shipped laws (:func:`laws_path`), else
     the user cache (``$XDG_CACHE_HOME/recray/laws``), else (``fit=True``) estimated now on
     the training set and cached; ``(None, 0)`` for ``orc`` (raw indices) or nothing found."""
-    from recray.plan.laws import IndexLaws
+    from recray.plan.laws import find_or_fit
 
     if method == "orc":
         return None, 0.0
     kl = dict(kl_offset_bits=kl_offset_bits, kl_max_bits=kl_max_bits)
     key = laws_key(plan, method, n_samples, _model(weights).model_checksum, **kl)
-    shipped = laws_path(weights)
-    if os.path.exists(shipped):
-        with open(shipped) as f:
-            table = json.load(f)
-        if key in table:
-            return IndexLaws.from_dict(table[key]), 0.0
-    import hashlib
 
-    cached = os.path.join(
-        _laws_cache_dir(), hashlib.sha256(key.encode()).hexdigest()[:24] + ".json"
-    )
-    if os.path.exists(cached):
-        with open(cached) as f:
-            return IndexLaws.from_dict(json.load(f)), 0.0
-    if not fit:
-        return None, 0.0
-    t0 = time.perf_counter()
-    laws = fit_laws(
-        plan, method, n_samples=n_samples, seed=seed, weights=weights, data_dir=data_dir, **kl
-    )
-    os.makedirs(os.path.dirname(cached), exist_ok=True)
-    tmp = cached + f".{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(laws.to_dict(), f)
-    os.replace(tmp, cached)
-    return laws, time.perf_counter() - t0
+    def fit_now():
+        return fit_laws(
+            plan, method, n_samples=n_samples, seed=seed, weights=weights, data_dir=data_dir, **kl
+        )
+
+    return find_or_fit(key, laws_path(weights), fit_now if fit else None)
 
 
 def _write_latents(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:

@@ -28,7 +28,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -203,3 +206,37 @@ def estimate_laws(
                 shift += b
         out.append(BlockLaw(_freqs(c), tuple(bf)))
     return IndexLaws(method, source, tuple(out))
+
+
+def laws_cache_dir() -> str:
+    """Where laws estimated on first use are kept: ``$XDG_CACHE_HOME/recray/laws`` (default
+    ``~/.cache/recray/laws``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "recray", "laws")
+
+
+def find_or_fit(key: str, shipped: str, fit: Callable[[], IndexLaws] | None):
+    """``(laws, fit_seconds)`` for the settings named by ``key``: the entry ``key`` of the
+    shipped laws file ``shipped`` (a JSON object from keys to serialized laws), else the user
+    cache (:func:`laws_cache_dir`), else ``fit()``, cached (written to a temporary name, then
+    renamed: concurrent fits never leave a torn file); ``(None, 0.0)`` when nothing is found
+    and ``fit`` is None."""
+    if os.path.exists(shipped):
+        with open(shipped) as f:
+            table = json.load(f)
+        if key in table:
+            return IndexLaws.from_dict(table[key]), 0.0
+    cached = os.path.join(laws_cache_dir(), hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+    if os.path.exists(cached):
+        with open(cached) as f:
+            return IndexLaws.from_dict(json.load(f)), 0.0
+    if fit is None:
+        return None, 0.0
+    t0 = time.perf_counter()
+    laws = fit()
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    tmp = cached + f".{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(laws.to_dict(), f)
+    os.replace(tmp, cached)
+    return laws, time.perf_counter() - t0
