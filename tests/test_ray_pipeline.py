@@ -322,7 +322,23 @@ def _kill_driver_after(lat, pri, out, address, parts, partial, resume):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    return sorted(f for f in os.listdir(partial) if f.startswith("part-"))
+    return _settled_parts(partial)
+
+
+def _settled_parts(partial, quiet=3.0, timeout=60.0):
+    """The committed parts once the killed driver's actors are gone: actors commit their own
+    parts, and Ray ends a dead driver's actors a moment after it, so one may still commit a
+    shard it was coding. Waits until the listing has not changed for ``quiet`` seconds."""
+    t0 = time.time()
+    last, since = None, time.time()
+    while time.time() - t0 < timeout:
+        now = sorted(f for f in os.listdir(partial) if f.startswith("part-"))
+        if now != last:
+            last, since = now, time.time()
+        elif time.time() - since >= quiet:
+            return now
+        time.sleep(0.1)
+    raise AssertionError(f"parts in {partial} still changing after {timeout} s")
 
 
 def test_driver_killed_then_killed_during_resume_then_resumed(cluster, data, tmp_path):
