@@ -145,6 +145,42 @@ def test_numpy_and_numba_builds_are_bit_identical():
     np.testing.assert_array_equal(out[2], portable.sample_in_interval(k, u, inv_J, np))
 
 
+def test_cpu_frexp_from_bits_equals_math_frexp():
+    """The CPU build's inline ``frexp`` (a bit cast) gives ``math.frexp``'s ``(m, e)`` on
+    normal, subnormal, signed and zero inputs."""
+    import numba
+
+    frexp = cpu._frexp
+
+    @numba.njit
+    def many(x, m, e):
+        for i in range(x.size):
+            m[i], e[i] = frexp(x[i])
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(20_000) * 10.0 ** rng.integers(-320, 300, 20_000)
+    x = np.concatenate([x, [0.0, -0.0, 5e-324, -5e-324, 2.2250738585072014e-308, 1.0, 0.5]])
+    x = np.concatenate([x, np.nextafter(2.2250738585072014e-308, 0.0, dtype=np.float64)[None]])
+    m, e = np.empty_like(x), np.empty(x.size, dtype=np.int64)
+    many(x, m, e)
+    ref = [math.frexp(v) for v in x]
+    np.testing.assert_array_equal(m, [r[0] for r in ref])
+    np.testing.assert_array_equal(np.signbit(m), np.signbit([r[0] for r in ref]))
+    np.testing.assert_array_equal(e, [r[1] for r in ref])
+
+
+def test_visit_order_keeps_pairs_and_puts_large_bounds_first():
+    r = np.array(
+        [[0.1, 3.0, 0.5, 0.2, 9.0], [1.0, 1.0, 1.0, 1.0, 1.0], [np.nan, 0.0, 2.0, 0.0, 0.0]]
+    )
+    np.testing.assert_array_equal(
+        kernels.visit_order(r), [[4, 1, 0, 2, 3], [0, 1, 2, 3, 4], [2, 3, 0, 1, 4]]
+    )
+    np.testing.assert_array_equal(
+        kernels.visit_order(r[:, :4]), [[1, 0, 2, 3], [0, 1, 2, 3], [2, 3, 0, 1]]
+    )
+
+
 FMA = re.compile(r"\bv?f(n)?m(add|sub)\w*(sd|pd|ss|ps)\b")
 
 
@@ -183,8 +219,8 @@ from recray.rec.kernels import gpu
 f2, f1 = T.float64[:, ::1], T.float64[::1]
 i2, i1 = T.int64[:, ::1], T.int64[::1]
 u2 = T.uint64[:, ::1]
-prob = T.Tuple((f2, f2, f2, i2, i2, f2, i2, f1, f1, f1, f2, f1, u2, i1, T.boolean, T.boolean))
-sig = (prob, i1, i1, i1, i1, T.uint64, i1, i2, u2, i2, f1, i1)
+prob = T.Tuple((f2, f2, f2, i2, i2, f2, i2, f1, f1, f1, i2, f2, f1, u2, i1, T.boolean, T.boolean))
+sig = (prob, i1, i1, i1, i1, T.uint64, i1, u2, f2, i2, f1, i1)
 ptx, _ = cuda.compile_ptx(gpu.search_kernel.py_func, sig, cc=(9, 0))
 ptx2, _ = cuda.compile_ptx(gpu.regenerate_kernel.py_func, (i1, i1, i2, u2, f2, f2, f2),
                            cc=(9, 0))

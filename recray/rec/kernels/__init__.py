@@ -15,7 +15,13 @@ import threading
 
 import numpy as np
 
-from recray.rec.kernels.source import HASH_MULT, PROBLEM_FIELDS, ST_CAPPED, ST_OVERFLOW
+from recray.rec.kernels.source import (
+    HASH_MULT,
+    PROBLEM_FIELDS,
+    SCRATCH_EXTRA,
+    ST_CAPPED,
+    ST_OVERFLOW,
+)
 
 #: Serializes calls into the CPU build: each call already uses every core (``prange``), and
 #: Numba's fallback threading layer (workqueue) aborts on concurrent parallel calls.
@@ -46,6 +52,27 @@ def initial_caps(has_bins, budget, B, log_rmax, exact) -> np.ndarray:
     return np.where(has_bins, caps, 1).astype(np.int64) if n else caps.astype(np.int64)
 
 
+def visit_order(rmax_d) -> np.ndarray:
+    """``(n, d)`` int64: the order in which the kernel's lazy reject visits each block's
+    dimensions, from their bounds ``rmax_d`` (``(n, d)``, nats). Dimensions ``2p`` and
+    ``2p + 1`` share a Philox call, so pairs stay together: pairs by their larger bound,
+    largest first, and within a pair the larger bound first (ties keep dimension order). A
+    dimension with a large bound is usually far below it, so visiting it first rejects most
+    candidates after one term. Any order gives the same winners (the score is summed in
+    dimension order); this one only makes rejects earlier."""
+    rmax_d = np.nan_to_num(np.asarray(rmax_d, dtype=np.float64), nan=0.0)
+    n, d = rmax_d.shape
+    pad = np.full((n, d + (d & 1)), -np.inf)
+    pad[:, :d] = rmax_d
+    pairs = pad.reshape(n, -1, 2)
+    pair_order = np.argsort(-pairs.max(axis=2), axis=1, kind="stable")
+    second = (pairs[:, :, 1] > pairs[:, :, 0]).astype(np.int64)  # 1: visit 2p + 1 first
+    first = 2 * pair_order + np.take_along_axis(second, pair_order, axis=1)
+    other = 2 * pair_order + 1 - np.take_along_axis(second, pair_order, axis=1)
+    order = np.stack([first, other], axis=2).reshape(n, -1)
+    return order[order < d].reshape(n, d) if d & 1 else order
+
+
 def _c(a, dtype):
     """A C-contiguous, writeable array (one compiled signature for every call)."""
     return np.require(a, dtype=dtype, requirements=["C", "W"])
@@ -60,10 +87,13 @@ def kernel_arrays(prob, lazy: bool | None = None):
     f64 = np.float64
     exact = bool(prob.exact)
     rmax_d = np.asarray(t.log_rmax_d, dtype=f64)
+    order = np.broadcast_to(np.arange(d, dtype=np.int64), (n, d))
     rest = np.zeros((n, d), dtype=f64)
     if exact:
-        for dd in range(d - 2, -1, -1):  # bound of the dimensions after dd
-            rest[:, dd] = rest[:, dd + 1] + rmax_d[:, dd + 1]
+        order = visit_order(rmax_d)
+        rmax_o = np.take_along_axis(rmax_d, order, axis=1)
+        for p in range(d - 2, -1, -1):  # bound of the dimensions visited after position p
+            rest[:, p] = rest[:, p + 1] + rmax_o[:, p + 1]
     if exact:
         can_lazy = d > 1 and bool(np.isfinite(rest).all())
         log_bound = np.zeros(1, dtype=f64)  # unused: exact mode bounds by rest_max
@@ -87,6 +117,7 @@ def kernel_arrays(prob, lazy: bool | None = None):
         cdf=_c(t.cdf, f64),
         log_corr=_c(t.log_corr, f64),
         log_bound=log_bound,
+        order=_c(order, np.int64),
         rest_max=rest,
         log_rmax=log_rmax,
         keys=keys,
@@ -128,12 +159,9 @@ def search_cpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
     out_i = np.zeros((n, 4), dtype=np.int64)
     out_f = np.full(n, np.inf)
     status = np.zeros(n, dtype=np.int64)
-    kd = np.zeros((n, d), dtype=np.int64)
     if n:
         with _CPU_LOCK:
-            cpu.search_many(
-                problem_tuple(a), a["caps"], np.uint64(hash_mult), kd, out_i, out_f, status
-            )
+            cpu.search_many(problem_tuple(a), a["caps"], np.uint64(hash_mult), out_i, out_f, status)
     return _outcome(out_i, out_f, status)
 
 
@@ -155,8 +183,8 @@ def search_gpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
     if n == 0:
         return _outcome(out_i, out_f, status)
     d_prob = problem_tuple(a, cuda.to_device)
-    d_kd = cuda.to_device(np.zeros((n, d), dtype=np.int64))
-    d_ub = cuda.device_array((n, d + 2), dtype=np.uint64)  # batch = 1 on the GPU
+    d_ub = cuda.device_array((n, d + SCRATCH_EXTRA), dtype=np.uint64)  # batch = 1 on the GPU
+    d_fs = cuda.device_array((n, d + 1), dtype=np.float64)
     d_out_i = cuda.to_device(out_i)
     d_out_f = cuda.to_device(out_f)
     d_status = cuda.to_device(status)
@@ -183,8 +211,8 @@ def search_gpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
                 cuda.to_device(c),
                 np.uint64(hash_mult),
                 cuda.to_device(rows),
-                d_kd,
                 d_ub,
+                d_fs,
                 d_out_i,
                 d_out_f,
                 d_status,

@@ -14,13 +14,14 @@ watches this file, not :mod:`recray.rec.kernels.source` that it compiles in, so
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
-from recray.rec.kernels.source import ST_OVERFLOW, build
+from recray.rec.kernels.source import SCRATCH_EXTRA, ST_OVERFLOW, build
 
 _OPTS = {"error_model": "numpy", "nogil": True, "cache": False}
 
@@ -30,28 +31,69 @@ def _mul(a, b):
     return a * b
 
 
-#: arrivals whose private uniforms are drawn together (a loop LLVM vectorizes)
+@intrinsic
+def _bits(typingctx, x):
+    """The IEEE 754 bits of a float64 as a uint64 (a bit cast: no conversion)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.uint64(types.float64), codegen
+
+
+@intrinsic
+def _from_bits(typingctx, b):
+    """The float64 whose IEEE 754 bits are the uint64 ``b``."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.uint64), codegen
+
+
+_EXP = np.uint64(0x7FF << 52)
+_HALF = np.uint64(1022 << 52)
+
+
+@njit(inline="always", **_OPTS)
+def _frexp(x):
+    """``math.frexp`` of a finite float64 from its bits, inline (Numba's ``math.frexp`` is a
+    call into C, which stops LLVM from vectorizing or overlapping the loops around it).
+    Exact: the same ``(m, e)`` as ``math.frexp`` (``tests/test_kernels.py``)."""
+    b = _bits(x)
+    shift = 0
+    if b & _EXP == 0:  # zero or subnormal: scale into the normal range first (exact)
+        if x == 0.0:
+            return x, 0
+        b = _bits(x * 18014398509481984.0)  # 2^54
+        shift = 54
+    e = np.int64((b & _EXP) >> np.uint64(52)) - 1022 - shift
+    return _from_bits((b & ~_EXP) | _HALF), e
+
+
+#: arrivals whose state-free work is done together (loops LLVM vectorizes)
 BATCH = 16
 
-K = build(njit(**_OPTS), _mul, math.frexp, batch=BATCH, inline_jit=njit(inline="always", **_OPTS))
+K = build(njit(**_OPTS), _mul, _frexp, batch=BATCH, inline_jit=njit(inline="always", **_OPTS))
 _search_block = K.search_block
 _regenerate_block = K.regenerate_block
 _derive_key = K.derive_key
 
 
 @njit(parallel=True, **dict(_OPTS, cache=True))
-def search_many(prob, caps, hmult, kd, out_i, out_f, status):
+def search_many(prob, caps, hmult, out_i, out_f, status):
     """Search every block of ``prob`` (a tuple in ``PROBLEM_FIELDS`` order; ``prange``); a
     block whose local-index table fills up is rerun from scratch with a 4x larger one (its
     result does not depend on the table size)."""
     n, d = prob[0].shape
     for i in prange(n):
         cap = caps[i]
-        ub = np.empty((1, BATCH * (d + 2)), dtype=np.uint64)
+        ub = np.empty((1, BATCH * (d + SCRATCH_EXTRA)), dtype=np.uint64)
+        fs = np.empty((1, d + BATCH), dtype=np.float64)
         while True:
             hk = np.empty(cap, dtype=np.int64)
             hc = np.empty(cap, dtype=np.int64)
-            st = _search_block(i, prob, hk, hc, 0, cap, hmult, kd, ub, 0, out_i, out_f)
+            st = _search_block(i, prob, hk, hc, 0, cap, hmult, ub, fs, 0, out_i, out_f)
             if st != ST_OVERFLOW:
                 break
             cap *= 4

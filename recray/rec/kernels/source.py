@@ -119,9 +119,10 @@ ST_OVERFLOW = 2  # the local-index table filled up: rerun the block with a large
 #: blocks of ``d`` dimensions; ``total`` flat table entries; see
 #: :func:`recray.rec.kernels.kernel_arrays`):
 #: ``m``, ``s``, ``log_s`` (n, d) f64; ``bits``, ``shift`` (n, d) i64; ``inv_J`` (n, d) f64;
-#: ``offs`` (n, d) i64; ``cdf``, ``log_corr``, ``log_bound`` (total,) f64; ``rest_max``
-#: (n, d) f64; ``log_rmax`` (n,) f64; ``keys`` (n, 4) u64 (shared, then private key);
-#: ``budget`` (n,) i64; ``exact``, ``lazy`` bool.
+#: ``offs`` (n, d) i64; ``cdf``, ``log_corr``, ``log_bound`` (total,) f64; ``order``
+#: (n, d) i64 (the order in which the lazy reject visits dimensions); ``rest_max`` (n, d)
+#: f64 (in that order); ``log_rmax`` (n,) f64; ``keys`` (n, 4) u64 (shared, then private
+#: key); ``budget`` (n,) i64; ``exact``, ``lazy`` bool.
 PROBLEM_FIELDS = (
     "m",
     "s",
@@ -133,6 +134,7 @@ PROBLEM_FIELDS = (
     "cdf",
     "log_corr",
     "log_bound",
+    "order",
     "rest_max",
     "log_rmax",
     "keys",
@@ -143,6 +145,12 @@ PROBLEM_FIELDS = (
 
 #: relative margin of the lazy-dimension reject (see ``search_block``)
 LAZY_MARGIN = 1e-7
+
+
+#: A block's scratch row (``uint64``) holds ``d + SCRATCH_EXTRA`` slots of ``batch``
+#: entries: ``d + 2`` private uniforms, interval positions, bin ids, local indices and the
+#: two shared uniforms of the first pair of dimensions the lazy reject visits.
+SCRATCH_EXTRA = 7
 
 
 def build(jit, mul, frexp, batch=1, inline_jit=None):
@@ -291,17 +299,7 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
             v = U1
         return v
 
-    # ----------------------------------------------------------------- bins and keys
-    @jit
-    def draw_interval(cdf, off, b, u):
-        """First interval of the segment ``cdf[off : off + 2^b]`` whose cumulative weight is
-        ``>= u`` (the lower-bound search of :func:`recray.rec.partition.sample_bins`)."""
-        pos = off
-        for t in range(b, 0, -1):
-            cand = pos + (1 << (t - 1))
-            pos = cand if cdf[cand - 1] < u else pos  # a select, not a branch
-        return pos - off
-
+    # ----------------------------------------------------------------- local indices, keys
     @jit
     def hash_slot(j, mult, cap):
         """Start slot of bin ``j`` in a table of ``cap`` (a power of two) entries."""
@@ -329,21 +327,29 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
 
     # ----------------------------------------------------------------- one block
     @jit
-    def search_block(i, prob, hkeys, hcounts, hbase, hcap, hmult, kd, ub, urow, out_i, out_f):
+    def search_block(i, prob, hkeys, hcounts, hbase, hcap, hmult, ub, fs, urow, out_i, out_f):
         """Block ``i``'s whole sequential search (search.py's rules, arrival by arrival).
 
         ``prob``: the problem's arrays and flags, a tuple in :data:`PROBLEM_FIELDS` order.
         Writes ``out_i[i] = (bin, local, arrival, steps)`` and ``out_f[i] = ln tau*``; returns
         a status (``ST_*``). ``hkeys``/``hcounts[hbase : hbase + hcap]`` is the block's
-        local-index table; ``kd[i]`` its scratch row of interval indices; ``ub[urow]`` its
-        scratch row (``uint64``, ``batch * (d + 2)``) of the 53 random bits of sender-private
-        uniforms, uniform-major.
+        local-index table; ``ub[urow]`` its ``uint64`` scratch row of
+        ``batch * (d + SCRATCH_EXTRA)`` entries (see :data:`SCRATCH_EXTRA`), ``fs[urow]``
+        its ``float64`` scratch row of ``d + batch`` entries (a candidate's terms, then the
+        batch's ``ln T``).
 
-        Private uniforms: arrival ``k``'s uniform ``ui`` (0: its spacing, ``1 + dd``: the
-        interval of dimension ``dd``) is half of ``Philox((k, ui >> 1, 0, 0), private key)``.
-        They depend on ``k`` alone, so they are drawn ``batch`` arrivals at a time, pair by
-        pair, in a loop without dependencies (uniforms of arrivals past the stop are drawn
-        and never used); everything after them runs arrival by arrival.
+        **Batches of arrivals.** Everything that does not depend on the search's state is
+        computed ``batch`` arrivals at a time, in loops without dependencies between
+        arrivals (the CPU build vectorizes them): the sender-private uniforms (arrival
+        ``k``'s uniform ``ui``, 0: its spacing, ``1 + dd``: the interval of dimension ``dd``,
+        is half of ``Philox((k, ui >> 1, 0, 0), private key)``), the arrival times and
+        their logs, the intervals the uniforms select, then, in arrival order, the bin ids
+        and local indices, and the shared uniforms of the first pair of dimensions the lazy
+        reject visits (one Philox call). Scores, the argmin and the stop test then run
+        arrival by arrival. Arrivals of the last batch past the stop are drawn and never
+        used: they count in the local-index table only after the stop, where nothing reads
+        it (a table they overflow is rerun larger, with the same result), so winners and
+        step counts are those of one arrival at a time.
 
         Lazy dimensions (``lazy``): candidate ``k`` can only win if
         ``ln T_k - ln r'(X_k) < best``. Each dimension's term is at most a bound, so after
@@ -351,13 +357,17 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
         bounds; a candidate below ``ln T_k - best`` by a relative margin far above the
         rounding of these sums is dropped unseen. Its local index is already counted and the
         stop test does not depend on it, so winners and step counts are unchanged. Exact
-        mode bounds a dimension by its ``ln r'_max,d`` (``rest_max[i, dd]``: the sum of the
-        later ones); fixed-budget mode by the bound of the interval the candidate drew
+        mode bounds a dimension by its ``ln r'_max,d`` (``rest_max[i, pos]``: the sum of the
+        ones visited later); fixed-budget mode by the bound of the interval the candidate drew
         (``log_bound``, a running remainder of their sum), since ``Q``-mass weights make it
         differ from interval to interval (``+inf``, never a drop, where unbounded).
+        Dimensions are visited in the block's ``order`` (pairs that share a Philox call
+        together, the largest bounds first: a dimension far from its bound rejects early);
+        a candidate that survives them all is scored by the sum of its terms in dimension
+        order, the reference's rounding.
         """
         m, s, log_s, bits, shift, inv_J, offs, cdf, log_corr, log_bound = prob[:10]
-        rest_max, log_rmax, keys, budget, exact, lazy = prob[10:]
+        order, rest_max, log_rmax, keys, budget, exact, lazy = prob[10:]
         d = m.shape[1]
         ks0 = keys[i, 0]
         ks1 = keys[i, 1]
@@ -365,6 +375,11 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
         kp1 = keys[i, 3]
         nb = budget[i]
         nbf = np.float64(nb)
+        # scratch slots (each ``L`` wide): private uniforms 0 .. d + 1, then
+        sp = (d + 2) * L  # interval search positions
+        sj = sp + L  # bin ids
+        sn = sj + L  # local indices
+        su = sn + L  # shared uniforms of dimensions 0 and 1 (two slots)
         has_bins = False
         for dd in range(d):
             if bits[i, dd] > 0:
@@ -381,10 +396,18 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
         best_k = 0
         status = ST_CAPPED if exact else ST_DONE
         steps = nb
+        w0 = U0
+        w1 = U0
+        w2 = U0
+        w3 = U0
+        p0 = np.uint64(order[i, 0] >> 1)  # the pair of dimensions visited first
+        if not has_bins:  # no intervals: every arrival's are 0 (slots 2 .. d stay so)
+            for ll in range((d + 1) * L):
+                ub[urow, L + ll] = U0
         for k in range(1, nb + 1):
             lb = (k - 1) % L
-            if lb == 0:  # draw the private uniforms of arrivals k .. k + L - 1
-                for p in range((d >> 1) + 1):
+            if lb == 0:  # arrivals k .. k + L - 1: everything that needs no search state
+                for p in range((d >> 1) + 1):  # private uniforms
                     need = p == 0 or bits[i, 2 * p - 1] > 0 or (2 * p < d and bits[i, 2 * p] > 0)
                     if need:
                         pu = np.uint64(p)
@@ -395,31 +418,73 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
                             w0, w1, w2, w3 = philox(ku & MASK32, ku >> U32, pu, U0, kp0, kp1)
                             ub[urow, o0 + ll] = bits53(w0, w1)
                             ub[urow, o1 + ll] = bits53(w2, w3)
-            e = -plog(uniform_of(ub[urow, lb]))
-            if not exact:  # ORC arrival times: E_k N / (N - k + 1)
-                e = mul(e, nbf / ((nbf - np.float64(k)) + 1.0))
-            T = T + time_increment(e)
-            logT = plog(np.float64(T)) - LN_TIME_SCALE
-            # sender-private interval draws (uniform 1 + dd of this arrival)
-            j = 0
+                for ll in range(L):  # arrival time increments (vectorizes on the CPU)
+                    e = -plog(uniform_of(ub[urow, ll]))
+                    if not exact:  # ORC arrival times: E_k N / (N - k + 1)
+                        kl = np.float64(min(k + ll, nb))  # (arrivals past N: never used)
+                        e = mul(e, nbf / ((nbf - kl) + 1.0))
+                    ub[urow, ll] = time_increment(e)
+                for ll in range(L):  # arrival times: a running sum, in arrival order
+                    T = T + ub[urow, ll]
+                    ub[urow, ll] = T
+                for ll in range(L):  # their logs (vectorizes on the CPU)
+                    fs[urow, d + ll] = plog(np.float64(ub[urow, ll])) - LN_TIME_SCALE
+                if has_bins:
+                    for dd in range(d):  # intervals: partition.sample_bins' lower-bound search
+                        b = bits[i, dd]
+                        o = (dd + 1) * L
+                        if b > 0:
+                            off = np.uint64(offs[i, dd])
+                            for ll in range(L):
+                                ub[urow, sp + ll] = off
+                            for t in range(b, 0, -1):
+                                h = np.uint64(1 << (t - 1))
+                                for ll in range(L):  # a select per arrival, no branch
+                                    pos = ub[urow, sp + ll]
+                                    cand = pos + h
+                                    lt = cdf[np.int64(cand) - 1] < uniform_of(ub[urow, o + ll])
+                                    ub[urow, sp + ll] = cand if lt else pos
+                            for ll in range(L):  # the interval replaces its uniform
+                                ub[urow, o + ll] = ub[urow, sp + ll] - off
+                        else:
+                            for ll in range(L):
+                                ub[urow, o + ll] = U0
+                    for ll in range(L):  # bin ids and local indices, in arrival order
+                        j = 0
+                        for dd in range(d):
+                            j = j | (np.int64(ub[urow, (dd + 1) * L + ll]) << shift[i, dd])
+                        local, new = hash_bump(hkeys, hcounts, hbase, hcap, j, hmult)
+                        if new:
+                            distinct += 1
+                            if 2 * distinct > hcap:
+                                return ST_OVERFLOW
+                        ub[urow, sj + ll] = np.uint64(j)
+                        ub[urow, sn + ll] = np.uint64(local)
+                else:  # one bin: local index = arrival
+                    for ll in range(L):
+                        ub[urow, L + ll] = U0  # dimension 0's slot (the spacing's Philox)
+                        ub[urow, sj + ll] = U0
+                        ub[urow, sn + ll] = np.uint64(k + ll)
+                for ll in range(L):  # shared uniforms of the first pair
+                    ju = ub[urow, sj + ll]
+                    nu = ub[urow, sn + ll]
+                    w0, w1, w2, w3 = philox(
+                        nu & MASK32,
+                        ((nu >> U32) & MASK16) | (p0 << U16),
+                        ju & MASK32,
+                        ju >> U32,
+                        ks0,
+                        ks1,
+                    )
+                    ub[urow, su + ll] = bits53(w0, w1)
+                    ub[urow, su + L + ll] = bits53(w2, w3)
+            logT = fs[urow, d + lb]
+            j = np.int64(ub[urow, sj + lb])
+            local = np.int64(ub[urow, sn + lb])
             rem = 0.0
-            for dd in range(d):
-                b = bits[i, dd]
-                kk = 0
-                if b > 0:
-                    kk = draw_interval(cdf, offs[i, dd], b, uniform_of(ub[urow, (dd + 1) * L + lb]))
-                kd[i, dd] = kk
-                j = j | (kk << shift[i, dd])
-                if lazy and not exact:
-                    rem = rem + log_bound[offs[i, dd] + kk]
-            # local index
-            local = k
-            if has_bins:
-                local, new = hash_bump(hkeys, hcounts, hbase, hcap, j, hmult)
-                if new:
-                    distinct += 1
-                    if 2 * distinct > hcap:
-                        return ST_OVERFLOW
+            if lazy and not exact:
+                for dd in range(d):
+                    rem = rem + log_bound[offs[i, dd] + np.int64(ub[urow, (dd + 1) * L + lb])]
             # the shared candidate, dimension by dimension
             ju = np.uint64(j)
             jl = ju & MASK32
@@ -430,28 +495,38 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
             thr = logT - best
             acc = 0.0
             alive = True
-            for dd in range(d):
-                if (dd & 1) == 0:
-                    pp = np.uint64(dd >> 1)
-                    w0, w1, w2, w3 = philox(nl, nh | (pp << U16), jl, jh, ks0, ks1)
-                    u = uniform53(w0, w1)
+            pc = p0  # the pair whose Philox words w0 .. w3 hold
+            for pos in range(d):
+                dd = order[i, pos]
+                pp = np.uint64(dd >> 1)
+                if pp == p0:
+                    u = uniform_of(ub[urow, su + (dd & 1) * L + lb])
                 else:
-                    u = uniform53(w2, w3)
-                y = sample_in_interval(kd[i, dd], u, inv_J[i, dd])
-                corr = log_corr[offs[i, dd] + kd[i, dd]]
-                t = log_ratio(y, m[i, dd], s[i, dd], log_s[i, dd]) - corr
-                acc = t if dd == 0 else acc + t
-                if lazy and dd + 1 < d:
+                    if pp != pc:
+                        w0, w1, w2, w3 = philox(nl, nh | (pp << U16), jl, jh, ks0, ks1)
+                        pc = pp
+                    u = uniform53(w0, w1) if (dd & 1) == 0 else uniform53(w2, w3)
+                kk = np.int64(ub[urow, (dd + 1) * L + lb])
+                y = sample_in_interval(kk, u, inv_J[i, dd])
+                ix = offs[i, dd] + kk
+                t = log_ratio(y, m[i, dd], s[i, dd], log_s[i, dd]) - log_corr[ix]
+                fs[urow, dd] = t
+                acc = t if pos == 0 else acc + t
+                if lazy and pos + 1 < d:
                     if exact:
-                        rest = rest_max[i, dd]
+                        rest = rest_max[i, pos]
                     else:
-                        rem = rem - log_bound[offs[i, dd] + kd[i, dd]]
+                        rem = rem - log_bound[ix]
                         rest = rem
                     top = acc + rest
                     slack = mul(LAZY_MARGIN, 1.0 + abs(acc) + abs(rest) + abs(thr))
                     if top < thr - slack:
                         alive = False
                         break
+            if alive:  # the score: its terms summed in dimension order
+                acc = fs[urow, 0]
+                for dd in range(1, d):
+                    acc = acc + fs[urow, dd]
             if alive:
                 lr = acc
                 if exact and lr > lrmax:
@@ -533,7 +608,6 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
         sample_in_interval=sample_in_interval,
         log_ratio=log_ratio,
         time_increment=time_increment,
-        draw_interval=draw_interval,
         hash_slot=hash_slot,
         hash_bump=hash_bump,
         search_block=search_block,
