@@ -137,6 +137,37 @@ def test_duplicate_rows_with_same_stream_id_agree(method, backend):
     assert_rows_equal(res, ref, rows)
 
 
+@pytest.mark.parametrize("method", ["pfr", "sp-pfr"])
+def test_reused_bounds_are_invisible(method, backend):
+    """encode(bounds=...) with exact_bounds' tables, taken out of a larger batch, in any
+    order, or stacked from two batches (what the pipeline's routing hands the search),
+    gives the results of an encode that builds its own."""
+    mu, sigma, per = make_batch(method)
+    n = mu.shape[0]
+    bits = per.get("bits")
+    ref = encode_rows(method, mu, sigma, per, np.arange(n), backend)
+    whole = rec.exact_bounds(mu, sigma, bits=bits, method=method, backend=backend)
+    assert whole.tables is not None
+    np.testing.assert_array_equal(whole.dinf, ref.dinf_bits)
+    for rows in (np.arange(n), np.arange(n)[::-1], np.arange(3, 30, 4)):
+        res = encode_rows(method, mu, sigma, per, rows, backend, bounds=whole.take(rows))
+        assert_rows_equal(res, ref, rows)
+    half = n // 2
+    parts = [
+        rec.exact_bounds(
+            mu[sl],
+            sigma[sl],
+            bits=None if bits is None else bits[sl],
+            method=method,
+            backend=backend,
+        )
+        for sl in (slice(0, half), slice(half, n))
+    ]
+    rows = np.random.default_rng(3).permutation(n)[:20]
+    stacked = rec.ExactBounds.stack(parts).take(rows)
+    assert_rows_equal(encode_rows(method, mu, sigma, per, rows, backend, bounds=stacked), ref, rows)
+
+
 # --------------------------------------------------------------------------- 3. chunk schedule
 SCHEDULES = {
     "one-at-a-time": rec.ChunkSchedule(first=1, growth=1.0, max_elements=64),

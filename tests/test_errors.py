@@ -473,6 +473,20 @@ def test_errors_carry_block_and_dim():
     assert (exc.value.block, exc.value.dim) == (2, 1)
 
 
+def test_encode_refuses_bounds_of_other_blocks():
+    mu, sigma, bits = benign()
+    b = rec.exact_bounds(mu, sigma, bits=bits, method="sp-pfr")
+    for kw in (
+        dict(mu=mu[1:], sigma=sigma[1:], bits=bits[1:]),  # other rows
+        dict(mu=mu + 0.01, sigma=sigma, bits=bits),  # other targets
+        dict(mu=mu, sigma=sigma, bits=bits + 1),  # other partition
+    ):
+        with pytest.raises(InputError, match="bounds were computed for other blocks"):
+            rec.encode(method="sp-pfr", bounds=b, **kw)
+    with pytest.raises(InputError, match="exact methods"):
+        rec.encode(mu, sigma, bits=bits, method="sp-orc", n_samples=64, bounds=b)
+
+
 def test_exact_feasible_routes_unbounded_and_expensive_blocks():
     mu = np.zeros((3, 2))
     sigma = np.full((3, 2), 0.5)

@@ -155,3 +155,31 @@ def test_coarse_partition_edges_are_the_finest_tables_bits(backend):
     wrong = np.asarray(prior.edges(19))[::2][: 2**17 + 1]
     assert not np.array_equal(wrong.view(np.uint64), fresh[17])
     gaussian._EDGE_FINEST.clear()
+
+
+@pytest.mark.parametrize("weights", ["sup", "qmass"])
+def test_short_segments_and_bounds_only_are_the_tables_bits(weights, monkeypatch):
+    """Short segments take their maxima and running sums column by column; the validation
+    pass computes the bounds without the tables. Both must give the bits of the generic
+    path (row reductions, full tables)."""
+    from recray.backend import get_backend
+    from recray.rec import partition
+
+    be = get_backend("numpy")
+    rng = np.random.default_rng(4)
+    s = 2.0 ** -rng.uniform(0.05, 5.0, size=(200, 6))
+    m = rng.normal(size=(200, 6)) * np.sqrt(1.0 - s**2) * 2.0
+    s[::7, 1], m[::7, 1] = 1.0, 0.0  # prior-equal dimensions: log weights exactly 0
+    bits = rng.integers(0, 8, size=(200, 6))
+    fields = ("offsets", "cdf", "log_corr", "log_rmax_d", "log_rmax", "log_bound")
+
+    def tables():
+        t = partition.build_tables(be, m, s, bits, bits, weights)
+        return [None if getattr(t, f) is None else getattr(t, f).tobytes() for f in fields]
+
+    short = tables()
+    monkeypatch.setattr(partition, "SHORT_SEGMENT", 0)  # every segment the generic way
+    assert tables() == short
+    if weights == "sup":
+        rmax_d, rmax = partition.sup_bounds(be, m, s, bits, bits)
+        assert [rmax_d.tobytes(), rmax.tobytes()] == short[3:5]

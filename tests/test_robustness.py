@@ -166,6 +166,47 @@ def test_outliers_are_coded_exactly_by_adaptive_partitions(tmp_path, outliers):
     assert np.all(side - plain <= 8) and (side - plain).mean() < 0.5
 
 
+def test_search_reuses_the_routing_bounds_without_changing_a_byte(tmp_path, outliers, monkeypatch):
+    """The exact search takes its bounds and bin tables from the routing (adapted blocks'
+    included) instead of building them again: no table is built inside ``rec.encode``,
+    and the bytes are those of a search that builds its own."""
+    from recray.pipeline import codec
+    from recray.rec import api
+
+    lat, pri = outliers
+    kw = dict(OUTLIER_KW, adapt_above_bits=12.0)
+    inside = {"encode": False, "builds": 0}
+    build, encode = api.build_tables, rec.encode
+
+    def counted_build(*a, **k):
+        inside["builds"] += inside["encode"]
+        return build(*a, **k)
+
+    def flagged_encode(*a, **k):
+        inside["encode"] = True
+        try:
+            return encode(*a, **k)
+        finally:
+            inside["encode"] = False
+
+    monkeypatch.setattr(api, "build_tables", counted_build)
+    monkeypatch.setattr(rec, "encode", flagged_encode)
+    info = driver.compress(lat, pri, str(tmp_path / "reuse"), **kw)
+    assert info["adapted_blocks"] > 0
+    assert inside["builds"] == 0
+    route = codec.route_group
+    monkeypatch.setattr(
+        codec, "route_group", lambda *a, **k: route(*a, **(k | {"keep_bounds": False}))
+    )
+    driver.compress(lat, pri, str(tmp_path / "own"), **kw)
+    assert inside["builds"] > 0  # the control: without the routing's bounds it builds
+    names = sorted(os.listdir(tmp_path / "reuse"))
+    assert names == sorted(os.listdir(tmp_path / "own"))
+    for name in names:
+        a = (tmp_path / "reuse" / name).read_bytes()
+        assert a == (tmp_path / "own" / name).read_bytes(), name
+
+
 def test_outlier_samples_are_exact(outliers):
     """KS of the adapted blocks' samples against their posteriors, with the plan's bits
     lowered by one in the adaptive search as the negative control it must catch."""

@@ -468,11 +468,19 @@ class _Side:
                 pos += nd
         return _Side(flags, ext), extra
 
-    def same_as(self, other: _Side) -> bool:
-        return (
-            self.flags.tobytes() == other.flags.tobytes()
-            and self.extras.tobytes() == other.extras.tobytes()
-        )
+    def decodes_from(self, decoder) -> bool:
+        """Whether ``decoder`` reads exactly this side information next: the decoder calls
+        of :meth:`decode` (once the flags match, the number of extras is ``extras.size``),
+        without building the extra-bits array."""
+        if self.flags.size:
+            got = decoder.decode(_FLAG_MODEL, self.flags.size)
+            if np.asarray(got, dtype=np.int32).tobytes() != self.flags.tobytes():
+                return False
+        if self.extras.size:
+            got = decoder.decode(_EXTRA_MODEL, self.extras.size)
+            if np.asarray(got, dtype=np.int32).tobytes() != self.extras.tobytes():
+                return False
+        return True
 
     @property
     def ideal_bits(self) -> float:
@@ -480,6 +488,25 @@ class _Side:
             -np.log2(ADAPT_FLAG_PROBS[self.flags]).sum()
             - np.log2(EXTRA_BITS_PROBS[self.extras]).sum()
         )
+
+
+def _item_sides(extra: np.ndarray | None, layout: IndexLayout, n_items: int) -> list:
+    """``(side, its ideal bits)`` of each of ``n_items`` items (``extra`` ``(n_items,
+    n_blocks, S)``), or ``(None, 0.0)`` each without side information. Items without extra
+    bits (nearly all) share one :class:`_Side`, built and costed once."""
+    if extra is None:
+        return [(None, 0.0)] * n_items
+    flagged = extra.reshape(n_items, -1).any(axis=1)
+    plain = None
+    out = []
+    for i in range(n_items):
+        if flagged[i] or plain is None:
+            side = _Side.of(extra[i], layout)
+            entry = (side, side.ideal_bits)
+            if not flagged[i]:
+                plain = entry
+        out.append(entry if flagged[i] else plain)
+    return out
 
 
 def _symbols(bins: np.ndarray, local: np.ndarray, layout: IndexLayout, extra=None):
@@ -584,10 +611,8 @@ def _decodes_to(
     """
     try:
         decoder = _queue.RangeDecoder(_bytes_to_words(candidate))
-        if side is not None:
-            got, _ = _Side.decode(decoder, layout)
-            if not got.same_as(side):
-                return False
+        if side is not None and not side.decodes_from(decoder):
+            return False
         if classes is not None:
             got = decoder.decode(_CLASS_FAMILY, layout.class_probs)
             if got.tobytes() != classes.tobytes():
@@ -672,13 +697,14 @@ def _encode_rows(
     ideal = _ideal_rows(classes, cw, layout)
     sizes_all = np.left_shift(1, cw).astype(np.int32)
     cv32 = cv.astype(np.int32)
+    sides = _item_sides(extra, layout, bins.shape[0])
     out: list[bytes] = []
     for i in range(bins.shape[0]):
         m = mask[i]
         chunks = cv32[i][m]
         cls = None if classes is None else classes[i]
         tail = () if tails is None else tuple(tails[i])
-        side = None if extra is None else _Side.of(extra[i], layout)
+        side, side_bits = sides[i]
         if not chunks.size and (cls is None or not cls.size) and not tail and side is None:
             out.append(b"")
             continue
@@ -686,7 +712,7 @@ def _encode_rows(
         full = _words_to_bytes(_encode_words(cls, chunks, sizes, layout.class_probs, tail, side))
         bits = float(ideal[i]) + sum(t.ideal_bits for t in tail)
         if side is not None:
-            bits += side.ideal_bits
+            bits += side_bits
         out.append(
             _shortest(
                 full,
@@ -818,12 +844,13 @@ def _learned_symbols(bins_i, local_i, layout: IndexLayout, extra_i=None) -> _Lea
 
 def _encode_rows_learned(bins, local, layout, tails, extra) -> list[bytes]:
     t = _law_tables(layout)
+    sides = _item_sides(extra, layout, bins.shape[0])
     out: list[bytes] = []
     for i in range(bins.shape[0]):
         sym = _learned_symbols(bins[i], local[i], layout, None if extra is None else extra[i])
         segs = sym.segments(t)
         tail = () if tails is None else tuple(tails[i])
-        side = None if extra is None else _Side.of(extra[i], layout)
+        side, side_bits = sides[i]
         encoder = _queue.RangeEncoder()
         if side is not None:
             side.encode(encoder)
@@ -834,15 +861,13 @@ def _encode_rows_learned(bins, local, layout, tails, extra) -> list[bytes]:
         full = _words_to_bytes(encoder.get_compressed())
         bits = sym.ideal_bits(t) + sum(tl.ideal_bits for tl in tail)
         if side is not None:
-            bits += side.ideal_bits
+            bits += side_bits
 
         def decodes(cand, segs=segs, tail=tail, side=side) -> bool:
             try:
                 dec = _queue.RangeDecoder(_bytes_to_words(cand))
-                if side is not None:
-                    got, _ = _Side.decode(dec, layout)
-                    if not got.same_as(side):
-                        return False
+                if side is not None and not side.decodes_from(dec):
+                    return False
                 for fam, params, symbols in segs:
                     if dec.decode(fam, params).astype(np.int32).tobytes() != symbols.tobytes():
                         return False

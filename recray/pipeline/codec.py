@@ -29,6 +29,10 @@ BLAKE2b-64 of its UTF-8 bytes.
    margin makes rare, also falls back, its steps counted). With ``"error"`` such a block is
    a bad item (:class:`BlockProblem`).
 
+The routing computes every exact block's stopping bound and bin tables; the encoder hands
+them to the search (``rec.encode(bounds=...)``), so the search does not build them again
+(unless they exceed one internal batch of :data:`recray.rec.api.TABLE_BUDGET` entries).
+
 **Budgets.** The fixed-budget methods (``orc``, ``sp-orc``, and the fallback twin) search
 ``N`` candidates per block: ``n_samples`` for every block (``n_samples_rule="fixed"``), or
 with ``n_samples_rule="kl"`` a per-block ``N_b = 2^e_b`` from the block's information,
@@ -300,31 +304,36 @@ class Routes:
     extra     (k, s) int64  their extra partition bits (adaptive partitions; mostly 0)
     fallback  (f,) int64  rows for the fixed-budget twin (``on_unbounded="orc"``)
     problems  list[BlockProblem]  rows that can be coded neither way
+    bounds    :class:`recray.rec.ExactBounds` | None  the stopping bounds (and search tables)
+              of the ``exact`` rows with their final bits, for ``rec.encode(bounds=...)``;
+              only with ``route_group(keep_bounds=True)``
     """
 
     exact: np.ndarray
     extra: np.ndarray
     fallback: np.ndarray
     problems: list
+    bounds: rec.ExactBounds | None = None
 
 
-def route_group(m_r, s_r, pm, ps, bits, spec: CodecSpec) -> Routes:
+def route_group(m_r, s_r, pm, ps, bits, spec: CodecSpec, keep_bounds: bool = False) -> Routes:
     """Route the rows of one block group (:func:`block_rows`'s arrays) before any search.
-    A pure function of each row, so validation and encoding agree."""
+    A pure function of each row, so validation and encoding agree. ``keep_bounds``: keep
+    the exact rows' bounds for the search (:attr:`Routes.bounds`), which then need not
+    build them again."""
     nrows, s = m_r.shape
     allrows = np.arange(nrows, dtype=np.int64)
     zero = np.zeros((nrows, s), dtype=np.int64)
     if spec.method not in rec.EXACT_METHODS:
         return Routes(allrows, zero, allrows[:0], [])
     common = dict(
-        prior_mu=pm,
-        prior_sigma=ps,
-        method=spec.method,
-        max_steps=spec.max_steps,
-        margin_bits=spec.feasible_margin_bits,
+        prior_mu=pm, prior_sigma=ps, method=spec.method, backend=spec.backend, tables=keep_bounds
     )
-    ok, dinf = rec.exact_feasible(m_r, s_r, bits=bits, backend=spec.backend, **common)
+    base = rec.exact_bounds(m_r, s_r, bits=bits, **common)
+    ok = base.feasible(spec.max_steps, spec.feasible_margin_bits)
+    dinf = base.dinf
     extra = zero
+    adapted = None
     if spec.adaptive:
         limit = min(
             float(spec.adapt_above_bits),
@@ -338,26 +347,35 @@ def route_group(m_r, s_r, pm, ps, bits, spec: CodecSpec) -> Routes:
             add = adapt_bits(be, m_std, s_std, bits[over], limit)
             extra = zero.copy()
             extra[over] = add
-            sub = {k: v[over] for k, v in common.items() if k.startswith("prior")}
-            ok_o, _ = rec.exact_feasible(
-                m_r[over],
-                s_r[over],
-                bits=bits[over] + add,
-                backend=spec.backend,
-                method=spec.method,
-                max_steps=spec.max_steps,
-                margin_bits=spec.feasible_margin_bits,
-                **sub,
-            )
+            sub = {k: (v[over] if k.startswith("prior") else v) for k, v in common.items()}
+            adapted = (over, rec.exact_bounds(m_r[over], s_r[over], bits=bits[over] + add, **sub))
             ok = ok.copy()
-            ok[over] = ok_o
+            ok[over] = adapted[1].feasible(spec.max_steps, spec.feasible_margin_bits)
     exact = np.flatnonzero(ok)
     rest = np.flatnonzero(~ok)
+    bounds = _exact_rows_bounds(base, adapted, exact) if keep_bounds else None
     if spec.on_unbounded == "orc":
-        return Routes(exact, extra[exact], rest, [])
+        return Routes(exact, extra[exact], rest, [], bounds)
     return Routes(
-        exact, extra[exact], rest[:0], _problems(rest, m_r, s_r, pm, ps, bits, extra, spec)
+        exact,
+        extra[exact],
+        rest[:0],
+        _problems(rest, m_r, s_r, pm, ps, bits, extra, spec),
+        bounds,
     )
+
+
+def _exact_rows_bounds(base, adapted, exact: np.ndarray):
+    """The bounds of rows ``exact`` with their final bits: ``base``'s (plan bits, every
+    row), but those of ``adapted = (over, bounds of rows over)`` for the rows in ``over``."""
+    if adapted is None:
+        return base.take(exact)
+    over, ob = adapted
+    n = base.dinf.shape[0]
+    src = exact.copy()  # row of stack([base, ob]) each exact row comes from
+    hit = np.isin(exact, over)
+    src[hit] = n + np.searchsorted(over, exact[hit])
+    return rec.ExactBounds.stack([base, ob]).take(src)
 
 
 def _problems(rows, m_r, s_r, pm, ps, bits, extra, spec: CodecSpec) -> list:
@@ -430,7 +448,7 @@ def encode_items(ids, mu, sigma, spec: CodecSpec) -> EncodedItems:
         g, s = grp.dims.shape
         m_r, s_r, pm, ps, bits = block_rows(grp, mu, sigma, spec)
         sid = sids[:, grp.blocks].reshape(-1)
-        routes = route_group(m_r, s_r, pm, ps, bits, spec)
+        routes = route_group(m_r, s_r, pm, ps, bits, spec, keep_bounds=True)
         if routes.problems:
             raise problem_error(routes.problems[0], grp, ids)
         row_extra = np.zeros((n * g, s), np.int64)
@@ -438,13 +456,21 @@ def encode_items(ids, mu, sigma, spec: CodecSpec) -> EncodedItems:
         if extra is not None:
             extra[:, grp.blocks, :s] = row_extra.reshape(n, g, s)
         fallback_ok = spec.method in rec.EXACT_METHODS and spec.on_unbounded == "orc"
-        todo = [(routes.exact, spec.method), (routes.fallback, FALLBACK.get(spec.method))]
+        # (rows, method, their bounds: the routing's, so the search does not rebuild them)
+        todo = [
+            (routes.exact, spec.method, routes.bounds),
+            (routes.fallback, FALLBACK.get(spec.method), None),
+        ]
         while todo:
-            rows, method = todo.pop(0)
+            rows, method, bounds = todo.pop(0)
             if rows.size == 0:
                 continue
             if method in rec.EXACT_METHODS:
-                kw = dict(max_steps=spec.max_steps, on_cap="keep" if fallback_ok else "raise")
+                kw = dict(
+                    max_steps=spec.max_steps,
+                    on_cap="keep" if fallback_ok else "raise",
+                    bounds=bounds,
+                )
                 row_bits = bits[rows] + row_extra[rows]
             else:
                 kw = dict(n_samples=spec.row_n_samples(grp, rows))
@@ -472,7 +498,7 @@ def encode_items(ids, mu, sigma, spec: CodecSpec) -> EncodedItems:
                     ci, ck = np.divmod(capped, g)
                     extra[ci, grp.blocks[ck]] = 0
                     row_extra[capped] = 0
-                todo.append((capped, FALLBACK[spec.method]))
+                todo.append((capped, FALLBACK[spec.method], None))
             item, k = np.divmod(rows[done], g)
             blk = grp.blocks[k]
             bins[item, blk] = res.indices.bin[done]

@@ -9,9 +9,9 @@ adaptive partitions included), so a block that would need more than ``max_steps`
 ratio is unbounded is reported here, not hours into the run. It writes nothing and
 reports **every** bad item (:class:`Rejects`), each with its row, id, field and reason.
 
-Cost: one read of the input and the bound computation of every block (the same tables the
-search builds first), a small fraction of the search itself; :attr:`Scan.seconds` reports
-it.
+Cost: one read of the input and the bound computation of every block (the tables the
+encoder's routing builds again, batch by batch, and hands to its search), a small fraction
+of the search itself; :attr:`Scan.seconds` reports it.
 
 **Shard by shard.** ``compress`` runs the pass per shard (:func:`check_shard`: on Ray one
 task per shard, :func:`recray.pipeline.ray_engine.validate_on_ray`; in-process

@@ -9,9 +9,11 @@ from recray.rec.api import (
     EXACT_METHODS,
     METHODS,
     EncodeResult,
+    ExactBounds,
     Indices,
     decode,
     encode,
+    exact_bounds,
     exact_feasible,
 )
 from recray.rec.search import ChunkSchedule
@@ -22,8 +24,10 @@ __all__ = [
     "METHODS",
     "ChunkSchedule",
     "EncodeResult",
+    "ExactBounds",
     "Indices",
     "decode",
     "encode",
+    "exact_bounds",
     "exact_feasible",
 ]

@@ -31,7 +31,14 @@ from recray.errors import InputError, SearchBudgetError, UnboundedRatioError, fm
 from recray.rec import codes
 from recray.rec.gaussian import LN2, kl_bits
 from recray.rec.kernels import compact_rows
-from recray.rec.partition import MAX_BITS_PER_DIM, build_tables
+from recray.rec.partition import (
+    MAX_BITS_PER_DIM,
+    BinTables,
+    build_tables,
+    concat_tables,
+    sup_bounds,
+    take_tables,
+)
 from recray.rec.philox import RNG_VERSION, RNG_VERSIONS
 from recray.rec.randomness import MAX_DIM, MAX_LOCAL_INDEX, block_keys, shared_sample
 from recray.rec.search import ChunkSchedule, SearchProblem, run_search
@@ -119,6 +126,85 @@ class EncodeResult:
     seed: int
     backend_name: str = "numpy"
     rng_version: int = RNG_VERSION
+
+
+@dataclass(frozen=True)
+class ExactBounds:
+    """The stopping bounds of ``n`` blocks under an exact method (``sup`` weights), computed
+    before any search by :func:`exact_bounds`; :func:`encode` (``bounds=``) reuses their
+    tables instead of building them again. Host arrays but ``tables``:
+
+    m, s     (n, d) float64  the prior-standardized targets they belong to
+    bits     (n, d) int64    partition bits
+    dinf     (n,) float64    ``D_inf[Q||P']`` in bits (``inf`` where the ratio is unbounded)
+    dinf_d   (n, d) float64  its terms per dimension (NaN where the block is unbounded)
+    rows     (k,) int64      the bounded blocks, ascending: those ``tables`` hold
+    tables   BinTables | None  their search tables on backend ``backend``, or ``None`` when
+                             they exceed one internal batch (:data:`TABLE_BUDGET`; the search
+                             then builds its own, batch by batch)
+    backend  str             the name of that backend
+    """
+
+    m: np.ndarray
+    s: np.ndarray
+    bits: np.ndarray
+    dinf: np.ndarray
+    dinf_d: np.ndarray
+    rows: np.ndarray
+    tables: BinTables | None
+    backend: str
+
+    def feasible(self, max_steps=None, margin_bits: float = FEASIBLE_MARGIN_BITS) -> np.ndarray:
+        """bool ``(n,)``: bounded, and ``2^dinf`` at most ``max_steps / 2^margin_bits``."""
+        n = self.dinf.shape[0]
+        cap = DEFAULT_MAX_STEPS if max_steps is None else max_steps
+        budget = _int_param("max_steps", cap, n, 1, MAX_STEPS_LIMIT)
+        bounded = np.zeros(n, dtype=bool)
+        bounded[self.rows] = True
+        return bounded & (self.dinf <= np.log2(budget.astype(np.float64)) - margin_bits)
+
+    def take(self, sel) -> ExactBounds:
+        """The bounds of blocks ``sel`` (host int64 ``(k,)``), in that order."""
+        sel = np.asarray(sel, dtype=np.int64)
+        n = self.dinf.shape[0]
+        if sel.shape[0] == n and self.rows.shape[0] == n and np.array_equal(sel, self.rows):
+            return self  # all of them, all bounded: nothing to copy
+        pos = np.searchsorted(self.rows, sel)
+        hit = pos < self.rows.shape[0]
+        hit[hit] = self.rows[pos[hit]] == sel[hit]
+        tables = self.tables
+        if tables is not None:
+            tables = take_tables(tables, pos[hit], get_backend(self.backend).xp)
+        return ExactBounds(
+            self.m[sel],
+            self.s[sel],
+            self.bits[sel],
+            self.dinf[sel],
+            self.dinf_d[sel],
+            np.flatnonzero(hit),
+            tables,
+            self.backend,
+        )
+
+    @staticmethod
+    def stack(parts: list) -> ExactBounds:
+        """One :class:`ExactBounds` of the blocks of ``parts`` (same ``d`` and backend), in
+        order; its tables are ``None`` unless every part has them."""
+        shift, rows = 0, []
+        for p in parts:
+            rows.append(p.rows + shift)
+            shift += p.dinf.shape[0]
+        have = all(p.tables is not None for p in parts)
+        xp = get_backend(parts[0].backend).xp
+        return ExactBounds(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in _BOUND_ROWS),
+            np.concatenate(rows),
+            concat_tables([p.tables for p in parts], xp) if have else None,
+            parts[0].backend,
+        )
+
+
+_BOUND_ROWS = ("m", "s", "bits", "dinf", "dinf_d")
 
 
 # --------------------------------------------------------------------------- validation
@@ -284,6 +370,7 @@ def encode(
     backend=None,
     on_cap: str = "raise",
     chunks: ChunkSchedule | None = None,
+    bounds: ExactBounds | None = None,
 ) -> EncodeResult:
     """Code one sample of ``Q_i = N(mu[i], diag(sigma[i]^2))`` per block against the prior
     ``P = N(prior_mu, diag(prior_sigma^2))``.
@@ -310,6 +397,9 @@ def encode(
             ``"keep"``: searches run to the cap and such blocks are flagged in
             ``res.capped`` (their sample is the best found, not exact).
         chunks: :class:`ChunkSchedule` (speed/memory only; results do not depend on it).
+        bounds: the :class:`ExactBounds` of exactly these blocks (:func:`exact_bounds` of
+            the same targets, bits and backend; ``pfr``/``sp-pfr``): the search reuses
+            their tables instead of building them again (speed only).
 
     Returns: :class:`EncodeResult` (host NumPy arrays).
 
@@ -352,10 +442,19 @@ def encode(
     dinf = np.full(n, np.nan)
     dinf_d = np.full((n, d), np.nan)
     kept = {}
+    if bounds is not None:
+        _check_bounds(bounds, t, be, method)
     if exact:
         # the bound of every block is known before any search starts; with one internal
         # batch (the common case) its tables are reused by the search
-        dinf, dinf_d, kept = _exact_bounds(be, m, s, bits_np, batches)
+        if bounds is None:
+            dinf, dinf_d, kept = _exact_bounds(be, m, s, bits_np, batches)
+        else:
+            dinf, dinf_d = bounds.dinf.copy(), bounds.dinf_d.copy()
+            if bounds.tables is None or len(batches) != 1:
+                kept = {}
+            else:
+                kept = {0: bounds.tables}
         if on_cap == "raise":
             _precheck(dinf, dinf_d, m, s, budget, ids)
 
@@ -518,20 +617,66 @@ def _targets(mu, sigma, prior_mu, prior_sigma, bits, method, stream_ids) -> _Tar
     return _Targets(n, d, ids, pm, ps, bits_np, (mu - pm) / ps, s)
 
 
-def _exact_bounds(be, m, s, bits_np, batches):
+def _exact_bounds(be, m, s, bits_np, batches, tables: bool = True):
     """``D_inf[Q||P']`` per block and per dimension (bits) for the sup weights, and the
-    tables when there is a single batch (to reuse)."""
+    tables when there is a single batch (to reuse); ``tables=False``: the bounds only
+    (the same bits, no tables built)."""
     n, d = m.shape
     dinf = np.full(n, np.nan)
     dinf_d = np.full((n, d), np.nan)
     kept = {}
     for lo, hi in batches:
-        tables = _tables(be, m[lo:hi], s[lo:hi], bits_np[lo:hi], True)
-        dinf[lo:hi] = be.to_numpy(tables.log_rmax) / LN2
-        dinf_d[lo:hi] = be.to_numpy(tables.log_rmax_d) / LN2
-        if len(batches) == 1:
-            kept[lo] = tables
+        if tables:
+            t = _tables(be, m[lo:hi], s[lo:hi], bits_np[lo:hi], True)
+            log_rmax_d, log_rmax = t.log_rmax_d, t.log_rmax
+            if len(batches) == 1:
+                kept[lo] = t
+        else:
+            log_rmax_d, log_rmax = sup_bounds(
+                be,
+                be.asarray(m[lo:hi]),
+                be.asarray(s[lo:hi]),
+                be.asarray(bits_np[lo:hi]),
+                bits_np[lo:hi],
+            )
+        dinf[lo:hi] = be.to_numpy(log_rmax) / LN2
+        dinf_d[lo:hi] = be.to_numpy(log_rmax_d) / LN2
     return dinf, dinf_d, kept
+
+
+def exact_bounds(
+    mu,
+    sigma,
+    *,
+    prior_mu=0.0,
+    prior_sigma=1.0,
+    bits=None,
+    method="sp-pfr",
+    backend=None,
+    tables: bool = True,
+) -> ExactBounds:
+    """The stopping bounds of an exact method (``pfr``/``sp-pfr``) for every block, before
+    any search: :class:`ExactBounds` (``D_inf[Q||P']`` per block, and the search tables of
+    the bounded blocks, which :func:`encode` reuses when given ``bounds=``). Same inputs as
+    :func:`encode`; ``tables=False`` computes the same bounds without building tables."""
+    if method not in EXACT_METHODS:
+        raise InputError(f"exact_bounds is for {EXACT_METHODS}; got {method!r}")
+    t = _targets(mu, sigma, prior_mu, prior_sigma, bits, method, None)
+    bounded = (t.s < 1.0) | ((t.s == 1.0) & (t.m == 0.0))
+    rows = np.flatnonzero(bounded.all(axis=1))
+    dinf = np.full(t.n, np.inf)
+    dinf_d = np.full((t.n, t.d), np.nan)
+    be = get_backend(backend)
+    kept_tables = None
+    if rows.size:
+        sub_bits = t.bits[rows]
+        d_rows, dd_rows, kept = _exact_bounds(
+            be, t.m[rows], t.s[rows], sub_bits, list(_batches(sub_bits)), tables
+        )
+        dinf[rows] = d_rows
+        dinf_d[rows] = dd_rows
+        kept_tables = kept.get(0)
+    return ExactBounds(t.m, t.s, t.bits, dinf, dinf_d, rows, kept_tables, be.name)
 
 
 def exact_feasible(
@@ -553,23 +698,42 @@ def exact_feasible(
     ``2^D_inf[Q||P']`` is at most ``max_steps / 2^margin_bits`` (default
     :data:`FEASIBLE_MARGIN_BITS`: an admitted block then hits the cap with probability about
     ``e^-16``); and ``D_inf[Q||P']`` in bits (``inf`` where unbounded). Callers route the
-    other blocks to a fixed-budget method.
+    other blocks to a fixed-budget method. :func:`exact_bounds` gives the same and can keep
+    the tables for the search.
     """
     if method not in EXACT_METHODS:
         raise InputError(f"exact_feasible is for {EXACT_METHODS}; got {method!r}")
-    t = _targets(mu, sigma, prior_mu, prior_sigma, bits, method, None)
-    cap = DEFAULT_MAX_STEPS if max_steps is None else max_steps
-    budget = _int_param("max_steps", cap, t.n, 1, MAX_STEPS_LIMIT)
-    bounded = (t.s < 1.0) | ((t.s == 1.0) & (t.m == 0.0))
-    ok = bounded.all(axis=1)
-    dinf = np.full(t.n, np.inf)
-    if ok.any():
-        rows = np.flatnonzero(ok)
-        be = get_backend(backend)
-        sub_bits = t.bits[rows]
-        d_rows, _, _ = _exact_bounds(be, t.m[rows], t.s[rows], sub_bits, list(_batches(sub_bits)))
-        dinf[rows] = d_rows
-    return ok & (dinf <= np.log2(budget.astype(np.float64)) - margin_bits), dinf
+    b = exact_bounds(
+        mu,
+        sigma,
+        prior_mu=prior_mu,
+        prior_sigma=prior_sigma,
+        bits=bits,
+        method=method,
+        backend=backend,
+        tables=False,
+    )
+    return b.feasible(max_steps, margin_bits), b.dinf
+
+
+def _check_bounds(bounds: ExactBounds, t: _Targets, be, method: str) -> None:
+    """Refuse ``bounds`` that do not belong to these targets (a caller's mistake that would
+    make the search stop by another block's bound)."""
+    if method not in EXACT_METHODS:
+        raise InputError(f"bounds are for the exact methods {EXACT_METHODS}; got {method!r}")
+    same = (
+        bounds.backend == be.name
+        and bounds.m.shape == t.m.shape
+        and bounds.rows.shape[0] == t.n
+        and np.array_equal(bounds.bits, t.bits)
+        and np.array_equal(bounds.m, t.m)
+        and np.array_equal(bounds.s, t.s)
+    )
+    if not same:
+        raise InputError(
+            "bounds were computed for other blocks, bits or backend than these; pass the "
+            "exact_bounds of exactly these targets (or none)"
+        )
 
 
 def _bit_offsets(bits_np: np.ndarray) -> np.ndarray:
@@ -797,7 +961,9 @@ def _infer_dim(*arrays) -> int:
 
 
 __all__ = [
+    "exact_bounds",
     "exact_feasible",
+    "ExactBounds",
     "METHODS",
     "EXACT_METHODS",
     "DEFAULT_MAX_STEPS",

@@ -35,6 +35,7 @@ class BinTables:
     """Flat bin tables for ``n`` blocks of ``d`` dimensions (arrays on the backend).
 
     offsets   (n, d) int64   start of each (block, dimension) segment in the flat arrays
+                             (built in order; :func:`take_tables` shares them)
     bits      (n, d) int64   partition bits per dimension
     cdf       (total,) f64   cumulative weights within each segment; last entry is 1.0
     log_corr  (total,) f64   ln(J * pi(k)) per interval (nats)
@@ -91,22 +92,11 @@ def build_tables(be, m, s, bits, bits_host, weights: str) -> BinTables:
     flat_bits = bits_host.reshape(-1)
     offsets = xp.asarray(offsets_host)
     for b in np.unique(flat_bits).tolist():  # a loop over distinct bit values, not blocks
-        sel_host = np.nonzero(flat_bits == b)[0]
-        sel = xp.asarray(sel_host)
+        sel = xp.asarray(np.nonzero(flat_bits == b)[0])
         J = 1 << b
-        edges = prior.edges(b)
-        ratio = GaussianRatio(be, flat_m[sel][:, None], flat_s[sel][:, None])
-        if weights == "sup":
-            logw = ratio.log_sup_on(edges[None, :-1], edges[None, 1:])
-        elif weights == "qmass":
-            logw = ratio.log_mass_on(edges[None, :-1], edges[None, 1:])
-        else:  # pragma: no cover - guarded by the caller
-            raise ValueError(f"unknown weights {weights!r}")
-        top = logw.max(axis=1, keepdims=True)
-        w = xp.exp(logw - top)
-        csum = xp.cumsum(w, axis=1)
-        tot = csum[:, -1:]
-        seg_lse = top + xp.log(tot)  # ln sum_k w_k, shape (g, 1)
+        ratio, edges, logw, csum, tot, seg_lse = _segment_weights(
+            be, prior, flat_m, flat_s, sel, b, weights
+        )
         seg_cdf = csum / tot
         seg_cdf[:, -1] = 1.0
         idx = offsets[sel][:, None] + xp.arange(J, dtype=xp.int64)[None, :]
@@ -124,8 +114,7 @@ def build_tables(be, m, s, bits, bits_host, weights: str) -> BinTables:
 
     bits_dev = bits
     if weights == "sup":
-        log_rmax_d = lse.reshape(n, d) - bits_dev.astype(xp.float64) * LN2
-        log_rmax = sequential_sum(log_rmax_d, xp)
+        log_rmax_d, log_rmax = _sup_rmax(lse, bits_dev, n, d, xp)
     else:
         log_rmax_d = xp.full((n, d), xp.nan)
         log_rmax = xp.full((n,), xp.nan)
@@ -138,6 +127,109 @@ def build_tables(be, m, s, bits, bits_host, weights: str) -> BinTables:
         log_rmax=log_rmax,
         max_bits=int(bits_host.max()) if bits_host.size else 0,
         log_bound=log_bound,
+    )
+
+
+def sup_bounds(be, m, s, bits, bits_host):
+    """``(log_rmax_d, log_rmax)`` (nats, ``(n, d)`` and ``(n,)``) of the ``"sup"`` weights
+    for targets ``N(m, s^2)`` (as :func:`build_tables`, every dimension bounded): bit for
+    bit what ``build_tables(..., "sup")`` gives, without building the tables (the
+    validation pass needs the bounds only)."""
+    import numpy as np
+
+    xp = be.xp
+    n, d = bits_host.shape
+    lse = xp.empty(n * d, dtype=xp.float64)
+    prior = StandardNormalPrior(be)
+    flat_m = m.reshape(-1)
+    flat_s = s.reshape(-1)
+    flat_bits = bits_host.reshape(-1)
+    for b in np.unique(flat_bits).tolist():
+        sel = xp.asarray(np.nonzero(flat_bits == b)[0])
+        seg_lse = _segment_weights(be, prior, flat_m, flat_s, sel, b, "sup")[-1]
+        lse[sel] = seg_lse[:, 0]
+    return _sup_rmax(lse, bits, n, d, xp)
+
+
+#: Segments of at most this many intervals take their maxima and running sums column by
+#: column: the same operations in the same order (bit for bit), without the per-row
+#: overhead of NumPy's reductions over short rows.
+SHORT_SEGMENT = 32
+
+
+def _segment_weights(be, prior, flat_m, flat_s, sel, b: int, weights: str):
+    """The weights of the (block, dimension) pairs ``sel`` (all with ``b`` bits): the
+    :class:`GaussianRatio`, the edges, ``logw`` ``(g, J)`` (ln of the unnormalized weights),
+    their running sums ``csum`` scaled by ``e^-top`` (``top`` = the row maximum of
+    ``logw``), ``tot = csum[:, -1:]`` and ``seg_lse = top + ln tot`` ``(g, 1)``."""
+    xp = be.xp
+    edges = prior.edges(b)
+    ratio = GaussianRatio(be, flat_m[sel][:, None], flat_s[sel][:, None])
+    if weights == "sup":
+        logw = ratio.log_sup_on(edges[None, :-1], edges[None, 1:])
+    elif weights == "qmass":
+        logw = ratio.log_mass_on(edges[None, :-1], edges[None, 1:])
+    else:  # pragma: no cover - guarded by the caller
+        raise ValueError(f"unknown weights {weights!r}")
+    J = logw.shape[1]
+    if J > SHORT_SEGMENT:
+        top = logw.max(axis=1, keepdims=True)
+        csum = xp.cumsum(xp.exp(logw - top), axis=1)
+    else:
+        top = logw[:, :1].copy()
+        for k in range(1, J):
+            top = xp.maximum(top, logw[:, k : k + 1])
+        w = xp.exp(logw - top)
+        csum = w.copy()
+        for k in range(1, J):  # left to right, as cumsum adds
+            csum[:, k] = csum[:, k - 1] + w[:, k]
+    tot = csum[:, -1:]
+    return ratio, edges, logw, csum, tot, top + xp.log(tot)
+
+
+def _sup_rmax(lse, bits, n: int, d: int, xp):
+    """Per-dimension and per-block ``ln r'_max`` from ``lse`` = ln sum_k sup_k ``(n * d,)``."""
+    log_rmax_d = lse.reshape(n, d) - bits.astype(xp.float64) * LN2
+    return log_rmax_d, sequential_sum(log_rmax_d, xp)
+
+
+def take_tables(tables: BinTables, rows, xp) -> BinTables:
+    """The tables of blocks ``rows`` (host int64 ``(k,)``, any order), in that order. Only
+    the per-block arrays are taken: the flat arrays are shared, not copied (a segment may sit
+    anywhere in them; every reader goes through ``offsets``), so each block reads exactly
+    the entries :func:`build_tables` computed for it, bit for bit what building the tables
+    of those blocks alone gives (every segment is computed on its own)."""
+    r = xp.asarray(rows)
+    bits = tables.bits[r]
+    return BinTables(
+        offsets=tables.offsets[r],
+        bits=bits,
+        cdf=tables.cdf,
+        log_corr=tables.log_corr,
+        log_rmax_d=tables.log_rmax_d[r],
+        log_rmax=tables.log_rmax[r],
+        max_bits=int(bits.max()) if bits.size else 0,
+        log_bound=tables.log_bound,
+    )
+
+
+def concat_tables(parts: list, xp) -> BinTables:
+    """One :class:`BinTables` of the blocks of ``parts`` (a non-empty list of tables with
+    the same block dimension ``d`` and weights), stacked in order."""
+    shift, offsets = 0, []
+    for t in parts:
+        offsets.append(t.offsets + shift)
+        shift += int(t.cdf.shape[0])
+    bounds = [t.log_bound for t in parts]
+    return BinTables(
+        offsets=xp.concatenate(offsets),
+        bits=xp.concatenate([t.bits for t in parts]),
+        cdf=xp.concatenate([t.cdf for t in parts]),
+        log_corr=xp.concatenate([t.log_corr for t in parts]),
+        log_rmax_d=xp.concatenate([t.log_rmax_d for t in parts]),
+        log_rmax=xp.concatenate([t.log_rmax for t in parts]),
+        max_bits=max(t.max_bits for t in parts),
+        log_bound=None if any(b is None for b in bounds) else xp.concatenate(bounds),
     )
 
 
