@@ -340,16 +340,16 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
 
         **Batches of arrivals.** Everything that does not depend on the search's state is
         computed ``batch`` arrivals at a time, in loops without dependencies between
-        arrivals (the CPU build vectorizes them): the sender-private uniforms (arrival
-        ``k``'s uniform ``ui``, 0: its spacing, ``1 + dd``: the interval of dimension ``dd``,
-        is half of ``Philox((k, ui >> 1, 0, 0), private key)``), the arrival times and
-        their logs, the intervals the uniforms select, then, in arrival order, the bin ids
-        and local indices, and the shared uniforms of the first pair of dimensions the lazy
-        reject visits (one Philox call). Scores, the argmin and the stop test then run
-        arrival by arrival. Arrivals of the last batch past the stop are drawn and never
-        used: they count in the local-index table only after the stop, where nothing reads
-        it (a table they overflow is rerun larger, with the same result), so winners and
-        step counts are those of one arrival at a time.
+        arrivals (the CPU build can vectorize and overlap them): the sender-private
+        uniforms (arrival ``k``'s uniform ``ui``, 0: its spacing, ``1 + dd``: the interval
+        of dimension ``dd``, is half of ``Philox((k, ui >> 1, 0, 0), private key)``), the
+        arrival times and their logs, the intervals the uniforms select, then, in arrival
+        order, the bin ids and local indices, and the shared uniforms of the first pair of
+        dimensions the lazy reject visits (one Philox call). Scores, the argmin and the
+        stop test then run arrival by arrival. Arrivals of the last batch past the stop
+        are drawn and never used: they count in the local-index table only after the stop,
+        where nothing reads it (a table they overflow is rerun larger, with the same
+        result), so winners and step counts are those of one arrival at a time.
 
         Lazy dimensions (``lazy``): candidate ``k`` can only win if
         ``ln T_k - ln r'(X_k) < best``. Each dimension's term is at most a bound, so after
