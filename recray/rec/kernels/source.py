@@ -379,7 +379,7 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
         sp = (d + 2) * L  # interval search positions
         sj = sp + L  # bin ids
         sn = sj + L  # local indices
-        su = sn + L  # shared uniforms of dimensions 0 and 1 (two slots)
+        su = sn + L  # shared uniforms of the pair of dimensions visited first (two slots)
         has_bins = False
         for dd in range(d):
             if bits[i, dd] > 0:
@@ -401,9 +401,6 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
         w2 = U0
         w3 = U0
         p0 = np.uint64(order[i, 0] >> 1)  # the pair of dimensions visited first
-        if not has_bins:  # no intervals: every arrival's are 0 (slots 2 .. d stay so)
-            for ll in range((d + 1) * L):
-                ub[urow, L + ll] = U0
         for k in range(1, nb + 1):
             lb = (k - 1) % L
             if lb == 0:  # arrivals k .. k + L - 1: everything that needs no search state
@@ -429,26 +426,26 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
                     ub[urow, ll] = T
                 for ll in range(L):  # their logs (vectorizes on the CPU)
                     fs[urow, d + ll] = plog(np.float64(ub[urow, ll])) - LN_TIME_SCALE
+                for dd in range(d):  # intervals: partition.sample_bins' lower-bound search
+                    b = bits[i, dd]
+                    o = (dd + 1) * L
+                    if b > 0:
+                        off = np.uint64(offs[i, dd])
+                        for ll in range(L):
+                            ub[urow, sp + ll] = off
+                        for t in range(b, 0, -1):
+                            h = np.uint64(1 << (t - 1))
+                            for ll in range(L):  # a select per arrival, no branch
+                                pos = ub[urow, sp + ll]
+                                cand = pos + h
+                                lt = cdf[np.int64(cand) - 1] < uniform_of(ub[urow, o + ll])
+                                ub[urow, sp + ll] = cand if lt else pos
+                        for ll in range(L):  # the interval replaces its uniform
+                            ub[urow, o + ll] = ub[urow, sp + ll] - off
+                    else:
+                        for ll in range(L):
+                            ub[urow, o + ll] = U0
                 if has_bins:
-                    for dd in range(d):  # intervals: partition.sample_bins' lower-bound search
-                        b = bits[i, dd]
-                        o = (dd + 1) * L
-                        if b > 0:
-                            off = np.uint64(offs[i, dd])
-                            for ll in range(L):
-                                ub[urow, sp + ll] = off
-                            for t in range(b, 0, -1):
-                                h = np.uint64(1 << (t - 1))
-                                for ll in range(L):  # a select per arrival, no branch
-                                    pos = ub[urow, sp + ll]
-                                    cand = pos + h
-                                    lt = cdf[np.int64(cand) - 1] < uniform_of(ub[urow, o + ll])
-                                    ub[urow, sp + ll] = cand if lt else pos
-                            for ll in range(L):  # the interval replaces its uniform
-                                ub[urow, o + ll] = ub[urow, sp + ll] - off
-                        else:
-                            for ll in range(L):
-                                ub[urow, o + ll] = U0
                     for ll in range(L):  # bin ids and local indices, in arrival order
                         j = 0
                         for dd in range(d):
@@ -462,7 +459,6 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
                         ub[urow, sn + ll] = np.uint64(local)
                 else:  # one bin: local index = arrival
                     for ll in range(L):
-                        ub[urow, L + ll] = U0  # dimension 0's slot (the spacing's Philox)
                         ub[urow, sj + ll] = U0
                         ub[urow, sn + ll] = np.uint64(k + ll)
                 for ll in range(L):  # shared uniforms of the first pair
