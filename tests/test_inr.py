@@ -1,6 +1,7 @@
 """The INR codec end to end with a tiny model (trained here in seconds), its refusals
-(corrupted, truncated, other weights) named by tile, the tile data's checksums and the
-CIFAR-10 pickle loader."""
+(corrupted, truncated, other weights) named by tile, bytes that do not depend on the
+batch, training that checkpoints and resumes, the device choice, the tile data's
+checksums and the CIFAR-10 pickle loader."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from recray.latents.io import read_prior  # noqa: E402
 from recray.models.inr import INRConfig, load_inr, train  # noqa: E402
 
 N = 3
-TINY = INRConfig(hidden=8, grid_channels=8)
+TINY = INRConfig(hidden=8, grid_channels=8, reparam="full")
 
 
 def _settings(method):
@@ -39,6 +40,8 @@ def _settings(method):
         fit_steps=4,
         refine_steps=2,
         stages=2,
+        lr_end=1e-3,
+        fit_samples=2,
         block_bits=16 if method != "orc-16" else 8,
         # the fixed codes here (the learned laws' own test below fits them in a temp cache)
         budget_offset_bits=0,
@@ -192,6 +195,26 @@ def test_cli_compress_and_decompress(tiny, tmp_path, monkeypatch):
     assert main(args) == 0
     assert main(["codec", "inr", "decompress", out, "--out", dec, "--weights", w]) == 0
     assert sorted(os.listdir(dec)) == ["tile-00000.png", "tile-00001.png"]
+    # the decoder's latent and pixels are the encoder's: the same settings coded again in
+    # this process give the latent the run decodes to, and the PNGs are its rendering
+    from PIL import Image
+
+    from recray.format.run import Run
+
+    run = Run.open(out)
+    s = inr.Settings(**run.header["codec"]["settings"])
+    assert (s.n_samples, s.fit_steps, s.refine_steps, s.block_bits) == (256, 3, 1, 16)
+    model = load_inr(w)
+    prior = read_prior(w.replace(".npz", "_prior.json"))
+    laws, _ = inr.learned_laws(w, model, prior, s, fit=False)
+    spec, _ = inr.make_spec(prior, s, laws)
+    codec = inr.INRCodec(model, s, plan=spec.plan)
+    enc = encode_progressive(codec, tiles[:2], np.arange(2), spec, stages=s.stages)
+    got = inr.decompress(out, str(tmp_path / "dec2"), weights=w)
+    assert np.array_equal(got["latents"], enc.z)
+    pngs = np.stack([np.asarray(Image.open(os.path.join(dec, n))) for n in sorted(os.listdir(dec))])
+    assert np.array_equal(pngs, codec.synthesis(enc.z))
+    assert np.array_equal(pngs, got["images"])
     assert (
         main(
             ["codec", "inr", "compress", str(npy), "--rate", "0.123", "--out", str(tmp_path / "x")]
@@ -221,7 +244,7 @@ def test_per_block_beta_annealing_steers_each_blocks_kl(tiny):
         if scale < 1:
             assert (kl < 0.6 * free).all() and (ab.beta > model.beta).all()
         else:
-            assert (kl > 1.15 * free).all() and (ab.beta < model.beta).all()
+            assert (kl > 1.08 * free).all() and (ab.beta < model.beta).all()
     # the codec takes its blocks and budgets from the plan
     spec, _ = inr.make_spec(read_prior(w.replace(".npz", "_prior.json")), _settings("orc-16"))
     codec = inr.INRCodec(model, replace(_settings("orc-16"), anneal=1.0), plan=spec.plan)
@@ -273,6 +296,130 @@ def test_learned_index_laws_are_fitted_on_training_tiles_shipped_and_decode(
     os.remove(inr.laws_path(w))
     with pytest.raises(InputError, match="fixed 16-bit index"):
         inr.make_spec(prior, replace(_settings("orc-16"), laws="learned"))
+
+
+@pytest.mark.parametrize("method", ["orc-16", "sp-orc"])
+@pytest.mark.parametrize("anneal", [0.0, 1.0])
+def test_a_tiles_bytes_do_not_depend_on_the_rest_of_its_batch(tiny, method, anneal):
+    """The fit's noise is keyed by the run seed and each tile's id (not drawn for the
+    batch), and its arithmetic treats each tile alike: the same tile with the same id gives
+    the same message alone, first or last in a batch of others, and in other batch sizes."""
+    w, tiles = tiny
+    test = td.load_tiles("test").images
+    model = load_inr(w)
+    s = replace(_settings(method), anneal=anneal, fit_steps=20, refine_steps=3)
+    spec, _ = inr.make_spec(read_prior(w.replace(".npz", "_prior.json")), s)
+    codec = inr.INRCodec(model, s, plan=spec.plan)
+
+    def message_of_7(batch, ids):
+        enc = encode_progressive(codec, batch, np.asarray(ids), spec, stages=s.stages)
+        k = list(ids).index(7)
+        post = codec.analysis(batch, ids=np.asarray(ids))  # bit for bit, not only the bytes
+        return enc.messages[k], enc.z[k], post.mu[k], post.sigma[k]
+
+    alone = message_of_7(test[10:11], [7])
+    for batch, ids in [
+        (test[[10, 20, 30]], [7, 3, 12]),
+        (test[[40, 20, 30, 50, 60, 10]], [1, 3, 12, 13, 14, 7]),
+        (test[[10, 40]], [7, 1]),
+    ]:
+        got = message_of_7(batch, ids)
+        assert got[0] == alone[0]
+        assert all(np.array_equal(g, a) for g, a in zip(got[1:], alone[1:], strict=True))
+    # the id is part of the key: another id gives another fit (and so other indices)
+    enc = encode_progressive(codec, test[10:11], np.asarray([8]), spec, stages=s.stages)
+    assert not np.array_equal(enc.z[0], alone[1])
+
+
+def test_training_checkpoints_resume_where_they_stopped(tmp_path):
+    """Two rounds in one run equal one round, a checkpoint, a new trainer resumed from it
+    and a second round (bit for bit); a budget spent stops the run; a checkpoint of other
+    tiles or settings is refused."""
+    from recray.models.inr import Trainer, TrainSettings
+
+    x = td.load_tiles("test").images[:6]
+    s = TrainSettings(target_bpp=1.0, batch=4, steps_per_visit=2, seed=3)
+    straight = Trainer(x, s, cfg=TINY)
+    assert straight.run(rounds=2)
+    ck = str(tmp_path / "ck.pt")
+    first = Trainer(x, s, cfg=TINY)
+    assert not first.run(rounds=2, max_minutes=0.0)  # the budget is spent before round 0
+    assert first.round == 0
+    first.run(rounds=1, checkpoint=ck)
+    resumed = Trainer(x, s, cfg=TINY)
+    resumed.load_checkpoint(ck)
+    assert resumed.round == 1 and resumed.history == first.history
+    assert resumed.run(rounds=2)
+    assert resumed.history == straight.history
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert torch.equal(straight.mu, resumed.mu) and torch.equal(straight.adam_t, resumed.adam_t)
+    a, b = straight.finish(), resumed.finish()
+    assert np.array_equal(a.mi_bits, b.mi_bits) and a.beta == b.beta
+    assert np.all(a.init_sigma64 > 0) and a.init_sigma64.shape == (TINY.dim,)
+    with pytest.raises(InputError, match="other tiles"):
+        Trainer(x[::-1].copy(), s, cfg=TINY).load_checkpoint(ck)
+    with pytest.raises(InputError, match=r"other settings: \['batch'\]"):
+        Trainer(x, replace(s, batch=3), cfg=TINY).load_checkpoint(ck)
+    Trainer(x, replace(s, lr=1e-3), cfg=TINY).load_checkpoint(ck)  # step sizes may change
+
+
+def test_the_training_job_resumes_and_writes_a_model_card(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "jobs_train_inr", os.path.join(os.path.dirname(__file__), "..", "jobs", "train_inr.py")
+    )
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    args = [
+        "--rates",
+        "1",
+        "2",
+        "--tiles",
+        "3",
+        "--batch",
+        "2",
+        "--steps-per-visit",
+        "1",
+        "--family",
+        "t",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+    ]
+    assert job.main(args + ["--rounds", "1"]) == 0
+    card = json.load(open(tmp_path / "t_1.json"))
+    assert card["model_id"] == "t_1" and card["training"]["rounds"] == 1
+    assert card["training"]["tiles"] == 3 and len(card["training"]["history"]) == 1
+    assert {"kl_bpp", "psnr_db", "psnr_db_posterior_mean"} <= set(card["training"]["history"][0])
+    assert json.load(open(tmp_path / "t_2.json"))["training"]["warm_start_from"] == "t_1"
+    assert job.main(args + ["--rounds", "2", "--resume"]) == 0
+    for tag in ("1", "2"):
+        card = json.load(open(tmp_path / f"t_{tag}.json"))
+        assert [h["round"] for h in card["training"]["history"]] == [0, 1]
+        assert load_inr(tmp_path / f"t_{tag}.npz").model_checksum == card["weights_sha256"]
+
+
+def test_device_choice():
+    """Training and fitting use a CUDA GPU when torch sees one, else the CPU; a GPU asked
+    for where there is none is refused (run here on whatever this machine has)."""
+    from recray.models.inr import pick_device
+
+    auto = pick_device()
+    assert auto.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert pick_device("auto") == auto and pick_device("cpu") == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert pick_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(InputError, match="sees no CUDA GPU"):
+            pick_device("cuda")
+    with pytest.raises(InputError):
+        pick_device("tpu")
+    assert inr.INRCodec(None).device == auto
 
 
 def _block_kl_bits(model, mu, sigma, block_of):
@@ -422,18 +569,34 @@ def test_the_mnist_codec_sits_behind_the_same_interface():
 
 
 def test_shipped_rate_points_load_with_their_checksums():
-    from recray.models.inr import shipped_rates, weights_path
+    """Both families ship all three rate points: the current one (what --rate selects)
+    and the first one (its runs still decode); each model card names its id."""
+    from recray.models.inr import (
+        DEFAULT_FAMILY,
+        LEGACY_FAMILY,
+        rate_tag,
+        shipped_rates,
+        weights_path,
+    )
 
-    rates = shipped_rates()
-    assert len(rates) >= 3 and rates[0] <= 0.5 and rates[-1] >= 4
-    assert inr.DEFAULT_RATE in rates
-    for r in rates:
-        model = load_inr(weights_path(r))
-        card = json.load(open(weights_path(r).with_suffix(".json")))
-        assert card["target_bpp"] == r and card["weights_sha256"] == model.model_checksum
-        prior = read_prior(str(weights_path(r)).replace(".npz", "_prior.json"))
-        assert prior.dim == model.cfg.dim == 3779
-        assert np.array_equal(prior.sigma, model.prior_sigma64)
+    for family in sorted({DEFAULT_FAMILY, LEGACY_FAMILY}):
+        rates = shipped_rates(family)
+        assert len(rates) >= 3 and rates[0] <= 0.5 and rates[-1] >= 4
+        assert inr.DEFAULT_RATE in rates
+        for r in rates:
+            path = weights_path(model=f"{family}_{rate_tag(r)}")
+            model = load_inr(path)
+            card = json.load(open(path.with_suffix(".json")))
+            assert card["target_bpp"] == r and card["weights_sha256"] == model.model_checksum
+            assert model.model_id == path.stem
+            prior = read_prior(str(path).replace(".npz", "_prior.json"))
+            assert prior.dim == model.cfg.dim == 3779
+            assert np.array_equal(prior.sigma, model.prior_sigma64)
+    assert weights_path(1.5).stem == f"{DEFAULT_FAMILY}_1p5"
+    # a run header without a model id (written before ids were recorded) names the first
+    # family's model of its rate point
+    assert inr.run_model_id({"rate_point_bpp": 1.5}) == f"{LEGACY_FAMILY}_1p5"
+    assert inr.run_model_id({"rate_point_bpp": 1.5, "model_id": "inr2_1p5"}) == "inr2_1p5"
 
 
 def test_shipped_index_laws_match_the_sp_orc_preset_and_the_model_card():
@@ -491,6 +654,7 @@ import numpy as np
 from recray.codecs import inr
 r = inr.decompress(sys.argv[1], sys.argv[2], weights=sys.argv[3])
 np.save(sys.argv[2] + ".npy", r["images"])
+np.save(sys.argv[2] + "-latents.npy", r["latents"])
 """
 
 
@@ -507,13 +671,15 @@ def test_decoding_under_other_cpu_code_paths(run, tiny, tmp_path, env):
 
     out, _, _ = run
     w, tiles = tiny
-    here = inr.decompress(out, str(tmp_path / "here"), weights=w)["images"].astype(np.int64)
+    mine = inr.decompress(out, str(tmp_path / "here"), weights=w)
+    here = mine["images"].astype(np.int64)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     penv = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
     penv.update(env)
     there = str(tmp_path / "there")
     subprocess.run([sys.executable, "-c", DECODE, out, there, w], env=penv, check=True, timeout=300)
     other = np.load(there + ".npy").astype(np.int64)
+    assert np.array_equal(np.load(there + "-latents.npy"), mine["latents"])  # the same bits
     assert np.abs(other - here).max() <= 1
 
     def psnr(x):

@@ -3,9 +3,10 @@
 Modelled on CompressAI's ``LatentCodec`` (a codec is analysis, a latent codec, synthesis;
 entropy coding never lives inside the network), for REC latents:
 
-* :meth:`LatentCodec.analysis` maps a batch of items to a factorized Gaussian posterior
-  :class:`Posterior` ``N(mu, diag(sigma^2))`` over the coded latent ``z`` (a VAE encoder's
-  forward pass, or an INR fit);
+* :meth:`LatentCodec.analysis` maps a batch of items (and their ids) to a factorized
+  Gaussian posterior :class:`Posterior` ``N(mu, diag(sigma^2))`` over the coded latent
+  ``z`` (a VAE encoder's forward pass, or an INR fit: one whose randomness is keyed by
+  the item ids, so that an item's posterior does not depend on the rest of its batch);
 * the REC core codes a sample of it block by block under a :class:`~recray.pipeline.codec.
   CodecSpec` (plan, method, prior, seed); :meth:`LatentCodec.refine` lets a codec update
   the posterior of the dimensions not yet coded once some blocks are coded (progressive
@@ -19,8 +20,9 @@ whose analysis interacts with coding (the INR codec); the MNIST codec keeps its 
 pipeline (:mod:`recray.codecs.mnist`) and implements the interface for its parts.
 
 Guarantees and requirements: an item's message depends only on the item, its id, the
-spec and the codec's own deterministic choices; the receiver needs the spec (from the run
-header), the same codec weights, and for tails the same probability tables.
+spec and the codec's own deterministic choices (never on the other items of its batch);
+the receiver needs the spec (from the run header), the same codec weights, and for tails
+the same probability tables.
 """
 
 from __future__ import annotations
@@ -58,10 +60,13 @@ class LatentCodec(ABC):
     version: int = 1
 
     @abstractmethod
-    def analysis(self, items) -> Posterior:
-        """The posterior of every item of the batch."""
+    def analysis(self, items, ids=None) -> Posterior:
+        """The posterior of every item of the batch (``ids``: the items' ids, int64
+        ``(n,)``; ``None``: ``0..n-1``)."""
 
-    def refine(self, items, posterior: Posterior, coded: np.ndarray, z: np.ndarray) -> Posterior:
+    def refine(
+        self, items, posterior: Posterior, coded: np.ndarray, z: np.ndarray, ids=None
+    ) -> Posterior:
         """Update the posterior of the dimensions not yet coded (``coded`` bool ``(n, D)``;
         ``z`` holds the decoded values where ``coded``). Default: unchanged."""
         return posterior
@@ -176,7 +181,7 @@ def encode_progressive(
     stream id, and the receiver decodes every block the same way whatever the order.
     """
     ids = np.asarray(ids)
-    post = codec.analysis(items)
+    post = codec.analysis(items, ids=ids)
     n, d = post.mu.shape
     nb = spec.plan.n_blocks
     analysis_kl = _block_kl(post, spec).sum(1)
@@ -228,7 +233,7 @@ def encode_progressive(
         if progress:
             progress(st + 1, stages)
         if st < stages - 1 and not coded_blk.all():
-            post = codec.refine(items, post, coded, z)
+            post = codec.refine(items, post, coded, z, ids=ids)
     tails = codec.tail(items, z)
     messages = encode_messages(bins, local, spec.layout, tails)
     return Encoded(messages, z, kl.sum(1), steps.sum(1), fb.sum(1).astype(np.int32), analysis_kl)

@@ -87,6 +87,10 @@ class Settings:
     refine_steps: int = 30
     stages: int = 4
     lr: float = 1e-2
+    # the fit's cosine learning-rate schedule ends at lr_end (None: constant lr), with
+    # fit_samples Monte Carlo samples per step (the analysis fit and the fine-tuning)
+    lr_end: float | None = None
+    fit_samples: int = 1
     # per-block beta annealing at fit time (RECOMBINER): 0 = off (one beta, the rate
     # point's); > 0: each plan block's KL is steered to anneal x its information sum I_d
     anneal: float = 0.0
@@ -122,10 +126,13 @@ class INRCodec(LatentCodec):
     name = CODEC_NAME
     version = CODEC_VERSION
 
-    def __init__(self, model, settings: Settings = Settings(), plan=None):
+    def __init__(self, model, settings: Settings = Settings(), plan=None, device=None):
+        from recray.models.inr import pick_device
+
         self.model = model
         self.s = settings
         self.plan = plan
+        self.device = pick_device(device)  # the fits' device: a CUDA GPU when torch sees one
         self._anneal = None
 
     def _block_beta(self):
@@ -145,7 +152,10 @@ class INRCodec(LatentCodec):
             target[b] = self.s.anneal * mi[list(dims)].sum()
         return BlockBeta(block_of, target, warmup=self.s.fit_steps // 2)
 
-    def analysis(self, items) -> Posterior:
+    def analysis(self, items, ids=None) -> Posterior:
+        """The fit of every tile; each tile's noise is keyed by the run seed and its id
+        (:func:`recray.models.inr.tile_seed`), so its posterior, and so its bytes, do not
+        depend on the other tiles of the batch."""
         from recray.models.inr import fit
 
         self._anneal = self._block_beta()
@@ -154,12 +164,16 @@ class INRCodec(LatentCodec):
             items,
             steps=self.s.fit_steps,
             lr=self.s.lr,
+            lr_end=self.s.lr_end,
+            samples=self.s.fit_samples,
             seed=self.s.seed,
+            ids=ids,
             anneal=self._anneal,
+            device=self.device,
         )
         return Posterior(mu, sigma)
 
-    def refine(self, items, posterior, coded, z):
+    def refine(self, items, posterior, coded, z, ids=None):
         from recray.models.inr import fit
 
         if self.s.refine_steps <= 0:
@@ -169,11 +183,15 @@ class INRCodec(LatentCodec):
             items,
             steps=self.s.refine_steps,
             lr=self.s.lr,
+            lr_end=self.s.lr_end,
+            samples=self.s.fit_samples,
             init=(posterior.mu, posterior.sigma),
             fixed=coded,
             values=z,
-            seed=self.s.seed + int(coded.sum()),
+            seed=self.s.seed,  # each tile's stream: its id and how many dims are pinned
+            ids=ids,
             anneal=self._anneal,
+            device=self.device,
         )
         return Posterior(mu, sigma)
 
@@ -185,7 +203,8 @@ class INRCodec(LatentCodec):
 
 # ------------------------------------------------------------------------ model files
 def model_files(rate: float, weights: str | None = None) -> tuple[str, str]:
-    """``(weights.npz, prior.json)`` of a rate point (or of explicit ``weights``)."""
+    """``(weights.npz, prior.json)`` of a rate point's shipped model in the default family
+    (:data:`recray.models.inr.DEFAULT_FAMILY`), or of explicit ``weights``."""
     from recray.models.inr import shipped_rates, weights_path
 
     if weights is None:
@@ -197,6 +216,20 @@ def model_files(rate: float, weights: str | None = None) -> tuple[str, str]:
             )
         weights = str(weights_path(rate))
     return weights, os.path.splitext(weights)[0] + "_prior.json"
+
+
+def run_model_id(codec: dict) -> str:
+    """The model id a run was coded with (its header's ``codec.model_id``; runs written
+    before model ids were recorded used the first family's weights of their rate point,
+    ``inr_<R>``)."""
+    from recray.models.inr import LEGACY_FAMILY, model_id
+
+    mid = codec.get("model_id")
+    if mid is None:
+        return model_id(float(codec["rate_point_bpp"]), LEGACY_FAMILY)
+    if not isinstance(mid, str):
+        raise FormatError(f"run header field codec.model_id must be a string; got {mid!r}")
+    return mid
 
 
 def load_model(weights: str):
@@ -290,6 +323,8 @@ def laws_key(plan, s: Settings, model_sha256: str) -> str:
         f"N={s.n_samples}|steps={s.max_steps}|seed={s.seed}|fit={s.fit_steps}|"
         f"refine={s.refine_steps}|stages={s.stages}|lr={s.lr!r}|anneal={s.anneal!r}"
     )
+    if s.lr_end is not None or s.fit_samples != 1:  # (keys of earlier laws stay as they were)
+        fit += f"|lr_end={s.lr_end!r}|samples={s.fit_samples}"
     return f"{model_sha256[:16]}|{s.method}|{fit}|plan={plan.with_laws(None).checksum()[:16]}"
 
 
@@ -298,38 +333,35 @@ def pooled_laws(bins, local, block_bits, *, method: str, source: str):
     ``(n, n_blocks)``), pooled over the blocks: one class law of the local index for every
     block, and one interval law per partition width ``b`` shared by every dimension with
     ``b`` bits (a tile's latent holds a few thousand weakly informative dimensions, so
-    per-block tables from a few dozen tiles would be noise). Same layout as
-    :func:`recray.plan.laws.estimate_laws`, so the message codec reads them unchanged."""
-    from recray.plan.laws import (
-        ESCAPE_COUNT,
-        MAX_LAW_BITS,
-        N_LAW_CLASSES,
-        PSEUDO_COUNT,
-        BlockLaw,
-        IndexLaws,
-        _freqs,
-    )
+    per-block tables from a few dozen tiles would be noise). Both come from
+    :func:`recray.plan.laws.estimate_laws`, the pooled symbols given to it as the items of
+    a one-block plan, so the message codec reads them unchanged."""
+    from recray.plan.laws import MAX_LAW_BITS, BlockLaw, IndexLaws, estimate_laws
 
     bins = np.asarray(bins, np.int64)
     local = np.asarray(local, np.int64)
-    cls = np.frexp(local.astype(np.float64))[1].astype(np.int64) - 1
-    c = np.bincount(np.minimum(cls.ravel(), N_LAW_CLASSES), minlength=N_LAW_CLASSES + 1)
-    c = c.astype(np.float64)
-    c[:N_LAW_CLASSES] += PSEUDO_COUNT
-    c[N_LAW_CLASSES] += ESCAPE_COUNT
-    class_freqs = _freqs(c)
-    counts: dict[int, np.ndarray] = {}
+    if bins.ndim != 2 or bins.shape != local.shape or bins.shape[1] != len(block_bits):
+        raise InputError("pooled_laws: bins and local must be (n_tiles, n_blocks) of the plan")
+    kw = dict(method=method, source=source)
+    # the class law: every (tile, block) one item of a block without partition bits
+    flat = local.reshape(-1, 1)
+    class_freqs = estimate_laws(np.zeros_like(flat), flat, [[]], **kw).blocks[0].class_freqs
+    # the interval laws: every (tile, block, dimension with b bits) one item of a block of
+    # one b-bit dimension
     raw = [max((int(b) for b in bits), default=0) > MAX_LAW_BITS for bits in block_bits]
+    symbols: dict[int, list] = {}
     for k, bits in enumerate(block_bits):
         if raw[k]:
             continue
         shift = 0
         for b in (int(b) for b in bits):
             if b > 0:
-                kd = (bins[:, k] >> shift) & ((1 << b) - 1)
-                counts[b] = counts.get(b, 0) + np.bincount(kd, minlength=1 << b)
+                symbols.setdefault(b, []).append((bins[:, k] >> shift) & ((1 << b) - 1))
             shift += b
-    bin_law = {b: _freqs(v.astype(np.float64) + PSEUDO_COUNT) for b, v in counts.items()}
+    bin_law = {}
+    for b, parts in symbols.items():
+        kd = np.concatenate(parts)[:, None]
+        bin_law[b] = estimate_laws(kd, np.ones_like(kd), [[b]], **kw).blocks[0].bin_freqs[0]
     blocks = tuple(
         BlockLaw(
             class_freqs,
@@ -505,6 +537,7 @@ def compress(
         "codec": {
             "name": CODEC_NAME,
             "version": CODEC_VERSION,
+            "model_id": model.model_id,
             "model_sha256": model.model_checksum,
             "torch_version": torch.__version__,
             "rate_point_bpp": float(rate),
@@ -609,8 +642,10 @@ def _codec_of(run) -> dict:
 def decompress(
     run_dir: str, out_dir: str, *, weights: str | None = None, batch_size: int = 64, progress=None
 ) -> dict:
-    """Decode every tile of a run into ``out_dir/tile-NNNNN.png`` (NNNNN = tile id);
-    returns ``{"tiles", "out", "decode_seconds"}`` and ``ids``/``images`` arrays."""
+    """Decode every tile of a run into ``out_dir/tile-NNNNN.png`` (NNNNN = tile id) with
+    the weights its header names (or ``weights``; their SHA-256 must be the header's);
+    returns ``{"tiles", "out", "decode_seconds"}`` and the ``ids``, ``images`` and decoded
+    ``latents`` arrays."""
     from recray.format.run import Run, crc32_of
     from recray.latents.io import Prior
     from recray.pipeline.driver import spec_from_header
@@ -618,8 +653,17 @@ def decompress(
     t0 = time.perf_counter()
     run = Run.open(run_dir)
     codec_info = _codec_of(run)
-    w, _ = model_files(codec_info["rate_point_bpp"], weights)
-    model = load_model(w)
+    if weights is None:  # the weights its header names, shipped with recray
+        from recray.models.inr import weights_path
+
+        mid = run_model_id(codec_info)
+        weights = str(weights_path(model=mid))
+        if not os.path.exists(weights):
+            raise FormatError(
+                f"{run_dir!r} was coded with the INR model {mid!r}, which this recray does "
+                "not ship: give its weights with --weights"
+            )
+    model = load_model(weights)
     if model.model_checksum != codec_info["model_sha256"]:
         raise FormatError(
             f"{run_dir!r} was coded with model weights of SHA-256 "
@@ -631,7 +675,7 @@ def decompress(
     if os.path.exists(out_dir):
         raise InputError(f"output {out_dir!r} already exists; remove it or choose another --out")
     codec = INRCodec(model)
-    all_ids, all_tiles = [], []
+    all_ids, all_tiles, all_z = [], [], []
     for rb in run.iter_rows(columns=["id", "message", "crc32"], batch_size=batch_size):
         ids = rb.column("id").to_numpy()
         msgs = rb.column("message").to_pylist()
@@ -642,9 +686,10 @@ def decompress(
                 "CRC-32: the stored bytes are corrupted or truncated "
                 f"({int(bad.sum())} tiles of this batch affected)"
             )
-        tiles, _ = decode_items(codec, ids, msgs, spec, what="tile")
+        tiles, z = decode_items(codec, ids, msgs, spec, what="tile")
         all_ids.append(ids)
         all_tiles.append(tiles)
+        all_z.append(z)
         if progress:
             progress(len(ids))
     ids = np.concatenate(all_ids)
@@ -662,4 +707,5 @@ def decompress(
         "decode_seconds": time.perf_counter() - t0,
         "ids": ids,
         "images": images,
+        "latents": np.concatenate(all_z),
     }

@@ -140,7 +140,7 @@ class MnistCodec(LatentCodec):
         self.model = _model(weights)  # the float encoder: q(z|x)
         self.decoder = _int_decoder(weights)  # the integer tables: p(x|z) on any machine
 
-    def analysis(self, items) -> Posterior:
+    def analysis(self, items, ids=None) -> Posterior:
         from recray.models.vae import posteriors
 
         mu, sigma = posteriors(self.model, np.asarray(items).reshape(-1, PIXELS))
