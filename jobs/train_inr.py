@@ -57,6 +57,14 @@ def training_tiles(n: int | None, seed: int = 0):
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rates", type=float, nargs="+", default=[1.5, 0.5, 4.0])
+    ap.add_argument(
+        "--kl-target",
+        type=float,
+        nargs="+",
+        default=None,
+        help="training KL (bpp) each rate point steers to (default: the rate itself); the "
+        "prior's information, and so the codec plan's blocks and bits, follow it",
+    )
     ap.add_argument("--family", default=DEFAULT_FAMILY, help="model id prefix")
     ap.add_argument(
         "--tiles", type=int, default=None, help="training tiles (default: the whole train split)"
@@ -71,10 +79,10 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--batch", type=int, default=64, help="tiles per forward pass")
     ap.add_argument("--steps-per-visit", type=int, default=10)
-    ap.add_argument("--lr", type=float, default=3e-3, help="posterior means")
+    ap.add_argument("--lr", type=float, default=2e-2, help="posterior means")
     ap.add_argument("--lr-sigma", type=float, default=1e-2, help="posterior log-scales")
     ap.add_argument("--lr-shared", type=float, default=1e-3, help="positional-encoding net")
-    ap.add_argument("--lr-A", type=float, default=1e-4, help="reparameterization maps")
+    ap.add_argument("--lr-A", type=float, default=1e-5, help="reparameterization maps")
     ap.add_argument("--init-sigma", type=float, default=0.3)
     ap.add_argument(
         "--beta",
@@ -110,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         mid = model_id(rate, args.family)
         ck = os.path.join(args.checkpoint_dir, mid + ".pt")
         beta = _per_rate(args.beta, k)
+        target = _per_rate(args.kl_target, k) if args.kl_target else rate
         s = TrainSettings(
-            target_bpp=rate,
+            target_bpp=target if target is not None else rate,
             batch=args.batch,
             steps_per_visit=args.steps_per_visit,
             lr=args.lr,
@@ -152,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             f"positional encoding, linear reparameterization ({cfg.reparam}), factorized "
             "Gaussian prior)",
             "target_bpp": rate,
+            "train_kl_target_bpp": s.target_bpp,
             "training": {
                 "data": (
                     f"all {n_split} train tiles of recray.data.tiles"

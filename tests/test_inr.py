@@ -404,6 +404,28 @@ def test_the_training_job_resumes_and_writes_a_model_card(tmp_path, monkeypatch)
         assert load_inr(tmp_path / f"t_{tag}.npz").model_checksum == card["weights_sha256"]
 
 
+def test_fit_curve_tiles_are_train_tiles_held_out_from_prior_learning():
+    """The fit settings are chosen on train-split tiles the prior did not see (when its
+    card names a subset), never on test tiles."""
+    import hashlib
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "jobs_fit_curve", os.path.join(os.path.dirname(__file__), "..", "jobs", "inr_fit_curve.py")
+    )
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    n = len(td.load_tiles("train"))
+    used = np.sort(np.random.default_rng(0).choice(n, 1024, replace=False))
+    sha = hashlib.sha256(used.astype(np.int64).tobytes()).hexdigest()
+    card = {"training": {"tiles": 1024, "tile_ids_sha256": sha, "settings": {"seed": 0}}}
+    x, idx, held_out = job.curve_tiles(card, 16, seed=2)
+    assert held_out and len(idx) == 16 and not set(idx) & set(used.tolist())
+    assert np.array_equal(x, td.load_tiles("train").images[idx])
+    card["training"]["tile_ids_sha256"] = "0" * 64  # another subset than the job's rule gives
+    assert not job.curve_tiles(card, 16, seed=2)[2]
+
+
 def test_device_choice():
     """Training and fitting use a CUDA GPU when torch sees one, else the CPU; a GPU asked
     for where there is none is refused (run here on whatever this machine has)."""

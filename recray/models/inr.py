@@ -392,10 +392,10 @@ class TrainSettings:
     target_bpp: float
     batch: int = 64
     steps_per_visit: int = 10
-    lr: float = 3e-3
+    lr: float = 2e-2
     lr_sigma: float = 1e-2
     lr_shared: float = 1e-3
-    lr_A: float = 1e-3
+    lr_A: float = 1e-5
     beta: float = 0.01
     beta_clip: float = 1.25
     init_sigma: float = 0.3
