@@ -92,6 +92,12 @@ def parser() -> argparse.ArgumentParser:
         help="initial beta per rate (later rates without one start at the previous rate's)",
     )
     ap.add_argument("--beta-clip", type=float, default=1.25)
+    ap.add_argument(
+        "--beta-trend",
+        type=float,
+        default=5.0,
+        help="damping of the beta loop by the KL's trend (0: off, the first models' rule)",
+    )
     ap.add_argument("--reparam", choices=("full", "output"), default="full")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint-dir", default="runs/train_inr")
@@ -129,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             lr_A=args.lr_A,
             beta=beta if beta is not None else (prev.beta if prev else 0.01),
             beta_clip=args.beta_clip,
+            beta_trend=args.beta_trend,
             init_sigma=args.init_sigma,
             seed=args.seed,
         )

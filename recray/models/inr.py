@@ -387,7 +387,9 @@ class TrainSettings:
     weight of its layer at once, so it needs a much smaller step). ``beta``: the initial
     KL weight; ``beta_clip``: the largest factor of one round's beta update (``^0.5``).
     ``init_sigma``: fresh posteriors start at prior samples with this fraction of the
-    prior's scale."""
+    prior's scale. ``beta_trend > 0`` damps the beta loop: the ratio is multiplied by
+    ``(KL / KL of the previous round)^beta_trend``, so a KL already moving towards the
+    target (the posteriors lag beta by several rounds) is not pushed further."""
 
     target_bpp: float
     batch: int = 64
@@ -398,6 +400,7 @@ class TrainSettings:
     lr_A: float = 1e-5
     beta: float = 0.01
     beta_clip: float = 1.25
+    beta_trend: float = 0.0
     init_sigma: float = 0.3
     monitor_tiles: int = 64
     seed: int = 0
@@ -405,7 +408,7 @@ class TrainSettings:
 
 CHECKPOINT_FORMAT = 1
 #: Settings a resumed run may change (the rest must match the checkpoint's).
-RESUMABLE_CHANGES = ("lr", "lr_sigma", "lr_shared", "lr_A", "beta_clip", "beta")
+RESUMABLE_CHANGES = ("lr", "lr_sigma", "lr_shared", "lr_A", "beta_clip", "beta_trend", "beta")
 
 
 class Trainer:
@@ -525,6 +528,8 @@ class Trainer:
             self.model.prior_sigma.copy_(ps)
             kl = self.model.kl_bits(self.mu, sigma).sum(1)
             rate = float(kl.mean()) / (s.target_bpp * PIXELS)
+            if s.beta_trend > 0 and self.history:
+                rate *= (float(kl.mean()) / PIXELS / self.history[-1]["kl_bpp"]) ** s.beta_trend
             self.beta *= float(np.clip(rate, 1 / s.beta_clip, s.beta_clip)) ** 0.5
             mon = torch.as_tensor(self.monitor, device=dev)
             mse_mean = ((self.model.render(self.mu[mon]) - self.x[mon]) ** 2).mean(dim=(1, 2))
@@ -632,7 +637,9 @@ class Trainer:
             raise InputError(f"checkpoint {path!r} is of another architecture: {ck['config']}")
         if ck["tiles_sha256"] != self.tiles_sha256:
             raise InputError(f"checkpoint {path!r} was trained on other tiles")
-        was = {k: v for k, v in ck["settings"].items() if k not in RESUMABLE_CHANGES}
+        # (a setting the checkpoint predates had its default then)
+        was = asdict(TrainSettings(target_bpp=0.0)) | ck["settings"]
+        was = {k: v for k, v in was.items() if k not in RESUMABLE_CHANGES}
         now = {k: v for k, v in asdict(self.s).items() if k not in RESUMABLE_CHANGES}
         if was != now:
             diff = sorted(k for k in now if now[k] != was.get(k))
@@ -646,7 +653,7 @@ class Trainer:
         self.log_sigma = ck["log_sigma"].to(dev)
         self.adam = {k: v.to(dev) for k, v in ck["adam"].items()}
         self.adam_t = ck["adam_t"].to(dev)
-        self.gen.set_state(ck["gen"].to(self.gen.device) if dev.type != "cpu" else ck["gen"])
+        self.gen.set_state(ck["gen"].cpu())  # a CPU ByteTensor for CPU and CUDA generators
         self.beta = float(ck["beta"])
         self.round = int(ck["round"])
         self.elapsed = float(ck["elapsed"])
