@@ -153,11 +153,22 @@ def inr_row(tiles, idx, rate, settings, workdir, engine="local", actors=1) -> di
         "refine_steps": settings.refine_steps,
         "stages": settings.stages,
         "anneal": settings.anneal,
+        "lr": settings.lr,
+        "lr_end": settings.lr_end,
+        "fit_samples": settings.fit_samples,
+        "model_id": _model_id(run),
         # per tile (in tile order): decoded PSNR and message bits, for paired comparisons
         "tile_psnr_db": [round(float(v), 4) for v in tile_psnr],
         "tile_bits": _tile_bits(run),
     }
     return row
+
+
+def _model_id(run_dir: str) -> str:
+    from recray.codecs.inr import run_model_id
+    from recray.format.run import Run
+
+    return run_model_id(Run.open(run_dir, verify_parts=False).header["codec"])
 
 
 def _tile_bits(run_dir: str) -> list[int]:
