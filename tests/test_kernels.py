@@ -306,7 +306,22 @@ STRONG = {
     "sp-pfr-8d": ("sp-pfr", lambda: typical_posteriors(100, 8, 1.0, 12), 3),
     "sp-pfr-coarse": ("sp-pfr", lambda: typical_posteriors(100, 3, 1.5, 13), [1, 1, 0]),
     "pfr-2d": ("pfr", lambda: typical_posteriors(600, 2, 1.0, 14), None),
+    # ratios that peak beyond the sampler's reach: the bound over the reach stops these
+    # (tests/test_reach.py); the winner must still be the argmin of the whole process
+    "sp-pfr-near-collapsed": ("sp-pfr", lambda: near_collapsed(300, 6, 16), [0, 0, 0, 0, 0, 2]),
 }
+
+
+def near_collapsed(n, d, seed):
+    """Posteriors a hair narrower than the prior with means a few hundredths of a sigma out
+    (a VAE's unused dimensions), the last dimension shifted further (its peak in its outer
+    interval)."""
+    rng = np.random.default_rng(seed)
+    s = rng.uniform(0.995, 0.9995, (n, d))
+    mu = rng.normal(size=(n, d)) * np.sqrt(1 - s * s)
+    s[:, -1] = rng.uniform(0.97, 0.99, n)
+    mu[:, -1] = rng.choice([-1.0, 1.0], n) * rng.uniform(0.4, 0.8, n)
+    return mu, s
 
 
 def long_prefix_mismatches(name, lower_bound_bits=0.0):

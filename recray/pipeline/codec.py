@@ -53,6 +53,7 @@ from recray import rec
 from recray.backend import get_backend
 from recray.errors import (
     InputError,
+    OutOfReachError,
     RecrayError,
     SearchBudgetError,
     UnboundedRatioError,
@@ -62,6 +63,7 @@ from recray.format.messages import IndexLayout, decode_blocks, encode_messages
 from recray.plan import KL_SAMPLES_MAX_BITS, CodecPlan, kl_sample_bits
 from recray.plan.adaptive import adapt_bits, dim_dinf_bits
 from recray.rec.api import FEASIBLE_MARGIN_BITS
+from recray.rec.gaussian import StandardNormalPrior
 from recray.rec.philox import RNG_VERSION, philox4x32, split64
 
 STREAM_DOMAIN = 0x52535452  # "RSTR"
@@ -275,7 +277,7 @@ def _located(exc: RecrayError, group: BlockGroup, ids, rows=None, hint=True) -> 
     detail = str(exc)
     if detail.startswith("block "):  # drop the core's own locator (a row of this batch)
         detail = detail.split(": ", 1)[-1]
-    if hint and isinstance(exc, UnboundedRatioError | SearchBudgetError):
+    if hint and isinstance(exc, UnboundedRatioError | SearchBudgetError | OutOfReachError):
         detail += (
             " (recray compress --on-unbounded orc codes such blocks with the "
             "fixed-budget method instead)"
@@ -403,6 +405,22 @@ def _problems(rows, m_r, s_r, pm, ps, bits, extra, spec: CodecSpec) -> list:
             )
             continue
         b = bits[r] + extra[r]
+        far = rec.api.outside_bits(m[i : i + 1], s[i : i + 1], b[None, :])[0]
+        if far > rec.api.OUTSIDE_MAX_BITS:
+            lo, hi = StandardNormalPrior(be).reach(int(b.min()))
+            d = int(np.argmax(np.maximum((lo - m[i]) / s[i], (m[i] - hi) / s[i])))
+            out.append(
+                BlockProblem(
+                    r,
+                    d,
+                    OutOfReachError,
+                    f"the posterior puts 2^{far:.1f} of its mass beyond the sampler's reach "
+                    f"(about [{lo:.2f}, {hi:.2f}] prior-sigma; (mu - prior_mu)/prior_sigma = "
+                    f"{m[i, d]:.4g}, sigma/prior_sigma = {s[i, d]:.4g}): an exact sample "
+                    "would be truncated",
+                )
+            )
+            continue
         dd = dim_dinf_bits(be, m[i], s[i], b)
         d = int(np.argmax(dd))
         near = " (near-collapsed: tiny KL, huge D_inf)" if abs(1.0 - s[i, d]) < 0.05 else ""

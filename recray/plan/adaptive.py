@@ -28,7 +28,7 @@ import numpy as np
 
 from recray.format.messages import MAX_EXTRA_BITS
 from recray.rec.gaussian import LN2, GaussianRatio, StandardNormalPrior
-from recray.rec.partition import MAX_BITS_PER_DIM
+from recray.rec.partition import MAX_BITS_PER_DIM, log_sup_weights
 
 #: Default threshold of ``recray compress``: blocks whose expected exact search exceeds
 #: ``2^18`` candidates under the plan's partition get extra partition bits.
@@ -43,7 +43,7 @@ def dim_dinf_bits(be, m, s, b) -> np.ndarray:
     ``log2((1/J) sum_k sup_{interval k} q/p)`` with ``J = 2^b``. ``m``, ``s``, ``b`` are flat
     host arrays ``(k,)`` (targets bounded: ``s < 1`` or the prior itself). Returns
     float64 ``(k,)``. Agrees with :func:`recray.rec.partition.build_tables`'s
-    ``log_rmax_d`` (same edges and sup formula)."""
+    ``log_rmax_d`` (the same :func:`~recray.rec.partition.log_sup_weights`)."""
     m = np.asarray(m, dtype=np.float64)
     s = np.asarray(s, dtype=np.float64)
     b = np.asarray(b, dtype=np.int64)
@@ -51,12 +51,11 @@ def dim_dinf_bits(be, m, s, b) -> np.ndarray:
     prior = StandardNormalPrior(be)
     for bv in np.unique(b).tolist():
         sel = np.flatnonzero(b == bv)
-        edges = prior.edges(int(bv))
         step = max(1, _TABLE_ENTRIES >> int(bv))
         for lo in range(0, sel.size, step):
             rows = sel[lo : lo + step]
             ratio = GaussianRatio(be, be.asarray(m[rows])[:, None], be.asarray(s[rows])[:, None])
-            logw = ratio.log_sup_on(edges[None, :-1], edges[None, 1:])
+            logw = log_sup_weights(ratio, prior, int(bv))
             top = logw.max(axis=1, keepdims=True)
             lse = top[:, 0] + be.xp.log(be.xp.exp(logw - top).sum(axis=1))
             out[rows] = be.to_numpy(lse - bv * LN2) / LN2

@@ -27,9 +27,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from recray.backend import get_backend
-from recray.errors import InputError, SearchBudgetError, UnboundedRatioError, fmt_block
+from recray.errors import (
+    InputError,
+    OutOfReachError,
+    SearchBudgetError,
+    UnboundedRatioError,
+    fmt_block,
+)
 from recray.rec import codes
-from recray.rec.gaussian import LN2, kl_bits
+from recray.rec.gaussian import LN2, StandardNormalPrior, kl_bits, log_mass_outside
 from recray.rec.kernels import compact_rows
 from recray.rec.partition import (
     MAX_BITS_PER_DIM,
@@ -56,6 +62,11 @@ MAX_PARTITION_BITS = 62
 #: search has an about exponential tail (``P(steps > c 2^D_inf) ~ e^-c``), so an admitted
 #: block hits the cap with probability about ``e^-16 ~ 1e-7`` (measured: ``tests/test_errors.py``).
 FEASIBLE_MARGIN_BITS = 4.0
+#: An exact method codes a block only when its target puts at most ``2^OUTSIDE_MAX_BITS``
+#: of its mass (a union bound over the dimensions) beyond the sampler's reach: the sample
+#: is exact for the target restricted to that range (docs/FORMAT.md section 4.1), and this
+#: is the most it may differ from the unrestricted one in total variation.
+OUTSIDE_MAX_BITS = -40.0
 #: Smallest target scale relative to the prior: below it ``((y - mu)/sigma)^2`` can overflow
 #: float64 for candidates a few prior-sigma out, and scores become NaN.
 MIN_SCALE_RATIO = 1e-150
@@ -138,6 +149,8 @@ class ExactBounds:
     bits     (n, d) int64    partition bits
     dinf     (n,) float64    ``D_inf[Q||P']`` in bits (``inf`` where the ratio is unbounded)
     dinf_d   (n, d) float64  its terms per dimension (NaN where the block is unbounded)
+    outside  (n,) float64    log2 of the target's mass beyond the sampler's reach (a union
+                             bound over the dimensions; ``-inf`` where none)
     rows     (k,) int64      the bounded blocks, ascending: those ``tables`` hold
     tables   BinTables | None  their search tables on backend ``backend``, or ``None`` when
                              they exceed one internal batch (:data:`TABLE_BUDGET`; the search
@@ -150,18 +163,21 @@ class ExactBounds:
     bits: np.ndarray
     dinf: np.ndarray
     dinf_d: np.ndarray
+    outside: np.ndarray
     rows: np.ndarray
     tables: BinTables | None
     backend: str
 
     def feasible(self, max_steps=None, margin_bits: float = FEASIBLE_MARGIN_BITS) -> np.ndarray:
-        """bool ``(n,)``: bounded, and ``2^dinf`` at most ``max_steps / 2^margin_bits``."""
+        """bool ``(n,)``: bounded, ``2^dinf`` at most ``max_steps / 2^margin_bits``, and at
+        most ``2^OUTSIDE_MAX_BITS`` of the target beyond the sampler's reach."""
         n = self.dinf.shape[0]
         cap = DEFAULT_MAX_STEPS if max_steps is None else max_steps
         budget = _int_param("max_steps", cap, n, 1, MAX_STEPS_LIMIT)
         bounded = np.zeros(n, dtype=bool)
         bounded[self.rows] = True
-        return bounded & (self.dinf <= np.log2(budget.astype(np.float64)) - margin_bits)
+        cheap = self.dinf <= np.log2(budget.astype(np.float64)) - margin_bits
+        return bounded & cheap & (self.outside <= OUTSIDE_MAX_BITS)
 
     def take(self, sel) -> ExactBounds:
         """The bounds of blocks ``sel`` (host int64 ``(k,)``), in that order."""
@@ -181,6 +197,7 @@ class ExactBounds:
             self.bits[sel],
             self.dinf[sel],
             self.dinf_d[sel],
+            self.outside[sel],
             np.flatnonzero(hit),
             tables,
             self.backend,
@@ -204,7 +221,7 @@ class ExactBounds:
         )
 
 
-_BOUND_ROWS = ("m", "s", "bits", "dinf", "dinf_d")
+_BOUND_ROWS = ("m", "s", "bits", "dinf", "dinf_d", "outside")
 
 
 # --------------------------------------------------------------------------- validation
@@ -354,6 +371,27 @@ def _check_bounded(m: np.ndarray, s: np.ndarray, ids, method: str) -> None:
         )
 
 
+def _check_reach(m: np.ndarray, s: np.ndarray, bits: np.ndarray, ids, method: str) -> None:
+    out = outside_bits(m, s, bits)
+    far = out > OUTSIDE_MAX_BITS
+    if not far.any():
+        return
+    i = int(np.argmax(far))
+    lo, hi = StandardNormalPrior(get_backend("numpy")).reach(int(bits[i].min()))
+    z = np.maximum((lo - m[i]) / s[i], (m[i] - hi) / s[i])
+    dd = int(np.argmax(z))
+    raise OutOfReachError(
+        f"{fmt_block(i, ids)}, dimension {dd}: the target puts 2^{out[i]:.1f} of its mass "
+        f"beyond the sampler's reach (about [{lo:.2f}, {hi:.2f}] prior-sigma; its mean is "
+        f"{m[i, dd]:.4g} prior-sigma out with scale {s[i, dd]:.4g}), more than the "
+        f"2^{OUTSIDE_MAX_BITS:g} an exact sample may lose to truncation; "
+        f"{int(far.sum())} blocks are affected. Use method='sp-orc' or 'orc' for such "
+        f"blocks, or give the dimension partition bits",
+        block=i,
+        dim=dd,
+    )
+
+
 # --------------------------------------------------------------------------- encode
 def encode(
     mu,
@@ -405,6 +443,8 @@ def encode(
 
     Raises: :class:`InputError` (shapes, NaN/inf, scales <= 0, bits),
         :class:`UnboundedRatioError` (exact method on an unbounded ratio),
+        :class:`OutOfReachError` (exact method on a target with more than
+        ``2^OUTSIDE_MAX_BITS`` of its mass beyond the sampler's reach),
         :class:`SearchBudgetError` (step cap).
     """
     method = _check_method(method)
@@ -435,6 +475,7 @@ def encode(
         budget = nsamp
     if exact:
         _check_bounded(m, s, ids, method)
+        _check_reach(m, s, bits_np, ids, method)
 
     be = get_backend(backend)
     schedule = chunks or ChunkSchedule()
@@ -676,7 +717,26 @@ def exact_bounds(
         dinf[rows] = d_rows
         dinf_d[rows] = dd_rows
         kept_tables = kept.get(0)
-    return ExactBounds(t.m, t.s, t.bits, dinf, dinf_d, rows, kept_tables, be.name)
+    outside = outside_bits(t.m, t.s, t.bits)
+    return ExactBounds(t.m, t.s, t.bits, dinf, dinf_d, outside, rows, kept_tables, be.name)
+
+
+def outside_bits(m: np.ndarray, s: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """log2 of the mass of targets ``N(m, s^2)`` (prior-standardized, host ``(n, d)``)
+    beyond the sampler's reach under partition ``bits`` ``(n, d)``, summed over the
+    dimensions (a union bound), float64 ``(n,)``; ``-inf`` where it underflows."""
+    n, d = m.shape
+    lo = np.empty((n, d))
+    hi = np.empty((n, d))
+    prior = StandardNormalPrior(get_backend("numpy"))
+    for b in np.unique(bits).tolist():  # a loop over distinct bit values, not blocks
+        sel = bits == b
+        lo[sel], hi[sel] = prior.reach(int(b))
+    ln = log_mass_outside(m, s, lo, hi)
+    with np.errstate(divide="ignore"):
+        top = ln.max(axis=1, initial=-np.inf)
+        tot = top + np.log(np.exp(ln - np.where(np.isfinite(top), top, 0.0)[:, None]).sum(axis=1))
+    return np.where(np.isfinite(top), tot, -np.inf) / LN2
 
 
 def exact_feasible(

@@ -107,8 +107,7 @@ def build_tables(be, m, s, bits, bits_host, weights: str) -> BinTables:
         lse[sel] = seg_lse[:, 0]
         if log_bound is not None:
             with be.errstate():
-                sup = ratio.log_sup_on(edges[None, :-1], edges[None, 1:])
-                seg_bound = sup - seg_corr
+                seg_bound = log_sup_weights(ratio, prior, b) - seg_corr
             usable = ratio.bounded() & (logw > -xp.inf) & ~xp.isnan(seg_bound)
             log_bound[idx] = xp.where(usable, seg_bound, xp.inf)
 
@@ -166,7 +165,7 @@ def _segment_weights(be, prior, flat_m, flat_s, sel, b: int, weights: str):
     edges = prior.edges(b)
     ratio = GaussianRatio(be, flat_m[sel][:, None], flat_s[sel][:, None])
     if weights == "sup":
-        logw = ratio.log_sup_on(edges[None, :-1], edges[None, 1:])
+        logw = log_sup_weights(ratio, prior, b)
     elif weights == "qmass":
         logw = ratio.log_mass_on(edges[None, :-1], edges[None, 1:])
     else:  # pragma: no cover - guarded by the caller
@@ -185,6 +184,25 @@ def _segment_weights(be, prior, flat_m, flat_s, sel, b: int, weights: str):
             csum[:, k] = csum[:, k - 1] + w[:, k]
     tot = csum[:, -1:]
     return ratio, edges, logw, csum, tot, top + xp.log(tot)
+
+
+def log_sup_weights(ratio: GaussianRatio, prior: StandardNormalPrior, b: int):
+    """``ln sup q/p`` over the part of each of the ``J = 2^b`` intervals that the sampler
+    can reach, ``(g, J)`` for the ``g`` targets of ``ratio`` (its ``m``, ``s`` of shape
+    ``(g, 1)``; every one bounded). Inner intervals are ``[a_k, a_{k+1}]``; the outer ones
+    end at :meth:`StandardNormalPrior.reach` instead of at infinity: no candidate can land
+    beyond it, so the bound stays valid and the stop stays exact (docs/FORMAT.md section
+    4.1), while a near-collapsed dimension whose ratio peaks 100 sigma out no longer
+    bounds its search by that peak."""
+    edges = prior.edges(b)
+    lo, hi = prior.reach(b)
+    if b == 0:
+        return ratio.log_sup_on(lo, hi)  # (g, 1): ystar has that shape
+    logw = ratio.log_sup_on(edges[None, :-1], edges[None, 1:])
+    J = 1 << b
+    logw[:, :1] = ratio.log_sup_on(lo, edges[1:2][None, :])
+    logw[:, -1:] = ratio.log_sup_on(edges[J - 1 : J][None, :], hi)
+    return logw
 
 
 def _sup_rmax(lse, bits, n: int, d: int, xp):
