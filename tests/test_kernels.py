@@ -531,9 +531,10 @@ def test_kernel_key_derivation_equals_reference():
         np.testing.assert_array_equal(got[1], want[1])
 
 
-def test_runs_of_rng_version_1_still_decode_through_the_pipeline(tmp_path):
+def test_rng_version_1_in_a_header_decodes_with_recipe_1(tmp_path):
     """A run header with rng_version 1 gives a spec that decodes with recipe 1 (old keys,
-    SciPy's ndtri); unknown versions are refused."""
+    SciPy's ndtri), the same as the API's rng_version=1; unknown versions are refused. A
+    run written by the recipe 1 code itself is decoded in tests/test_old_runs.py."""
     from recray.errors import FormatError
     from recray.format.run import Run
     from recray.latents import synthesize
