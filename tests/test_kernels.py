@@ -207,6 +207,44 @@ def test_cpu_kernel_machine_code_has_no_fma():
         assert not FMA.search(asm), FMA.search(asm).group(0)
 
 
+#: Exit status of the probe when libNVVM (or its libdevice) is absent: the only skip.
+NVVM_ABSENT = 77
+NVVM_PROBE = f"""
+import sys
+try:
+    from numba.cuda.cudadrv import libs, nvvm
+    nvvm.NVVM()  # NvvmSupportError (an ImportError) when libNVVM cannot be loaded
+    libs.open_libdevice()  # OSError when libdevice is not installed
+except (ImportError, OSError) as exc:
+    print(f"{{type(exc).__name__}}: {{exc}}")
+    sys.exit({NVVM_ABSENT})
+"""
+
+
+def _run_cuda_script(script: str) -> str:
+    """stdout of ``script`` in a fresh process without the CUDA simulator. Skips only when
+    the probe finds no libNVVM; any failure of ``script`` itself (a compile error included)
+    fails the test."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+
+    def run(src):
+        return subprocess.run(
+            [sys.executable, "-c", src], capture_output=True, text=True, env=env, timeout=300
+        )
+
+    probe = run(NVVM_PROBE)
+    if probe.returncode == NVVM_ABSENT:
+        pytest.skip(
+            f"libNVVM not installed ({probe.stdout.strip()}; pip install "
+            "'cuda-toolkit[nvvm,nvrtc]==13.*')"
+        )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    r = run(script)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
 def test_gpu_kernel_ptx_has_no_fma():
     """The CUDA build's PTX (compiled here without a GPU, when libNVVM is installed) has no
     fused multiply-add: every product is an explicitly rounded mul.rn.f64."""
@@ -226,18 +264,17 @@ ptx2, _ = cuda.compile_ptx(gpu.regenerate_kernel.py_func, (i1, i1, i2, u2, f2, f
                            cc=(9, 0))
 print(len(re.findall(r"\bfma\.", ptx + ptx2)), len(re.findall(r"mul\.rn\.f64", ptx + ptx2)))
 """
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    env.pop("NUMBA_ENABLE_CUDASIM", None)
-    r = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
-    )
-    if r.returncode != 0:
-        if re.search(r"nvvm|NVVM|nvrtc|DynamicLibNotFound|CudaSupportError", r.stderr):
-            pytest.skip("libNVVM not installed (pip install 'cuda-toolkit[nvvm,nvrtc]==13.*')")
-        raise AssertionError(r.stderr[-3000:])
-    n_fma, n_mul = map(int, r.stdout.split())
+    n_fma, n_mul = map(int, _run_cuda_script(script).split())
     assert n_mul > 100
     assert n_fma == 0
+
+
+def test_negative_control_an_nvvm_compile_failure_fails_the_ptx_check():
+    """A compile error that names NVVM (here raised by a planted script once the probe has
+    found libNVVM) fails the check; it never skips."""
+    planted = "raise RuntimeError('NVVM_ERROR_COMPILATION: planted nvvmError in libNVVM')"
+    with pytest.raises(AssertionError, match="NVVM_ERROR_COMPILATION"):
+        _run_cuda_script(planted)
 
 
 # --------------------------------------------------------------------------- search
@@ -546,9 +583,10 @@ def test_kernel_key_derivation_equals_reference():
         np.testing.assert_array_equal(got[1], want[1])
 
 
-def test_runs_of_rng_version_1_still_decode_through_the_pipeline(tmp_path):
+def test_rng_version_1_in_a_header_decodes_with_recipe_1(tmp_path):
     """A run header with rng_version 1 gives a spec that decodes with recipe 1 (old keys,
-    SciPy's ndtri); unknown versions are refused."""
+    SciPy's ndtri), the same as the API's rng_version=1; unknown versions are refused. A
+    run written by the recipe 1 code itself is decoded in tests/test_old_runs.py."""
     from recray.errors import FormatError
     from recray.format.run import Run
     from recray.latents import synthesize

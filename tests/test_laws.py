@@ -121,7 +121,9 @@ def test_learned_golden_bytes_and_wrong_laws_do_not_decode():
         assert not (b.tolist() == bins.tolist() and n.tolist() == local.tolist())
 
 
-def test_old_message_codec_versions_are_read():
+def test_readable_message_codec_versions_and_an_unknown_one_is_refused():
+    """The versions a header may name (runs written by the code of each are decoded in
+    tests/test_old_runs.py); a newer one is refused by name."""
     from recray.pipeline.driver import spec_from_header
 
     assert READABLE_MESSAGE_CODEC_VERSIONS == (1, 2, 3, 4)

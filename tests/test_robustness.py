@@ -352,6 +352,108 @@ def test_truncated_and_foreign_parts_are_named_and_salvaged_around(run, synth, t
     assert "part-00002.parquet: the part belongs to another run" in rej[1]["reason"]
 
 
+def _undecodable(run_dir, seed=0):
+    """Random bytes that are not a message of this run's layout (they fail to decode)."""
+    from recray.errors import RecrayError
+    from recray.format.run import Run
+    from recray.latents.io import Prior
+    from recray.pipeline.codec import decode_items
+
+    r = Run.open(run_dir, verify_parts=False)
+    spec = driver.spec_from_header(r.header, Prior.from_dict(json.loads(r.prior_json), where="p"))
+    rng = np.random.default_rng(seed)
+    for _ in range(5000):
+        b = rng.bytes(int(rng.integers(2, 16)))
+        try:
+            decode_items(np.zeros(1, np.int64), [b], spec)
+        except RecrayError:
+            return b
+    raise AssertionError("no undecodable byte string found")
+
+
+def _set_messages(d, part, new):
+    """Rows ``new`` (row -> bytes) of a part replaced, their CRCs recomputed and the
+    manifest made to agree: only decoding can tell."""
+    import zlib
+
+    from conftest import rehash_part
+
+    t = pq.read_table(os.path.join(d, part))
+    msgs = t.column("message").to_pylist()
+    for row, m in new.items():
+        msgs[row] = m
+    t = t.set_column(t.schema.get_field_index("message"), "message", pa.array(msgs, pa.binary()))
+    crcs = pa.array([zlib.crc32(m) for m in msgs], pa.uint32())
+    t = t.set_column(t.schema.get_field_index("crc32"), "crc32", crcs)
+    pq.write_table(t, os.path.join(d, part))
+    rehash_part(d, part)
+    return [t.column("id")[r].as_py() for r in new]
+
+
+def _encoders_latents(run):
+    out = {}
+    for f in sorted(os.listdir(run)):
+        if f.startswith("part-"):
+            t = pq.read_table(os.path.join(run, f), columns=["id", "z_debug"])
+            pairs = zip(t.column("id").to_pylist(), t.column("z_debug").to_pylist(), strict=True)
+            out |= dict(pairs)
+    return out
+
+
+def test_crc_valid_messages_that_do_not_decode_are_salvaged_around(run, tmp_path, capsys):
+    """Messages replaced by random bytes with matching CRCs: refused by name without
+    --salvage; with it every other item is decoded and both are listed (exit 3)."""
+    from recray.errors import MessageError
+
+    d = _copy(run, tmp_path)
+    bad = _undecodable(d)
+    bad_ids = _set_messages(d, "part-00001.parquet", {17: bad, 200: bad})
+    with pytest.raises(MessageError, match=rf"item {bad_ids[0]}: "):
+        driver.decompress(d, str(tmp_path / "x.parquet"))
+    assert main(["decompress", d, "--out", str(tmp_path / "x2.parquet")]) == 2
+    capsys.readouterr()
+    out = str(tmp_path / "y.parquet")
+    assert main(["decompress", d, "--out", out, "--salvage"]) == 3
+    assert "2 damaged items could not be decoded" in capsys.readouterr().err
+    got = pq.read_table(out)
+    assert got.num_rows == 598
+    rej = pq.read_table(out + ".rejects.parquet").to_pylist()
+    assert [r["id"] for r in rej] == bad_ids
+    assert all("passes its CRC-32 but does not decode" in r["reason"] for r in rej)
+    ref = _encoders_latents(run)
+    for i, z in zip(got.column("id").to_pylist(), got.column("z").to_pylist(), strict=True):
+        assert z == ref[i]
+
+
+def test_part_changed_around_sound_rows_is_reported_under_salvage(run, tmp_path, capsys):
+    """A part rewritten (other Parquet encoding: other bytes, same rows, every CRC holds)
+    no longer matches the manifest's SHA-256: refused without --salvage; with it the items
+    are decoded, the part is named in one line on stderr and in the rejects file, exit 3."""
+    d = _copy(run, tmp_path)
+    part = os.path.join(d, "part-00001.parquet")
+    t = pq.read_table(part)
+    pq.write_table(t.replace_schema_metadata(t.schema.metadata), part, compression="gzip")
+    with pytest.raises(FormatError, match="part-00001.parquet does not match the manifest"):
+        driver.decompress(d, str(tmp_path / "x.parquet"))
+    out = str(tmp_path / "y.parquet")
+    assert main(["decompress", d, "--out", out, "--salvage"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("recray: part-00001.parquet does not match")
+    assert "its 250 items were decoded" in err[0]
+    got = pq.read_table(out)
+    assert got.num_rows == 600
+    ref = _encoders_latents(run)
+    pairs = zip(got.column("id").to_pylist(), got.column("z").to_pylist(), strict=True)
+    assert all(z == ref[i] for i, z in pairs)
+    rej = pq.read_table(out + ".rejects.parquet").to_pylist()
+    assert [(r["id"], r["field"]) for r in rej] == [(None, "part")]
+    assert rej[0]["reason"].startswith("part-00001.parquet: does not match the manifest")
+    # negative control: the sound run salvages with exit 0, no word and no rejects file
+    out2 = str(tmp_path / "z.parquet")
+    assert main(["decompress", run, "--out", out2, "--salvage"]) == 0
+    assert capsys.readouterr().err == "" and not os.path.exists(out2 + ".rejects.parquet")
+
+
 # ------------------------------------------------------------------ edge cases
 def test_too_narrow_a_target_is_refused_by_name():
     mu = np.zeros((3, 2))

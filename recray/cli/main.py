@@ -16,7 +16,8 @@
 ``main(argv)`` returns the exit code: 0 on success, 2 on a :class:`RecrayError` (bad input,
 named in one line on stderr), 1 on a failed check, 3 when the work finished but left items
 out (``compress --on-bad-item skip`` skipped bad items, ``decompress --salvage`` could not
-decode damaged ones; both list them in a rejects file).
+decode damaged ones, or decoded a part that no longer matches the manifest; both list them
+in a rejects file).
 """
 
 from __future__ import annotations
@@ -198,14 +199,15 @@ def cmd_decompress(args) -> int:
         ray_options=_ray_opts(args),
     )
     print(f"decoded {r['items']:,} items into {r['out']}")
+    for line in r.get("warnings", []):
+        print(f"recray: {line}", file=sys.stderr)
     if r["rejects"]:
         print(
             f"recray: {r['rejects']:,} damaged items could not be decoded; they are listed "
             f"in {r['rejects_path']}",
             file=sys.stderr,
         )
-        return 3
-    return 0
+    return 3 if r["rejects"] or r.get("warnings") else 0
 
 
 def cmd_inspect(args) -> int:
@@ -653,7 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--salvage",
         action="store_true",
-        help="decode every item whose part and CRC are sound; list the damaged ones in "
+        help="decode every item whose part is readable, whose CRC holds and whose message "
+        "decodes; list the others, and parts changed around sound rows, in "
         "OUT.rejects.parquet (exit status 3); runs in this process",
     )
     d.add_argument(

@@ -13,9 +13,15 @@ Encoding one image ``x`` (uint8, 784 pixels):
 
 Decoding reads the indices at the head of each message, regenerates ``z``, rebuilds the
 same tables and reads the pixels from the same decoder; a message that does not end where
-its 784 pixels end is reported by image id. The run directory is a recray run (plan,
-prior, parts, manifest) whose header also records the codec, the MNIST split and the
-model's SHA-256; decoding with other weights is refused before any work.
+its 784 pixels end is reported by image id. "Ends" is the encoder's own rule
+(``docs/FORMAT.md`` section 7): a message is the shortest byte string that, zero-padded,
+decodes to its symbols, so a message whose first ``n - 1`` bytes (or those plus one unit
+in their last byte, the only other ``n - 1``-byte string that can) already decode to the
+same indices and pixels carries bytes or symbols beyond them (:func:`_check_end`).
+
+The run directory is a recray run (plan, prior, parts, manifest) whose header also records
+the codec, the MNIST split and the model's SHA-256; decoding with other weights is refused
+before any work.
 
 **Exactness.** The tables must be bit-identical on both sides, on any machine. Codec
 version 2 (written today) computes them with integers only
@@ -735,7 +741,9 @@ def _decode_part(run: Run, spec, decoder, version: int, batch_size: int, file: s
             z = decode_indices(chunk_ids, bins, local, spec, extra)
             probs = _tables(decoder, z, version)
             for j, (i, h) in enumerate(zip(chunk_ids, heads, strict=True)):
-                all_images.append(_read_pixels(h.decoder, probs[j], i))
+                image = _read_pixels(h.decoder, probs[j], i)
+                _check_end(chunk[j], spec.layout, h, image, probs[j], i)
+                all_images.append(image)
             all_ids.append(chunk_ids)
     if not all_ids:
         return np.zeros(0, np.int64), np.zeros((0, PIXELS), np.uint8)
@@ -753,3 +761,44 @@ def _read_pixels(decoder, probs: np.ndarray, image_id) -> np.ndarray:
     if (sym < 0).any() or (sym >= LEVELS).any():
         raise MessageError(f"image {fmt_item(image_id)}: pixels decode outside 0..255")
     return sym.astype(np.uint8)
+
+
+def _decodes_same(candidate: bytes, layout, head, image: np.ndarray, probs) -> bool:
+    """Whether ``candidate`` decodes to the indices of ``head`` and then to ``image``."""
+    try:
+        h = read_head(candidate, layout)
+        if not (
+            np.array_equal(h.bins, head.bins)
+            and np.array_equal(h.local, head.local)
+            and np.array_equal(h.extra, head.extra)
+        ):
+            return False
+        sym = np.asarray(h.decoder.decode(PIXEL_MODEL, np.ascontiguousarray(probs)))
+    except Exception:  # constriction or the layout rejects it: it does not decode the same
+        return False
+    return np.array_equal(sym, image)
+
+
+def _check_end(message: bytes, layout, head, image: np.ndarray, probs, image_id) -> None:
+    """Raise :class:`MessageError` naming the image unless ``message`` ends where its
+    indices and 784 pixels end: it is not empty and no byte string one byte shorter decodes
+    to the same symbols. The values that decode to them form one interval and ``message``
+    lies in it, so only the first ``n - 1`` bytes and those plus one unit in their last
+    byte can (the shortest-prefix rule of ``docs/FORMAT.md`` section 7)."""
+    n = len(message)
+    if n == 0:
+        raise MessageError(f"image {fmt_item(image_id)}: the message is empty")
+    if n == 1:
+        return
+    prefix = bytes(message[: n - 1])
+    shorter = [prefix]
+    up = int.from_bytes(prefix, "big") + 1
+    if up < 1 << (8 * (n - 1)):
+        shorter.append(up.to_bytes(n - 1, "big"))
+    for cand in shorter:
+        if _decodes_same(cand, layout, head, image, probs):
+            raise MessageError(
+                f"image {fmt_item(image_id)}: the message does not end where its {PIXELS} "
+                f"pixels end: {n - 1} of its {n} bytes already decode to the same latent and "
+                "pixels (extra bytes or symbols after them); the message is corrupted"
+            )

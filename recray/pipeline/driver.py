@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recray import __version__, rec
-from recray.errors import FormatError, InputError, PlanError, fmt_item
+from recray.errors import FormatError, InputError, PlanError, RecrayError, fmt_item
 from recray.format.messages import MESSAGE_CODEC_VERSION, READABLE_MESSAGE_CODEC_VERSIONS
 from recray.format.run import (
     MANIFEST_FILE,
@@ -395,11 +395,15 @@ def decompress(
     writes the decoded tables in part order: the same file either way. Decoding costs one
     candidate per block (the search costs ``2^bits``), so Ray pays off only on large runs.
 
-    A damaged run (a part that does not match the manifest, a message that fails its CRC)
-    is refused with the damaged items named. ``salvage=True`` decodes every item whose part
-    is readable and from this run and whose CRC holds, and writes the others (``id`` when
-    known, ``field``, ``reason``) to ``rejects_path`` (default ``<out_path>.rejects.parquet``);
-    ``info["rejects"]`` counts them (items of a lost part count once each).
+    A damaged run (a part that does not match the manifest, a message that fails its CRC
+    or does not decode) is refused with the damaged items named. ``salvage=True`` (in this
+    process) decodes every item whose part is readable and from this run, whose CRC holds
+    and whose message decodes, and writes the others (``id`` when known, ``field``,
+    ``reason``) to ``rejects_path`` (default ``<out_path>.rejects.parquet``);
+    ``info["rejects"]`` counts them (items of a lost part count once each). A part that
+    does not match the manifest although every row's CRC holds is decoded and reported:
+    a row ``field = "part"`` in the rejects file and one line per part in
+    ``info["warnings"]`` (``info["changed_parts"]`` names them).
     """
     run = Run.open(run_dir, verify_parts=False)
     prior = Prior.from_dict(json.loads(run.prior_json), where="run prior")
@@ -427,7 +431,7 @@ def decompress(
     # at all (a rename locally; on an object store a copy, whose object appears at once)
     tmp = out.sibling(f".{out.name}.partial-{uuid.uuid4().hex[:12]}")
     n = 0
-    lost = {"id": [], "field": [], "reason": []}
+    lost = _Lost()
     bar = (
         progress(total=run.manifest["items"], unit="item", desc="decompress") if progress else None
     )
@@ -446,23 +450,13 @@ def decompress(
                     w.write_table(table)
                 n += table.num_rows
                 tick(bar, rows, nbits)
-        lost_items = len(lost["id"])
-        lost_items += sum(r for r in lost.pop("_part_rows", []))
         if not salvage and n != run.manifest["items"]:
             raise FormatError(
                 f"{run_dir!r}: the parts hold {n} items but the manifest says "
                 f"{run.manifest['items']}"
             )
-        if salvage and lost["id"]:
-            rejects_loc.write_parquet(
-                pa.table(
-                    {
-                        "id": pa.array(lost["id"], type=id_type),
-                        "field": pa.array(lost["field"], type=pa.string()),
-                        "reason": pa.array(lost["reason"], type=pa.string()),
-                    }
-                )
-            )
+        if salvage and lost.rows["field"]:
+            rejects_loc.write_parquet(lost.table(id_type))
         tmp.move_to(out)
     except BaseException:
         tmp.remove()
@@ -470,17 +464,51 @@ def decompress(
     finally:
         if bar:
             bar.close()
-    result = {"items": n, "out": out_path, "rejects": lost_items}
-    if salvage and lost["id"]:
+    result = {"items": n, "out": out_path, "rejects": lost.items}
+    if salvage and lost.rows["field"]:
         result["rejects_path"] = rejects_path
+    if lost.changed_parts:
+        result["changed_parts"] = list(lost.changed_parts)
+        result["warnings"] = [
+            f"{file} does not match the manifest (size or SHA-256) although every row's "
+            f"CRC-32 holds: its {rows} items were decoded, but the file was changed after the "
+            f"run was written (listed in {rejects_path})"
+            for file, rows in lost.changed_parts.items()
+        ]
     return result
 
 
-def _decode_here(run: Run, damaged: dict, lost: dict, batch_size: int, salvage: bool, spec,
+class _Lost:
+    """What salvage could not decode: the rows of the rejects file (``id``, ``field``,
+    ``reason``), how many items that is, and the parts decoded although they do not match
+    the manifest (file -> rows)."""
+
+    def __init__(self):
+        self.rows = {"id": [], "field": [], "reason": []}
+        self.items = 0
+        self.changed_parts: dict[str, int] = {}
+
+    def add(self, item_id, field: str, reason: str, items: int = 1) -> None:
+        self.rows["id"].append(item_id)
+        self.rows["field"].append(field)
+        self.rows["reason"].append(reason)
+        self.items += items
+
+    def table(self, id_type) -> pa.Table:
+        return pa.table(
+            {
+                "id": pa.array(self.rows["id"], type=id_type),
+                "field": pa.array(self.rows["field"], type=pa.string()),
+                "reason": pa.array(self.rows["reason"], type=pa.string()),
+            }
+        )
+
+
+def _decode_here(run: Run, damaged: dict, lost: _Lost, batch_size: int, salvage: bool, spec,
                  schema):  # fmt: skip
     """``(decoded table, rows consumed, their nbits)`` per batch of every part, decoded in
-    this process; with ``salvage`` the items that fail their CRC (and the parts that are
-    lost) are recorded in ``lost`` instead of raising."""
+    this process; with ``salvage`` the items that fail their CRC or do not decode (and the
+    parts that are lost) are recorded in ``lost`` instead of raising."""
     for name, batch in _part_batches(run, damaged, lost, batch_size):
         ids = batch.column("id").to_pylist()
         msgs = batch.column("message").to_pylist()
@@ -488,32 +516,62 @@ def _decode_here(run: Run, damaged: dict, lost: dict, batch_size: int, salvage: 
         if salvage:
             good = crc32_of(msgs) == crcs.astype(np.uint32)
             for i in np.flatnonzero(~good).tolist():
-                lost["id"].append(ids[i])
-                lost["field"].append("message")
-                lost["reason"].append(
-                    f"item {fmt_item(ids[i])} in {name}: the message fails its CRC-32 (corrupted)"
+                lost.add(
+                    ids[i],
+                    "message",
+                    f"item {fmt_item(ids[i])} in {name}: the message fails its CRC-32 (corrupted)",
                 )
             ids = [v for v, g in zip(ids, good, strict=True) if g]
             msgs = [v for v, g in zip(msgs, good, strict=True) if g]
+            tables = _decode_salvaging(ids, msgs, spec, schema, name, lost)
+            table = pa.concat_tables(tables) if tables else schema.empty_table()
         else:
             check_crcs(ids, msgs, crcs)
-        table = decoded_table(ids, msgs, spec, schema) if ids else schema.empty_table()
+            table = decoded_table(ids, msgs, spec, schema) if ids else schema.empty_table()
         yield table, batch.num_rows, batch.column("nbits")
 
 
-def _part_batches(run: Run, damaged: dict, lost: dict, batch_size: int):
+def _decode_salvaging(ids: list, msgs: list, spec, schema, name: str, lost: _Lost) -> list:
+    """Decoded tables of the items whose messages decode, in item order; each one that
+    does not (a :class:`RecrayError`: its CRC holds but its bytes are not a message of this
+    run) goes to ``lost``. A failing batch is halved until the failing items stand alone,
+    so a few bad items cost about two decodes of the batch."""
+    if not ids:
+        return []
+    try:
+        return [decoded_table(ids, msgs, spec, schema)]
+    except RecrayError as exc:
+        if len(ids) == 1:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            why = why.removeprefix(f"item {fmt_item(ids[0])}: ")  # named once, below
+            lost.add(
+                ids[0],
+                "message",
+                f"item {fmt_item(ids[0])} in {name}: the message passes its CRC-32 but does "
+                f"not decode ({why})",
+            )
+            return []
+    h = len(ids) // 2
+    return _decode_salvaging(ids[:h], msgs[:h], spec, schema, name, lost) + _decode_salvaging(
+        ids[h:], msgs[h:], spec, schema, name, lost
+    )
+
+
+def _part_batches(run: Run, damaged: dict, lost: _Lost, batch_size: int):
     """``(part path, record batch)`` of every readable part of this run; a damaged part that
     is lost as a whole (unreadable, missing, from another run) adds one reject row (id
-    null) and its item count to ``lost["_part_rows"]``."""
+    null) counting its items, and a damaged part whose rows all pass their CRC is read and
+    recorded in ``lost.changed_parts`` (and as a reject row that counts no item)."""
     for p in run.manifest["parts"]:
         if p["file"] in damaged:
             dmg = run.part_damage(p["file"])
             if dmg.bad_ids is None:
-                lost["id"].append(None)
-                lost["field"].append("part")
-                lost["reason"].append(f"{p['file']}: {dmg.describe()}")
-                lost.setdefault("_part_rows", []).append(p["rows"] - 1)
+                lost.add(None, "part", f"{p['file']}: {dmg.describe()}", items=p["rows"])
                 continue
+            if not dmg.bad_ids:
+                lost.changed_parts[p["file"]] = p["rows"]
+                why = f"{damaged[p['file']]}; {dmg.describe()}: its items were decoded"
+                lost.add(None, "part", f"{p['file']}: {why}", items=0)
         pf = run.part_file(p["file"])
         cols = ["id", "message", "crc32", "nbits"]
         for rb in pf.iter_batches(batch_size=batch_size, columns=cols):

@@ -15,9 +15,10 @@ Guarantees and requirements (both sides must share all of these for decoding to 
   same alone or inside any batch, and for any chunk schedule.
 
 PFR and SP-PFR return exact samples of Q; ORC and SP-ORC are approximate (fixed budget).
-GPRS (greedy Poisson rejection sampling, Flamich 2023; :mod:`recray.rec.gprs`) is exact,
-for one-dimensional blocks: the per-dimension baseline. Its candidates are PFR's, so its
-indices decode like PFR's.
+GPRS (greedy Poisson rejection sampling, Flamich 2023; :mod:`recray.rec.gprs`), for
+one-dimensional blocks, is the per-dimension baseline; it is approximate (its stretch
+function is a numerical integral) and not in ``EXACT_METHODS``. Its candidates are PFR's,
+so its indices decode like PFR's.
 """
 
 from __future__ import annotations
