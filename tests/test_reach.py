@@ -19,16 +19,26 @@ from recray import rec
 from recray.backend import get_backend
 from recray.rec import api, portable
 from recray.rec.gaussian import REACH_MARGIN, GaussianRatio, StandardNormalPrior
-from recray.rec.partition import build_tables
+from recray.rec.partition import build_tables as _build_tables
+from recray.rec.trees import geometry
 from tests.conftest import typical_posteriors
 
 BE = get_backend("numpy")
 PRIOR = StandardNormalPrior(BE)
 
 
+def build_tables(be, m, s, bits, _bits_again, weights):
+    """The tables of complete partitions of ``bits`` (n, d)."""
+    bits = np.ascontiguousarray(np.broadcast_to(np.asarray(bits, dtype=np.int64), m.shape))
+    return _build_tables(be, m, s, geometry(None, bits), weights)
+
+
 def whole_line(monkeypatch):
     """The bound of earlier recray versions: outer intervals reach +-inf."""
+    from recray.rec import partition
+
     monkeypatch.setattr(StandardNormalPrior, "reach", lambda self, b: (-math.inf, math.inf))
+    monkeypatch.setattr(partition, "_SHAPES", {})
 
 
 @pytest.mark.parametrize("b", [0, 1, 3, 8, 16, 24])
@@ -111,7 +121,10 @@ def test_no_reachable_candidate_exceeds_the_bound():
 def test_negative_control_range_cut_by_one_sigma_is_caught(monkeypatch):
     """A bound taken over a range one prior-sigma short of the reach: some candidate the
     generator can produce exceeds it (the check above must catch the planted bug)."""
+    from recray.rec import partition
+
     real = StandardNormalPrior.reach
+    monkeypatch.setattr(partition, "_SHAPES", {})
     monkeypatch.setattr(
         StandardNormalPrior,
         "reach",

@@ -63,8 +63,8 @@ from recray.format.messages import IndexLayout, decode_blocks, encode_messages
 from recray.plan import KL_SAMPLES_MAX_BITS, CodecPlan, kl_sample_bits
 from recray.plan.adaptive import adapt_bits, dim_dinf_bits
 from recray.rec.api import FEASIBLE_MARGIN_BITS
-from recray.rec.gaussian import StandardNormalPrior
 from recray.rec.philox import RNG_VERSION, philox4x32, split64
+from recray.rec.trees import geometry
 
 STREAM_DOMAIN = 0x52535452  # "RSTR"
 ON_UNBOUNDED = ("error", "orc")
@@ -405,10 +405,12 @@ def _problems(rows, m_r, s_r, pm, ps, bits, extra, spec: CodecSpec) -> list:
             )
             continue
         b = bits[r] + extra[r]
-        far = rec.api.outside_bits(m[i : i + 1], s[i : i + 1], b[None, :])[0]
+        geo = geometry(None, b[None, :])
+        far = rec.api.outside_bits(m[i : i + 1], s[i : i + 1], geo)[0]
         if far > rec.api.OUTSIDE_MAX_BITS:
-            lo, hi = StandardNormalPrior(be).reach(int(b.min()))
+            lo, hi = (v[0] for v in rec.api.reach_of(geo))
             d = int(np.argmax(np.maximum((lo - m[i]) / s[i], (m[i] - hi) / s[i])))
+            lo, hi = lo[d], hi[d]
             out.append(
                 BlockProblem(
                     r,

@@ -27,39 +27,24 @@ from __future__ import annotations
 import numpy as np
 
 from recray.format.messages import MAX_EXTRA_BITS
-from recray.rec.gaussian import LN2, GaussianRatio, StandardNormalPrior
-from recray.rec.partition import MAX_BITS_PER_DIM, log_sup_weights
+from recray.rec.partition import MAX_BITS_PER_DIM
+from recray.rec.partition import dim_dinf_bits as partition_dinf_bits
+from recray.rec.trees import TRIVIAL
 
 #: Default threshold of ``recray compress``: blocks whose expected exact search exceeds
 #: ``2^18`` candidates under the plan's partition get extra partition bits.
 DEFAULT_ADAPT_ABOVE_BITS = 18.0
 MAX_BLOCK_BITS = 62
 MAX_ROUNDS = 64
-_TABLE_ENTRIES = 1 << 22  # (rows x 2^b) entries per table chunk
 
 
-def dim_dinf_bits(be, m, s, b) -> np.ndarray:
+def dim_dinf_bits(be, m, s, b, tree: tuple = TRIVIAL) -> np.ndarray:
     """``D_inf`` of each (target, bits) pair in one dimension with sup weights, bits:
-    ``log2((1/J) sum_k sup_{interval k} q/p)`` with ``J = 2^b``. ``m``, ``s``, ``b`` are flat
-    host arrays ``(k,)`` (targets bounded: ``s < 1`` or the prior itself). Returns
-    float64 ``(k,)``. Agrees with :func:`recray.rec.partition.build_tables`'s
-    ``log_rmax_d`` (the same :func:`~recray.rec.partition.log_sup_weights`)."""
-    m = np.asarray(m, dtype=np.float64)
-    s = np.asarray(s, dtype=np.float64)
-    b = np.asarray(b, dtype=np.int64)
-    out = np.empty(m.shape[0])
-    prior = StandardNormalPrior(be)
-    for bv in np.unique(b).tolist():
-        sel = np.flatnonzero(b == bv)
-        step = max(1, _TABLE_ENTRIES >> int(bv))
-        for lo in range(0, sel.size, step):
-            rows = sel[lo : lo + step]
-            ratio = GaussianRatio(be, be.asarray(m[rows])[:, None], be.asarray(s[rows])[:, None])
-            logw = log_sup_weights(ratio, prior, int(bv))
-            top = logw.max(axis=1, keepdims=True)
-            lse = top[:, 0] + be.xp.log(be.xp.exp(logw - top).sum(axis=1))
-            out[rows] = be.to_numpy(lse - bv * LN2) / LN2
-    return out
+    ``log2 sum_k w_k sup_{interval k} q/p`` over ``tree`` refined by ``b`` levels (the
+    complete partition of ``b`` bits by default). ``m``, ``s``, ``b`` are flat host arrays
+    ``(k,)`` (targets bounded: ``s < 1`` or the prior itself). Returns float64 ``(k,)``,
+    bit for bit :func:`recray.rec.partition.build_tables`'s ``log_rmax_d / ln 2``."""
+    return partition_dinf_bits(be, m, s, tree, b)
 
 
 def adapt_bits(be, m, s, bits, max_dinf_bits: float) -> np.ndarray:

@@ -49,6 +49,7 @@ from recray.rec.partition import (
 from recray.rec.philox import RNG_VERSION, RNG_VERSIONS
 from recray.rec.randomness import MAX_DIM, MAX_LOCAL_INDEX, block_keys, shared_sample
 from recray.rec.search import ChunkSchedule, SearchProblem, run_search
+from recray.rec.trees import Geometry, Trees, geometry
 
 METHODS = ("pfr", "orc", "sp-pfr", "sp-orc", "gprs")
 EXACT_METHODS = ("pfr", "sp-pfr")
@@ -147,7 +148,9 @@ class ExactBounds:
     tables instead of building them again. Host arrays but ``tables``:
 
     m, s     (n, d) float64  the prior-standardized targets they belong to
-    bits     (n, d) int64    partition bits
+    bits     (n, d) int64    partition bits (extra levels on the trees)
+    tree_ids (n, d) int64    the trees of ``tree_table`` (all 0 with the trivial table:
+                             complete partitions)
     dinf     (n,) float64    ``D_inf[Q||P']`` in bits (``inf`` where the ratio is unbounded)
     dinf_d   (n, d) float64  its terms per dimension (NaN where the block is unbounded)
     outside  (n,) float64    log2 of the target's mass beyond the sampler's reach (a union
@@ -162,12 +165,14 @@ class ExactBounds:
     m: np.ndarray
     s: np.ndarray
     bits: np.ndarray
+    tree_ids: np.ndarray
     dinf: np.ndarray
     dinf_d: np.ndarray
     outside: np.ndarray
     rows: np.ndarray
     tables: BinTables | None
     backend: str
+    tree_table: tuple = ((0,),)
 
     def feasible(self, max_steps=None, margin_bits: float = FEASIBLE_MARGIN_BITS) -> np.ndarray:
         """bool ``(n,)``: bounded, ``2^dinf`` at most ``max_steps / 2^margin_bits``, and at
@@ -196,18 +201,20 @@ class ExactBounds:
             self.m[sel],
             self.s[sel],
             self.bits[sel],
+            self.tree_ids[sel],
             self.dinf[sel],
             self.dinf_d[sel],
             self.outside[sel],
             np.flatnonzero(hit),
             tables,
             self.backend,
+            self.tree_table,
         )
 
     @staticmethod
     def stack(parts: list) -> ExactBounds:
-        """One :class:`ExactBounds` of the blocks of ``parts`` (same ``d`` and backend), in
-        order; its tables are ``None`` unless every part has them."""
+        """One :class:`ExactBounds` of the blocks of ``parts`` (same ``d``, backend and tree
+        table), in order; its tables are ``None`` unless every part has them."""
         shift, rows = 0, []
         for p in parts:
             rows.append(p.rows + shift)
@@ -219,10 +226,11 @@ class ExactBounds:
             np.concatenate(rows),
             concat_tables([p.tables for p in parts], xp) if have else None,
             parts[0].backend,
+            parts[0].tree_table,
         )
 
 
-_BOUND_ROWS = ("m", "s", "bits", "dinf", "dinf_d", "outside")
+_BOUND_ROWS = ("m", "s", "bits", "tree_ids", "dinf", "dinf_d", "outside")
 
 
 # --------------------------------------------------------------------------- validation
@@ -372,15 +380,16 @@ def _check_bounded(m: np.ndarray, s: np.ndarray, ids, method: str) -> None:
         )
 
 
-def _check_reach(m: np.ndarray, s: np.ndarray, bits: np.ndarray, ids, method: str) -> None:
-    out = outside_bits(m, s, bits)
+def _check_reach(m: np.ndarray, s: np.ndarray, geo: Geometry, ids, method: str) -> None:
+    out = outside_bits(m, s, geo)
     far = out > OUTSIDE_MAX_BITS
     if not far.any():
         return
     i = int(np.argmax(far))
-    lo, hi = StandardNormalPrior(get_backend("numpy")).reach(int(bits[i].min()))
-    z = np.maximum((lo - m[i]) / s[i], (m[i] - hi) / s[i])
+    lo, hi = reach_of(geo.take([i]))
+    z = np.maximum((lo[0] - m[i]) / s[i], (m[i] - hi[0]) / s[i])
     dd = int(np.argmax(z))
+    lo, hi = lo[0, dd], hi[0, dd]
     raise OutOfReachError(
         f"{fmt_block(i, ids)}, dimension {dd}: the target puts 2^{out[i]:.1f} of its mass "
         f"beyond the sampler's reach (about [{lo:.2f}, {hi:.2f}] prior-sigma; its mean is "
@@ -410,6 +419,7 @@ def encode(
     on_cap: str = "raise",
     chunks: ChunkSchedule | None = None,
     bounds: ExactBounds | None = None,
+    trees: Trees | None = None,
 ) -> EncodeResult:
     """Code one sample of ``Q_i = N(mu[i], diag(sigma[i]^2))`` per block against the prior
     ``P = N(prior_mu, diag(prior_sigma^2))``.
@@ -419,7 +429,12 @@ def encode(
         prior_mu, prior_sigma: broadcast to ``(n_blocks, d)``; ``prior_sigma > 0``.
         bits: integers broadcast to ``(n_blocks, d)``: partition bits per dimension (0 = not
             partitioned), at most 24 per dimension and ``B = sum <= 62`` per block. Required
-            by ``sp-*``; ignored by ``pfr``/``orc``.
+            by ``sp-*``; ignored by ``pfr``/``orc``. With ``trees``: the extra levels on each
+            dimension's tree.
+        trees: :class:`recray.rec.trees.Trees` or None (complete partitions: ``2^bits``
+            intervals of equal prior mass): dyadic partitions of unequal prior mass per
+            (block, dimension), each refined by ``bits`` levels (``sp-*`` only). Both sides
+            must share them.
         method: ``"pfr"`` | ``"orc"`` | ``"sp-pfr"`` | ``"sp-orc"``.
         seed: run seed in ``[0, 2^64)``.
         stream_ids: int64 ``(n_blocks,)``, default ``arange(n_blocks)``. All randomness of
@@ -451,8 +466,8 @@ def encode(
     method = _check_method(method)
     if on_cap not in ("raise", "keep"):
         raise InputError(f"on_cap must be 'raise' or 'keep'; got {on_cap!r}")
-    t = _targets(mu, sigma, prior_mu, prior_sigma, bits, method, stream_ids)
-    n, d, ids, pm, ps, bits_np, m, s = t.n, t.d, t.ids, t.pm, t.ps, t.bits, t.m, t.s
+    t = _targets(mu, sigma, prior_mu, prior_sigma, bits, method, stream_ids, trees)
+    n, d, ids, pm, ps, m, s, geo = t.n, t.d, t.ids, t.pm, t.ps, t.m, t.s, t.geo
     seed = _seed(seed)
     if method == "gprs":
         return _encode_gprs(t, seed, max_steps, backend, on_cap)
@@ -476,11 +491,11 @@ def encode(
         budget = nsamp
     if exact:
         _check_bounded(m, s, ids, method)
-        _check_reach(m, s, bits_np, ids, method)
+        _check_reach(m, s, t.geo, ids, method)
 
     be = get_backend(backend)
     schedule = chunks or ChunkSchedule()
-    batches = list(_batches(bits_np))
+    batches = list(_batches(geo))
     dinf = np.full(n, np.nan)
     dinf_d = np.full((n, d), np.nan)
     kept = {}
@@ -490,7 +505,7 @@ def encode(
         # the bound of every block is known before any search starts; with one internal
         # batch (the common case) its tables are reused by the search
         if bounds is None:
-            dinf, dinf_d, kept = _exact_bounds(be, m, s, bits_np, batches)
+            dinf, dinf_d, kept = _exact_bounds(be, m, s, geo, batches)
         else:
             dinf, dinf_d = bounds.dinf.copy(), bounds.dinf_d.copy()
             if bounds.tables is None or len(batches) != 1:
@@ -512,13 +527,14 @@ def encode(
     }
     for lo, hi in batches:
         sl = slice(lo, hi)
-        tables = kept.pop(lo, None) or _tables(be, m[sl], s[sl], bits_np[sl], exact)
+        geo_b = geo.take(np.arange(lo, hi))
+        tables = kept.pop(lo, None) or _tables(be, m[sl], s[sl], geo_b, exact)
         res = _search_batch(
             be,
             tables,
             m[sl],
             s[sl],
-            bits_np[sl],
+            geo_b,
             ids[sl],
             seed,
             budget[sl],
@@ -531,7 +547,7 @@ def encode(
         for k in out:
             out[k][sl] = res[k]
 
-    B = bits_np.sum(axis=1)
+    B = _partition_bits(geo, out["bin"])
     if exact and on_cap == "raise" and out["capped"].any():
         i = int(np.argmax(out["capped"]))
         dd = int(np.argmax(dinf_d[i]))
@@ -597,12 +613,20 @@ def _encode_gprs(t: _Targets, seed: int, max_steps, backend, on_cap: str) -> Enc
     )
 
 
-def _batches(bits_np: np.ndarray):
+def _partition_bits(geo: Geometry, bins: np.ndarray) -> np.ndarray:
+    """Bits the bin of each block costs under its partitions' prefix codes, int64 ``(n,)``:
+    ``B = sum_d b_d`` for complete partitions, else the levels of the intervals of ``bins``."""
+    if geo.plain:
+        return geo.ext.sum(axis=1)
+    return geo.ordinal_levels(geo.ordinals(bins)).sum(axis=1)
+
+
+def _batches(geo: Geometry):
     """Split rows so each batch's bin tables stay under TABLE_BUDGET entries."""
-    n = bits_np.shape[0]
+    n = geo.depth.shape[0]
     if n == 0:
         return
-    per_row = np.left_shift(1, bits_np).sum(axis=1)
+    per_row = np.left_shift(np.int64(1), geo.depth).sum(axis=1)
     cum = np.cumsum(per_row)
     lo = 0
     while lo < n:
@@ -626,9 +650,14 @@ class _Targets:
     bits: np.ndarray
     m: np.ndarray
     s: np.ndarray
+    geo: Geometry
+
+    @property
+    def tree_ids(self) -> np.ndarray:
+        return self.geo.tree_id
 
 
-def _targets(mu, sigma, prior_mu, prior_sigma, bits, method, stream_ids) -> _Targets:
+def _targets(mu, sigma, prior_mu, prior_sigma, bits, method, stream_ids, trees=None) -> _Targets:
     mu = _float_2d("mu", mu)
     n, d = mu.shape
     sigma = _float_2d("sigma", sigma)
@@ -656,10 +685,26 @@ def _targets(mu, sigma, prior_mu, prior_sigma, bits, method, stream_ids) -> _Tar
             dim=dd,
         )
     bits_np = _bits(bits, method, (n, d), ids)
-    return _Targets(n, d, ids, pm, ps, bits_np, (mu - pm) / ps, s)
+    geo = _geometry(trees, bits_np, method, ids)
+    return _Targets(n, d, ids, pm, ps, bits_np, (mu - pm) / ps, s, geo)
 
 
-def _exact_bounds(be, m, s, bits_np, batches, tables: bool = True):
+def _geometry(trees, bits_np: np.ndarray, method: str, ids) -> Geometry:
+    if trees is not None and not isinstance(trees, Trees):
+        raise InputError(f"trees must be a recray.rec.trees.Trees or None; got {trees!r}")
+    if trees is not None and not method.startswith("sp-"):
+        trees = None  # pfr/orc ignore the partition, as they ignore bits
+    try:
+        return geometry(trees, bits_np)
+    except InputError as exc:
+        msg = str(exc)
+        if exc.args and msg.startswith("block "):
+            i = int(msg.split()[1].rstrip(":,"))
+            msg = fmt_block(i, ids) + msg[len(f"block {i}") :]
+        raise InputError(msg) from None
+
+
+def _exact_bounds(be, m, s, geo: Geometry, batches, tables: bool = True):
     """``D_inf[Q||P']`` per block and per dimension (bits) for the sup weights, and the
     tables when there is a single batch (to reuse); ``tables=False``: the bounds only
     (the same bits, no tables built)."""
@@ -668,19 +713,14 @@ def _exact_bounds(be, m, s, bits_np, batches, tables: bool = True):
     dinf_d = np.full((n, d), np.nan)
     kept = {}
     for lo, hi in batches:
+        g = geo.take(np.arange(lo, hi))
         if tables:
-            t = _tables(be, m[lo:hi], s[lo:hi], bits_np[lo:hi], True)
+            t = _tables(be, m[lo:hi], s[lo:hi], g, True)
             log_rmax_d, log_rmax = t.log_rmax_d, t.log_rmax
             if len(batches) == 1:
                 kept[lo] = t
         else:
-            log_rmax_d, log_rmax = sup_bounds(
-                be,
-                be.asarray(m[lo:hi]),
-                be.asarray(s[lo:hi]),
-                be.asarray(bits_np[lo:hi]),
-                bits_np[lo:hi],
-            )
+            log_rmax_d, log_rmax = sup_bounds(be, be.asarray(m[lo:hi]), be.asarray(s[lo:hi]), g)
         dinf[lo:hi] = be.to_numpy(log_rmax) / LN2
         dinf_d[lo:hi] = be.to_numpy(log_rmax_d) / LN2
     return dinf, dinf_d, kept
@@ -696,6 +736,7 @@ def exact_bounds(
     method="sp-pfr",
     backend=None,
     tables: bool = True,
+    trees: Trees | None = None,
 ) -> ExactBounds:
     """The stopping bounds of an exact method (``pfr``/``sp-pfr``) for every block, before
     any search: :class:`ExactBounds` (``D_inf[Q||P']`` per block, and the search tables of
@@ -703,7 +744,7 @@ def exact_bounds(
     :func:`encode`; ``tables=False`` computes the same bounds without building tables."""
     if method not in EXACT_METHODS:
         raise InputError(f"exact_bounds is for {EXACT_METHODS}; got {method!r}")
-    t = _targets(mu, sigma, prior_mu, prior_sigma, bits, method, None)
+    t = _targets(mu, sigma, prior_mu, prior_sigma, bits, method, None, trees)
     bounded = (t.s < 1.0) | ((t.s == 1.0) & (t.m == 0.0))
     rows = np.flatnonzero(bounded.all(axis=1))
     dinf = np.full(t.n, np.inf)
@@ -711,28 +752,47 @@ def exact_bounds(
     be = get_backend(backend)
     kept_tables = None
     if rows.size:
-        sub_bits = t.bits[rows]
+        sub = t.geo.take(rows)
         d_rows, dd_rows, kept = _exact_bounds(
-            be, t.m[rows], t.s[rows], sub_bits, list(_batches(sub_bits)), tables
+            be, t.m[rows], t.s[rows], sub, list(_batches(sub)), tables
         )
         dinf[rows] = d_rows
         dinf_d[rows] = dd_rows
         kept_tables = kept.get(0)
-    outside = outside_bits(t.m, t.s, t.bits)
-    return ExactBounds(t.m, t.s, t.bits, dinf, dinf_d, outside, rows, kept_tables, be.name)
+    outside = outside_bits(t.m, t.s, t.geo)
+    return ExactBounds(
+        t.m,
+        t.s,
+        t.bits,
+        t.tree_ids,
+        dinf,
+        dinf_d,
+        outside,
+        rows,
+        kept_tables,
+        be.name,
+        t.geo.table,
+    )
 
 
-def outside_bits(m: np.ndarray, s: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    """log2 of the mass of targets ``N(m, s^2)`` (prior-standardized, host ``(n, d)``)
-    beyond the sampler's reach under partition ``bits`` ``(n, d)``, summed over the
-    dimensions (a union bound), float64 ``(n,)``; ``-inf`` where it underflows."""
-    n, d = m.shape
-    lo = np.empty((n, d))
-    hi = np.empty((n, d))
+def reach_of(geo: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """The sampler's reach ``(lo, hi)`` in every (block, dimension), host ``(n, d)``: the
+    outer edges of the first and last intervals (docs/FORMAT.md section 4.1)."""
+    lo = np.empty(geo.lo_level.shape)
+    hi = np.empty(geo.hi_level.shape)
     prior = StandardNormalPrior(get_backend("numpy"))
-    for b in np.unique(bits).tolist():  # a loop over distinct bit values, not blocks
-        sel = bits == b
-        lo[sel], hi[sel] = prior.reach(int(b))
+    for lv in np.unique(geo.lo_level).tolist():  # a loop over distinct levels, not blocks
+        lo[geo.lo_level == lv] = prior.reach(int(lv))[0]
+    for lv in np.unique(geo.hi_level).tolist():
+        hi[geo.hi_level == lv] = prior.reach(int(lv))[1]
+    return lo, hi
+
+
+def outside_bits(m: np.ndarray, s: np.ndarray, geo: Geometry) -> np.ndarray:
+    """log2 of the mass of targets ``N(m, s^2)`` (prior-standardized, host ``(n, d)``)
+    beyond the sampler's reach under partitions ``geo``, summed over the dimensions (a
+    union bound), float64 ``(n,)``; ``-inf`` where it underflows."""
+    lo, hi = reach_of(geo)
     ln = log_mass_outside(m, s, lo, hi)
     with np.errstate(divide="ignore"):
         top = ln.max(axis=1, initial=-np.inf)
@@ -751,6 +811,7 @@ def exact_feasible(
     max_steps=None,
     backend=None,
     margin_bits: float = FEASIBLE_MARGIN_BITS,
+    trees: Trees | None = None,
 ):
     """Which blocks an exact method (``pfr``/``sp-pfr``) can code within ``max_steps``.
 
@@ -773,6 +834,7 @@ def exact_feasible(
         method=method,
         backend=backend,
         tables=False,
+        trees=trees,
     )
     return b.feasible(max_steps, margin_bits), b.dinf
 
@@ -787,6 +849,8 @@ def _check_bounds(bounds: ExactBounds, t: _Targets, be, method: str) -> None:
         and bounds.m.shape == t.m.shape
         and bounds.rows.shape[0] == t.n
         and np.array_equal(bounds.bits, t.bits)
+        and bounds.tree_table == t.geo.table
+        and np.array_equal(bounds.tree_ids, t.tree_ids)
         and np.array_equal(bounds.m, t.m)
         and np.array_equal(bounds.s, t.s)
     )
@@ -797,29 +861,19 @@ def _check_bounds(bounds: ExactBounds, t: _Targets, be, method: str) -> None:
         )
 
 
-def _bit_offsets(bits_np: np.ndarray) -> np.ndarray:
-    """Bit offset of each dimension's field in the flat bin id: ``o_d = b_0 + ... + b_{d-1}``."""
-    return np.cumsum(bits_np, axis=1) - bits_np
+def _tables(be, m, s, geo: Geometry, exact):
+    return build_tables(be, be.asarray(m), be.asarray(s), geo, "sup" if exact else "qmass")
 
 
-def _tables(be, m, s, bits_np, exact):
-    return build_tables(
-        be, be.asarray(m), be.asarray(s), be.asarray(bits_np), bits_np, "sup" if exact else "qmass"
-    )
-
-
-def _problem(be, tables, m, s, bits_np, ids, seed, budget, exact) -> SearchProblem:
+def _problem(be, tables, m, s, ids, seed, budget, exact) -> SearchProblem:
     """The search problem of one batch: standardized targets ``m``, ``s`` ``(n, d)``, their
-    partition bits and tables, stream ids, run seed and per-block budgets ``(n,)``."""
+    tables (partitions and weights), stream ids, run seed and per-block budgets ``(n,)``."""
     xp = be.xp
     s_d = be.asarray(s)
     return SearchProblem(
         m=be.asarray(m),
         s=s_d,
         log_s=xp.log(s_d),
-        bits=be.asarray(bits_np),
-        shift=be.asarray(_bit_offsets(bits_np)),
-        inv_J=be.asarray(np.ldexp(1.0, -bits_np)),
         tables=tables,
         keys=block_keys(seed, be.asarray(ids), xp),
         budget=be.asarray(budget),
@@ -827,13 +881,15 @@ def _problem(be, tables, m, s, bits_np, ids, seed, budget, exact) -> SearchProbl
     )
 
 
-def standard_problem(mu, sigma, bits, method, *, seed=0, budget=None) -> SearchProblem:
+def standard_problem(
+    mu, sigma, bits, method, *, seed=0, budget=None, trees: Trees | None = None
+) -> SearchProblem:
     """The :class:`SearchProblem` that :func:`encode` builds for targets ``N(mu, sigma^2)``
     ``(n, d)`` against the standard prior, as one batch on NumPy (stream ids ``0..n-1``);
     ``budget``: the step cap (exact methods, default :data:`DEFAULT_MAX_STEPS`) or ``N``
     (fixed-budget methods; required), scalar or ``(n,)``. For tests and benchmarks that
     drive the search backends directly."""
-    t = _targets(mu, sigma, 0.0, 1.0, bits, method, None)
+    t = _targets(mu, sigma, 0.0, 1.0, bits, method, None, trees)
     exact = method in EXACT_METHODS
     if budget is None:
         if not exact:
@@ -841,12 +897,12 @@ def standard_problem(mu, sigma, bits, method, *, seed=0, budget=None) -> SearchP
         budget = DEFAULT_MAX_STEPS
     be = get_backend("numpy")
     budget = np.broadcast_to(np.asarray(budget, dtype=np.int64), (t.n,)).copy()
-    tables = _tables(be, t.m, t.s, t.bits, exact)
-    return _problem(be, tables, t.m, t.s, t.bits, t.ids, seed, budget, exact)
+    tables = _tables(be, t.m, t.s, t.geo, exact)
+    return _problem(be, tables, t.m, t.s, t.ids, seed, budget, exact)
 
 
-def _search_batch(be, tables, m, s, bits_np, ids, seed, budget, exact, schedule, pm, ps):
-    prob = _problem(be, tables, m, s, bits_np, ids, seed, budget, exact)
+def _search_batch(be, tables, m, s, geo, ids, seed, budget, exact, schedule, pm, ps):
+    prob = _problem(be, tables, m, s, ids, seed, budget, exact)
     keys = prob.keys
     if be.kernel == "cpu":
         from recray.rec.kernels import search_cpu
@@ -858,7 +914,7 @@ def _search_batch(be, tables, m, s, bits_np, ids, seed, budget, exact, schedule,
         outcome = search_gpu(prob)
     else:
         outcome = run_search(be, prob, schedule)
-    samples = _regenerate(be, outcome.bin, outcome.local, bits_np, keys[0], keys[1], pm, ps)
+    samples = _regenerate(be, outcome.bin, outcome.local, geo, keys[0], keys[1], pm, ps)
     return {
         "samples": samples,
         "bin": outcome.bin,
@@ -889,9 +945,10 @@ def _precheck(dinf, dinf_d, m, s, budget, ids):
     )
 
 
-def _regenerate(be, bin_np, local_np, bits_np, k0, k1, pm, ps, version=RNG_VERSION):
+def _regenerate(be, bin_np, local_np, geo: Geometry, k0, k1, pm, ps, version=RNG_VERSION):
     """Samples ``x = prior_mu + prior_sigma * G(seed, j, n)`` on the backend, to the host.
     The kernels and the array path give the same bits (RNG version 2)."""
+    shape = geo.radix.shape
     if be.kernel is not None and version == RNG_VERSION:
         from recray.rec.kernels import regenerate
 
@@ -899,20 +956,24 @@ def _regenerate(be, bin_np, local_np, bits_np, k0, k1, pm, ps, version=RNG_VERSI
             be.kernel,
             bin_np,
             local_np,
-            bits_np,
+            geo,
             be.to_numpy(k0),
             be.to_numpy(k1),
-            compact_rows(np.broadcast_to(pm, bits_np.shape)),
-            compact_rows(np.broadcast_to(ps, bits_np.shape)),
+            compact_rows(np.broadcast_to(pm, shape)),
+            compact_rows(np.broadcast_to(ps, shape)),
         )
     j = be.asarray(bin_np)[:, None]
     local = be.asarray(local_np)[:, None]
-    shift = _bit_offsets(bits_np)
-    mask = np.left_shift(1, bits_np) - 1
-    kd = (be.asarray(bin_np)[:, None] >> be.asarray(shift)) & be.asarray(mask)
-    inv_J = be.asarray(np.ldexp(1.0, -bits_np))
+    kd, inv_J = geo.intervals(geo.ordinals(bin_np))
     y = shared_sample(
-        be, k0[:, None], k1[:, None], j, local, kd[:, None, :], inv_J[:, None, :], version
+        be,
+        k0[:, None],
+        k1[:, None],
+        j,
+        local,
+        be.asarray(kd)[:, None, :],
+        be.asarray(inv_J)[:, None, :],
+        version,
     )
     x = be.asarray(pm) + be.asarray(ps) * y[:, 0, :]
     return be.to_numpy(x).astype(np.float64, copy=False)
@@ -935,6 +996,7 @@ def decode(
     max_steps=None,
     on_cap=None,
     chunks=None,
+    trees: Trees | None = None,
 ) -> np.ndarray:
     """Rebuild each block's sample from its index: ``x = prior_mu + prior_sigma * G(j, n)``.
 
@@ -974,14 +1036,17 @@ def decode(
     _check_finite("prior_sigma", ps, ids)
     _check_positive("prior_sigma", ps, ids)
     bits_np = _bits(bits, method, (n, d), ids)
-    B = np.broadcast_to(compact_rows(bits_np).sum(axis=1), (n,))
+    geo = _geometry(trees, bits_np, method, ids)
     j, local = indices.bin, indices.local
-    bad = (j < 0) | (j >= np.left_shift(1, B))
+    B = geo.ext.sum(axis=1)
+    end = np.left_shift(np.int64(1), B) if geo.plain else np.prod(geo.radix, axis=1)
+    bad = (j < 0) | (j >= end)
     if bad.any():
         i = int(np.argmax(bad))
+        fits = f"B = {int(B[i])} partition bits" if geo.plain else f"{int(end[i])} bins"
         raise InputError(
             f"{fmt_block(i, ids)}: indices.bin[{i}] = {int(j[i])} does not fit the block's "
-            f"B = {int(B[i])} partition bits; bits, method or indices do not match the encoder"
+            f"{fits}; bits, trees, method or indices do not match the encoder"
         )
     bad = (local < 1) | (local >= MAX_LOCAL_INDEX)
     if bad.any():
@@ -1002,7 +1067,7 @@ def decode(
         be,
         j,
         local,
-        bits_np,
+        geo,
         k0,
         k1,
         pm,
