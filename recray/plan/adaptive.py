@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recray.format.messages import MAX_EXTRA_BITS
+from recray.plan.laws import MAX_EXTRA_BITS
 from recray.rec.partition import MAX_BITS_PER_DIM
 from recray.rec.partition import dim_dinf_bits as partition_dinf_bits
 from recray.rec.trees import TRIVIAL

@@ -50,6 +50,9 @@ PSEUDO_COUNT = 0.5
 ESCAPE_COUNT = 0.5
 #: Widest bin law (bits of one dimension) stored; wider dimensions are coded raw.
 MAX_LAW_BITS = 12
+#: Most extra partition bits one dimension may receive from a per-block adaptive partition
+#: (recray.plan.adaptive; their wire format: recray.format.messages.side).
+MAX_EXTRA_BITS = 20
 
 
 def _freqs(counts: np.ndarray) -> tuple[int, ...]:
