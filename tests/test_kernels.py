@@ -660,6 +660,7 @@ def test_rng_version_1_in_a_header_decodes_with_recipe_1(tmp_path):
         prior_mu=pm,
         prior_sigma=ps,
         bits=bits,
+        trees=spec1.row_trees(grp, 3),
         method=spec1.method,
         seed=spec1.seed,
         stream_ids=sids[:, grp.blocks].reshape(-1),

@@ -137,7 +137,7 @@ GOLDEN = [
 
 @pytest.mark.parametrize("layout,bins,local,hexbytes", GOLDEN)
 def test_golden_bytes(layout, bins, local, hexbytes):
-    assert MESSAGE_CODEC_VERSION == 4
+    assert MESSAGE_CODEC_VERSION == 5
     assert encode_message(bins, local, layout).hex() == hexbytes
     got_bins, got_local = decode_message(bytes.fromhex(hexbytes), layout)
     assert got_bins.tolist() == bins and got_local.tolist() == local

@@ -245,7 +245,7 @@ def test_learned_laws_run_decodes_and_old_plan_runs_keep_version_1(tmp_path):
     assert info["laws"] == "learned"
     header = json.load(open(os.path.join(out, "plan.json")))
     assert header["plan"]["version"] == 2 and header["plan"]["index_laws"]["method"] == "sp-orc"
-    assert header["message_codec_version"] == 4
+    assert header["message_codec_version"] == 5
     dec = mnist.decompress(out, str(tmp_path / "dec"), verify=True)
     assert dec["verified"]
 
@@ -270,7 +270,7 @@ def test_fair_orc_with_per_block_budget_round_trips(tmp_path):
     spec = spec_from_header(header, prior)
     e = kl_sample_bits(spec.plan)
     assert header["n_samples"] == "kl" and e == (15, 15, 14)  # I_b = 14.16, 14.03, 13.93
-    assert spec.layout.block_raw_bits == e and header["message_codec_version"] == 4
+    assert spec.layout.block_raw_bits == e and header["message_codec_version"] == 5
     assert info["latent_only_bits_per_image"] <= 48  # 44 bits, rounded up to whole bytes
     msgs = pq.read_table(os.path.join(out, "part-00000.parquet")).column("message").to_pylist()
     local = np.stack([read_head(m, spec.layout).local for m in msgs])

@@ -556,7 +556,7 @@ def test_orc_with_per_block_budget_from_kl(synth, tmp_path):
     assert len(set(e)) == 3 and e[-1] == 2  # the last block is the collapsed one
     assert hdr["n_samples"] == "kl" and hdr["kl_offset_bits"] == 1.5
     assert hdr["block_n_samples"] == [1 << v for v in e]
-    assert hdr["message_codec_version"] == MESSAGE_CODEC_VERSION == 4
+    assert hdr["message_codec_version"] == MESSAGE_CODEC_VERSION == 5
     assert spec.layout.block_raw_bits == e
     msgs = _messages(out)
     # raw fields only (orc has no bins): sum(e) bits, at most that rounded up to bytes (the
@@ -641,15 +641,17 @@ def test_bad_budgets_are_refused_before_any_work(synth, tmp_path):
 def test_header_message_codec_version_does_not_change_layouts_without_its_fields(
     run, synth, tmp_path
 ):
-    """A current run whose header says message codec version 1, 2 or 3 decodes to the same
-    latents (layouts without adaptive partitions, laws or per-block widths code exactly as
-    then); so does an orc run. Runs written by the older code itself are decoded in
-    tests/test_old_runs.py."""
+    """A current run with complete partitions and fixed laws whose header says message codec
+    version 1, 2 or 3 decodes to the same latents (layouts without adaptive partitions, laws
+    or per-block widths code exactly as then); so does an orc run. Runs written by the older
+    code itself are decoded in tests/test_old_runs.py."""
     lat, pri = synth
     small, _ = _small(synth, tmp_path)
     orc = str(tmp_path / "orc")
     driver.compress(small, pri, orc, method="orc", n_samples=512, **FAST)
-    for src in (run, orc):
+    plain = str(tmp_path / "plain")
+    driver.compress(small, pri, plain, partition="complete", laws="fixed", **FAST)
+    for src in (plain, orc):
         ref = str(tmp_path / "ref.parquet")
         driver.decompress(src, ref)
         for version in (1, 2, 3):

@@ -110,6 +110,7 @@ def test_a_failure_inside_a_search_is_typed_or_a_reject(tmp_path, synth):
     ``on_bad_item="skip"`` such an item is rejected and the rest coded, each item's bytes as
     in a run without it; with ``"fail"`` it is the typed error, and the committed parts stay."""
     kw = dict(FAST, max_steps=1024, feasible_margin_bits=0.0, adapt_above_bits=None, shard_rows=200)
+    kw |= dict(partition="complete")  # equal-mass intervals: blocks both sides of the cap
     lat, pri = synth
     out = str(tmp_path / "skip")
     info = driver.compress(lat, pri, out, on_bad_item="skip", **kw)
@@ -136,7 +137,35 @@ def outliers(tmp_path_factory):
     return synthesize(400, 16, str(d), seed=21, outlier_fraction=0.05)
 
 
-OUTLIER_KW = dict(block_bits=8.0, batch_size=200, engine="local", max_steps=1 << 18)
+#: complete partitions with fixed laws: the side information of message codec version 2,
+#: whose cost these tests pin (tree partitions and fitted laws: the test below)
+OUTLIER_KW = dict(
+    block_bits=8.0,
+    batch_size=200,
+    engine="local",
+    max_steps=1 << 18,
+    partition="complete",
+    laws="fixed",
+)
+
+
+def test_outliers_with_trees_and_fitted_laws_decode_exactly(tmp_path, outliers):
+    """The defaults (tree partitions) with laws fitted on the input and adaptive partitions
+    for the outliers the trees' tails do not cover: every item exact, decoded bit for bit,
+    the side information under the fitted laws."""
+    lat, pri = outliers
+    out = str(tmp_path / "trees")
+    kw = dict(OUTLIER_KW, partition="tree", laws="fit", fit_items=200)
+    info = driver.compress(lat, pri, out, adapt_above_bits=10.0, debug_samples=True, **kw)
+    assert info["fallback_blocks"] == 0 and info["rejects"] == 0 and info["adapted_blocks"] > 0
+    hdr = json.load(open(os.path.join(out, "plan.json")))
+    laws = hdr["plan"]["index_laws"]
+    assert hdr["plan"]["partition"] == "tree" and laws["extra_freqs"]
+    assert all(b["adapt_freqs"] for b in laws["blocks"])
+    dec = str(tmp_path / "z.parquet")
+    driver.decompress(out, dec)
+    enc = pq.read_table(os.path.join(out, "part-00000.parquet"))
+    assert np.array_equal(_vectors(pq.read_table(dec).column("z")), _vectors(enc.column("z_debug")))
 
 
 def test_outliers_are_coded_exactly_by_adaptive_partitions(tmp_path, outliers):
@@ -152,7 +181,7 @@ def test_outliers_are_coded_exactly_by_adaptive_partitions(tmp_path, outliers):
     enc = pq.read_table(os.path.join(out, "part-00000.parquet"))
     assert np.array_equal(_vectors(pq.read_table(dec).column("z")), _vectors(enc.column("z_debug")))
     hdr = json.load(open(os.path.join(out, "plan.json")))
-    assert hdr["adapt_above_bits"] == 12.0 and hdr["message_codec_version"] == 4
+    assert hdr["adapt_above_bits"] == 12.0 and hdr["message_codec_version"] == 5
     adapted = enc.column("adapted_blocks").to_numpy()
     # the side information is almost free where nothing is adapted: the same items' messages
     # are at most one byte longer than under a layout without it

@@ -30,7 +30,7 @@ import sys
 
 from recray import __version__
 from recray.backend import CHOICES as BACKEND_CHOICES
-from recray.errors import RecrayError
+from recray.errors import InputError, RecrayError
 
 
 def _progress():
@@ -127,6 +127,28 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def _plan_options(args) -> dict:
+    """The plan options given on the command line, the others at their defaults; with
+    ``--plan`` none may be given (the plan file fixes them)."""
+    from recray.pipeline.driver import PLAN_DEFAULTS
+
+    given = {k: getattr(args, k) for k in PLAN_OPTIONS if getattr(args, k, None) is not None}
+    if getattr(args, "plan", None) and given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise InputError(f"--plan fixes the codec plan; drop {flags}")
+    return PLAN_DEFAULTS | given
+
+
+def cmd_linear_gaussian(args) -> int:
+    from recray.latents.linear import linear_gaussian
+
+    lat, pri = linear_gaussian(
+        args.n, args.out, informative=args.informative, collapsed=args.collapsed, seed=args.seed
+    )
+    print(f"wrote {lat}\nwrote {pri}")
+    return 0
+
+
 def cmd_compress(args) -> int:
     from recray.pipeline import driver
     from recray.pipeline.options import RayOptions
@@ -135,10 +157,12 @@ def cmd_compress(args) -> int:
         args.latents,
         args.prior,
         args.out,
+        **_plan_options(args),
+        plan=args.plan,
+        laws=args.laws,
+        fit_items=args.fit_items,
         method=args.method,
-        block_bits=args.block_bits,
         n_samples=args.n_samples,
-        allocation=args.allocation,
         seed=args.seed,
         backend=args.backend,
         max_steps=args.max_steps,
@@ -146,7 +170,6 @@ def cmd_compress(args) -> int:
         batch_size=args.batch_size,
         debug_samples=args.debug_samples,
         shard_rows=args.shard_rows,
-        collapsed_block_size=args.collapsed_block_size,
         engine=args.engine,
         ray_options=RayOptions(
             address=args.address,
@@ -175,6 +198,10 @@ def cmd_compress(args) -> int:
         f"  validation            {summary['validation_seconds']:.2f} s before coding; "
         f"{summary['adapted_blocks']:,} blocks with adaptive partitions"
     )
+    laws = summary["laws"]
+    if laws == "fitted":
+        laws = f"fitted on {summary['fit_items']:,} items in {summary['fit_seconds']:.1f} s"
+    print(f"  plan                  {summary['partition']} partitions; laws {laws}")
     if summary["rejects"]:
         print(
             f"recray: {summary['rejects']:,} bad items were skipped; they are listed in "
@@ -182,6 +209,32 @@ def cmd_compress(args) -> int:
             file=sys.stderr,
         )
         return 3
+    return 0
+
+
+def cmd_fit(args) -> int:
+    from recray.pipeline import driver
+
+    r = driver.fit(
+        args.latents,
+        args.prior,
+        args.out,
+        **_plan_options(args),
+        method=args.method,
+        n_samples=args.n_samples,
+        kl_offset_bits=args.kl_offset_bits,
+        kl_max_bits=args.kl_max_bits,
+        seed=args.seed,
+        backend=args.backend,
+        max_steps=args.max_steps,
+        adapt_above_bits=None if args.adapt_above_bits <= 0 else args.adapt_above_bits,
+        fit_items=args.fit_items,
+    )
+    plan = r["plan"]
+    print(
+        f"wrote {args.out}: {plan.partition} partitions, {plan.n_blocks} blocks, laws fitted on "
+        f"{r['items']:,} items in {r['seconds']:.1f} s ({r['rejected']:,} bad items left out)"
+    )
     return 0
 
 
@@ -221,40 +274,68 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def _add_compress_args(c) -> None:
+PLAN_OPTIONS = (
+    "block_bits",
+    "allocation",
+    "partition",
+    "collapsed_block_size",
+    "budget_offset_bits",
+)
+
+
+def _add_plan_args(c) -> None:
+    """The options of the codec plan and of the coding settings its laws depend on (shared
+    by ``compress`` and ``fit``; defaults: :data:`recray.pipeline.driver.PLAN_DEFAULTS`)."""
     from recray import rec
+    from recray.pipeline.driver import PLAN_DEFAULTS
+    from recray.plan import PARTITIONS
     from recray.plan.adaptive import DEFAULT_ADAPT_ABOVE_BITS
 
+    c.add_argument("--method", choices=rec.METHODS, default="sp-pfr")
     c.add_argument(
-        "--on-bad-item",
-        choices=("fail", "skip"),
-        default="fail",
-        help="fail: stop before coding and list every bad item; skip: code the rest and list "
-        "the bad items in RUN/rejects.parquet (exit status 3)",
+        "--block-bits",
+        type=float,
+        default=None,
+        help="information per block (bits) of the codec plan "
+        f"(default: {PLAN_DEFAULTS['block_bits']})",
     )
+    c.add_argument(
+        "--partition",
+        choices=PARTITIONS,
+        default=None,
+        help="tree: intervals of unequal prior mass, about equally wide where the posteriors "
+        "sit (fewer candidates, fewer bits); complete: 2^b equal-mass intervals per "
+        f"dimension (default: {PLAN_DEFAULTS['partition']})",
+    )
+    c.add_argument(
+        "--allocation",
+        choices=("mi", "uniform", "random"),
+        default=None,
+        help=f"complete partitions: bits per dimension by (default: {PLAN_DEFAULTS['allocation']})",
+    )
+    c.add_argument(
+        "--collapsed-block-size",
+        type=int,
+        default=None,
+        help="collapsed dims (no information) per block of their own; 0 spreads them over "
+        "the informative blocks (suits orc; exact methods pay ~0.72 bits of D_inf each) "
+        f"(default: {PLAN_DEFAULTS['collapsed_block_size']})",
+    )
+    c.add_argument(
+        "--budget-offset-bits",
+        type=int,
+        default=None,
+        help="bits added to every informative block's partition budget over its information "
+        f"(default: {PLAN_DEFAULTS['budget_offset_bits']})",
+    )
+    c.add_argument("--n-samples", type=_n_samples_arg, default=1 << 16, help=N_SAMPLES_HELP)
+    _add_kl_args(c)
     c.add_argument(
         "--adapt-above-bits",
         type=float,
         default=DEFAULT_ADAPT_ABOVE_BITS,
         help="sp-pfr: blocks whose exact search would need more than 2^BITS candidates under "
         "the plan get extra partition bits, sent as side information (exact; 0 turns it off)",
-    )
-    c.add_argument("--method", choices=rec.METHODS, default="sp-pfr")
-    c.add_argument(
-        "--block-bits",
-        type=float,
-        default=16.0,
-        help="information per block (bits) of the codec plan",
-    )
-    c.add_argument("--n-samples", type=_n_samples_arg, default=1 << 16, help=N_SAMPLES_HELP)
-    _add_kl_args(c)
-    c.add_argument("--allocation", choices=("mi", "uniform", "random"), default="mi")
-    c.add_argument(
-        "--collapsed-block-size",
-        type=int,
-        default=8,
-        help="collapsed dims (no information) per block of their own; 0 spreads them over "
-        "the informative blocks (suits orc; exact methods pay ~0.72 bits of D_inf each)",
     )
     c.add_argument(
         "--seed", type=int, default=0, help="seed of the shared randomness (decoder needs it)"
@@ -268,6 +349,39 @@ def _add_compress_args(c) -> None:
     )
     c.add_argument(
         "--max-steps", type=int, default=None, help="step cap of the exact methods (default 2^26)"
+    )
+
+
+def _add_compress_args(c) -> None:
+    from recray.pipeline.fit import AUTO_FIT_MIN_ITEMS, DEFAULT_FIT_ITEMS, LAWS_CHOICES
+
+    _add_plan_args(c)
+    c.add_argument(
+        "--laws",
+        choices=LAWS_CHOICES,
+        default="auto",
+        help="the index laws of the messages: fit (fitted on --fit-items items of the input, "
+        "written in the run), fixed (none: the partition's own masses), auto (fit on inputs "
+        f"of at least {AUTO_FIT_MIN_ITEMS:,} items, else fixed; a --plan's own laws are kept)",
+    )
+    c.add_argument(
+        "--fit-items",
+        type=int,
+        default=DEFAULT_FIT_ITEMS,
+        help="items the laws are fitted on (a spread sample of the input)",
+    )
+    c.add_argument(
+        "--plan",
+        default=None,
+        help="a plan JSON from recray fit (blocks, partitions, laws) instead of one built "
+        "from the prior; the plan options (--block-bits, --partition, ...) are then refused",
+    )
+    c.add_argument(
+        "--on-bad-item",
+        choices=("fail", "skip"),
+        default="fail",
+        help="fail: stop before coding and list every bad item; skip: code the rest and list "
+        "the bad items in RUN/rejects.parquet (exit status 3)",
     )
     c.add_argument(
         "--on-unbounded",
@@ -375,6 +489,30 @@ def cmd_bench_outliers(args) -> int:
     _write_json(args.json, r)
     bad = any(w["fallback_blocks"] or w["rejects"] for w in r["rows"])
     return 1 if bad else 0
+
+
+def cmd_bench_plan(args) -> int:
+    from recray.bench import plan
+
+    settings = plan.QUICK if args.quick else plan.SETTINGS
+    print(plan.HEADER, flush=True)
+    result = plan.run_plan_bench(
+        n=args.n,
+        sets=args.sets,
+        settings=settings,
+        workdir=args.workdir,
+        backend=args.backend,
+        progress=lambda r: print(plan.format_row(r), flush=True),
+    )
+    for name, why in result["skipped"].items():
+        print(f"{name}: skipped ({why})")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            f.write(plan.to_json(result) + "\n")
+    if args.png:
+        print(f"wrote {plan.plot(result, args.png)}")
+    return 0
 
 
 def cmd_bench_reads(args) -> int:
@@ -637,6 +775,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of items with one dimension far out (mu 3.5-4.5 prior-sigma)",
     )
     syn.set_defaults(func=cmd_synth)
+    lg = dsub.add_parser(
+        "linear-gaussian",
+        help="mean-field posteriors of a linear-Gaussian model and their prior",
+    )
+    lg.add_argument("--n", type=int, required=True, help="items")
+    lg.add_argument("--informative", type=int, default=24, help="informative dimensions")
+    lg.add_argument("--collapsed", type=int, default=24, help="near-collapsed dimensions")
+    lg.add_argument("--out", required=True, help="directory for latents.parquet, prior.json")
+    lg.add_argument("--seed", type=int, default=0)
+    lg.set_defaults(func=cmd_linear_gaussian)
 
     c = sub.add_parser("compress", help="compress a latent data set into a run directory")
     c.add_argument("latents", help="Parquet file or directory: id, mu, sigma")
@@ -644,6 +792,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="run directory (or s3://, gs:// URI) to create")
     _add_compress_args(c)
     c.set_defaults(func=cmd_compress)
+
+    from recray.pipeline.fit import DEFAULT_FIT_ITEMS
+
+    f = sub.add_parser(
+        "fit", help="build a codec plan and fit its index laws on latents (for compress --plan)"
+    )
+    f.add_argument("latents", help="Parquet file or directory: id, mu, sigma")
+    f.add_argument("--prior", required=True, help="prior JSON: mu, sigma, mutual_information_bits")
+    f.add_argument("--out", required=True, help="plan JSON to write")
+    _add_plan_args(f)
+    f.add_argument(
+        "--fit-items", type=int, default=DEFAULT_FIT_ITEMS, help="items the laws are fitted on"
+    )
+    f.set_defaults(func=cmd_fit)
 
     d = sub.add_parser("decompress", help="decode a run directory into latents")
     d.add_argument("run", help="run directory (or URI)")
@@ -701,6 +863,20 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--workdir", default=None)
     bc.add_argument("--json", metavar="PATH")
     bc.set_defaults(func=cmd_bench_compress)
+
+    from recray.bench.plan import SETS as PLAN_SETS
+
+    bp = bsub.add_parser(
+        "plan", help="bits/item against candidates/item of the codec plan's settings"
+    )
+    bp.add_argument("--n", type=int, default=4000, help="items per data set")
+    bp.add_argument("--sets", nargs="+", choices=PLAN_SETS, default=list(PLAN_SETS))
+    bp.add_argument("--quick", action="store_true", help="three settings only")
+    bp.add_argument("--workdir", default=None, help="keep the data sets here")
+    bp.add_argument("--backend", choices=BACKEND_CHOICES, default=None)
+    bp.add_argument("--json", metavar="PATH")
+    bp.add_argument("--png", metavar="PATH")
+    bp.set_defaults(func=cmd_bench_plan)
 
     bo = bsub.add_parser(
         "outliers",

@@ -197,7 +197,8 @@ def build_codec_plan(
     collapsed_block_size: int,
     budget_offset_bits: int = 0,
 ):
-    """The plan :func:`recray.pipeline.driver.compress` builds for these settings (no laws)."""
+    """The codec's plan for these settings (complete partitions, no laws; the laws are the
+    codec's own, fitted on training images: :func:`learned_laws`)."""
     from recray.plan import build_plan
 
     return build_plan(
@@ -382,8 +383,9 @@ def compress(
             lat,
             prior_path(weights),
             latent_run,
+            plan=plan,
+            laws="fixed" if index_laws is None else "auto",
             method=method,
-            block_bits=block_bits,
             n_samples=n_samples,
             seed=seed,
             max_steps=max_steps,
@@ -392,9 +394,7 @@ def compress(
             shard_rows=shard_rows,
             engine=engine,
             ray_options=ray_options,
-            collapsed_block_size=collapsed_block_size,
             progress=progress,
-            budget_offset_bits=budget_offset_bits,
             index_laws=index_laws,
             kl_offset_bits=kl_offset_bits,
             kl_max_bits=kl_max_bits,

@@ -92,8 +92,13 @@ def crc32_of(messages) -> np.ndarray:
     return np.fromiter((zlib.crc32(m) for m in messages), dtype=np.uint32, count=len(messages))
 
 
-def _write_json(loc: Location, obj) -> None:
-    loc.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+def _write_json(loc: Location, obj, compact: bool = False) -> None:
+    """``obj`` as JSON with sorted keys: indented, or ``compact`` (no spaces: the run header,
+    whose learned laws and trees are part of every run's size)."""
+    text = json.dumps(
+        obj, sort_keys=True, **({"separators": (",", ":")} if compact else {"indent": 1})
+    )
+    loc.write_text(text + "\n")
 
 
 PARTIAL_SUFFIX = ".partial"
@@ -341,7 +346,7 @@ class RunWriter:
         else:
             self.tmp.makedirs()
             self.created = True
-            _write_json(self.tmp.child(PLAN_FILE), header)
+            _write_json(self.tmp.child(PLAN_FILE), header, compact=True)
             self.tmp.child(PRIOR_FILE).write_text(prior_json + "\n")
             _write_json(self.tmp.child(RESUME_FILE), resume_doc)
         self.committed: set[int] = {

@@ -13,6 +13,7 @@ to the search (one candidate per block) and runs in this process, streaming part
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 import uuid
@@ -41,17 +42,25 @@ from recray.format.storage import resolve
 from recray.latents.io import LatentSource, Prior, read_prior
 from recray.pipeline.codec import CodecSpec, parse_n_samples
 from recray.pipeline.decode import decoded_schema, decoded_table
+from recray.pipeline.fit import (
+    AUTO_FIT_MIN_ITEMS,
+    DEFAULT_FIT_ITEMS,
+    LAWS_CHOICES,
+    fit_laws,
+    sample_ranges,
+)
 from recray.pipeline.local_engine import run_local
 from recray.pipeline.options import VALIDATE_ON_RAY_ROWS, RayOptions
 from recray.pipeline.progress import tick
 from recray.pipeline.shards import DEFAULT_SHARD_ROWS, ON_BAD_ITEM, shard_ranges
 from recray.pipeline.validate import scan_shards
-from recray.plan import KL_SAMPLES_MAX_BITS, CodecPlan, build_plan
+from recray.plan import DEFAULT_PARTITION, KL_SAMPLES_MAX_BITS, CodecPlan, build_plan
 from recray.plan.adaptive import DEFAULT_ADAPT_ABOVE_BITS
+from recray.plan.io import check_plan_for, load_plan, write_plan
 from recray.rec.api import FEASIBLE_MARGIN_BITS
 from recray.rec.philox import RNG_VERSION, RNG_VERSIONS
 
-__all__ = ["Run", "RayOptions", "compress", "decompress", "inspect", "format_inspect"]
+__all__ = ["Run", "RayOptions", "compress", "decompress", "fit", "inspect", "format_inspect"]
 
 
 def run_header(spec: CodecSpec, prior: Prior, id_kind: str) -> dict:
@@ -142,6 +151,7 @@ def spec_from_header(header: dict, prior: Prior, backend=None) -> CodecSpec:
         feasible_margin_bits=header.get("feasible_margin_bits", 0.0),
         backend=backend,
         rng_version=int(header["rng_version"]),
+        message_codec_version=int(header["message_codec_version"]),
         **_budget_from_header(header),
     )
     if spec.n_samples_rule != "fixed":
@@ -170,6 +180,14 @@ def _budget_args(n_samples, kl_offset_bits, kl_max_bits) -> dict:
 
 
 ENGINES = ("ray", "local")
+#: The codec plan's options and their defaults, for the library and the command line alike.
+PLAN_DEFAULTS = {
+    "block_bits": 16.0,
+    "allocation": "mi",
+    "partition": DEFAULT_PARTITION,
+    "collapsed_block_size": 8,
+    "budget_offset_bits": 0,
+}
 
 
 def compress(
@@ -200,6 +218,10 @@ def compress(
     index_laws=None,
     kl_offset_bits: float = 0.0,
     kl_max_bits: int = KL_SAMPLES_MAX_BITS,
+    partition: str = DEFAULT_PARTITION,
+    laws: str = "auto",
+    plan: CodecPlan | str | None = None,
+    fit_items: int = DEFAULT_FIT_ITEMS,
 ) -> dict:
     """Compress a latent data set into the run directory ``out_dir`` (see
     :mod:`recray.format.run`); returns the run summary (:func:`inspect`'s figures plus
@@ -227,6 +249,17 @@ def compress(
     block, or ``"kl"``: per block ``N_b = 2^clip(ceil(I_b + kl_offset_bits), 0,
     kl_max_bits)`` from its information ``I_b`` (:func:`recray.plan.kl_sample_bits`;
     ``orc`` then writes each block's index in ``log2 N_b`` bits, message codec version 4).
+
+    The plan: built from the prior's information (``block_bits``, ``allocation``,
+    ``collapsed_block_size``, ``budget_offset_bits``, ``partition``: ``"tree"`` partitions
+    of unequal mass, :mod:`recray.plan.trees`, or ``"complete"`` ones), or ``plan``: a
+    :class:`~recray.plan.CodecPlan` or the path of one (``recray fit`` writes them), which
+    must belong to the prior. Its index laws: ``index_laws`` (laws fitted elsewhere, e.g.
+    a codec's training set), else the plan's own, else by ``laws``: ``"fit"`` fits them on
+    ``fit_items`` items of the input (:mod:`recray.pipeline.fit`, timed apart:
+    ``info["fit_seconds"]``), ``"fixed"`` codes without learned laws (the partition's own
+    masses), ``"auto"`` (default) fits them when the input holds at least
+    :data:`~recray.pipeline.fit.AUTO_FIT_MIN_ITEMS` items.
     """
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {ENGINES}; got {engine!r}")
@@ -234,16 +267,26 @@ def compress(
         raise InputError(f"on_bad_item must be one of {ON_BAD_ITEM}; got {on_bad_item!r}")
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1; got {batch_size}")
+    if laws not in LAWS_CHOICES:
+        raise InputError(f"laws must be one of {', '.join(LAWS_CHOICES)}; got {laws!r}")
     prior = read_prior(prior_path)
-    plan = build_plan(
-        prior.mi_bits,
-        block_bits,
-        strategy=allocation,
-        seed=seed,
-        collapsed_block_size=collapsed_block_size,
-        budget_offset_bits=budget_offset_bits,
-        index_laws=index_laws,
-    )
+    if plan is None:
+        plan = build_plan(
+            prior.mi_bits,
+            block_bits,
+            strategy=allocation,
+            seed=seed,
+            collapsed_block_size=collapsed_block_size,
+            budget_offset_bits=budget_offset_bits,
+            partition=partition,
+        )
+    else:
+        plan = check_plan_for(load_plan(plan), prior)
+    if index_laws is not None:
+        plan = plan.with_laws(index_laws)
+    elif laws != "auto":  # "fixed": none; "fit": fitted below
+        plan = plan.with_laws(None)
+    fit = index_laws is None and plan.index_laws is None and laws != "fixed"
     spec = CodecSpec(
         plan=plan,
         method=method,
@@ -265,7 +308,9 @@ def compress(
     opts = ray_options or RayOptions()
     shards = shard_ranges(index.n_rows, shard_rows)
     schema = part_schema(src.id_kind, prior.dim, debug_samples)
-    header = run_header(spec, prior, src.id_kind) | {"shard_rows": int(shard_rows)}
+    fit_info = {"items": 0, "seconds": 0.0}
+    if laws == "auto" and index.n_rows < AUTO_FIT_MIN_ITEMS:
+        fit = False
     with contextlib.ExitStack() as stack:
         if engine == "ray":
             # join (or start) Ray first: an unreachable cluster fails now, with nothing
@@ -276,6 +321,10 @@ def compress(
         checked = _validate(index, shards, spec, out_dir, engine, opts)
         if len(checked.rejects) and on_bad_item == "fail":
             raise checked.rejects.error()
+        if fit:  # the run's laws, from a sample of its own input (recray.pipeline.fit)
+            fitted, fit_info = fit_laws(index, spec, checked, fit_items)
+            spec = dataclasses.replace(spec, plan=spec.plan.with_laws(fitted))
+        header = run_header(spec, prior, src.id_kind) | {"shard_rows": int(shard_rows)}
         writer = stack.enter_context(
             RunWriter(
                 out_dir,
@@ -348,7 +397,74 @@ def compress(
         "shards": len(shards),
         "driver_seconds": used["driver_seconds"],
         "publish_seconds": publish_s,
+        "fit_items": fit_info["items"],
+        "fit_seconds": fit_info["seconds"],
+        "partition": spec.plan.partition,
+        "laws": "fitted" if fit else ("plan" if spec.plan.index_laws is not None else "fixed"),
     }
+
+
+def fit(
+    latents: str,
+    prior_path: str,
+    out_path: str,
+    *,
+    method: str = "sp-pfr",
+    block_bits: float = 16.0,
+    allocation: str = "mi",
+    partition: str = DEFAULT_PARTITION,
+    collapsed_block_size: int = 8,
+    budget_offset_bits: int = 0,
+    seed: int = 0,
+    n_samples: int | str = 1 << 16,
+    kl_offset_bits: float = 0.0,
+    kl_max_bits: int = KL_SAMPLES_MAX_BITS,
+    max_steps: int | None = None,
+    adapt_above_bits: float | None = DEFAULT_ADAPT_ABOVE_BITS,
+    fit_items: int = DEFAULT_FIT_ITEMS,
+    backend=None,
+) -> dict:
+    """``recray fit``: build the codec plan for ``prior_path`` (the same options and defaults
+    as :func:`compress`), fit its index laws on ``fit_items`` items of ``latents`` (the
+    items that fail validation are left out) and write the plan to ``out_path``, for
+    ``recray compress --plan`` runs of other inputs of the same model. The coding settings
+    the laws depend on (method, budgets, adaptive partitions) are the compress options of
+    the same names: give the same ones to ``compress``. Returns ``plan``, ``items``,
+    ``seconds``, ``rejected`` (sample items left out)."""
+    prior = read_prior(prior_path)
+    plan = build_plan(
+        prior.mi_bits,
+        block_bits,
+        strategy=allocation,
+        seed=seed,
+        collapsed_block_size=collapsed_block_size,
+        budget_offset_bits=budget_offset_bits,
+        partition=partition,
+    )
+    spec = CodecSpec(
+        plan=plan,
+        method=method,
+        seed=seed,
+        prior_mu=prior.mu,
+        prior_sigma=prior.sigma,
+        max_steps=rec.DEFAULT_MAX_STEPS if max_steps is None else max_steps,
+        adapt_above_bits=adapt_above_bits,
+        backend=backend,
+        **_budget_args(n_samples, kl_offset_bits, kl_max_bits),
+    )
+    index = LatentSource(latents, prior.dim).row_index()
+    if index.n_rows == 0:
+        raise InputError(f"latents {latents!r} hold no items")
+    out = resolve(out_path)
+    scratch = out.sibling(f".{out.name}.ids-{uuid.uuid4().hex[:12]}")
+    try:
+        scan = scan_shards(index, sample_ranges(index.n_rows, fit_items), spec, scratch)
+    finally:
+        scratch.rmtree()
+    laws, info = fit_laws(index, spec, scan, fit_items)
+    fitted = plan.with_laws(laws)
+    write_plan(fitted, out_path)
+    return {"plan": fitted, "rejected": len(scan.rejects)} | info
 
 
 def _validate(index, shards, spec: CodecSpec, out_dir: str, engine: str, opts: RayOptions):

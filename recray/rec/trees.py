@@ -101,6 +101,10 @@ class Trees:
             raise InputError("trees.table is empty")
         object.__setattr__(self, "table", table)
 
+    def take(self, rows) -> Trees:
+        """The trees of rows ``rows`` (ids of shape ``(n, d)``)."""
+        return Trees(self.table, np.asarray(self.ids)[np.asarray(rows)])
+
     @classmethod
     def trivial(cls, shape) -> Trees:
         return cls((TRIVIAL,), np.zeros(shape, dtype=np.int64))

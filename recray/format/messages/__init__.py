@@ -78,6 +78,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from recray.errors import InputError, MessageError, fmt_item
+from recray.format.messages import ordinals
 from recray.format.messages.fixed import _encode_rows, _ideal_rows, _read_head_fixed, _symbols
 from recray.format.messages.layout import (
     CHUNK_BITS,
@@ -128,6 +129,8 @@ __all__ = [
 
 def _encode_rows_any(bins, local, layout: IndexLayout, tails=None, extra=None) -> list[bytes]:
     """The messages of ``n_items`` checked rows under the layout's code path."""
+    if layout.ordinal:
+        return ordinals.encode_rows(bins, local, layout, tails, extra)
     if layout.learned:
         return _encode_rows_learned(bins, local, layout, tails, extra)
     return _encode_rows(bins, local, layout, tails, extra)
@@ -208,6 +211,8 @@ def read_head(data: bytes, layout: IndexLayout) -> Head:
     extra partition bits), with the constriction decoder positioned after them, to read the
     message's :class:`Tail` symbols (``tail.decode(head.decoder)``, then
     ``decoder.maybe_exhausted()`` says whether the message ended where it should)."""
+    if layout.ordinal:
+        return ordinals.read_head(data, layout)
     if layout.learned:
         return _read_head_learned(data, layout)
     return _read_head_fixed(data, layout)
@@ -266,6 +271,9 @@ def ideal_bits(bins, local, layout: IndexLayout, extra=None):
     n = _int_array("local", local, shape).reshape(-1, nb)
     e = _check_extra(extra, layout, b.shape[0], two_d=two_d)
     _check_indices(b, n, layout, two_d=two_d, extra=e)
+    if layout.ordinal:
+        bits = ordinals.ideal_rows(b, n, layout, e)
+        return bits if two_d else float(bits[0])
     if layout.learned:
         t = _law_tables(layout)
         bits = np.array(

@@ -13,18 +13,17 @@ from recray.plan.laws import MAX_EXTRA_BITS, BlockLaw
 from recray.rec.codes import CLASS_MODEL_PROBS, N_CLASSES
 from recray.rec.randomness import MAX_LOCAL_INDEX
 
-MESSAGE_CODEC_VERSION = 4
+MESSAGE_CODEC_VERSION = 5
 #: Message codec versions this recray decodes (1: no side information; 2: adaptive side
 #: information; 3: learned index laws when the layout has them, else the same as 2;
 #: 4: per-block raw index widths when the layout has them, else the same as 3).
-READABLE_MESSAGE_CODEC_VERSIONS = (1, 2, 3, 4)
+READABLE_MESSAGE_CODEC_VERSIONS = (1, 2, 3, 4, 5)
 CODES = ("universal", "raw")
 CHUNK_BITS = 16  # widest uniform symbol (constriction's Uniform needs size < 2^24)
 MAX_BIN_BITS = 62
 MAX_RAW_BITS = 48
 _N_CHUNKS = -(-max(MAX_BIN_BITS, MAX_RAW_BITS, N_CLASSES - 1) // CHUNK_BITS)  # 4
 _MAX_CLASS = MAX_LOCAL_INDEX.bit_length() - 2  # 47: local < 2^48
-
 
 
 @lru_cache(maxsize=256)
@@ -58,6 +57,15 @@ class IndexLayout:
     empty means all 0. ``adaptive_dims``: empty (no side information: message codec
     version 1), or the number of dimensions of every block: then each message starts with
     the per-block adaptive-partition flags and extra bits (wire format step 0).
+    ``laws``: one :class:`recray.plan.laws.BlockLaw` per block (learned laws: message codec
+    version 3), or empty. ``bin_radix`` (message codec version 5): empty, or per block the
+    number of intervals of each of its dimensions (block order; ``2^b`` for a complete
+    partition, the leaves of a tree): the bin is then the mixed-radix number of the
+    dimensions' intervals, each coded under its law (``laws`` required: learned, or the
+    partition's own masses), adapted blocks code their plan-level intervals the same way
+    and the extra levels raw, and the side information is coded under ``laws``'
+    ``adapt_freqs`` and ``extra_freqs`` when they are set (docs/FORMAT.md section 7.4);
+    ``bin_bits`` must then be ``sum_d ceil(log2 radix_d)`` per block.
     """
 
     bin_bits: tuple[int, ...]
@@ -67,6 +75,8 @@ class IndexLayout:
     adaptive_dims: tuple[int, ...] = ()
     laws: tuple = ()
     block_raw_bits: tuple[int, ...] = ()
+    bin_radix: tuple = ()
+    extra_freqs: tuple = ()
 
     def __post_init__(self) -> None:
         try:
@@ -118,12 +128,48 @@ class IndexLayout:
             for b, law in enumerate(laws):
                 if not isinstance(law, BlockLaw):
                     raise InputError(f"IndexLayout.laws[{b}] must be a BlockLaw")
-                if law.bin_freqs and sum(law.bin_bits()) != bits[b]:
+                if not self.bin_radix and law.bin_freqs and sum(law.bin_bits()) != bits[b]:
                     raise InputError(
                         f"IndexLayout.laws[{b}]: bin laws for {sum(law.bin_bits())} partition "
                         f"bits, the block has B = {bits[b]}"
                     )
         object.__setattr__(self, "laws", laws)
+        object.__setattr__(self, "bin_radix", self._check_bin_radix(bits))
+        object.__setattr__(self, "extra_freqs", tuple(int(v) for v in self.extra_freqs))
+
+    def _check_bin_radix(self, bits) -> tuple:
+        radix = tuple(tuple(int(r) for r in block) for block in self.bin_radix)
+        if not radix:
+            return ()
+        if len(radix) != len(bits) or not self.laws:
+            raise InputError(
+                f"IndexLayout.bin_radix needs one entry per block ({len(bits)}) and laws"
+            )
+        for b, (block, law) in enumerate(zip(radix, self.laws, strict=True)):
+            if min(block, default=1) < 1:
+                raise InputError(f"IndexLayout.bin_radix[{b}]: radices must be >= 1")
+            need = sum((r - 1).bit_length() for r in block)
+            if need != bits[b]:
+                raise InputError(
+                    f"IndexLayout.bin_bits[{b}] = {bits[b]} but bin_radix[{b}] needs {need} bits"
+                )
+            parts = tuple(r for r in block if r > 1)
+            if law.bin_freqs and law.bin_radix() != parts:
+                raise InputError(
+                    f"IndexLayout.laws[{b}]: bin laws for {law.bin_radix()} intervals, the "
+                    f"block has {parts}"
+                )
+            if not law.bin_freqs and any(r & (r - 1) for r in parts):
+                raise InputError(
+                    f"IndexLayout.bin_radix[{b}]: a block without bin laws codes its bins "
+                    "raw, which needs power-of-two radices"
+                )
+            if self.adaptive_dims and self.adaptive_dims[b] != len(block):
+                raise InputError(
+                    f"IndexLayout.adaptive_dims[{b}] = {self.adaptive_dims[b]} but the block "
+                    f"has {len(block)} dimensions in bin_radix"
+                )
+        return radix
 
     def _check_block_raw_bits(self, nb: int) -> tuple[int, ...]:
         try:
@@ -163,6 +209,11 @@ class IndexLayout:
         """Raw field width of every block's local index, int64 ``(n_blocks,)`` (read only
         for ``"raw"``): ``block_raw_bits``, else ``raw_bits`` for every block."""
         return _raw_widths_array(self)
+
+    @property
+    def ordinal(self) -> bool:
+        """Whether bins are coded as per-dimension intervals (message codec version 5)."""
+        return bool(self.bin_radix)
 
     @property
     def learned(self) -> bool:
@@ -260,10 +311,8 @@ def _bin_widths(layout: IndexLayout, extra: np.ndarray | None, n_items: int) -> 
     return B[None, :] + extra.sum(axis=2)
 
 
-def _check_indices(
-    bins: np.ndarray, local: np.ndarray, layout: IndexLayout, two_d: bool, extra=None
-):
-    """Range checks of int64 ``(n_items, n_blocks)`` indices; ``two_d`` only shapes messages."""
+def _check_bit_bins(bins, layout: IndexLayout, two_d: bool, extra) -> None:
+    """Bins of a bit-field layout: below ``2^(B_b + extra bits)``."""
     B = _bin_widths(layout, extra, bins.shape[0])
     if (B > MAX_BIN_BITS).any():
         i, b = (int(v) for v in np.argwhere(B > MAX_BIN_BITS)[0])
@@ -278,6 +327,49 @@ def _check_indices(
             f"{what} does not fit block {b}'s B = {int(B[row, b])} partition bits: "
             f"must be in [0, 2^{int(B[row, b])}); bins, local or the layout do not match"
         )
+
+
+def _check_ordinal_bins(bins, layout: IndexLayout, two_d: bool, extra) -> None:
+    """Bins of an ordinal layout: below the product of the (refined) radices."""
+    S = max((len(b) for b in layout.bin_radix), default=0)
+    radix = np.ones((layout.n_blocks, S), dtype=np.int64)
+    for b, block in enumerate(layout.bin_radix):
+        radix[b, : len(block)] = block
+    e = np.zeros((bins.shape[0],) + radix.shape, dtype=np.int64)
+    if extra is not None:
+        e = extra[:, :, :S]
+    bits = _bits_needed(np.left_shift(radix[None], e)).sum(axis=2)
+    if (bits > MAX_BIN_BITS).any():
+        i, b = (int(v) for v in np.argwhere(bits > MAX_BIN_BITS)[0])
+        raise InputError(
+            f"item {i}, block {b}: its refined bin ids need {int(bits[i, b])} bits; at most "
+            f"{MAX_BIN_BITS}"
+        )
+    end = np.prod(np.left_shift(radix[None], e), axis=2)
+    bad = (bins < 0) | (bins >= end)
+    if bad.any():
+        what, b = _first_bad("bins", bins, bad, two_d)
+        row = int(np.argmax(bad.any(axis=1)))
+        raise InputError(
+            f"{what} does not fit block {b}'s {int(end[row, b])} bins; bins, local or the "
+            "layout do not match"
+        )
+
+
+def _bits_needed(radix: np.ndarray) -> np.ndarray:
+    """``ceil(log2 radix)``, int64, exact for radix >= 1."""
+    r = np.asarray(radix, dtype=np.int64)
+    return np.frexp((r - 1).astype(np.float64))[1].astype(np.int64) * (r > 1)
+
+
+def _check_indices(
+    bins: np.ndarray, local: np.ndarray, layout: IndexLayout, two_d: bool, extra=None
+):
+    """Range checks of int64 ``(n_items, n_blocks)`` indices; ``two_d`` only shapes messages."""
+    if layout.ordinal:
+        _check_ordinal_bins(bins, layout, two_d, extra)
+    else:
+        _check_bit_bins(bins, layout, two_d, extra)
     if layout.code == "raw":
         w = layout.raw_widths
         hi = np.where(w < MAX_RAW_BITS, np.left_shift(np.int64(1), w), MAX_LOCAL_INDEX - 1)
