@@ -198,9 +198,10 @@ def cmd_compress(args) -> int:
         f"  validation            {summary['validation_seconds']:.2f} s before coding; "
         f"{summary['adapted_blocks']:,} blocks with adaptive partitions"
     )
-    laws = summary["laws"]
-    if laws == "fitted":
-        laws = f"fitted on {summary['fit_items']:,} items in {summary['fit_seconds']:.1f} s"
+    laws = {"plan": "from the plan", "fixed": "fixed (the partitions' own masses)"}.get(
+        summary["laws"],
+        f"fitted on {summary['fit_items']:,} items in {summary['fit_seconds']:.1f} s",
+    )
     print(f"  plan                  {summary['partition']} partitions; laws {laws}")
     if summary["rejects"]:
         print(
