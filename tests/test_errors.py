@@ -15,7 +15,7 @@ from recray.errors import (
     SearchBudgetError,
     UnboundedRatioError,
 )
-from recray.rec import api
+from recray.rec import bounds, encoder
 
 N, D = 5, 3
 
@@ -320,7 +320,7 @@ def no_search(*args, **kwargs):
 @pytest.mark.parametrize("method", ["pfr", "sp-pfr"])
 def test_expensive_block_is_refused_before_searching(method, monkeypatch):
     mu, sigma, bits = far_narrow()
-    monkeypatch.setattr(api, "run_search", no_search)
+    monkeypatch.setattr(encoder, "run_search", no_search)
     t0 = time.perf_counter()
     with pytest.raises(SearchBudgetError, match=r"block 3\b.*max_steps.*dimension 2\b"):
         call_encode(mu=mu, sigma=sigma, bits=bits, method=method)
@@ -332,7 +332,7 @@ def test_near_collapsed_dimension_far_out_is_refused_before_searching(method, mo
     from recray.errors import OutOfReachError
 
     mu, sigma, bits = near_collapsed()
-    monkeypatch.setattr(api, "run_search", no_search)
+    monkeypatch.setattr(encoder, "run_search", no_search)
     with pytest.raises(OutOfReachError, match=r"block 3, dimension 2\b.*beyond the sampler"):
         call_encode(mu=mu, sigma=sigma, bits=bits, method=method)
 
@@ -353,7 +353,7 @@ def test_expensive_block_with_on_cap_keep_runs_to_the_cap():
 def test_refusal_names_the_global_block_in_a_later_internal_batch(monkeypatch):
     mu, sigma, bits = benign(n=16)
     mu[13, 2], sigma[13, 2], bits[13, 2] = 6.0, 0.2, 0
-    monkeypatch.setattr(api, "TABLE_BUDGET", 16)  # 16 entries: 2 blocks per internal batch
+    monkeypatch.setattr(bounds, "TABLE_BUDGET", 16)  # 16 entries: 2 blocks per internal batch
     with pytest.raises(SearchBudgetError, match=r"block 13\b"):
         rec.encode(mu, sigma, bits=bits, method="sp-pfr")
 
@@ -361,8 +361,8 @@ def test_refusal_names_the_global_block_in_a_later_internal_batch(monkeypatch):
 def test_refusal_comes_before_any_search_in_large_calls(monkeypatch):
     mu, sigma, bits = benign(n=16)
     mu[13, 2], sigma[13, 2], bits[13, 2] = 6.0, 0.2, 0
-    monkeypatch.setattr(api, "TABLE_BUDGET", 16)
-    monkeypatch.setattr(api, "run_search", no_search)
+    monkeypatch.setattr(bounds, "TABLE_BUDGET", 16)
+    monkeypatch.setattr(encoder, "run_search", no_search)
     with pytest.raises(SearchBudgetError):
         rec.encode(mu, sigma, bits=bits, method="sp-pfr")
 

@@ -200,12 +200,12 @@ def test_search_reuses_the_routing_bounds_without_changing_a_byte(tmp_path, outl
     included) instead of building them again: no table is built inside ``rec.encode``,
     and the bytes are those of a search that builds its own."""
     from recray.pipeline import codec
-    from recray.rec import api
+    from recray.rec import bounds
 
     lat, pri = outliers
     kw = dict(OUTLIER_KW, adapt_above_bits=12.0)
     inside = {"encode": False, "builds": 0}
-    build, encode = api.build_tables, rec.encode
+    build, encode = bounds.build_tables, rec.encode
 
     def counted_build(*a, **k):
         inside["builds"] += inside["encode"]
@@ -218,7 +218,7 @@ def test_search_reuses_the_routing_bounds_without_changing_a_byte(tmp_path, outl
         finally:
             inside["encode"] = False
 
-    monkeypatch.setattr(api, "build_tables", counted_build)
+    monkeypatch.setattr(bounds, "build_tables", counted_build)
     monkeypatch.setattr(rec, "encode", flagged_encode)
     info = driver.compress(lat, pri, str(tmp_path / "reuse"), **kw)
     assert info["adapted_blocks"] > 0
