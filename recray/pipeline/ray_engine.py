@@ -112,14 +112,6 @@ def check_address(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> N
         raise ClusterError(f"cannot reach a Ray cluster at {shown}: {why}; {what}")
 
 
-def check_early(opts: RayOptions) -> None:
-    """:func:`check_address` on the cluster a run would join (none for a local Ray or one
-    already initialized in this process)."""
-    target = opts.address or os.environ.get("RAY_ADDRESS")
-    if target and not ray.is_initialized():
-        check_address(target, opts.connect_timeout)
-
-
 @contextlib.contextmanager
 def quiet_ray(verbose: bool):
     """Ray's own logging at ERROR and above unless ``verbose`` (its C++ components only
