@@ -64,14 +64,20 @@ SETTINGS = (
     Setting("tree, fitted, adapt 2^12", adapt_above_bits=12.0),
     Setting("tree, fitted, B - 1", budget_offset_bits=-1),
     Setting("tree, fitted, B + 1", budget_offset_bits=1),
-    Setting("tree, fitted, B + 2", budget_offset_bits=2),
+    Setting("tree, fitted, B + 1, adapt 2^14", budget_offset_bits=1, adapt_above_bits=14.0),
     Setting("tree, fitted, 12-bit blocks", block_bits=12.0),
     Setting("tree, fitted, 20-bit blocks", block_bits=20.0),
     Setting("tree, fitted, 24-bit blocks", block_bits=24.0),
-    Setting("tree, fitted, 32-bit blocks", block_bits=32.0),
     Setting("tree, fitted, collapsed spread", collapsed_block_size=0),
-    Setting("tree, fitted, collapsed blocks of 16", collapsed_block_size=16),
 )
+#: Larger exact blocks (``--large``: on the first ``n // 8`` items, their searches are long).
+LARGE = (
+    Setting("tree, fitted, 32-bit blocks", block_bits=32.0),
+    Setting("tree, fitted, 48-bit blocks", block_bits=48.0),
+    Setting("complete, fixed laws, 32-bit blocks", "complete", "fixed", block_bits=32.0),
+)
+#: The setting ``recray compress``'s defaults are (drawn as a star).
+DEFAULT = SETTINGS[5]
 QUICK = tuple(
     s for s in SETTINGS if s.name in {SETTINGS[0].name, SETTINGS[3].name, SETTINGS[5].name}
 )
@@ -121,9 +127,13 @@ def _load(lat: str, dim: int):
     return index, ids, mu, sigma
 
 
-def measure(lat: str, pri: str, s: Setting, backend: str | None = None) -> dict:
+def measure(
+    lat: str, pri: str, s: Setting, backend: str | None = None, limit: int | None = None
+) -> dict:
     prior = read_prior(pri)
     index, ids, mu, sigma = _load(lat, prior.dim)
+    if limit is not None:
+        ids, mu, sigma = ids[:limit], mu[:limit], sigma[:limit]
     plan = build_plan(
         prior.mi_bits,
         s.block_bits,
@@ -181,8 +191,10 @@ def run_plan_bench(
     workdir: str | None = None,
     backend: str | None = None,
     progress=None,
+    large: bool = False,
 ) -> dict:
-    """Every setting on every data set; returns ``{"rows": [...], "skipped": {...}}``."""
+    """Every setting on every data set (and with ``large`` the :data:`LARGE` ones on the
+    first ``n // 8`` items); returns ``{"rows": [...], "skipped": {...}}``."""
     work = workdir or tempfile.mkdtemp(prefix="recray-bench-plan-")
     rows, skipped = [], {}
     for name in sets:
@@ -191,8 +203,9 @@ def run_plan_bench(
         except Exception as exc:  # a data set that cannot be made here is reported, not fatal
             skipped[name] = f"{type(exc).__name__}: {exc}"
             continue
-        for s in settings:
-            r = measure(lat, pri, s, backend) | {"set": name}
+        todo = [(s, None) for s in settings] + [(s, n // 8) for s in (LARGE if large else ())]
+        for s, limit in todo:
+            r = measure(lat, pri, s, backend, limit) | {"set": name}
             rows.append(r)
             if progress:
                 progress(r)
@@ -236,7 +249,12 @@ def plot(result: dict, path: str) -> str:
             color = "tab:gray" if r["partition"] == "complete" else "tab:blue"
             if r["laws"] == "fixed":
                 color = "tab:orange" if r["partition"] == "tree" else "black"
-            ax.scatter(r["candidates_per_item"], r["bits_over_kl"], marker=marker, color=color)
+            if r["setting"] == DEFAULT.name:
+                marker, color = "*", "tab:red"
+            size = 90 if marker == "*" else 30
+            ax.scatter(
+                r["candidates_per_item"], r["bits_over_kl"], marker=marker, color=color, s=size
+            )
             ax.annotate(
                 r["setting"].replace("tree, fitted, ", "").replace("tree, fitted laws", "tree"),
                 (r["candidates_per_item"], r["bits_over_kl"]),
@@ -245,6 +263,7 @@ def plot(result: dict, path: str) -> str:
                 textcoords="offset points",
             )
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("candidates per item")
         ax.set_ylabel("bits per item / KL")
         ax.set_title(f"{name} ({result['n']:,} items)")

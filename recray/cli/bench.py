@@ -7,7 +7,7 @@ import json
 import os
 
 from recray.backend import CHOICES as BACKEND_CHOICES
-from recray.cli.common import _progress, _write_json
+from recray.cli.common import _progress, _write_json, default_of
 
 
 def cmd_bench_toy(args) -> int:
@@ -104,6 +104,7 @@ def cmd_bench_plan(args) -> int:
         workdir=args.workdir,
         backend=args.backend,
         progress=lambda r: print(plan.format_row(r), flush=True),
+        large=args.large,
     )
     for name, why in result["skipped"].items():
         print(f"{name}: skipped ({why})")
@@ -190,12 +191,17 @@ def add_parsers(bsub) -> None:
     br.add_argument("--workdir", default=None, help="keep the data and runs here")
     br.add_argument("--json", metavar="PATH")
     br.set_defaults(func=cmd_bench_bitrate)
+    from recray.bench.compress import run_compress_bench
+
+    def dc(name):
+        return default_of(run_compress_bench, name)
+
     bc = bsub.add_parser("compress", help="items/s and peak memory of recray compress")
-    bc.add_argument("--n", type=int, default=1_000_000)
-    bc.add_argument("--dim", type=int, default=64)
-    bc.add_argument("--method", default="sp-pfr")
-    bc.add_argument("--block-bits", type=float, default=16.0)
-    bc.add_argument("--batch-size", type=int, default=4096)
+    bc.add_argument("--n", type=int, default=dc("n"))
+    bc.add_argument("--dim", type=int, default=dc("dim"))
+    bc.add_argument("--method", default=dc("method"))
+    bc.add_argument("--block-bits", type=float, default=dc("block_bits"))
+    bc.add_argument("--batch-size", type=int, default=dc("batch_size"))
     bc.add_argument(
         "--on-unbounded",
         choices=("error", "orc"),
@@ -217,6 +223,9 @@ def add_parsers(bsub) -> None:
     bp.add_argument("--n", type=int, default=4000, help="items per data set")
     bp.add_argument("--sets", nargs="+", choices=PLAN_SETS, default=list(PLAN_SETS))
     bp.add_argument("--quick", action="store_true", help="three settings only")
+    bp.add_argument(
+        "--large", action="store_true", help="also 32- and 48-bit exact blocks (n/8 items)"
+    )
     bp.add_argument("--workdir", default=None, help="keep the data sets here")
     bp.add_argument("--backend", choices=BACKEND_CHOICES, default=None)
     bp.add_argument("--json", metavar="PATH")

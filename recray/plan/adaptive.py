@@ -32,8 +32,9 @@ from recray.rec.partition import dim_dinf_bits as partition_dinf_bits
 from recray.rec.trees import TRIVIAL
 
 #: Default threshold of ``recray compress``: blocks whose expected exact search exceeds
-#: ``2^18`` candidates under the plan's partition get extra partition bits.
-DEFAULT_ADAPT_ABOVE_BITS = 18.0
+#: ``2^14`` candidates under the plan's partition get extra partition bits (the point of
+#: ``recray bench plan``'s frontier the defaults sit on: docs/RESULTS.md).
+DEFAULT_ADAPT_ABOVE_BITS = 14.0
 MAX_BLOCK_BITS = 62
 MAX_ROUNDS = 64
 
