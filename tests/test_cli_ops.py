@@ -1,9 +1,13 @@
 """What a user meets at the command line: a cluster address that does not answer fails fast
 in one line and leaves nothing behind, outputs go where asked, unfinished runs are named
 with the way out, inspect splits a codec run's bits honestly, help shows the defaults, and
-the progress bar shows bits/item."""
+the progress bar shows bits/item; the command line and the library share their defaults."""
 
+import argparse
+import functools
+import inspect
 import io
+import json
 import os
 import socket
 import time
@@ -173,6 +177,7 @@ def test_negative_control_mnist_test_fails_on_a_failing_compress_and_skips_only_
 
     mnist_or_skip()
 
+    @functools.wraps(codec.compress)  # keeps the signature the command line reads
     def broken(*a, **k):
         raise InputError("planted failure of codec mnist compress")
 
@@ -192,3 +197,76 @@ def test_negative_control_mnist_test_fails_on_a_failing_compress_and_skips_only_
     monkeypatch.setattr(data, "load_mnist", corrupted)
     with pytest.raises(FormatError, match="corrupted"):
         mnist_or_skip()
+
+
+def _files(run_dir):
+    return {f: open(os.path.join(run_dir, f), "rb").read() for f in sorted(os.listdir(run_dir))}
+
+
+def _subparser(path):
+    """The parser of ``recray <path...>`` (for example ``("codec", "mnist", "compress")``)."""
+    p = build_parser()
+    for name in path:
+        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        p = sub.choices[name]
+    return p
+
+
+def _library_defaults_differ(parser, argv, funcs) -> list:
+    """The options of ``parser`` whose default is not the library's: each option
+    named like a parameter of one of ``funcs`` must default to that parameter's default,
+    or to ``None`` (not given: the library's default stands)."""
+    args = parser.parse_args(argv)
+    wrong = []
+    for dest, value in vars(args).items():
+        for f in funcs:
+            params = inspect.signature(f).parameters
+            default = params[dest].default if dest in params else inspect.Parameter.empty
+            if default is not inspect.Parameter.empty and value not in (None, default):
+                wrong.append((dest, value, params[dest].default, f.__qualname__))
+    return wrong
+
+
+def test_command_line_and_library_share_their_defaults():
+    """One source of defaults: every option of ``recray compress``, ``fit``, ``decompress``
+    and ``codec mnist compress|decompress`` defaults to what the library function (and
+    :class:`RayOptions`) takes when the option is left out. The plan options default to
+    ``None``, so that the library's defaults stand and ``--plan`` can refuse them."""
+    from recray.codecs import mnist
+    from recray.pipeline.options import RayOptions
+
+    cases = [
+        (("compress",), ["l", "--prior", "p", "--out", "o"], [driver.compress, RayOptions]),
+        (("fit",), ["l", "--prior", "p", "--out", "o"], [driver.fit]),
+        (("decompress",), ["r", "--out", "o"], [driver.decompress, RayOptions]),
+        (("codec", "mnist", "compress"), ["--out", "o"], [mnist.compress, RayOptions]),
+        (("codec", "mnist", "decompress"), ["r", "--out", "o"], [mnist.decompress, RayOptions]),
+    ]
+    for path, argv, funcs in cases:
+        assert _library_defaults_differ(_subparser(path), argv, funcs) == [], path
+    # the test can fail: a planted CLI default that is not the library's is caught
+    p = _subparser(("codec", "mnist", "compress"))
+    p.set_defaults(method="sp-pfr")
+    planted = _library_defaults_differ(p, ["--out", "o"], [mnist.compress])
+    assert [w[:3] for w in planted] == [("method", "sp-pfr", "sp-orc")]
+    # driver.fit takes the plan and coding options of driver.compress with the same defaults
+    fit, comp = (inspect.signature(f).parameters for f in (driver.fit, driver.compress))
+    shared = set(fit) & set(comp) - {"latents", "prior_path"}
+    assert len(shared) >= 12
+    assert {k: fit[k].default for k in shared} == {k: comp[k].default for k in shared}
+
+
+def test_mnist_library_defaults_write_the_command_lines_bytes(tmp_path):
+    """``recray.codecs.mnist.compress`` with no options writes what ``recray codec mnist
+    compress`` writes with none (same parts, same plan)."""
+    pytest.importorskip("torch")
+    from recray.codecs import mnist
+
+    lib, cli = str(tmp_path / "lib"), str(tmp_path / "cli")
+    mnist.compress(lib, limit=3, engine="local")
+    assert (
+        main(["codec", "mnist", "compress", "--out", cli, "--limit", "3", "--engine", "local"]) == 0
+    )
+    assert _files(lib) == _files(cli)
+    header = json.load(open(os.path.join(lib, "plan.json")))
+    assert header["method"] == "sp-orc" and header["plan"]["index_laws"]["method"] == "sp-orc"

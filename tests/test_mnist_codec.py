@@ -25,12 +25,16 @@ from recray.models import intdec  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 40
+#: SP-PFR on 32-bit blocks under the fixed codes: a fast setting that needs no fitted laws.
+SP_PFR_32 = dict(
+    method="sp-pfr", block_bits=32, collapsed_block_size=8, budget_offset_bits=0, laws="fixed"
+)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("mnist") / "run")
-    info = mnist.compress(out, limit=N, method="sp-pfr", block_bits=32, engine="local")
+    info = mnist.compress(out, limit=N, engine="local", **SP_PFR_32)
     assert info["images"] == N
     return out, info
 
@@ -293,7 +297,7 @@ def test_codec_version_1_runs_still_decode_on_their_torch_build(tmp_path, monkey
     import torch
 
     out = str(tmp_path / "v1")
-    mnist.compress(out, limit=3, block_bits=32, engine="local", codec_version=1)
+    mnist.compress(out, limit=3, engine="local", codec_version=1)
     codec = json.load(open(os.path.join(out, "plan.json")))["codec"]
     assert codec["version"] == 1 and codec["torch_version"] == torch.__version__
     assert mnist.decompress(out, str(tmp_path / "dec"), verify=True)["verified"]
@@ -314,7 +318,7 @@ def test_unknown_codec_version_is_refused():
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("mnist-small") / "run")
-    mnist.compress(out, limit=4, method="sp-pfr", block_bits=32, engine="local")
+    mnist.compress(out, limit=4, engine="local", **SP_PFR_32)
     return out
 
 

@@ -6,8 +6,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
 import os
+
+
+def default_of(func, name: str):
+    """The default of parameter ``name`` of ``func`` (a function or a dataclass): the
+    library's signature is the one source of every default the command line shows."""
+    return inspect.signature(func).parameters[name].default
 
 
 def _progress():
@@ -67,12 +74,12 @@ def _ray_opts(args):
 
 
 def _add_cluster_args(c) -> None:
-    from recray.pipeline.options import DEFAULT_CONNECT_TIMEOUT_S
+    from recray.pipeline.options import RayOptions
 
     c.add_argument(
         "--connect-timeout",
         type=float,
-        default=DEFAULT_CONNECT_TIMEOUT_S,
+        default=default_of(RayOptions, "connect_timeout"),
         metavar="S",
         help="seconds to wait for the Ray cluster at --address (or RAY_ADDRESS) before failing",
     )
@@ -105,26 +112,31 @@ N_SAMPLES_HELP = (
 )
 
 
-def _add_kl_args(c) -> None:
+def _add_kl_args(c, func) -> None:
+    """``--kl-offset-bits`` and ``--kl-max-bits``, with the defaults of ``func``'s."""
     from recray.plan import KL_SAMPLES_MAX_BITS
 
     c.add_argument(
         "--kl-offset-bits",
         type=float,
-        default=0.0,
+        default=default_of(func, "kl_offset_bits"),
         help="--n-samples kl: bits added to each block's information before rounding up",
     )
     c.add_argument(
         "--kl-max-bits",
         type=int,
-        default=KL_SAMPLES_MAX_BITS,
+        default=default_of(func, "kl_max_bits"),
         help=f"--n-samples kl: cap of log2 N_b (default {KL_SAMPLES_MAX_BITS}, at most 24)",
     )
 
 
-def _add_ray_args(c) -> None:
+def _add_ray_args(c, func) -> None:
+    """``--engine`` (``func``'s default), ``--address``, ``--actors`` and the cluster options."""
     c.add_argument(
-        "--engine", choices=("ray", "local"), default="ray", help="where the search runs"
+        "--engine",
+        choices=("ray", "local"),
+        default=default_of(func, "engine"),
+        help="where the search runs",
     )
     c.add_argument("--address", default=None, help="Ray cluster to join (default: local Ray)")
     c.add_argument("--actors", type=int, default=None, help="actor pool size")

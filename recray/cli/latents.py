@@ -14,6 +14,7 @@ from recray.cli.common import (
     _n_samples_arg,
     _progress,
     _ray_opts,
+    default_of,
 )
 from recray.errors import InputError
 
@@ -35,15 +36,13 @@ def cmd_synth(args) -> int:
 
 
 def _plan_options(args) -> dict:
-    """The plan options given on the command line, the others at their defaults; with
-    ``--plan`` none may be given (the plan file fixes them)."""
-    from recray.pipeline.driver import PLAN_DEFAULTS
-
+    """The plan options given on the command line (the library's defaults stand for the
+    others); with ``--plan`` none may be given (the plan file fixes them)."""
     given = {k: getattr(args, k) for k in PLAN_OPTIONS if getattr(args, k, None) is not None}
     if getattr(args, "plan", None) and given:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise InputError(f"--plan fixes the codec plan; drop {flags}")
-    return PLAN_DEFAULTS | given
+    return given
 
 
 def cmd_linear_gaussian(args) -> int:
@@ -193,19 +192,20 @@ PLAN_OPTIONS = (
 
 def _add_plan_args(c) -> None:
     """The options of the codec plan and of the coding settings its laws depend on (shared
-    by ``compress`` and ``fit``; defaults: :data:`recray.pipeline.driver.PLAN_DEFAULTS`)."""
+    by ``compress`` and ``fit``; every default is :func:`recray.pipeline.driver.compress`'s)."""
     from recray import rec
-    from recray.pipeline.driver import PLAN_DEFAULTS
+    from recray.pipeline import driver
     from recray.plan import PARTITIONS
-    from recray.plan.adaptive import DEFAULT_ADAPT_ABOVE_BITS
 
-    c.add_argument("--method", choices=rec.METHODS, default="sp-pfr")
+    def d(name):
+        return default_of(driver.compress, name)
+
+    c.add_argument("--method", choices=rec.METHODS, default=d("method"))
     c.add_argument(
         "--block-bits",
         type=float,
         default=None,
-        help="information per block (bits) of the codec plan "
-        f"(default: {PLAN_DEFAULTS['block_bits']})",
+        help=f"information per block (bits) of the codec plan (default: {d('block_bits')})",
     )
     c.add_argument(
         "--partition",
@@ -213,13 +213,13 @@ def _add_plan_args(c) -> None:
         default=None,
         help="tree: intervals of unequal prior mass, about equally wide where the posteriors "
         "sit (fewer candidates, fewer bits); complete: 2^b equal-mass intervals per "
-        f"dimension (default: {PLAN_DEFAULTS['partition']})",
+        f"dimension (default: {d('partition')})",
     )
     c.add_argument(
         "--allocation",
         choices=("mi", "uniform", "random"),
         default=None,
-        help=f"complete partitions: bits per dimension by (default: {PLAN_DEFAULTS['allocation']})",
+        help=f"complete partitions: bits per dimension by (default: {d('allocation')})",
     )
     c.add_argument(
         "--collapsed-block-size",
@@ -227,26 +227,29 @@ def _add_plan_args(c) -> None:
         default=None,
         help="collapsed dims (no information) per block of their own; 0 spreads them over "
         "the informative blocks (suits orc; exact methods pay ~0.72 bits of D_inf each) "
-        f"(default: {PLAN_DEFAULTS['collapsed_block_size']})",
+        f"(default: {d('collapsed_block_size')})",
     )
     c.add_argument(
         "--budget-offset-bits",
         type=int,
         default=None,
         help="bits added to every informative block's partition budget over its information "
-        f"(default: {PLAN_DEFAULTS['budget_offset_bits']})",
+        f"(default: {d('budget_offset_bits')})",
     )
-    c.add_argument("--n-samples", type=_n_samples_arg, default=1 << 16, help=N_SAMPLES_HELP)
-    _add_kl_args(c)
+    c.add_argument("--n-samples", type=_n_samples_arg, default=d("n_samples"), help=N_SAMPLES_HELP)
+    _add_kl_args(c, driver.compress)
     c.add_argument(
         "--adapt-above-bits",
         type=float,
-        default=DEFAULT_ADAPT_ABOVE_BITS,
+        default=d("adapt_above_bits"),
         help="sp-pfr: blocks whose exact search would need more than 2^BITS candidates under "
         "the plan get extra partition bits, sent as side information (exact; 0 turns it off)",
     )
     c.add_argument(
-        "--seed", type=int, default=0, help="seed of the shared randomness (decoder needs it)"
+        "--seed",
+        type=int,
+        default=d("seed"),
+        help="seed of the shared randomness (decoder needs it)",
     )
     c.add_argument(
         "--backend",
@@ -261,13 +264,18 @@ def _add_plan_args(c) -> None:
 
 
 def _add_compress_args(c) -> None:
-    from recray.pipeline.fit import AUTO_FIT_MIN_ITEMS, DEFAULT_FIT_ITEMS, LAWS_CHOICES
+    from recray.pipeline import driver
+    from recray.pipeline.fit import AUTO_FIT_MIN_ITEMS, LAWS_CHOICES
+    from recray.pipeline.options import RayOptions
+
+    def d(name):
+        return default_of(driver.compress, name)
 
     _add_plan_args(c)
     c.add_argument(
         "--laws",
         choices=LAWS_CHOICES,
-        default="auto",
+        default=d("laws"),
         help="the index laws of the messages: fit (fitted on --fit-items items of the input, "
         "written in the run), fixed (none: the partition's own masses), auto (fit on inputs "
         f"of at least {AUTO_FIT_MIN_ITEMS:,} items, else fixed; a --plan's own laws are kept)",
@@ -275,7 +283,7 @@ def _add_compress_args(c) -> None:
     c.add_argument(
         "--fit-items",
         type=int,
-        default=DEFAULT_FIT_ITEMS,
+        default=d("fit_items"),
         help="items the laws are fitted on (a spread sample of the input)",
     )
     c.add_argument(
@@ -287,31 +295,34 @@ def _add_compress_args(c) -> None:
     c.add_argument(
         "--on-bad-item",
         choices=("fail", "skip"),
-        default="fail",
+        default=d("on_bad_item"),
         help="fail: stop before coding and list every bad item; skip: code the rest and list "
         "the bad items in RUN/rejects.parquet (exit status 3)",
     )
     c.add_argument(
         "--on-unbounded",
         choices=("error", "orc"),
-        default="error",
+        default=d("on_unbounded"),
         help="blocks an exact method cannot code (posterior wider than the prior, "
         "or expected steps above the cap): fail, or code them with the "
         "fixed-budget twin",
     )
     c.add_argument(
-        "--batch-size", type=int, default=4096, help="items per search call (per actor batch)"
+        "--batch-size",
+        type=int,
+        default=d("batch_size"),
+        help="items per search call (per actor batch)",
     )
     c.add_argument(
         "--shard-rows",
         type=int,
-        default=1 << 16,
+        default=d("shard_rows"),
         help="items per shard: the unit of commit and resume, one Parquet part each",
     )
     c.add_argument(
         "--engine",
         choices=("ray", "local"),
-        default="ray",
+        default=d("engine"),
         help="ray: a Ray Data actor pool (local Ray unless --address/RAY_ADDRESS); "
         "local: in this process. Both write the same bytes",
     )
@@ -328,13 +339,13 @@ def _add_compress_args(c) -> None:
     c.add_argument(
         "--actor-cpus",
         type=float,
-        default=0.5,
+        default=default_of(RayOptions, "actor_cpus"),
         help="CPUs reserved per NumPy actor (fractional keeps a slot for Ray Data's reads)",
     )
     c.add_argument(
         "--retries",
         type=int,
-        default=4,
+        default=default_of(RayOptions, "retries"),
         help="Ray read-task retries and actor restarts/task retries after a node or worker dies",
     )
     c.add_argument(
@@ -386,7 +397,7 @@ def add_parsers(sub) -> None:
     _add_compress_args(c)
     c.set_defaults(func=cmd_compress)
 
-    from recray.pipeline.fit import DEFAULT_FIT_ITEMS
+    from recray.pipeline import driver
 
     f = sub.add_parser(
         "fit", help="build a codec plan and fit its index laws on latents (for compress --plan)"
@@ -396,7 +407,10 @@ def add_parsers(sub) -> None:
     f.add_argument("--out", required=True, help="plan JSON to write")
     _add_plan_args(f)
     f.add_argument(
-        "--fit-items", type=int, default=DEFAULT_FIT_ITEMS, help="items the laws are fitted on"
+        "--fit-items",
+        type=int,
+        default=default_of(driver.fit, "fit_items"),
+        help="items the laws are fitted on",
     )
     f.set_defaults(func=cmd_fit)
 
@@ -417,7 +431,7 @@ def add_parsers(sub) -> None:
     d.add_argument(
         "--engine",
         choices=("local", "ray"),
-        default="local",
+        default=default_of(driver.decompress, "engine"),
         help="local: decode in this process; ray: one part per task on a Ray actor pool "
         "(the same file; pays off on large runs, decoding is light next to the search)",
     )

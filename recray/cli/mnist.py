@@ -12,6 +12,7 @@ from recray.cli.common import (
     _progress,
     _ray_opts,
     _write_json,
+    default_of,
 )
 
 
@@ -32,6 +33,7 @@ def cmd_mnist_compress(args) -> int:
         weights=args.weights,
         collapsed_block_size=args.collapsed_block_size,
         budget_offset_bits=args.budget_offset_bits,
+        partition=args.partition,
         laws=args.laws,
         progress=_progress(),
         kl_offset_bits=args.kl_offset_bits,
@@ -103,6 +105,12 @@ def cmd_bench_mnist(args, demo: bool = False) -> int:
 def add_parsers(csub, bsub) -> None:
     """``codec mnist`` on the ``codec`` subparsers ``csub``; ``bench mnist`` on ``bsub``."""
     from recray import rec
+    from recray.bench.mnist import run_mnist_table
+    from recray.codecs import mnist
+    from recray.plan import PARTITIONS
+
+    def d(name):
+        return default_of(mnist.compress, name)
 
     bm = bsub.add_parser("mnist", help="the lossless MNIST table (REC settings vs -ELBO, PNG...)")
     bm.add_argument("--limit", type=int, default=None, help="first N test images (default all)")
@@ -116,50 +124,60 @@ def add_parsers(csub, bsub) -> None:
         "and timed, KS of the latent z-scores) instead of the summary table",
     )
     bm.add_argument("--png", metavar="PATH", help="--grid: plot bits vs encode time here")
-    _add_ray_args(bm)
+    _add_ray_args(bm, run_mnist_table)
     bm.set_defaults(func=cmd_bench_mnist)
 
     mn = csub.add_parser("mnist", help="lossless MNIST: VAE latent by REC, pixels under p(x|z)")
     msub = mn.add_subparsers(dest="mnist", required=True)
     mc = msub.add_parser("compress", help="compress MNIST images into a run directory")
     mc.add_argument("--out", required=True)
-    mc.add_argument("--split", choices=("test", "train"), default="test")
+    mc.add_argument("--split", choices=("test", "train"), default=d("split"))
     mc.add_argument("--limit", type=int, default=None, help="first N images of the split")
-    # defaults: the best SP setting of `recray bench mnist --grid` (README); the fair
-    # RECOMBINER-style ORC baseline is --method orc --block-bits 16 --n-samples 65536
-    # --collapsed-block-size 0 --budget-offset-bits 0 --laws fixed
+    # defaults (recray.codecs.mnist.compress's): the best SP setting of `recray bench mnist
+    # --grid`; the fair RECOMBINER-style ORC baseline is --method orc --block-bits 16
+    # --n-samples 65536 --collapsed-block-size 0 --budget-offset-bits 0 --laws fixed
     mc.add_argument(
-        "--method", choices=rec.METHODS, default="sp-orc", help="REC method of the latent"
+        "--method", choices=rec.METHODS, default=d("method"), help="REC method of the latent"
     )
-    mc.add_argument("--block-bits", type=float, default=48.0)
-    mc.add_argument("--n-samples", type=_n_samples_arg, default=1 << 10, help=N_SAMPLES_HELP)
-    _add_kl_args(mc)
+    mc.add_argument("--block-bits", type=float, default=d("block_bits"))
+    mc.add_argument("--n-samples", type=_n_samples_arg, default=d("n_samples"), help=N_SAMPLES_HELP)
+    _add_kl_args(mc, mnist.compress)
     mc.add_argument(
         "--budget-offset-bits",
         type=int,
-        default=-4,
+        default=d("budget_offset_bits"),
         help="partition bits of each informative block over its information (plan v2)",
     )
     mc.add_argument(
+        "--partition",
+        choices=PARTITIONS,
+        default=d("partition"),
+        help="complete: 2^b equal-mass intervals per dimension (the shipped laws' plan); "
+        "tree: intervals of unequal mass, fewer candidates per block",
+    )
+    mc.add_argument(
         "--laws",
-        choices=("learned", "fixed"),
-        default="learned",
+        choices=mnist.LAWS,
+        default=d("laws"),
         help="code the indices under index laws fitted on the training set (shipped for "
         "the defaults; other settings are fitted once and cached), or the fixed codes",
     )
     mc.add_argument(
-        "--seed", type=int, default=0, help="seed of the shared randomness (decoder needs it)"
+        "--seed",
+        type=int,
+        default=d("seed"),
+        help="seed of the shared randomness (decoder needs it)",
     )
     mc.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     mc.add_argument("--weights", default=None, help="VAE weights (default: the shipped ones)")
     mc.add_argument(
         "--collapsed-block-size",
         type=int,
-        default=0,
+        default=d("collapsed_block_size"),
         help="collapsed latent dims per block of their own; 0 spreads them over the "
         "informative blocks (the ORC baseline's layout)",
     )
-    _add_ray_args(mc)
+    _add_ray_args(mc, mnist.compress)
     mc.set_defaults(func=cmd_mnist_compress)
     md = msub.add_parser("decompress", help="decode a run into images.npz")
     md.add_argument("run")
@@ -175,7 +193,7 @@ def add_parsers(csub, bsub) -> None:
     md.add_argument(
         "--engine",
         choices=("local", "ray"),
-        default="local",
+        default=default_of(mnist.decompress, "engine"),
         help="local: decode in this process; ray: one part per task on a Ray actor pool "
         "(the same images)",
     )
@@ -196,5 +214,5 @@ def add_parsers(csub, bsub) -> None:
     )
     demo.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     demo.add_argument("--json", metavar="PATH")
-    _add_ray_args(demo)
+    _add_ray_args(demo, run_mnist_table)
     demo.set_defaults(func=lambda a: cmd_bench_mnist(a, demo=True))

@@ -74,6 +74,11 @@ PIXEL_MODEL = constriction.stream.model.Categorical(perfect=False)
 TABLE_CHUNK = 64  # rows of (784, 256) float64 tables at a time: 100 MB
 
 
+#: The codec's adaptive-partition threshold (sp-pfr settings): ``2^18`` candidates, the
+#: threshold its shipped laws and results were measured with (latent runs default to 2^14).
+ADAPT_ABOVE_BITS = 18.0
+
+
 def _model(weights):
     from recray.models.vae import DEFAULT_WEIGHTS, load_mnist_vae
 
@@ -196,9 +201,11 @@ def build_codec_plan(
     seed: int,
     collapsed_block_size: int,
     budget_offset_bits: int = 0,
+    partition: str = "complete",
 ):
-    """The codec's plan for these settings (complete partitions, no laws; the laws are the
-    codec's own, fitted on training images: :func:`learned_laws`)."""
+    """The codec's plan for these settings (no laws; the laws are the codec's own, fitted on
+    training images: :func:`learned_laws`). ``partition``: ``"complete"`` (the shipped laws
+    and the published figures) or ``"tree"`` (:func:`recray.plan.build_plan`)."""
     from recray.plan import build_plan
 
     return build_plan(
@@ -207,6 +214,7 @@ def build_codec_plan(
         seed=seed,
         collapsed_block_size=collapsed_block_size,
         budget_offset_bits=budget_offset_bits,
+        partition=partition,
     )
 
 
@@ -230,7 +238,6 @@ def fit_laws(
     from recray.format.messages import decode_blocks
     from recray.models.vae import posteriors
     from recray.pipeline.codec import CodecSpec, encode_items
-    from recray.plan.adaptive import DEFAULT_ADAPT_ABOVE_BITS
     from recray.plan.laws import estimate_laws
 
     model = _model(weights)
@@ -250,7 +257,7 @@ def fit_laws(
         kl_max_bits=kl_max_bits,
         max_steps=max_steps,
         on_unbounded="orc",
-        adapt_above_bits=DEFAULT_ADAPT_ABOVE_BITS,
+        adapt_above_bits=ADAPT_ABOVE_BITS,
     )
     ids = np.arange(x.shape[0], dtype=np.int64)
     bins, local = [], []
@@ -307,9 +314,9 @@ def compress(
     *,
     split: str = "test",
     limit: int | None = None,
-    method: str = "sp-pfr",
+    method: str = "sp-orc",
     block_bits: float = 48.0,
-    n_samples: int | str = 1 << 16,
+    n_samples: int | str = 1 << 10,
     seed: int = 0,
     max_steps: int = 1 << 20,
     engine: str = "ray",
@@ -318,19 +325,30 @@ def compress(
     shard_rows: int = 2048,
     data_dir=None,
     weights=None,
-    collapsed_block_size: int = 8,
+    collapsed_block_size: int = 0,
     progress=None,
     codec_version: int = CODEC_VERSION,
-    budget_offset_bits: int = 0,
-    laws: str = "fixed",
+    budget_offset_bits: int = -4,
+    laws: str = "learned",
     kl_offset_bits: float = 0.0,
     kl_max_bits: int = KL_SAMPLES_MAX_BITS,
+    partition: str = "complete",
 ) -> dict:
     """Compress MNIST ``split`` (its first ``limit`` images) into the run ``out_dir``;
-    returns the figures of :func:`summary` plus timings. Item ids are image indices in
-    the split. Blocks an exact method cannot code are coded with its fixed-budget twin
-    (``--on-unbounded orc``). ``codec_version=1`` writes the old float-table format (for
-    comparisons; it decodes on the same torch build only).
+    returns the figures of :func:`summary` plus timings.
+
+    The defaults are those of ``recray codec mnist compress`` (the command line reads them
+    from this signature): the best SP setting of ``recray bench mnist --grid``, SP-ORC on
+    one 48-bit block of partition budget ``B = I - 4`` with ``N = 2^10`` samples, collapsed
+    dimensions spread over it, indices under the shipped learned laws (docs/MNIST.md).
+
+    Item ids are image indices in the split. Blocks an exact method cannot code are coded
+    with its fixed-budget twin (``--on-unbounded orc``). ``codec_version=1`` writes the old
+    float-table format (for comparisons; it decodes on the same torch build only).
+
+    ``partition``: ``"complete"`` partitions (the default: the shipped laws were fitted
+    for them) or ``"tree"`` ones (fewer candidates per block; learned laws for trees are
+    fitted on first use and cached).
 
     ``laws="learned"``: the indices are coded under index laws estimated on the training
     set for exactly this plan and method (:func:`learned_laws`; message codec version 3),
@@ -360,6 +378,7 @@ def compress(
         seed=seed,
         collapsed_block_size=collapsed_block_size,
         budget_offset_bits=budget_offset_bits,
+        partition=partition,
     )
     index_laws, fit_s = (None, 0.0)
     if laws == "learned":
@@ -385,6 +404,7 @@ def compress(
             latent_run,
             plan=plan,
             laws="fixed" if index_laws is None else "auto",
+            adapt_above_bits=ADAPT_ABOVE_BITS,
             method=method,
             n_samples=n_samples,
             seed=seed,

@@ -180,14 +180,6 @@ def _budget_args(n_samples, kl_offset_bits, kl_max_bits) -> dict:
 
 
 ENGINES = ("ray", "local")
-#: The codec plan's options and their defaults, for the library and the command line alike.
-PLAN_DEFAULTS = {
-    "block_bits": 16.0,
-    "allocation": "mi",
-    "partition": DEFAULT_PARTITION,
-    "collapsed_block_size": 8,
-    "budget_offset_bits": 0,
-}
 
 
 def compress(
