@@ -29,7 +29,7 @@ import pytest
 
 from recray import rec
 from recray.backend import get_backend
-from recray.errors import BackendError
+from recray.errors import BackendError, InputError
 from recray.rec import api, kernels, portable
 from recray.rec.kernels import cpu
 from recray.rec.search import ChunkSchedule, run_search
@@ -496,7 +496,7 @@ def test_decode_ignores_encoder_only_arguments():
     res = rec.encode(mu, s, **kw)
     x = rec.decode(res.indices, max_steps=10, on_cap="keep", chunks=None, **kw)
     np.testing.assert_array_equal(x, res.samples)
-    with pytest.raises(rec.api.InputError, match="rng_version"):
+    with pytest.raises(InputError, match="rng_version"):
         rec.decode(res.indices, rng_version=7, **kw)
 
 
