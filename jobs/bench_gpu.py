@@ -1,5 +1,5 @@
-"""One short, prepared GPU session for issue 10: the CUDA kernel's rate and the cross-backend
-decode check. Run from the repository root on a machine with a CUDA GPU:
+"""The GPU benchmark: the CUDA kernel's rate and the cross-backend decode check. Run from
+the repository root on a machine with a CUDA GPU:
 
     PYTHONPATH=. python jobs/bench_gpu.py --out "$OUT"          (a few minutes)
 

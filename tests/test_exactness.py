@@ -13,6 +13,7 @@ import pytest
 from scipy import stats
 
 from recray import rec
+from recray.rec.trees import Trees
 from tests.conftest import typical_posteriors
 
 ALPHA = 1e-3
@@ -25,6 +26,15 @@ def ks_min_pvalue(x, mu, sigma):
     cols = [z[:, i] for i in range(z.shape[1])] + [z.sum(axis=1) / np.sqrt(z.shape[1])]
     p = [stats.kstest(c, "norm").pvalue for c in cols]
     return min(1.0, min(p) * len(p))
+
+
+#: Trees of the "-trees" configurations: the trivial one, tail-refined ones, a lopsided one.
+TREE_TABLE = ((0,), (4, 4, 3, 2, 2, 3, 4, 4), (3, 3, 2, 2, 3, 3), (2, 3, 3, 1))
+
+
+def spread(n, d, seed):
+    mu, s = typical_posteriors(n, d, [1.5, 1.0, 2.0, 1.0, 0.0], seed)
+    return mu * 1.2, s
 
 
 def shifted(n, d, shift, s, seed):
@@ -74,6 +84,20 @@ CONFIGS = {
         {"n_samples": 2**10},
     ),
     "sp-orc-8d": ("sp-orc", lambda: typical_posteriors(N, 8, 1.5, 13), 2, {"n_samples": 2**10}),
+    # unequal interval masses (dyadic trees refined in the tails), means spread wider than
+    # the prior's so the tail intervals carry real mass
+    "sp-pfr-5d-trees": (
+        "sp-pfr",
+        lambda: spread(N, 5, 14),
+        [0, 1, 0, 2, 0],
+        {"trees": Trees(TREE_TABLE, np.array([1, 2, 3, 0, 0]))},
+    ),
+    "sp-orc-5d-trees": (
+        "sp-orc",
+        lambda: spread(N, 5, 15),
+        [0, 1, 0, 2, 0],
+        {"trees": Trees(TREE_TABLE, np.array([1, 2, 3, 0, 0])), "n_samples": 2**12},
+    ),
 }
 
 
@@ -81,7 +105,7 @@ def run_config(name, backend, seed=0):
     method, make, bits, kw = CONFIGS[name]
     mu, sigma = make()
     res = rec.encode(mu, sigma, bits=bits, method=method, seed=seed, backend=backend, **kw)
-    prior = {k: v for k, v in kw.items() if k.startswith("prior")}
+    prior = {k: v for k, v in kw.items() if k.startswith("prior") or k == "trees"}
     x = rec.decode(res.indices, bits=bits, method=method, seed=seed, backend=backend, **prior)
     assert np.array_equal(x, res.samples)
     pm, ps = prior.get("prior_mu", 0.0), prior.get("prior_sigma", 1.0)
@@ -173,13 +197,17 @@ def test_short_segments_and_bounds_only_are_the_tables_bits(weights, monkeypatch
     bits = rng.integers(0, 8, size=(200, 6))
     fields = ("offsets", "cdf", "log_corr", "log_rmax_d", "log_rmax", "log_bound")
 
+    from recray.rec.trees import geometry
+
+    geo = geometry(None, bits)
+
     def tables():
-        t = partition.build_tables(be, m, s, bits, bits, weights)
+        t = partition.build_tables(be, m, s, geo, weights)
         return [None if getattr(t, f) is None else getattr(t, f).tobytes() for f in fields]
 
     short = tables()
     monkeypatch.setattr(partition, "SHORT_SEGMENT", 0)  # every segment the generic way
     assert tables() == short
     if weights == "sup":
-        rmax_d, rmax = partition.sup_bounds(be, m, s, bits, bits)
+        rmax_d, rmax = partition.sup_bounds(be, m, s, geo)
         assert [rmax_d.tobytes(), rmax.tobytes()] == short[3:5]

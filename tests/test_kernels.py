@@ -29,21 +29,26 @@ import pytest
 
 from recray import rec
 from recray.backend import get_backend
-from recray.errors import BackendError
+from recray.errors import BackendError, InputError
 from recray.rec import api, kernels, portable
 from recray.rec.kernels import cpu
 from recray.rec.search import ChunkSchedule, run_search
+from recray.rec.trees import Trees
 from tests.conftest import typical_posteriors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # --------------------------------------------------------------------------- helpers
-def problem(mu, sigma, bits, method, seed=3, budget=None, n_samples=256):
+def problem(mu, sigma, bits, method, seed=3, budget=None, n_samples=256, trees=None):
     """The SearchProblem that ``rec.encode`` would build (standard prior, one batch)."""
     if budget is None and method not in rec.EXACT_METHODS:
         budget = n_samples
-    return api.standard_problem(mu, sigma, bits, method, seed=seed, budget=budget)
+    return api.standard_problem(mu, sigma, bits, method, seed=seed, budget=budget, trees=trees)
+
+
+#: Dyadic trees (tail-refined, and lopsided) for the configurations with unequal masses.
+TREE_TABLE = ((0,), (4, 4, 3, 2, 2, 3, 4, 4), (3, 3, 2, 2, 3, 3), (1, 3, 3, 2))
 
 
 def assert_same_outcome(a, b, what=""):
@@ -71,7 +76,15 @@ def configs():
     mu[:, 2] *= 4.0
     s[:, 2] = 1.3  # unbounded ratio: only fixed-budget methods
     out.append(("orc-wide", mu, s, None, "orc", 300))
+    mu, s = typical_posteriors(40, 4, [2.0, 1.5, 2.5, 1.0], 8)
+    mu *= 1.2  # means further out than the prior's: the tail intervals matter
+    out.append(("sp-pfr-trees", mu, s, [0, 1, 2, 1], "sp-pfr", None))
+    out.append(("sp-orc-trees", mu, s, [0, 1, 2, 1], "sp-orc", 300))
     return out
+
+
+#: The tree of each dimension in the "-trees" configurations (others: complete partitions).
+TREES = {n: Trees(TREE_TABLE, np.array([1, 2, 0, 3])) for n in ("sp-pfr-trees", "sp-orc-trees")}
 
 
 CONFIGS = {c[0]: c for c in configs()}
@@ -80,7 +93,7 @@ CONFIGS = {c[0]: c for c in configs()}
 def _problem_of(name, seed=3):
     _, mu, s, bits, method, ns = CONFIGS[name]
     budget = ns if ns is not None else None
-    return problem(mu, s, bits, method, seed=seed, budget=budget)
+    return problem(mu, s, bits, method, seed=seed, budget=budget, trees=TREES.get(name))
 
 
 # --------------------------------------------------------------------------- portable math
@@ -199,12 +212,53 @@ def test_cpu_kernel_machine_code_has_no_fma():
     # the decoder kernel, compiled afresh (cached code cannot be inspected)
     regen = numba.njit(error_model="numpy")(cpu.regenerate_many.py_func)
     one = np.ones((1, 2), dtype=np.int64)
+    zero = np.zeros((1, 2), dtype=np.int64)
     keys = np.ones((1, 2), dtype=np.uint64)
-    regen(one[:, 0], one[:, 0], one, keys, np.zeros((1, 2)), np.ones((1, 2)), np.empty((1, 2)))
+    leaf_k, leaf_inv = np.zeros(1, np.int64), np.ones(1)
+    pm, ps = np.zeros((1, 2)), np.ones((1, 2))
+    regen(one[:, 0], one[:, 0], one, zero, zero, leaf_k, leaf_inv, keys, pm, ps, np.empty((1, 2)))
     for fn in (search_math, regen):
         asm = "\n".join(fn.inspect_asm().values())
         assert "mulsd" in asm  # the code is there (mulsd / vmulsd)
         assert not FMA.search(asm), FMA.search(asm).group(0)
+
+
+#: Exit status of the probe when libNVVM (or its libdevice) is absent: the only skip.
+NVVM_ABSENT = 77
+NVVM_PROBE = f"""
+import sys
+try:
+    from numba.cuda.cudadrv import libs, nvvm
+    nvvm.NVVM()  # NvvmSupportError (an ImportError) when libNVVM cannot be loaded
+    libs.open_libdevice()  # OSError when libdevice is not installed
+except (ImportError, OSError) as exc:
+    print(f"{{type(exc).__name__}}: {{exc}}")
+    sys.exit({NVVM_ABSENT})
+"""
+
+
+def _run_cuda_script(script: str) -> str:
+    """stdout of ``script`` in a fresh process without the CUDA simulator. Skips only when
+    the probe finds no libNVVM; any failure of ``script`` itself (a compile error included)
+    fails the test."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+
+    def run(src):
+        return subprocess.run(
+            [sys.executable, "-c", src], capture_output=True, text=True, env=env, timeout=300
+        )
+
+    probe = run(NVVM_PROBE)
+    if probe.returncode == NVVM_ABSENT:
+        pytest.skip(
+            f"libNVVM not installed ({probe.stdout.strip()}; pip install "
+            "'cuda-toolkit[nvvm,nvrtc]==13.*')"
+        )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    r = run(script)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
 
 
 def test_gpu_kernel_ptx_has_no_fma():
@@ -219,25 +273,25 @@ from recray.rec.kernels import gpu
 f2, f1 = T.float64[:, ::1], T.float64[::1]
 i2, i1 = T.int64[:, ::1], T.int64[::1]
 u2 = T.uint64[:, ::1]
-prob = T.Tuple((f2, f2, f2, i2, i2, f2, i2, f1, f1, f1, i2, f2, f1, u2, i1, T.boolean, T.boolean))
+prob = T.Tuple((f2, f2, f2, i2, i2, i2, f2, i2, i1, f1, i2, f1, f1, f1, i2, f2, f1, u2, i1,
+                T.boolean, T.boolean))
 sig = (prob, i1, i1, i1, i1, T.uint64, i1, u2, f2, i2, f1, i1)
 ptx, _ = cuda.compile_ptx(gpu.search_kernel.py_func, sig, cc=(9, 0))
-ptx2, _ = cuda.compile_ptx(gpu.regenerate_kernel.py_func, (i1, i1, i2, u2, f2, f2, f2),
-                           cc=(9, 0))
+ptx2, _ = cuda.compile_ptx(gpu.regenerate_kernel.py_func,
+                           (i1, i1, i2, i2, i2, i1, f1, u2, f2, f2, f2), cc=(9, 0))
 print(len(re.findall(r"\bfma\.", ptx + ptx2)), len(re.findall(r"mul\.rn\.f64", ptx + ptx2)))
 """
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    env.pop("NUMBA_ENABLE_CUDASIM", None)
-    r = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
-    )
-    if r.returncode != 0:
-        if re.search(r"nvvm|NVVM|nvrtc|DynamicLibNotFound|CudaSupportError", r.stderr):
-            pytest.skip("libNVVM not installed (pip install 'cuda-toolkit[nvvm,nvrtc]==13.*')")
-        raise AssertionError(r.stderr[-3000:])
-    n_fma, n_mul = map(int, r.stdout.split())
+    n_fma, n_mul = map(int, _run_cuda_script(script).split())
     assert n_mul > 100
     assert n_fma == 0
+
+
+def test_negative_control_an_nvvm_compile_failure_fails_the_ptx_check():
+    """A compile error that names NVVM (here raised by a planted script once the probe has
+    found libNVVM) fails the check; it never skips."""
+    planted = "raise RuntimeError('NVVM_ERROR_COMPILATION: planted nvvmError in libNVVM')"
+    with pytest.raises(AssertionError, match="NVVM_ERROR_COMPILATION"):
+        _run_cuda_script(planted)
 
 
 # --------------------------------------------------------------------------- search
@@ -306,14 +360,36 @@ STRONG = {
     "sp-pfr-8d": ("sp-pfr", lambda: typical_posteriors(100, 8, 1.0, 12), 3),
     "sp-pfr-coarse": ("sp-pfr", lambda: typical_posteriors(100, 3, 1.5, 13), [1, 1, 0]),
     "pfr-2d": ("pfr", lambda: typical_posteriors(600, 2, 1.0, 14), None),
+    # ratios that peak beyond the sampler's reach: the bound over the reach stops these
+    # (tests/test_reach.py); the winner must still be the argmin of the whole process
+    "sp-pfr-near-collapsed": ("sp-pfr", lambda: near_collapsed(300, 6, 16), [0, 0, 0, 0, 0, 2]),
+    # unequal interval masses (dyadic trees): the bound sums w_k sup_k over the leaves
+    "sp-pfr-trees": ("sp-pfr", lambda: spread(300, 4, 17), [0, 1, 2, 1]),
 }
+
+
+def spread(n, d, seed):
+    mu, s = typical_posteriors(n, d, [2.0, 1.5, 2.5, 1.0], seed)
+    return mu * 1.2, s
+
+
+def near_collapsed(n, d, seed):
+    """Posteriors a hair narrower than the prior with means a few hundredths of a sigma out
+    (a VAE's unused dimensions), the last dimension shifted further (its peak in its outer
+    interval)."""
+    rng = np.random.default_rng(seed)
+    s = rng.uniform(0.995, 0.9995, (n, d))
+    mu = rng.normal(size=(n, d)) * np.sqrt(1 - s * s)
+    s[:, -1] = rng.uniform(0.97, 0.99, n)
+    mu[:, -1] = rng.choice([-1.0, 1.0], n) * rng.uniform(0.4, 0.8, n)
+    return mu, s
 
 
 def long_prefix_mismatches(name, lower_bound_bits=0.0):
     """Blocks whose stopped winner differs from the argmin over 50x their steps."""
     method, make, bits = STRONG[name]
     mu, s = make()
-    prob = problem(mu, s, bits, method, seed=21)
+    prob = problem(mu, s, bits, method, seed=21, trees=TREES.get(name))
     stopped_prob = prob
     if lower_bound_bits:  # the planted bug: a bound that is too small
         t = prob.tables
@@ -343,7 +419,7 @@ def test_stopped_winner_is_the_argmin_of_a_50x_longer_run(name):
     assert bad == 0, f"{name}: {bad} blocks stopped before their winner"
 
 
-@pytest.mark.parametrize("name", ["sp-pfr-5d", "pfr-2d"])
+@pytest.mark.parametrize("name", ["sp-pfr-5d", "pfr-2d", "sp-pfr-trees"])
 def test_negative_control_bound_one_bit_low_is_caught(name):
     """A stopping bound 1 bit too small stops about 2x early: KS tests miss it, this check
     must not."""
@@ -420,7 +496,7 @@ def test_decode_ignores_encoder_only_arguments():
     res = rec.encode(mu, s, **kw)
     x = rec.decode(res.indices, max_steps=10, on_cap="keep", chunks=None, **kw)
     np.testing.assert_array_equal(x, res.samples)
-    with pytest.raises(rec.api.InputError, match="rng_version"):
+    with pytest.raises(InputError, match="rng_version"):
         rec.decode(res.indices, rng_version=7, **kw)
 
 
@@ -476,6 +552,22 @@ for method in ("sp-pfr", "pfr", "sp-orc", "orc"):
         decode=all(bool(np.array_equal(x, a.samples)) for x in xs),
         label=b.backend_name,
     )
+# unequal interval masses (trees): the same search, and the same decoded bits everywhere
+from tests.test_kernels import TREES
+_, mu, s, bits, _, _ = CONFIGS["sp-pfr-trees"]
+tr = TREES["sp-pfr-trees"]
+mu, s = mu[:6], s[:6]
+a = rec.encode(mu, s, bits=bits, trees=tr, method="sp-pfr", seed=SEED, backend="numpy")
+b = rec.encode(mu, s, bits=bits, trees=tr, method="sp-pfr", seed=SEED, backend="cuda")
+dk = dict(method="sp-pfr", seed=SEED, bits=bits, trees=tr)
+xs = [rec.decode(a.indices, backend=be, **dk) for be in ("numpy", "numba", "cuda")]
+out["trees"] = dict(
+    indices=bool(np.array_equal(a.indices.as_array(), b.indices.as_array())),
+    steps=bool(np.array_equal(a.steps, b.steps)),
+    samples=bool(np.array_equal(a.samples, b.samples)),
+    decode=all(bool(np.array_equal(x, a.samples)) for x in xs),
+    label=b.backend_name,
+)
 # hash collisions and table overflows in the GPU build
 _, mu, s, bits, method, _ = CONFIGS["sp-pfr-coarse"]
 steps = kernels.search_cpu(problem(mu, s, bits, method)).steps
@@ -512,7 +604,7 @@ def test_cuda_kernel_under_the_simulator():
     )
     assert r.returncode == 0, r.stderr[-4000:]
     out = json.loads(r.stdout.split("RESULT", 1)[1])
-    for method in ("sp-pfr", "pfr", "sp-orc", "orc"):
+    for method in ("sp-pfr", "pfr", "sp-orc", "orc", "trees"):
         o = out[method]
         assert o["label"] == "cuda-simulator"
         assert o["indices"] and o["steps"] and o["samples"] and o["decode"], (method, o)
@@ -531,9 +623,10 @@ def test_kernel_key_derivation_equals_reference():
         np.testing.assert_array_equal(got[1], want[1])
 
 
-def test_runs_of_rng_version_1_still_decode_through_the_pipeline(tmp_path):
+def test_rng_version_1_in_a_header_decodes_with_recipe_1(tmp_path):
     """A run header with rng_version 1 gives a spec that decodes with recipe 1 (old keys,
-    SciPy's ndtri); unknown versions are refused."""
+    SciPy's ndtri), the same as the API's rng_version=1; unknown versions are refused. A
+    run written by the recipe 1 code itself is decoded in tests/test_old_runs.py."""
     from recray.errors import FormatError
     from recray.format.run import Run
     from recray.latents import synthesize
@@ -567,6 +660,7 @@ def test_runs_of_rng_version_1_still_decode_through_the_pipeline(tmp_path):
         prior_mu=pm,
         prior_sigma=ps,
         bits=bits,
+        trees=spec1.row_trees(grp, 3),
         method=spec1.method,
         seed=spec1.seed,
         stream_ids=sids[:, grp.blocks].reshape(-1),

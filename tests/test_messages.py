@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import recray.format.messages as M
+import recray.format.messages.fixed as fixed
 from recray.errors import InputError, MessageError
 from recray.format.messages import (
     MESSAGE_CODEC_VERSION,
@@ -137,7 +137,7 @@ GOLDEN = [
 
 @pytest.mark.parametrize("layout,bins,local,hexbytes", GOLDEN)
 def test_golden_bytes(layout, bins, local, hexbytes):
-    assert MESSAGE_CODEC_VERSION == 4
+    assert MESSAGE_CODEC_VERSION == 5
     assert encode_message(bins, local, layout).hex() == hexbytes
     got_bins, got_local = decode_message(bytes.fromhex(hexbytes), layout)
     assert got_bins.tolist() == bins and got_local.tolist() == local
@@ -248,13 +248,13 @@ def test_overhead_of_shortest_termination():
 
 def full_words(bins, local, layout: IndexLayout) -> int:
     """Length (32-bit words) of constriction's unshortened output for one item."""
-    classes, cv, cw, mask = M._symbols(
+    classes, cv, cw, mask = fixed._symbols(
         np.asarray(bins, dtype=np.int64)[None], np.asarray(local, dtype=np.int64)[None], layout
     )
     m = mask[0]
     if not m.any() and classes is None:
         return 0
-    words = M._encode_words(
+    words = fixed._encode_words(
         None if classes is None else classes[0],
         cv[0][m].astype(np.int32),
         np.left_shift(1, cw[0][m]).astype(np.int32),

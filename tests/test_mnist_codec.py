@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pyarrow as pa
@@ -24,12 +25,16 @@ from recray.models import intdec  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 40
+#: SP-PFR on 32-bit blocks under the fixed codes: a fast setting that needs no fitted laws.
+SP_PFR_32 = dict(
+    method="sp-pfr", block_bits=32, collapsed_block_size=8, budget_offset_bits=0, laws="fixed"
+)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("mnist") / "run")
-    info = mnist.compress(out, limit=N, method="sp-pfr", block_bits=32, engine="local")
+    info = mnist.compress(out, limit=N, engine="local", **SP_PFR_32)
     assert info["images"] == N
     return out, info
 
@@ -96,6 +101,84 @@ def test_corrupted_message_names_the_image(run, tmp_path):
     with pytest.raises(MessageError, match="image 7: its message fails its CRC"):
         mnist.decompress(d, str(tmp_path / "dec"))
     assert not os.path.exists(tmp_path / "dec")
+
+
+def _replace_messages(run_dir, new):
+    """Copy-edit: the messages of rows ``new`` (row -> bytes) with CRCs, lengths and the
+    manifest made to agree, so that only the decoder's own checks can see the change."""
+    part = "part-00000.parquet"
+    t = pq.read_table(os.path.join(run_dir, part))
+    msgs = t.column("message").to_pylist()
+    for row, m in new.items():
+        msgs[row] = m
+    cols = {
+        "message": pa.array(msgs, pa.binary()),
+        "crc32": pa.array([zlib.crc32(m) for m in msgs], pa.uint32()),
+        "nbits": pa.array([8 * len(m) for m in msgs], pa.int64()),
+    }
+    for name, col in cols.items():
+        t = t.set_column(t.schema.get_field_index(name), name, col)
+    pq.write_table(t, os.path.join(run_dir, part))
+    rehash_part(run_dir, part)
+    return msgs
+
+
+def _with_extra_pixel(run_dir, row):
+    """Image ``row``'s message coded again with one more pixel symbol after its 784 (level
+    255 under the first pixel's table: improbable, so it needs more bytes)."""
+    from recray.format.messages import Tail, encode_messages, read_head
+    from recray.format.run import Run
+    from recray.latents.io import Prior
+    from recray.pipeline.codec import decode_indices
+    from recray.pipeline.driver import spec_from_header
+
+    r = Run.open(run_dir)
+    spec = spec_from_header(r.header, Prior.from_dict(json.loads(r.prior_json), where="p"))
+    msg = pq.read_table(r.part_paths()[0]).column("message")[row].as_py()
+    h = read_head(msg, spec.layout)
+    extra = h.extra[None] if spec.layout.adaptive else None
+    z = decode_indices(np.array([row]), h.bins[None], h.local[None], spec, extra)
+    probs = mnist._tables(mnist._int_decoder(None), z, mnist.CODEC_VERSION)
+    image = load_mnist("test")[0][row : row + 1]
+    tails = mnist._pixel_tails(image, probs, mnist.CODEC_VERSION)[0]
+    one_more = Tail(np.array([255], np.int32), mnist.PIXEL_MODEL, probs[0, :1], 20.0)
+    tails = [[*tails, one_more]]
+    longer = encode_messages(h.bins[None], h.local[None], spec.layout, tails, extra)[0]
+    assert len(longer) > len(msg)
+    return longer
+
+
+@pytest.mark.parametrize("what", ["byte 0x01", "zero byte", "pixel symbol"])
+def test_message_with_more_after_its_pixels_is_refused_naming_the_image(run, tmp_path, what):
+    """A message is the shortest byte string that decodes to its indices and 784 pixels;
+    one with a byte (even a zero byte: the padding the decoder adds) or a symbol after them
+    is refused, naming the image, though its CRC and the part's SHA-256 hold."""
+    d = str(tmp_path / "copy")
+    shutil.copytree(run[0], d)
+    msgs = pq.read_table(os.path.join(d, "part-00000.parquet")).column("message").to_pylist()
+    row = 5
+    new = {
+        "byte 0x01": msgs[row] + b"\x01",
+        "zero byte": msgs[row] + b"\x00",
+        "pixel symbol": _with_extra_pixel(d, row) if what == "pixel symbol" else None,
+    }[what]
+    _replace_messages(d, {row: new})
+    with pytest.raises(MessageError, match=f"image {row}: the message does not end where its 784"):
+        mnist.decompress(d, str(tmp_path / "dec"))
+    assert not os.path.exists(tmp_path / "dec")
+
+
+def test_negative_control_an_extra_byte_is_unseen_without_the_check(run, tmp_path, monkeypatch):
+    """What the end check is for: without it, the message with a byte appended decodes to
+    the very same image (verify passes), and the sound run passes the check."""
+    d = str(tmp_path / "copy")
+    shutil.copytree(run[0], d)
+    msgs = pq.read_table(os.path.join(d, "part-00000.parquet")).column("message").to_pylist()
+    _replace_messages(d, {5: msgs[5] + b"\x01"})
+    monkeypatch.setattr(mnist, "_check_end", lambda *a: None)
+    assert mnist.decompress(d, str(tmp_path / "dec"), verify=True)["verified"]
+    monkeypatch.undo()
+    assert mnist.decompress(run[0], str(tmp_path / "dec2"), verify=True)["verified"]
 
 
 def test_other_model_is_refused(run, tmp_path):
@@ -166,7 +249,7 @@ def test_learned_laws_run_decodes_and_old_plan_runs_keep_version_1(tmp_path):
     assert info["laws"] == "learned"
     header = json.load(open(os.path.join(out, "plan.json")))
     assert header["plan"]["version"] == 2 and header["plan"]["index_laws"]["method"] == "sp-orc"
-    assert header["message_codec_version"] == 4
+    assert header["message_codec_version"] == 5
     dec = mnist.decompress(out, str(tmp_path / "dec"), verify=True)
     assert dec["verified"]
 
@@ -191,7 +274,7 @@ def test_fair_orc_with_per_block_budget_round_trips(tmp_path):
     spec = spec_from_header(header, prior)
     e = kl_sample_bits(spec.plan)
     assert header["n_samples"] == "kl" and e == (15, 15, 14)  # I_b = 14.16, 14.03, 13.93
-    assert spec.layout.block_raw_bits == e and header["message_codec_version"] == 4
+    assert spec.layout.block_raw_bits == e and header["message_codec_version"] == 5
     assert info["latent_only_bits_per_image"] <= 48  # 44 bits, rounded up to whole bytes
     msgs = pq.read_table(os.path.join(out, "part-00000.parquet")).column("message").to_pylist()
     local = np.stack([read_head(m, spec.layout).local for m in msgs])
@@ -214,7 +297,7 @@ def test_codec_version_1_runs_still_decode_on_their_torch_build(tmp_path, monkey
     import torch
 
     out = str(tmp_path / "v1")
-    mnist.compress(out, limit=3, block_bits=32, engine="local", codec_version=1)
+    mnist.compress(out, limit=3, engine="local", codec_version=1)
     codec = json.load(open(os.path.join(out, "plan.json")))["codec"]
     assert codec["version"] == 1 and codec["torch_version"] == torch.__version__
     assert mnist.decompress(out, str(tmp_path / "dec"), verify=True)["verified"]
@@ -235,7 +318,7 @@ def test_unknown_codec_version_is_refused():
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("mnist-small") / "run")
-    mnist.compress(out, limit=4, method="sp-pfr", block_bits=32, engine="local")
+    mnist.compress(out, limit=4, engine="local", **SP_PFR_32)
     return out
 
 

@@ -5,6 +5,10 @@ import json
 import math
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -291,6 +295,106 @@ def test_error_mid_run_keeps_committed_work_for_resume(tmp_path, synth, monkeypa
     assert _files(out) == _files(clean)
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: recray compress in another process whose commits take a second each (a slow writer)
+SLOW_WRITER = """
+import sys, time
+from recray.format import run
+commit = run.PartCommitter.commit
+def slow(self, *a, **k):
+    out = commit(self, *a, **k)
+    time.sleep(float(sys.argv[1]))
+    return out
+run.PartCommitter.commit = slow
+from recray.cli.main import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _writer(argv, pause=1.0):
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_WAIT_POLICY="PASSIVE")
+    return subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, str(pause), *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(path, proc, timeout=120):
+    t0 = time.monotonic()
+    while not os.path.exists(path):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() - t0 < timeout
+        time.sleep(0.05)
+
+
+def test_resume_while_another_process_writes_is_refused_in_one_line(tmp_path, synth, capsys):
+    """Two processes: while one writes the run, compress --resume (and a plain compress)
+    of the same output stops in one line, before touching it; the writer finishes to the
+    same bytes as a clean run. A writer killed mid-run leaves its lock file, which does not
+    hold: the run resumes to the same bytes."""
+    lat, pri = synth
+    clean = str(tmp_path / "clean")
+    driver.compress(lat, pri, clean, shard_rows=100, **FAST)
+    out = str(tmp_path / "out")
+    argv = ["compress", lat, "--prior", pri, "--out", out, "--engine", "local"]
+    argv += ["--block-bits", "8", "--shard-rows", "100"]
+    writer = _writer(argv)
+    try:
+        _wait_for(str(tmp_path / ".out.partial" / "part-00000.parquet"), writer)
+        for extra in (["--resume"], []):
+            assert main(argv + extra) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "another recray process is writing this run" in err[0]
+        assert writer.wait(timeout=120) == 0, writer.stderr.read()
+    finally:
+        writer.kill()
+        writer.wait()
+    assert _files(out) == _files(clean)
+    assert sorted(os.listdir(tmp_path)) == ["clean", "out"]  # the lock file is gone
+
+    out2 = str(tmp_path / "out2")
+    writer = _writer([*argv[:5], out2, *argv[6:]])
+    try:
+        _wait_for(str(tmp_path / ".out2.partial" / "part-00001.parquet"), writer)
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    assert os.path.exists(tmp_path / ".out2.lock")  # left by the kill; the kernel dropped it
+    info = driver.compress(lat, pri, out2, resume=True, shard_rows=100, **FAST)
+    assert info["resumed_shards"] >= 2
+    assert _files(out2) == _files(clean)
+    assert not os.path.exists(tmp_path / ".out2.lock")
+
+
+def test_a_held_writer_lock_refuses_compress_and_resume(tmp_path, synth, capsys):
+    """The lock alone (held here by another process) is what refuses: the output's
+    unfinished run is not read, and once the holder is gone the run resumes."""
+    lat, pri = synth
+    out = str(tmp_path / "out")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'w'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+         str(tmp_path / ".out.lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        argv = ["compress", lat, "--prior", pri, "--out", out, "--engine", "local"]
+        argv += ["--block-bits", "8", "--resume"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "another recray process is writing this run" in err[0]
+        assert sorted(os.listdir(tmp_path)) == [".out.lock"]  # nothing else written
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert main(argv) == 0  # --resume of a run that does not exist yet starts it
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
 @pytest.mark.parametrize("batch_size", [37, 600])
 def test_bytes_do_not_depend_on_batch_size(tmp_path, synth, run, batch_size):
     out = str(tmp_path / "b")
@@ -452,7 +556,7 @@ def test_orc_with_per_block_budget_from_kl(synth, tmp_path):
     assert len(set(e)) == 3 and e[-1] == 2  # the last block is the collapsed one
     assert hdr["n_samples"] == "kl" and hdr["kl_offset_bits"] == 1.5
     assert hdr["block_n_samples"] == [1 << v for v in e]
-    assert hdr["message_codec_version"] == MESSAGE_CODEC_VERSION == 4
+    assert hdr["message_codec_version"] == MESSAGE_CODEC_VERSION == 5
     assert spec.layout.block_raw_bits == e
     msgs = _messages(out)
     # raw fields only (orc has no bins): sum(e) bits, at most that rounded up to bytes (the
@@ -534,14 +638,20 @@ def test_bad_budgets_are_refused_before_any_work(synth, tmp_path):
         assert not os.path.exists(str(tmp_path / "out"))
 
 
-def test_runs_of_older_message_codec_versions_still_decode(run, synth, tmp_path):
-    """A run whose header says message codec version 1, 2 or 3 (layouts without per-block
-    widths code exactly as then) decodes to the same latents; so does an orc run."""
+def test_header_message_codec_version_does_not_change_layouts_without_its_fields(
+    run, synth, tmp_path
+):
+    """A current run with complete partitions and fixed laws whose header says message codec
+    version 1, 2 or 3 decodes to the same latents (layouts without adaptive partitions, laws
+    or per-block widths code exactly as then); so does an orc run. Runs written by the older
+    code itself are decoded in tests/test_old_runs.py."""
     lat, pri = synth
     small, _ = _small(synth, tmp_path)
     orc = str(tmp_path / "orc")
     driver.compress(small, pri, orc, method="orc", n_samples=512, **FAST)
-    for src in (run, orc):
+    plain = str(tmp_path / "plain")
+    driver.compress(small, pri, plain, partition="complete", laws="fixed", **FAST)
+    for src in (plain, orc):
         ref = str(tmp_path / "ref.parquet")
         driver.decompress(src, ref)
         for version in (1, 2, 3):

@@ -350,7 +350,7 @@ def _mutated(**changes) -> str:
     ("changes", "match"),
     [
         ({"format": "other-plan"}, "format"),
-        ({"version": 3}, r"version is 3; this recray reads plan versions \(1, 2\)"),
+        ({"version": 4}, r"version is 4; this recray reads plan versions \(1, 2, 3\)"),
         ({"version": 2}, r"missing field\(s\) \['budget_offset_bits', 'index_laws'\]"),
         ({"version": "1"}, "version"),
         ({"blocks": [[0], [2, 3], [5], [1]]}, r"blocks: dimension\(s\) \[4\]"),

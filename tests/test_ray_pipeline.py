@@ -366,7 +366,7 @@ def test_mnist_pixel_stage_and_decode_on_ray(cluster, tmp_path, monkeypatch):
     pytest.importorskip("torch")
     from recray.codecs import mnist
 
-    kw = dict(limit=20, method="sp-pfr", block_bits=32, shard_rows=10)  # two parts
+    kw = dict(limit=20, method="sp-pfr", block_bits=32, laws="fixed", shard_rows=10)  # two parts
     here, there = str(tmp_path / "here"), str(tmp_path / "there")
     mnist.compress(here, engine="local", **kw)
     latent_stage = mnist.driver.compress

@@ -110,6 +110,7 @@ def test_a_failure_inside_a_search_is_typed_or_a_reject(tmp_path, synth):
     ``on_bad_item="skip"`` such an item is rejected and the rest coded, each item's bytes as
     in a run without it; with ``"fail"`` it is the typed error, and the committed parts stay."""
     kw = dict(FAST, max_steps=1024, feasible_margin_bits=0.0, adapt_above_bits=None, shard_rows=200)
+    kw |= dict(partition="complete")  # equal-mass intervals: blocks both sides of the cap
     lat, pri = synth
     out = str(tmp_path / "skip")
     info = driver.compress(lat, pri, out, on_bad_item="skip", **kw)
@@ -136,7 +137,35 @@ def outliers(tmp_path_factory):
     return synthesize(400, 16, str(d), seed=21, outlier_fraction=0.05)
 
 
-OUTLIER_KW = dict(block_bits=8.0, batch_size=200, engine="local", max_steps=1 << 18)
+#: complete partitions with fixed laws: the side information of message codec version 2,
+#: whose cost these tests pin (tree partitions and fitted laws: the test below)
+OUTLIER_KW = dict(
+    block_bits=8.0,
+    batch_size=200,
+    engine="local",
+    max_steps=1 << 18,
+    partition="complete",
+    laws="fixed",
+)
+
+
+def test_outliers_with_trees_and_fitted_laws_decode_exactly(tmp_path, outliers):
+    """The defaults (tree partitions) with laws fitted on the input and adaptive partitions
+    for the outliers the trees' tails do not cover: every item exact, decoded bit for bit,
+    the side information under the fitted laws."""
+    lat, pri = outliers
+    out = str(tmp_path / "trees")
+    kw = dict(OUTLIER_KW, partition="tree", laws="fit", fit_items=200)
+    info = driver.compress(lat, pri, out, adapt_above_bits=10.0, debug_samples=True, **kw)
+    assert info["fallback_blocks"] == 0 and info["rejects"] == 0 and info["adapted_blocks"] > 0
+    hdr = json.load(open(os.path.join(out, "plan.json")))
+    laws = hdr["plan"]["index_laws"]
+    assert hdr["plan"]["partition"] == "tree" and laws["extra_freqs"]
+    assert all(b["adapt_freqs"] for b in laws["blocks"])
+    dec = str(tmp_path / "z.parquet")
+    driver.decompress(out, dec)
+    enc = pq.read_table(os.path.join(out, "part-00000.parquet"))
+    assert np.array_equal(_vectors(pq.read_table(dec).column("z")), _vectors(enc.column("z_debug")))
 
 
 def test_outliers_are_coded_exactly_by_adaptive_partitions(tmp_path, outliers):
@@ -152,7 +181,7 @@ def test_outliers_are_coded_exactly_by_adaptive_partitions(tmp_path, outliers):
     enc = pq.read_table(os.path.join(out, "part-00000.parquet"))
     assert np.array_equal(_vectors(pq.read_table(dec).column("z")), _vectors(enc.column("z_debug")))
     hdr = json.load(open(os.path.join(out, "plan.json")))
-    assert hdr["adapt_above_bits"] == 12.0 and hdr["message_codec_version"] == 4
+    assert hdr["adapt_above_bits"] == 12.0 and hdr["message_codec_version"] == 5
     adapted = enc.column("adapted_blocks").to_numpy()
     # the side information is almost free where nothing is adapted: the same items' messages
     # are at most one byte longer than under a layout without it
@@ -171,12 +200,12 @@ def test_search_reuses_the_routing_bounds_without_changing_a_byte(tmp_path, outl
     included) instead of building them again: no table is built inside ``rec.encode``,
     and the bytes are those of a search that builds its own."""
     from recray.pipeline import codec
-    from recray.rec import api
+    from recray.rec import bounds
 
     lat, pri = outliers
     kw = dict(OUTLIER_KW, adapt_above_bits=12.0)
     inside = {"encode": False, "builds": 0}
-    build, encode = api.build_tables, rec.encode
+    build, encode = bounds.build_tables, rec.encode
 
     def counted_build(*a, **k):
         inside["builds"] += inside["encode"]
@@ -189,7 +218,7 @@ def test_search_reuses_the_routing_bounds_without_changing_a_byte(tmp_path, outl
         finally:
             inside["encode"] = False
 
-    monkeypatch.setattr(api, "build_tables", counted_build)
+    monkeypatch.setattr(bounds, "build_tables", counted_build)
     monkeypatch.setattr(rec, "encode", flagged_encode)
     info = driver.compress(lat, pri, str(tmp_path / "reuse"), **kw)
     assert info["adapted_blocks"] > 0
@@ -350,6 +379,108 @@ def test_truncated_and_foreign_parts_are_named_and_salvaged_around(run, synth, t
     rej = pq.read_table(out + ".rejects.parquet").to_pylist()
     assert [r["field"] for r in rej] == ["part", "part"]
     assert "part-00002.parquet: the part belongs to another run" in rej[1]["reason"]
+
+
+def _undecodable(run_dir, seed=0):
+    """Random bytes that are not a message of this run's layout (they fail to decode)."""
+    from recray.errors import RecrayError
+    from recray.format.run import Run
+    from recray.latents.io import Prior
+    from recray.pipeline.codec import decode_items
+
+    r = Run.open(run_dir, verify_parts=False)
+    spec = driver.spec_from_header(r.header, Prior.from_dict(json.loads(r.prior_json), where="p"))
+    rng = np.random.default_rng(seed)
+    for _ in range(5000):
+        b = rng.bytes(int(rng.integers(2, 16)))
+        try:
+            decode_items(np.zeros(1, np.int64), [b], spec)
+        except RecrayError:
+            return b
+    raise AssertionError("no undecodable byte string found")
+
+
+def _set_messages(d, part, new):
+    """Rows ``new`` (row -> bytes) of a part replaced, their CRCs recomputed and the
+    manifest made to agree: only decoding can tell."""
+    import zlib
+
+    from conftest import rehash_part
+
+    t = pq.read_table(os.path.join(d, part))
+    msgs = t.column("message").to_pylist()
+    for row, m in new.items():
+        msgs[row] = m
+    t = t.set_column(t.schema.get_field_index("message"), "message", pa.array(msgs, pa.binary()))
+    crcs = pa.array([zlib.crc32(m) for m in msgs], pa.uint32())
+    t = t.set_column(t.schema.get_field_index("crc32"), "crc32", crcs)
+    pq.write_table(t, os.path.join(d, part))
+    rehash_part(d, part)
+    return [t.column("id")[r].as_py() for r in new]
+
+
+def _encoders_latents(run):
+    out = {}
+    for f in sorted(os.listdir(run)):
+        if f.startswith("part-"):
+            t = pq.read_table(os.path.join(run, f), columns=["id", "z_debug"])
+            pairs = zip(t.column("id").to_pylist(), t.column("z_debug").to_pylist(), strict=True)
+            out |= dict(pairs)
+    return out
+
+
+def test_crc_valid_messages_that_do_not_decode_are_salvaged_around(run, tmp_path, capsys):
+    """Messages replaced by random bytes with matching CRCs: refused by name without
+    --salvage; with it every other item is decoded and both are listed (exit 3)."""
+    from recray.errors import MessageError
+
+    d = _copy(run, tmp_path)
+    bad = _undecodable(d)
+    bad_ids = _set_messages(d, "part-00001.parquet", {17: bad, 200: bad})
+    with pytest.raises(MessageError, match=rf"item {bad_ids[0]}: "):
+        driver.decompress(d, str(tmp_path / "x.parquet"))
+    assert main(["decompress", d, "--out", str(tmp_path / "x2.parquet")]) == 2
+    capsys.readouterr()
+    out = str(tmp_path / "y.parquet")
+    assert main(["decompress", d, "--out", out, "--salvage"]) == 3
+    assert "2 damaged items could not be decoded" in capsys.readouterr().err
+    got = pq.read_table(out)
+    assert got.num_rows == 598
+    rej = pq.read_table(out + ".rejects.parquet").to_pylist()
+    assert [r["id"] for r in rej] == bad_ids
+    assert all("passes its CRC-32 but does not decode" in r["reason"] for r in rej)
+    ref = _encoders_latents(run)
+    for i, z in zip(got.column("id").to_pylist(), got.column("z").to_pylist(), strict=True):
+        assert z == ref[i]
+
+
+def test_part_changed_around_sound_rows_is_reported_under_salvage(run, tmp_path, capsys):
+    """A part rewritten (other Parquet encoding: other bytes, same rows, every CRC holds)
+    no longer matches the manifest's SHA-256: refused without --salvage; with it the items
+    are decoded, the part is named in one line on stderr and in the rejects file, exit 3."""
+    d = _copy(run, tmp_path)
+    part = os.path.join(d, "part-00001.parquet")
+    t = pq.read_table(part)
+    pq.write_table(t.replace_schema_metadata(t.schema.metadata), part, compression="gzip")
+    with pytest.raises(FormatError, match="part-00001.parquet does not match the manifest"):
+        driver.decompress(d, str(tmp_path / "x.parquet"))
+    out = str(tmp_path / "y.parquet")
+    assert main(["decompress", d, "--out", out, "--salvage"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("recray: part-00001.parquet does not match")
+    assert "its 250 items were decoded" in err[0]
+    got = pq.read_table(out)
+    assert got.num_rows == 600
+    ref = _encoders_latents(run)
+    pairs = zip(got.column("id").to_pylist(), got.column("z").to_pylist(), strict=True)
+    assert all(z == ref[i] for i, z in pairs)
+    rej = pq.read_table(out + ".rejects.parquet").to_pylist()
+    assert [(r["id"], r["field"]) for r in rej] == [(None, "part")]
+    assert rej[0]["reason"].startswith("part-00001.parquet: does not match the manifest")
+    # negative control: the sound run salvages with exit 0, no word and no rejects file
+    out2 = str(tmp_path / "z.parquet")
+    assert main(["decompress", run, "--out", out2, "--salvage"]) == 0
+    assert capsys.readouterr().err == "" and not os.path.exists(out2 + ".rejects.parquet")
 
 
 # ------------------------------------------------------------------ edge cases

@@ -10,6 +10,7 @@ counted; ``recray bench scale`` measures the Ray engine.
 
 from __future__ import annotations
 
+import inspect
 import os
 import resource
 import subprocess
@@ -20,17 +21,21 @@ import time
 from recray.latents import synthesize
 from recray.pipeline import driver
 
+_COMPRESS = inspect.signature(driver.compress).parameters
+
 
 def run_compress_bench(
     n: int = 1_000_000,
     dim: int = 64,
-    method: str = "sp-pfr",
-    block_bits: float = 16.0,
-    batch_size: int = 4096,
-    seed: int = 0,
+    method: str = _COMPRESS["method"].default,
+    block_bits: float = _COMPRESS["block_bits"].default,
+    batch_size: int = _COMPRESS["batch_size"].default,
+    seed: int = _COMPRESS["seed"].default,
     workdir: str | None = None,
     extra=(),
 ) -> dict:
+    """Synthesize ``n`` items of ``dim`` dimensions and time ``recray compress`` on them
+    (``recray compress``'s defaults, ``--engine local``; ``extra``: more options)."""
     work = workdir or tempfile.mkdtemp(prefix="recray-bench-compress-")
     t0 = time.perf_counter()
     lat, pri = synthesize(n, dim, os.path.join(work, f"synth-{n}x{dim}"), seed=seed)

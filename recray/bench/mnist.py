@@ -10,10 +10,11 @@ again and compared byte for byte with the source images.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -61,21 +62,29 @@ class Setting:
         )
 
 
+def _codec_defaults() -> Setting:
+    """The setting :func:`recray.codecs.mnist.compress` codes with when given no options."""
+    from recray.codecs import mnist
+
+    params = inspect.signature(mnist.compress).parameters
+    return Setting(**{f.name: params[f.name].default for f in fields(Setting)})
+
+
+#: The best SP setting (issue 11), the codec's default: one SP-ORC block holding the whole
+#: latent (collapsed dims included), 4 partition bits under its information, 2^10
+#: candidates, learned index laws.
+BEST_SP = _codec_defaults()
+#: ``recray bench mnist``: the summary table's settings.
 FULL = (
     Setting("orc", 16, collapsed_block_size=0),  # the RECOMBINER-style baseline
     Setting("orc", 16, "kl", collapsed_block_size=0),  # the same, per-block N from the KL
-    Setting("sp-orc", 48, 1 << 10, collapsed_block_size=0, budget_offset_bits=-4, laws="learned"),
+    BEST_SP,
     Setting("orc", 16),  # the same with the plan's separate collapsed blocks
     Setting("sp-pfr", 16),
     Setting("sp-pfr", 32),
     Setting("sp-orc", 32, 1 << 14),
     Setting("sp-pfr", 48, limit=1000),
     Setting("sp-orc", 48, 1 << 14, limit=1000),
-)
-#: The best SP setting (issue 11): one SP-ORC block holding the whole latent (collapsed dims
-#: included), 4 partition bits under its information, 2^10 candidates, learned index laws.
-BEST_SP = Setting(
-    "sp-orc", 48, 1 << 10, collapsed_block_size=0, budget_offset_bits=-4, laws="learned"
 )
 #: The RECOMBINER-style fixed-budget baseline (16-bit blocks, N = 2^16, collapsed spread).
 FAIR_ORC = Setting("orc", 16, collapsed_block_size=0)

@@ -46,7 +46,7 @@ def _tiles(args):
 
 
 def cmd_compress(args) -> int:
-    from recray.cli.main import _progress
+    from recray.cli.common import _progress
     from recray.codecs import inr
 
     tiles, source = _tiles(args)
@@ -82,7 +82,7 @@ def cmd_decompress(args) -> int:
 
 def cmd_bench(args) -> int:
     from recray.bench import inr as bi
-    from recray.cli.main import _write_json
+    from recray.cli.common import _write_json
 
     if args.merge:
         r = bi.merge([json.load(open(p)) for p in args.merge])

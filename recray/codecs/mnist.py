@@ -13,9 +13,15 @@ Encoding one image ``x`` (uint8, 784 pixels):
 
 Decoding reads the indices at the head of each message, regenerates ``z``, rebuilds the
 same tables and reads the pixels from the same decoder; a message that does not end where
-its 784 pixels end is reported by image id. The run directory is a recray run (plan,
-prior, parts, manifest) whose header also records the codec, the MNIST split and the
-model's SHA-256; decoding with other weights is refused before any work.
+its 784 pixels end is reported by image id. "Ends" is the encoder's own rule
+(``docs/FORMAT.md`` section 7): a message is the shortest byte string that, zero-padded,
+decodes to its symbols, so a message whose first ``n - 1`` bytes (or those plus one unit
+in their last byte, the only other ``n - 1``-byte string that can) already decode to the
+same indices and pixels carries bytes or symbols beyond them (:func:`_check_end`).
+
+The run directory is a recray run (plan, prior, parts, manifest) whose header also records
+the codec, the MNIST split and the model's SHA-256; decoding with other weights is refused
+before any work.
 
 **Exactness.** The tables must be bit-identical on both sides, on any machine. Codec
 version 2 (written today) computes them with integers only
@@ -66,6 +72,11 @@ PIXELS = 784
 LEVELS = 256
 PIXEL_MODEL = constriction.stream.model.Categorical(perfect=False)
 TABLE_CHUNK = 64  # rows of (784, 256) float64 tables at a time: 100 MB
+
+
+#: The codec's adaptive-partition threshold (sp-pfr settings): ``2^18`` candidates, the
+#: threshold its shipped laws and results were measured with (latent runs default to 2^14).
+ADAPT_ABOVE_BITS = 18.0
 
 
 def _model(weights):
@@ -190,8 +201,11 @@ def build_codec_plan(
     seed: int,
     collapsed_block_size: int,
     budget_offset_bits: int = 0,
+    partition: str = "complete",
 ):
-    """The plan :func:`recray.pipeline.driver.compress` builds for these settings (no laws)."""
+    """The codec's plan for these settings (no laws; the laws are the codec's own, fitted on
+    training images: :func:`learned_laws`). ``partition``: ``"complete"`` (the shipped laws
+    and the published figures) or ``"tree"`` (:func:`recray.plan.build_plan`)."""
     from recray.plan import build_plan
 
     return build_plan(
@@ -200,6 +214,7 @@ def build_codec_plan(
         seed=seed,
         collapsed_block_size=collapsed_block_size,
         budget_offset_bits=budget_offset_bits,
+        partition=partition,
     )
 
 
@@ -223,7 +238,6 @@ def fit_laws(
     from recray.format.messages import decode_blocks
     from recray.models.vae import posteriors
     from recray.pipeline.codec import CodecSpec, encode_items
-    from recray.plan.adaptive import DEFAULT_ADAPT_ABOVE_BITS
     from recray.plan.laws import estimate_laws
 
     model = _model(weights)
@@ -243,7 +257,7 @@ def fit_laws(
         kl_max_bits=kl_max_bits,
         max_steps=max_steps,
         on_unbounded="orc",
-        adapt_above_bits=DEFAULT_ADAPT_ABOVE_BITS,
+        adapt_above_bits=ADAPT_ABOVE_BITS,
     )
     ids = np.arange(x.shape[0], dtype=np.int64)
     bins, local = [], []
@@ -300,9 +314,9 @@ def compress(
     *,
     split: str = "test",
     limit: int | None = None,
-    method: str = "sp-pfr",
+    method: str = "sp-orc",
     block_bits: float = 48.0,
-    n_samples: int | str = 1 << 16,
+    n_samples: int | str = 1 << 10,
     seed: int = 0,
     max_steps: int = 1 << 20,
     engine: str = "ray",
@@ -311,19 +325,30 @@ def compress(
     shard_rows: int = 2048,
     data_dir=None,
     weights=None,
-    collapsed_block_size: int = 8,
+    collapsed_block_size: int = 0,
     progress=None,
     codec_version: int = CODEC_VERSION,
-    budget_offset_bits: int = 0,
-    laws: str = "fixed",
+    budget_offset_bits: int = -4,
+    laws: str = "learned",
     kl_offset_bits: float = 0.0,
     kl_max_bits: int = KL_SAMPLES_MAX_BITS,
+    partition: str = "complete",
 ) -> dict:
     """Compress MNIST ``split`` (its first ``limit`` images) into the run ``out_dir``;
-    returns the figures of :func:`summary` plus timings. Item ids are image indices in
-    the split. Blocks an exact method cannot code are coded with its fixed-budget twin
-    (``--on-unbounded orc``). ``codec_version=1`` writes the old float-table format (for
-    comparisons; it decodes on the same torch build only).
+    returns the figures of :func:`summary` plus timings.
+
+    The defaults are those of ``recray codec mnist compress`` (the command line reads them
+    from this signature): the best SP setting of ``recray bench mnist --grid``, SP-ORC on
+    one 48-bit block of partition budget ``B = I - 4`` with ``N = 2^10`` samples, collapsed
+    dimensions spread over it, indices under the shipped learned laws (docs/MNIST.md).
+
+    Item ids are image indices in the split. Blocks an exact method cannot code are coded
+    with its fixed-budget twin (``--on-unbounded orc``). ``codec_version=1`` writes the old
+    float-table format (for comparisons; it decodes on the same torch build only).
+
+    ``partition``: ``"complete"`` partitions (the default: the shipped laws were fitted
+    for them) or ``"tree"`` ones (fewer candidates per block; learned laws for trees are
+    fitted on first use and cached).
 
     ``laws="learned"``: the indices are coded under index laws estimated on the training
     set for exactly this plan and method (:func:`learned_laws`; message codec version 3),
@@ -353,6 +378,7 @@ def compress(
         seed=seed,
         collapsed_block_size=collapsed_block_size,
         budget_offset_bits=budget_offset_bits,
+        partition=partition,
     )
     index_laws, fit_s = (None, 0.0)
     if laws == "learned":
@@ -376,8 +402,10 @@ def compress(
             lat,
             prior_path(weights),
             latent_run,
+            plan=plan,
+            laws="fixed" if index_laws is None else "auto",
+            adapt_above_bits=ADAPT_ABOVE_BITS,
             method=method,
-            block_bits=block_bits,
             n_samples=n_samples,
             seed=seed,
             max_steps=max_steps,
@@ -386,9 +414,7 @@ def compress(
             shard_rows=shard_rows,
             engine=engine,
             ray_options=ray_options,
-            collapsed_block_size=collapsed_block_size,
             progress=progress,
-            budget_offset_bits=budget_offset_bits,
             index_laws=index_laws,
             kl_offset_bits=kl_offset_bits,
             kl_max_bits=kl_max_bits,
@@ -735,7 +761,9 @@ def _decode_part(run: Run, spec, decoder, version: int, batch_size: int, file: s
             z = decode_indices(chunk_ids, bins, local, spec, extra)
             probs = _tables(decoder, z, version)
             for j, (i, h) in enumerate(zip(chunk_ids, heads, strict=True)):
-                all_images.append(_read_pixels(h.decoder, probs[j], i))
+                image = _read_pixels(h.decoder, probs[j], i)
+                _check_end(chunk[j], spec.layout, h, image, probs[j], i)
+                all_images.append(image)
             all_ids.append(chunk_ids)
     if not all_ids:
         return np.zeros(0, np.int64), np.zeros((0, PIXELS), np.uint8)
@@ -753,3 +781,44 @@ def _read_pixels(decoder, probs: np.ndarray, image_id) -> np.ndarray:
     if (sym < 0).any() or (sym >= LEVELS).any():
         raise MessageError(f"image {fmt_item(image_id)}: pixels decode outside 0..255")
     return sym.astype(np.uint8)
+
+
+def _decodes_same(candidate: bytes, layout, head, image: np.ndarray, probs) -> bool:
+    """Whether ``candidate`` decodes to the indices of ``head`` and then to ``image``."""
+    try:
+        h = read_head(candidate, layout)
+        if not (
+            np.array_equal(h.bins, head.bins)
+            and np.array_equal(h.local, head.local)
+            and np.array_equal(h.extra, head.extra)
+        ):
+            return False
+        sym = np.asarray(h.decoder.decode(PIXEL_MODEL, np.ascontiguousarray(probs)))
+    except Exception:  # constriction or the layout rejects it: it does not decode the same
+        return False
+    return np.array_equal(sym, image)
+
+
+def _check_end(message: bytes, layout, head, image: np.ndarray, probs, image_id) -> None:
+    """Raise :class:`MessageError` naming the image unless ``message`` ends where its
+    indices and 784 pixels end: it is not empty and no byte string one byte shorter decodes
+    to the same symbols. The values that decode to them form one interval and ``message``
+    lies in it, so only the first ``n - 1`` bytes and those plus one unit in their last
+    byte can (the shortest-prefix rule of ``docs/FORMAT.md`` section 7)."""
+    n = len(message)
+    if n == 0:
+        raise MessageError(f"image {fmt_item(image_id)}: the message is empty")
+    if n == 1:
+        return
+    prefix = bytes(message[: n - 1])
+    shorter = [prefix]
+    up = int.from_bytes(prefix, "big") + 1
+    if up < 1 << (8 * (n - 1)):
+        shorter.append(up.to_bytes(n - 1, "big"))
+    for cand in shorter:
+        if _decodes_same(cand, layout, head, image, probs):
+            raise MessageError(
+                f"image {fmt_item(image_id)}: the message does not end where its {PIXELS} "
+                f"pixels end: {n - 1} of its {n} bytes already decode to the same latent and "
+                "pixels (extra bytes or symbols after them); the message is corrupted"
+            )

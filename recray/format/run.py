@@ -28,19 +28,29 @@ step, so an interrupted run never looks complete; its committed parts let ``--re
 finish it. On an object store (``s3://``, ``gs://``: no rename) the parts are written in
 place and the manifest, written last, is the publish: an unfinished run there is a location
 with parts and ``resume.json`` but no manifest. All access goes through
-:mod:`recray.format.storage`. **Committed work is never deleted**: whatever goes wrong, an
-unfinished run that holds a committed part stays for ``--resume``; only one that this call
-created and that holds no part yet is removed (nothing was coded). The bytes of every file
+:mod:`recray.format.storage`. One process writes a run at a time: on a local filesystem
+the writer holds a lock on the sibling ``.<name>.lock`` (:class:`WriterLock`), so a second
+``compress`` of the same output, ``--resume`` or not, stops in one line. **Committed work
+is never deleted**: whatever goes wrong, an unfinished run that holds a committed part stays
+for ``--resume``; only one that this call created and that holds no part yet is removed
+(nothing was coded). The bytes of every file
 depend only on the input, the header and the shard size: not on the engine, the number of
 workers, batch sizes or the backend.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import zlib
 from dataclasses import dataclass
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock (see WriterLock)
+    fcntl = None
 
 import numpy as np
 import pyarrow as pa
@@ -82,12 +92,76 @@ def crc32_of(messages) -> np.ndarray:
     return np.fromiter((zlib.crc32(m) for m in messages), dtype=np.uint32, count=len(messages))
 
 
-def _write_json(loc: Location, obj) -> None:
-    loc.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+def _write_json(loc: Location, obj, compact: bool = False) -> None:
+    """``obj`` as JSON with sorted keys: indented, or ``compact`` (no spaces: the run header,
+    whose learned laws and trees are part of every run's size)."""
+    text = json.dumps(
+        obj, sort_keys=True, **({"separators": (",", ":")} if compact else {"indent": 1})
+    )
+    loc.write_text(text + "\n")
 
 
 PARTIAL_SUFFIX = ".partial"
+LOCK_SUFFIX = ".lock"
 RESUME_FILE = "resume.json"
+
+
+class WriterLock:
+    """The one writer of a run: an exclusive ``flock`` on the sibling file ``.<name>.lock``
+    (local filesystems), held from before a :class:`RunWriter` looks at the run until it is
+    done, so a second ``compress`` (``--resume`` or not) of a run that another process is
+    still writing stops at once, in one line, instead of racing it. The kernel drops the
+    lock when its process dies, so a run left by a crash or a kill resumes without any
+    clean-up; a clean exit removes the file.
+
+    Object stores and HDFS get no lock: ``pyarrow.fs`` offers neither ``flock`` nor an
+    atomic create-if-absent there. Each part is still written whole by one writer and a
+    part's bytes depend only on the input, the header and the shard size, but two writers
+    of one location can interleave their publish steps: run one ``compress`` per location.
+    """
+
+    def __init__(self, out: Location, out_dir: str):
+        self.path: str | None = None
+        self.fd: int | None = None
+        if not out.local or fcntl is None:
+            return
+        path = out.sibling(f".{out.name}{LOCK_SUFFIX}").path
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot create the lock file {path!r}: {exc.strerror}"
+                ) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise InputError(
+                    f"{out_dir!r}: another recray process is writing this run (it holds "
+                    f"{path}); wait for it to finish, or stop it and run again with --resume"
+                ) from None
+            except OSError as exc:  # e.g. a filesystem without locks
+                os.close(fd)
+                raise StorageError(f"cannot lock {path!r}: {exc.strerror}") from None
+            try:  # the holder before us may have removed the file after we opened it
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        self.path, self.fd = path, fd
+
+    def release(self) -> None:
+        """Remove the lock file, then drop the lock (in this order, so that whoever locks
+        the file next sees it is gone and takes a fresh one)."""
+        if self.fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        os.close(self.fd)
+        self.fd = None
 
 
 def part_name(shard: int) -> str:
@@ -208,7 +282,10 @@ class RunWriter:
 
     Use as a context manager. Whatever the exception, committed parts are never removed:
     the unfinished run stays for ``--resume``, except one that this writer created and
-    that holds no part yet (nothing was coded), which is removed.
+    that holds no part yet (nothing was coded), which is removed. On a local filesystem the
+    writer holds a :class:`WriterLock` until it exits: a run that another process is
+    writing is refused ("another recray process is writing this run") before anything is
+    read or written.
     """
 
     def __init__(
@@ -229,9 +306,21 @@ class RunWriter:
         self.summaries: dict[int, dict] = {}
         exists = InputError(f"output {out_dir!r} already exists; remove it or choose another --out")
         if self.out.renames:
+            self.out.parent().makedirs()
+        # before looking at the run: another writer may be about to publish it
+        self.lock = WriterLock(self.out, out_dir)
+        try:
+            self._open(out_dir, header, prior_json, fingerprint, resume, exists)
+        except BaseException:
+            self.lock.release()
+            raise
+        self.committer = PartCommitter(self.tmp, schema, self.run_key)
+
+    def _open(self, out_dir, header, prior_json, fingerprint, resume, exists) -> None:
+        """Find or create the unfinished run (see the class docstring)."""
+        if self.out.renames:
             if self.out.exists():
                 raise exists
-            self.out.parent().makedirs()
             self.tmp = self.out.sibling(f".{self.out.name}{PARTIAL_SUFFIX}")
             unfinished = self.tmp.exists()
         else:
@@ -257,7 +346,7 @@ class RunWriter:
         else:
             self.tmp.makedirs()
             self.created = True
-            _write_json(self.tmp.child(PLAN_FILE), header)
+            _write_json(self.tmp.child(PLAN_FILE), header, compact=True)
             self.tmp.child(PRIOR_FILE).write_text(prior_json + "\n")
             _write_json(self.tmp.child(RESUME_FILE), resume_doc)
         self.committed: set[int] = {
@@ -265,14 +354,16 @@ class RunWriter:
             for n in self.tmp.listdir()
             if n.startswith("part-") and n.endswith(".parquet") and len(n) == 18
         }
-        self.committer = PartCommitter(self.tmp, schema, self.run_key)
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None and self.created and not self.committed:
-            self.discard_empty()
+        try:
+            if exc_type is not None and self.created and not self.committed:
+                self.discard_empty()
+        finally:
+            self.lock.release()
         return False
 
     def commit(self, shard: int, table: pa.Table, rejects: pa.Table | None = None) -> None:

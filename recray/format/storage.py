@@ -96,9 +96,6 @@ class Location:
     def is_dir(self) -> bool:
         return self._info().type == pafs.FileType.Directory
 
-    def is_file(self) -> bool:
-        return self._info().type == pafs.FileType.File
-
     def size(self) -> int:
         info = self._info()
         if info.type != pafs.FileType.File:

@@ -58,25 +58,31 @@ from pathlib import Path
 import numpy as np
 
 from recray.errors import FormatError, InputError
+from recray.models.intdec_format import (  # noqa: F401  (the arithmetic's constants)
+    ACT_FRAC,
+    ACT_MAX,
+    FREE,
+    INT_FORMAT,
+    INV_FRAC,
+    LEVELS,
+    LOGS_FRAC,
+    LOGS_MAX,
+    LOGS_MIN,
+    MAX_SHIFT,
+    MEAN_CLIP,
+    MIX_FRAC,
+    PARAM_FRAC,
+    PIXELS,
+    PRECISION,
+    T_FRAC,
+    T_MAX,
+    TABLE_FRAC,
+    WEIGHT_BITS,
+    Z_CLIP,
+    Z_FRAC,
+)
 
-PIXELS = 784
-LEVELS = 256
 DEFAULT_INT_DECODER = Path(__file__).resolve().parent / "weights" / "mnist_vae_intdec.npz"
-INT_FORMAT = 1  # the arithmetic above; bump on any change of it
-PRECISION = 24  # constriction's range coder (Categorical): probabilities in units of 2^-24
-FREE = (1 << PRECISION) - LEVELS  # what the tables sum to; the coder adds 1 to each level
-
-Z_FRAC, Z_CLIP = 12, 16
-WEIGHT_BITS = 16
-ACT_FRAC, ACT_MAX = 12, 1 << 24
-PARAM_FRAC = 16  # logits, means, edges
-LOGS_FRAC, LOGS_MIN, LOGS_MAX = 10, -7, 6
-INV_FRAC = 20
-T_FRAC, T_MAX = 11, 20
-TABLE_FRAC = 22  # logistic table in units of 2^-22 / FREE
-MIX_FRAC = 16
-MEAN_CLIP = 64
-MAX_SHIFT = 24  # weight scales up to 2^24 (keeps biases below 2^46)
 
 
 def _edges_q16() -> np.ndarray:

@@ -12,7 +12,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from recray.models.intdec import FREE, INV_FRAC, MIX_FRAC, PARAM_FRAC, T_FRAC, T_MAX, TABLE_FRAC
+from recray.models.intdec_format import (
+    FREE,
+    INV_FRAC,
+    MIX_FRAC,
+    PARAM_FRAC,
+    T_FRAC,
+    T_MAX,
+    TABLE_FRAC,
+)
 
 _R = PARAM_FRAC + INV_FRAC - T_FRAC  # k = (e * inv + (offset << r) - m * inv) >> r
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -53,16 +54,25 @@ from recray import rec
 from recray.backend import get_backend
 from recray.errors import (
     InputError,
+    OutOfReachError,
     RecrayError,
     SearchBudgetError,
     UnboundedRatioError,
     fmt_item,
 )
-from recray.format.messages import IndexLayout, decode_blocks, encode_messages
+from recray.format.messages import (
+    MESSAGE_CODEC_VERSION,
+    IndexLayout,
+    decode_blocks,
+    encode_messages,
+)
 from recray.plan import KL_SAMPLES_MAX_BITS, CodecPlan, kl_sample_bits
 from recray.plan.adaptive import adapt_bits, dim_dinf_bits
+from recray.plan.laws import fixed_laws
 from recray.rec.api import FEASIBLE_MARGIN_BITS
+from recray.rec.codes import CLASS_MODEL_PROBS
 from recray.rec.philox import RNG_VERSION, philox4x32, split64
+from recray.rec.trees import TRIVIAL, Trees, geometry
 
 STREAM_DOMAIN = 0x52535452  # "RSTR"
 ON_UNBOUNDED = ("error", "orc")
@@ -117,12 +127,15 @@ def block_stream_ids(keys: np.ndarray, n_blocks: int) -> np.ndarray:
 @dataclass(frozen=True)
 class BlockGroup:
     """Plan blocks of one size: ``blocks`` (g,) plan block indices, ``dims`` (g, s) latent
-    dimensions, ``bits`` (g, s) partition bits used by the method."""
+    dimensions, ``bits`` (g, s) partition bits used by the method, ``trees`` (g, s) the
+    dimensions' trees (indices into :attr:`CodecSpec.tree_table`; all 0 for complete
+    partitions)."""
 
     size: int
     blocks: np.ndarray
     dims: np.ndarray
     bits: np.ndarray
+    trees: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -147,6 +160,8 @@ class CodecSpec:
     n_samples_rule: str = "fixed"
     kl_offset_bits: float = 0.0
     kl_max_bits: int = KL_SAMPLES_MAX_BITS
+    #: the message codec of the run: the current one for new runs, a run header's to decode
+    message_codec_version: int = MESSAGE_CODEC_VERSION
 
     def __post_init__(self):
         if self.n_samples_rule not in N_SAMPLES_RULES:
@@ -163,6 +178,22 @@ class CodecSpec:
             raise InputError(
                 f"prior length {self.prior_mu.shape[0]} does not match the plan's "
                 f"D = {self.plan.dim}"
+            )
+        laws = self.plan.index_laws
+        if laws is not None and laws.method != self.method:
+            raise InputError(
+                f"the plan's index laws were fitted for method {laws.method!r} but the run "
+                f"codes with {self.method!r}: fit laws for {self.method!r} (recray fit) or code "
+                "without them (--laws fixed)"
+            )
+        if (
+            self.partitioned
+            and self.plan.partition != "complete"
+            and self.message_codec_version < 5
+        ):
+            raise InputError(
+                "tree partitions need message codec version 5; the run header says "
+                f"{self.message_codec_version}"
             )
 
     @property
@@ -202,8 +233,69 @@ class CodecSpec:
         per_block = np.asarray(self.block_n_samples, dtype=np.int64)
         return per_block[group.blocks[np.asarray(rows) % group.blocks.shape[0]]]
 
+    @cached_property
+    def tree_table(self) -> tuple:
+        """The trivial tree, then every distinct tree of the plan in dimension order."""
+        table = [TRIVIAL]
+        for t in self.plan.trees or ():
+            if t not in table:
+                table.append(t)
+        return tuple(table)
+
+    @cached_property
+    def dim_trees(self) -> np.ndarray:
+        """The tree of every latent dimension, int64 ``(D,)`` (indices of :attr:`tree_table`)."""
+        if self.plan.trees is None or not self.partitioned:
+            return np.zeros(self.plan.dim, dtype=np.int64)
+        pos = {t: i for i, t in enumerate(self.tree_table)}
+        return np.asarray([pos[t] for t in self.plan.trees], dtype=np.int64)
+
+    def row_trees(self, group: BlockGroup, n: int, rows=None) -> Trees | None:
+        """The trees of ``group``'s ``n * g`` item-major rows (or of ``rows`` of them), for
+        ``rec.encode(trees=...)``; None for complete partitions."""
+        if len(self.tree_table) == 1:
+            return None
+        g, s = group.trees.shape
+        ids = np.broadcast_to(group.trees, (n, g, s)).reshape(n * g, s)
+        return Trees(self.tree_table, ids if rows is None else ids[rows])
+
+    @property
+    def ordinal(self) -> bool:
+        """Whether messages code bins as per-dimension intervals under laws (message codec
+        version 5): tree partitions, or learned laws in a run of version 5."""
+        if self.message_codec_version < 5 or self.code_is_raw:
+            return False
+        return len(self.tree_table) > 1 or self.plan.index_laws is not None
+
+    @property
+    def code_is_raw(self) -> bool:
+        return self.method == "orc"
+
+    def _ordinal_layout(self) -> IndexLayout:
+        plan = self.plan
+        radix = plan.block_radix if self.partitioned else tuple((1,) * len(b) for b in plan.blocks)
+        laws = plan.index_laws
+        if laws is None:
+            trees = plan.trees or (TRIVIAL,) * plan.dim
+            bits = plan.bits if self.partitioned else (0,) * plan.dim
+            parts = [[(trees[d], bits[d]) for d in b] for b in plan.blocks]
+            if not self.partitioned:
+                parts = [[(TRIVIAL, 0) for _ in b] for b in plan.blocks]
+            laws = fixed_laws(parts, CLASS_MODEL_PROBS[list(self.class_models)], method=self.method)
+        return IndexLayout(
+            bin_bits=tuple(sum((r - 1).bit_length() for r in b) for b in radix),
+            code="universal",
+            class_models=self.class_models,
+            adaptive_dims=tuple(len(b) for b in plan.blocks) if self.adaptive else (),
+            laws=laws.blocks,
+            bin_radix=radix,
+            extra_freqs=laws.extra_freqs if self.adaptive else (),
+        )
+
     @property
     def layout(self) -> IndexLayout:
+        if self.ordinal:
+            return self._ordinal_layout()
         if self.method == "orc":
             if self.n_samples_rule == "kl":  # message codec version 4: a width per block
                 widths = tuple(int(n - 1).bit_length() for n in self.block_n_samples)
@@ -216,8 +308,7 @@ class CodecSpec:
             code="universal",
             class_models=self.class_models,
             adaptive_dims=tuple(len(b) for b in self.plan.blocks) if self.adaptive else (),
-            # learned index laws (message codec 3): only those fitted for this method
-            laws=laws.blocks if laws is not None and laws.method == self.method else (),
+            laws=laws.blocks if laws is not None else (),  # message codec 3
         )
 
     def groups(self) -> list[BlockGroup]:
@@ -229,7 +320,8 @@ class CodecSpec:
             bits = np.asarray(self.plan.bits, dtype=np.int64)[dims]
             if not self.partitioned:
                 bits = np.zeros_like(bits)
-            out.append(BlockGroup(s, np.asarray(idx, dtype=np.int64), dims, bits))
+            trees = self.dim_trees[dims]
+            out.append(BlockGroup(s, np.asarray(idx, dtype=np.int64), dims, bits, trees))
         return out
 
 
@@ -275,7 +367,7 @@ def _located(exc: RecrayError, group: BlockGroup, ids, rows=None, hint=True) -> 
     detail = str(exc)
     if detail.startswith("block "):  # drop the core's own locator (a row of this batch)
         detail = detail.split(": ", 1)[-1]
-    if hint and isinstance(exc, UnboundedRatioError | SearchBudgetError):
+    if hint and isinstance(exc, UnboundedRatioError | SearchBudgetError | OutOfReachError):
         detail += (
             " (recray compress --on-unbounded orc codes such blocks with the "
             "fixed-budget method instead)"
@@ -316,11 +408,13 @@ class Routes:
     bounds: rec.ExactBounds | None = None
 
 
-def route_group(m_r, s_r, pm, ps, bits, spec: CodecSpec, keep_bounds: bool = False) -> Routes:
-    """Route the rows of one block group (:func:`block_rows`'s arrays) before any search.
-    A pure function of each row, so validation and encoding agree. ``keep_bounds``: keep
-    the exact rows' bounds for the search (:attr:`Routes.bounds`), which then need not
-    build them again."""
+def route_group(
+    m_r, s_r, pm, ps, bits, spec: CodecSpec, keep_bounds: bool = False, trees=None
+) -> Routes:
+    """Route the rows of one block group (:func:`block_rows`'s arrays, ``trees`` their
+    :meth:`CodecSpec.row_trees`) before any search. A pure function of each row, so
+    validation and encoding agree. ``keep_bounds``: keep the exact rows' bounds for the
+    search (:attr:`Routes.bounds`), which then need not build them again."""
     nrows, s = m_r.shape
     allrows = np.arange(nrows, dtype=np.int64)
     zero = np.zeros((nrows, s), dtype=np.int64)
@@ -329,7 +423,7 @@ def route_group(m_r, s_r, pm, ps, bits, spec: CodecSpec, keep_bounds: bool = Fal
     common = dict(
         prior_mu=pm, prior_sigma=ps, method=spec.method, backend=spec.backend, tables=keep_bounds
     )
-    base = rec.exact_bounds(m_r, s_r, bits=bits, **common)
+    base = rec.exact_bounds(m_r, s_r, bits=bits, trees=trees, **common)
     ok = base.feasible(spec.max_steps, spec.feasible_margin_bits)
     dinf = base.dinf
     extra = zero
@@ -344,11 +438,17 @@ def route_group(m_r, s_r, pm, ps, bits, spec: CodecSpec, keep_bounds: bool = Fal
             be = get_backend(spec.backend)
             m_std = (m_r[over] - pm[over]) / ps[over]
             s_std = s_r[over] / ps[over]
-            add = adapt_bits(be, m_std, s_std, bits[over], limit)
+            sub_trees = None if trees is None else trees.take(over)
+            add = adapt_bits(be, m_std, s_std, bits[over], limit, sub_trees)
             extra = zero.copy()
             extra[over] = add
             sub = {k: (v[over] if k.startswith("prior") else v) for k, v in common.items()}
-            adapted = (over, rec.exact_bounds(m_r[over], s_r[over], bits=bits[over] + add, **sub))
+            adapted = (
+                over,
+                rec.exact_bounds(
+                    m_r[over], s_r[over], bits=bits[over] + add, trees=sub_trees, **sub
+                ),
+            )
             ok = ok.copy()
             ok[over] = adapted[1].feasible(spec.max_steps, spec.feasible_margin_bits)
     exact = np.flatnonzero(ok)
@@ -360,7 +460,7 @@ def route_group(m_r, s_r, pm, ps, bits, spec: CodecSpec, keep_bounds: bool = Fal
         exact,
         extra[exact],
         rest[:0],
-        _problems(rest, m_r, s_r, pm, ps, bits, extra, spec),
+        _problems(rest, m_r, s_r, pm, ps, bits, extra, spec, trees),
         bounds,
     )
 
@@ -378,7 +478,7 @@ def _exact_rows_bounds(base, adapted, exact: np.ndarray):
     return rec.ExactBounds.stack([base, ob]).take(src)
 
 
-def _problems(rows, m_r, s_r, pm, ps, bits, extra, spec: CodecSpec) -> list:
+def _problems(rows, m_r, s_r, pm, ps, bits, extra, spec: CodecSpec, trees=None) -> list:
     out = []
     if rows.size == 0:
         return out
@@ -403,7 +503,31 @@ def _problems(rows, m_r, s_r, pm, ps, bits, extra, spec: CodecSpec) -> list:
             )
             continue
         b = bits[r] + extra[r]
-        dd = dim_dinf_bits(be, m[i], s[i], b)
+        row_trees = None if trees is None else trees.take([r])
+        geo = geometry(row_trees, b[None, :])
+        far = rec.api.outside_bits(m[i : i + 1], s[i : i + 1], geo)[0]
+        if far > rec.api.OUTSIDE_MAX_BITS:
+            lo, hi = (v[0] for v in rec.api.reach_of(geo))
+            d = int(np.argmax(np.maximum((lo - m[i]) / s[i], (m[i] - hi) / s[i])))
+            lo, hi = lo[d], hi[d]
+            out.append(
+                BlockProblem(
+                    r,
+                    d,
+                    OutOfReachError,
+                    f"the posterior puts 2^{far:.1f} of its mass beyond the sampler's reach "
+                    f"(about [{lo:.2f}, {hi:.2f}] prior-sigma; (mu - prior_mu)/prior_sigma = "
+                    f"{m[i, d]:.4g}, sigma/prior_sigma = {s[i, d]:.4g}): an exact sample "
+                    "would be truncated",
+                )
+            )
+            continue
+        dd = np.array(
+            [
+                dim_dinf_bits(be, m[i, j : j + 1], s[i, j : j + 1], b[j : j + 1], geo.table[t])[0]
+                for j, t in enumerate(geo.tree_id[0].tolist())
+            ]
+        )
         d = int(np.argmax(dd))
         near = " (near-collapsed: tiny KL, huge D_inf)" if abs(1.0 - s[i, d]) < 0.05 else ""
         out.append(
@@ -427,11 +551,49 @@ def problem_error(p: BlockProblem, group: BlockGroup, ids) -> RecrayError:
     return _located(exc, group, ids, hint=False)
 
 
+@dataclass
+class SearchedItems:
+    """What the searches chose for ``n`` items, per item and plan block: ``bins``,
+    ``local`` int64 ``(n, n_blocks)`` (what the messages carry), ``extra`` int64
+    ``(n, n_blocks, max_block_dims)`` (adaptive partitions' extra bits; None without),
+    ``steps``, ``kl_bits`` ``(n, n_blocks)``, ``fallback`` bool ``(n, n_blocks)``, and
+    ``samples`` ``(n, D)`` (the latents the indices decode to)."""
+
+    bins: np.ndarray
+    local: np.ndarray
+    extra: np.ndarray | None
+    steps: np.ndarray
+    kl_bits: np.ndarray
+    fallback: np.ndarray
+    samples: np.ndarray
+
+
 def encode_items(ids, mu, sigma, spec: CodecSpec) -> EncodedItems:
     """Code ``n`` items: ``mu``, ``sigma`` float64 ``(n, D)``; ``ids`` their ids.
 
     Raises the located, typed error of the first block that can be coded neither exactly
     nor (with ``on_unbounded="orc"``) by the fallback; nothing is returned then."""
+    r = search_items(ids, mu, sigma, spec)
+    messages = encode_messages(r.bins, r.local, spec.layout, extra=r.extra)
+    n = len(messages)
+    adapted = (
+        r.extra.any(axis=2).sum(axis=1).astype(np.int32)
+        if r.extra is not None
+        else np.zeros(n, np.int32)
+    )
+    return EncodedItems(
+        messages,
+        r.kl_bits.sum(axis=1),
+        r.steps.sum(axis=1),
+        r.fallback.sum(axis=1).astype(np.int32),
+        adapted,
+        r.samples,
+    )
+
+
+def search_items(ids, mu, sigma, spec: CodecSpec) -> SearchedItems:
+    """The searches of :func:`encode_items`, without the messages (what fitting laws on a
+    sample needs); the same errors."""
     n, D = mu.shape
     nb = spec.plan.n_blocks
     sids = block_stream_ids(item_keys(ids), nb)
@@ -440,15 +602,15 @@ def encode_items(ids, mu, sigma, spec: CodecSpec) -> EncodedItems:
     steps = np.zeros((n, nb), np.int64)
     kl = np.zeros((n, nb))
     fallback = np.zeros((n, nb), bool)
-    layout = spec.layout
-    extra = np.zeros((n, nb, layout.max_block_dims), np.int64) if layout.adaptive else None
+    extra = np.zeros((n, nb, spec.plan.max_block_size), np.int64) if spec.adaptive else None
     samples = np.empty((n, D))
     common = dict(seed=spec.seed, backend=spec.backend)
     for grp in spec.groups():
         g, s = grp.dims.shape
         m_r, s_r, pm, ps, bits = block_rows(grp, mu, sigma, spec)
+        trees = spec.row_trees(grp, n)
         sid = sids[:, grp.blocks].reshape(-1)
-        routes = route_group(m_r, s_r, pm, ps, bits, spec, keep_bounds=True)
+        routes = route_group(m_r, s_r, pm, ps, bits, spec, keep_bounds=True, trees=trees)
         if routes.problems:
             raise problem_error(routes.problems[0], grp, ids)
         row_extra = np.zeros((n * g, s), np.int64)
@@ -482,6 +644,7 @@ def encode_items(ids, mu, sigma, spec: CodecSpec) -> EncodedItems:
                     prior_mu=pm[rows],
                     prior_sigma=ps[rows],
                     bits=row_bits,
+                    trees=None if trees is None else trees.take(rows),
                     method=method,
                     stream_ids=sid[rows],
                     **kw,
@@ -506,20 +669,7 @@ def encode_items(ids, mu, sigma, spec: CodecSpec) -> EncodedItems:
             kl[item, blk] = res.kl_bits[done]
             fallback[item, blk] = method != spec.method
             samples[item[:, None], grp.dims[k]] = res.samples[done]
-    messages = encode_messages(bins, local, layout, extra=extra)
-    adapted = (
-        extra.any(axis=2).sum(axis=1).astype(np.int32)
-        if extra is not None
-        else np.zeros(n, np.int32)
-    )
-    return EncodedItems(
-        messages,
-        kl.sum(axis=1),
-        steps.sum(axis=1),
-        fallback.sum(axis=1).astype(np.int32),
-        adapted,
-        samples,
-    )
+    return SearchedItems(bins, local, extra, steps, kl, fallback, samples)
 
 
 def decode_items(ids, messages, spec: CodecSpec) -> np.ndarray:
@@ -551,6 +701,7 @@ def decode_indices(
                 prior_mu=pm,
                 prior_sigma=ps,
                 bits=bits,
+                trees=spec.row_trees(grp, n),
                 method=spec.method,
                 seed=spec.seed,
                 stream_ids=sids[:, grp.blocks].reshape(-1),

@@ -13,6 +13,7 @@ to the search (one candidate per block) and runs in this process, streaming part
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 import uuid
@@ -23,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recray import __version__, rec
-from recray.errors import FormatError, InputError, PlanError, fmt_item
+from recray.errors import FormatError, InputError, PlanError, RecrayError, fmt_item
 from recray.format.messages import MESSAGE_CODEC_VERSION, READABLE_MESSAGE_CODEC_VERSIONS
 from recray.format.run import (
     MANIFEST_FILE,
@@ -41,17 +42,25 @@ from recray.format.storage import resolve
 from recray.latents.io import LatentSource, Prior, read_prior
 from recray.pipeline.codec import CodecSpec, parse_n_samples
 from recray.pipeline.decode import decoded_schema, decoded_table
+from recray.pipeline.fit import (
+    AUTO_FIT_MIN_ITEMS,
+    DEFAULT_FIT_ITEMS,
+    LAWS_CHOICES,
+    fit_laws,
+    sample_ranges,
+)
 from recray.pipeline.local_engine import run_local
 from recray.pipeline.options import VALIDATE_ON_RAY_ROWS, RayOptions
 from recray.pipeline.progress import tick
 from recray.pipeline.shards import DEFAULT_SHARD_ROWS, ON_BAD_ITEM, shard_ranges
 from recray.pipeline.validate import scan_shards
-from recray.plan import KL_SAMPLES_MAX_BITS, CodecPlan, build_plan
+from recray.plan import DEFAULT_PARTITION, KL_SAMPLES_MAX_BITS, CodecPlan, build_plan
 from recray.plan.adaptive import DEFAULT_ADAPT_ABOVE_BITS
+from recray.plan.io import check_plan_for, load_plan, write_plan
 from recray.rec.api import FEASIBLE_MARGIN_BITS
 from recray.rec.philox import RNG_VERSION, RNG_VERSIONS
 
-__all__ = ["Run", "RayOptions", "compress", "decompress", "inspect", "format_inspect"]
+__all__ = ["Run", "RayOptions", "compress", "decompress", "fit", "inspect", "format_inspect"]
 
 
 def run_header(spec: CodecSpec, prior: Prior, id_kind: str) -> dict:
@@ -142,6 +151,7 @@ def spec_from_header(header: dict, prior: Prior, backend=None) -> CodecSpec:
         feasible_margin_bits=header.get("feasible_margin_bits", 0.0),
         backend=backend,
         rng_version=int(header["rng_version"]),
+        message_codec_version=int(header["message_codec_version"]),
         **_budget_from_header(header),
     )
     if spec.n_samples_rule != "fixed":
@@ -200,6 +210,10 @@ def compress(
     index_laws=None,
     kl_offset_bits: float = 0.0,
     kl_max_bits: int = KL_SAMPLES_MAX_BITS,
+    partition: str = DEFAULT_PARTITION,
+    laws: str = "auto",
+    plan: CodecPlan | str | None = None,
+    fit_items: int = DEFAULT_FIT_ITEMS,
 ) -> dict:
     """Compress a latent data set into the run directory ``out_dir`` (see
     :mod:`recray.format.run`); returns the run summary (:func:`inspect`'s figures plus
@@ -227,6 +241,17 @@ def compress(
     block, or ``"kl"``: per block ``N_b = 2^clip(ceil(I_b + kl_offset_bits), 0,
     kl_max_bits)`` from its information ``I_b`` (:func:`recray.plan.kl_sample_bits`;
     ``orc`` then writes each block's index in ``log2 N_b`` bits, message codec version 4).
+
+    The plan: built from the prior's information (``block_bits``, ``allocation``,
+    ``collapsed_block_size``, ``budget_offset_bits``, ``partition``: ``"tree"`` partitions
+    of unequal mass, :mod:`recray.plan.trees`, or ``"complete"`` ones), or ``plan``: a
+    :class:`~recray.plan.CodecPlan` or the path of one (``recray fit`` writes them), which
+    must belong to the prior. Its index laws: ``index_laws`` (laws fitted elsewhere, e.g.
+    a codec's training set), else the plan's own, else by ``laws``: ``"fit"`` fits them on
+    ``fit_items`` items of the input (:mod:`recray.pipeline.fit`, timed apart:
+    ``info["fit_seconds"]``), ``"fixed"`` codes without learned laws (the partition's own
+    masses), ``"auto"`` (default) fits them when the input holds at least
+    :data:`~recray.pipeline.fit.AUTO_FIT_MIN_ITEMS` items.
     """
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {ENGINES}; got {engine!r}")
@@ -234,16 +259,26 @@ def compress(
         raise InputError(f"on_bad_item must be one of {ON_BAD_ITEM}; got {on_bad_item!r}")
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1; got {batch_size}")
+    if laws not in LAWS_CHOICES:
+        raise InputError(f"laws must be one of {', '.join(LAWS_CHOICES)}; got {laws!r}")
     prior = read_prior(prior_path)
-    plan = build_plan(
-        prior.mi_bits,
-        block_bits,
-        strategy=allocation,
-        seed=seed,
-        collapsed_block_size=collapsed_block_size,
-        budget_offset_bits=budget_offset_bits,
-        index_laws=index_laws,
-    )
+    if plan is None:
+        plan = build_plan(
+            prior.mi_bits,
+            block_bits,
+            strategy=allocation,
+            seed=seed,
+            collapsed_block_size=collapsed_block_size,
+            budget_offset_bits=budget_offset_bits,
+            partition=partition,
+        )
+    else:
+        plan = check_plan_for(load_plan(plan), prior)
+    if index_laws is not None:
+        plan = plan.with_laws(index_laws)
+    elif laws != "auto":  # "fixed": none; "fit": fitted below
+        plan = plan.with_laws(None)
+    fit = index_laws is None and plan.index_laws is None and laws != "fixed"
     spec = CodecSpec(
         plan=plan,
         method=method,
@@ -265,7 +300,9 @@ def compress(
     opts = ray_options or RayOptions()
     shards = shard_ranges(index.n_rows, shard_rows)
     schema = part_schema(src.id_kind, prior.dim, debug_samples)
-    header = run_header(spec, prior, src.id_kind) | {"shard_rows": int(shard_rows)}
+    fit_info = {"items": 0, "seconds": 0.0}
+    if laws == "auto" and index.n_rows < AUTO_FIT_MIN_ITEMS:
+        fit = False
     with contextlib.ExitStack() as stack:
         if engine == "ray":
             # join (or start) Ray first: an unreachable cluster fails now, with nothing
@@ -276,6 +313,10 @@ def compress(
         checked = _validate(index, shards, spec, out_dir, engine, opts)
         if len(checked.rejects) and on_bad_item == "fail":
             raise checked.rejects.error()
+        if fit:  # the run's laws, from a sample of its own input (recray.pipeline.fit)
+            fitted, fit_info = fit_laws(index, spec, checked, fit_items)
+            spec = dataclasses.replace(spec, plan=spec.plan.with_laws(fitted))
+        header = run_header(spec, prior, src.id_kind) | {"shard_rows": int(shard_rows)}
         writer = stack.enter_context(
             RunWriter(
                 out_dir,
@@ -348,7 +389,74 @@ def compress(
         "shards": len(shards),
         "driver_seconds": used["driver_seconds"],
         "publish_seconds": publish_s,
+        "fit_items": fit_info["items"],
+        "fit_seconds": fit_info["seconds"],
+        "partition": spec.plan.partition,
+        "laws": "fitted" if fit else ("plan" if spec.plan.index_laws is not None else "fixed"),
     }
+
+
+def fit(
+    latents: str,
+    prior_path: str,
+    out_path: str,
+    *,
+    method: str = "sp-pfr",
+    block_bits: float = 16.0,
+    allocation: str = "mi",
+    partition: str = DEFAULT_PARTITION,
+    collapsed_block_size: int = 8,
+    budget_offset_bits: int = 0,
+    seed: int = 0,
+    n_samples: int | str = 1 << 16,
+    kl_offset_bits: float = 0.0,
+    kl_max_bits: int = KL_SAMPLES_MAX_BITS,
+    max_steps: int | None = None,
+    adapt_above_bits: float | None = DEFAULT_ADAPT_ABOVE_BITS,
+    fit_items: int = DEFAULT_FIT_ITEMS,
+    backend=None,
+) -> dict:
+    """``recray fit``: build the codec plan for ``prior_path`` (the same options and defaults
+    as :func:`compress`), fit its index laws on ``fit_items`` items of ``latents`` (the
+    items that fail validation are left out) and write the plan to ``out_path``, for
+    ``recray compress --plan`` runs of other inputs of the same model. The coding settings
+    the laws depend on (method, budgets, adaptive partitions) are the compress options of
+    the same names: give the same ones to ``compress``. Returns ``plan``, ``items``,
+    ``seconds``, ``rejected`` (sample items left out)."""
+    prior = read_prior(prior_path)
+    plan = build_plan(
+        prior.mi_bits,
+        block_bits,
+        strategy=allocation,
+        seed=seed,
+        collapsed_block_size=collapsed_block_size,
+        budget_offset_bits=budget_offset_bits,
+        partition=partition,
+    )
+    spec = CodecSpec(
+        plan=plan,
+        method=method,
+        seed=seed,
+        prior_mu=prior.mu,
+        prior_sigma=prior.sigma,
+        max_steps=rec.DEFAULT_MAX_STEPS if max_steps is None else max_steps,
+        adapt_above_bits=adapt_above_bits,
+        backend=backend,
+        **_budget_args(n_samples, kl_offset_bits, kl_max_bits),
+    )
+    index = LatentSource(latents, prior.dim).row_index()
+    if index.n_rows == 0:
+        raise InputError(f"latents {latents!r} hold no items")
+    out = resolve(out_path)
+    scratch = out.sibling(f".{out.name}.ids-{uuid.uuid4().hex[:12]}")
+    try:
+        scan = scan_shards(index, sample_ranges(index.n_rows, fit_items), spec, scratch)
+    finally:
+        scratch.rmtree()
+    laws, info = fit_laws(index, spec, scan, fit_items)
+    fitted = plan.with_laws(laws)
+    write_plan(fitted, out_path)
+    return {"plan": fitted, "rejected": len(scan.rejects)} | info
 
 
 def _validate(index, shards, spec: CodecSpec, out_dir: str, engine: str, opts: RayOptions):
@@ -395,11 +503,15 @@ def decompress(
     writes the decoded tables in part order: the same file either way. Decoding costs one
     candidate per block (the search costs ``2^bits``), so Ray pays off only on large runs.
 
-    A damaged run (a part that does not match the manifest, a message that fails its CRC)
-    is refused with the damaged items named. ``salvage=True`` decodes every item whose part
-    is readable and from this run and whose CRC holds, and writes the others (``id`` when
-    known, ``field``, ``reason``) to ``rejects_path`` (default ``<out_path>.rejects.parquet``);
-    ``info["rejects"]`` counts them (items of a lost part count once each).
+    A damaged run (a part that does not match the manifest, a message that fails its CRC
+    or does not decode) is refused with the damaged items named. ``salvage=True`` (in this
+    process) decodes every item whose part is readable and from this run, whose CRC holds
+    and whose message decodes, and writes the others (``id`` when known, ``field``,
+    ``reason``) to ``rejects_path`` (default ``<out_path>.rejects.parquet``);
+    ``info["rejects"]`` counts them (items of a lost part count once each). A part that
+    does not match the manifest although every row's CRC holds is decoded and reported:
+    a row ``field = "part"`` in the rejects file and one line per part in
+    ``info["warnings"]`` (``info["changed_parts"]`` names them).
     """
     run = Run.open(run_dir, verify_parts=False)
     prior = Prior.from_dict(json.loads(run.prior_json), where="run prior")
@@ -427,7 +539,7 @@ def decompress(
     # at all (a rename locally; on an object store a copy, whose object appears at once)
     tmp = out.sibling(f".{out.name}.partial-{uuid.uuid4().hex[:12]}")
     n = 0
-    lost = {"id": [], "field": [], "reason": []}
+    lost = _Lost()
     bar = (
         progress(total=run.manifest["items"], unit="item", desc="decompress") if progress else None
     )
@@ -446,23 +558,13 @@ def decompress(
                     w.write_table(table)
                 n += table.num_rows
                 tick(bar, rows, nbits)
-        lost_items = len(lost["id"])
-        lost_items += sum(r for r in lost.pop("_part_rows", []))
         if not salvage and n != run.manifest["items"]:
             raise FormatError(
                 f"{run_dir!r}: the parts hold {n} items but the manifest says "
                 f"{run.manifest['items']}"
             )
-        if salvage and lost["id"]:
-            rejects_loc.write_parquet(
-                pa.table(
-                    {
-                        "id": pa.array(lost["id"], type=id_type),
-                        "field": pa.array(lost["field"], type=pa.string()),
-                        "reason": pa.array(lost["reason"], type=pa.string()),
-                    }
-                )
-            )
+        if salvage and lost.rows["field"]:
+            rejects_loc.write_parquet(lost.table(id_type))
         tmp.move_to(out)
     except BaseException:
         tmp.remove()
@@ -470,17 +572,51 @@ def decompress(
     finally:
         if bar:
             bar.close()
-    result = {"items": n, "out": out_path, "rejects": lost_items}
-    if salvage and lost["id"]:
+    result = {"items": n, "out": out_path, "rejects": lost.items}
+    if salvage and lost.rows["field"]:
         result["rejects_path"] = rejects_path
+    if lost.changed_parts:
+        result["changed_parts"] = list(lost.changed_parts)
+        result["warnings"] = [
+            f"{file} does not match the manifest (size or SHA-256) although every row's "
+            f"CRC-32 holds: its {rows} items were decoded, but the file was changed after the "
+            f"run was written (listed in {rejects_path})"
+            for file, rows in lost.changed_parts.items()
+        ]
     return result
 
 
-def _decode_here(run: Run, damaged: dict, lost: dict, batch_size: int, salvage: bool, spec,
+class _Lost:
+    """What salvage could not decode: the rows of the rejects file (``id``, ``field``,
+    ``reason``), how many items that is, and the parts decoded although they do not match
+    the manifest (file -> rows)."""
+
+    def __init__(self):
+        self.rows = {"id": [], "field": [], "reason": []}
+        self.items = 0
+        self.changed_parts: dict[str, int] = {}
+
+    def add(self, item_id, field: str, reason: str, items: int = 1) -> None:
+        self.rows["id"].append(item_id)
+        self.rows["field"].append(field)
+        self.rows["reason"].append(reason)
+        self.items += items
+
+    def table(self, id_type) -> pa.Table:
+        return pa.table(
+            {
+                "id": pa.array(self.rows["id"], type=id_type),
+                "field": pa.array(self.rows["field"], type=pa.string()),
+                "reason": pa.array(self.rows["reason"], type=pa.string()),
+            }
+        )
+
+
+def _decode_here(run: Run, damaged: dict, lost: _Lost, batch_size: int, salvage: bool, spec,
                  schema):  # fmt: skip
     """``(decoded table, rows consumed, their nbits)`` per batch of every part, decoded in
-    this process; with ``salvage`` the items that fail their CRC (and the parts that are
-    lost) are recorded in ``lost`` instead of raising."""
+    this process; with ``salvage`` the items that fail their CRC or do not decode (and the
+    parts that are lost) are recorded in ``lost`` instead of raising."""
     for name, batch in _part_batches(run, damaged, lost, batch_size):
         ids = batch.column("id").to_pylist()
         msgs = batch.column("message").to_pylist()
@@ -488,32 +624,62 @@ def _decode_here(run: Run, damaged: dict, lost: dict, batch_size: int, salvage: 
         if salvage:
             good = crc32_of(msgs) == crcs.astype(np.uint32)
             for i in np.flatnonzero(~good).tolist():
-                lost["id"].append(ids[i])
-                lost["field"].append("message")
-                lost["reason"].append(
-                    f"item {fmt_item(ids[i])} in {name}: the message fails its CRC-32 (corrupted)"
+                lost.add(
+                    ids[i],
+                    "message",
+                    f"item {fmt_item(ids[i])} in {name}: the message fails its CRC-32 (corrupted)",
                 )
             ids = [v for v, g in zip(ids, good, strict=True) if g]
             msgs = [v for v, g in zip(msgs, good, strict=True) if g]
+            tables = _decode_salvaging(ids, msgs, spec, schema, name, lost)
+            table = pa.concat_tables(tables) if tables else schema.empty_table()
         else:
             check_crcs(ids, msgs, crcs)
-        table = decoded_table(ids, msgs, spec, schema) if ids else schema.empty_table()
+            table = decoded_table(ids, msgs, spec, schema) if ids else schema.empty_table()
         yield table, batch.num_rows, batch.column("nbits")
 
 
-def _part_batches(run: Run, damaged: dict, lost: dict, batch_size: int):
+def _decode_salvaging(ids: list, msgs: list, spec, schema, name: str, lost: _Lost) -> list:
+    """Decoded tables of the items whose messages decode, in item order; each one that
+    does not (a :class:`RecrayError`: its CRC holds but its bytes are not a message of this
+    run) goes to ``lost``. A failing batch is halved until the failing items stand alone,
+    so a few bad items cost about two decodes of the batch."""
+    if not ids:
+        return []
+    try:
+        return [decoded_table(ids, msgs, spec, schema)]
+    except RecrayError as exc:
+        if len(ids) == 1:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            why = why.removeprefix(f"item {fmt_item(ids[0])}: ")  # named once, below
+            lost.add(
+                ids[0],
+                "message",
+                f"item {fmt_item(ids[0])} in {name}: the message passes its CRC-32 but does "
+                f"not decode ({why})",
+            )
+            return []
+    h = len(ids) // 2
+    return _decode_salvaging(ids[:h], msgs[:h], spec, schema, name, lost) + _decode_salvaging(
+        ids[h:], msgs[h:], spec, schema, name, lost
+    )
+
+
+def _part_batches(run: Run, damaged: dict, lost: _Lost, batch_size: int):
     """``(part path, record batch)`` of every readable part of this run; a damaged part that
     is lost as a whole (unreadable, missing, from another run) adds one reject row (id
-    null) and its item count to ``lost["_part_rows"]``."""
+    null) counting its items, and a damaged part whose rows all pass their CRC is read and
+    recorded in ``lost.changed_parts`` (and as a reject row that counts no item)."""
     for p in run.manifest["parts"]:
         if p["file"] in damaged:
             dmg = run.part_damage(p["file"])
             if dmg.bad_ids is None:
-                lost["id"].append(None)
-                lost["field"].append("part")
-                lost["reason"].append(f"{p['file']}: {dmg.describe()}")
-                lost.setdefault("_part_rows", []).append(p["rows"] - 1)
+                lost.add(None, "part", f"{p['file']}: {dmg.describe()}", items=p["rows"])
                 continue
+            if not dmg.bad_ids:
+                lost.changed_parts[p["file"]] = p["rows"]
+                why = f"{damaged[p['file']]}; {dmg.describe()}: its items were decoded"
+                lost.add(None, "part", f"{p['file']}: {why}", items=0)
         pf = run.part_file(p["file"])
         cols = ["id", "message", "crc32", "nbits"]
         for rb in pf.iter_batches(batch_size=batch_size, columns=cols):

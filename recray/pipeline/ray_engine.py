@@ -1,9 +1,16 @@
-"""The Ray engine: a Ray Data pipeline that codes a latent data set on an actor pool whose
-actors commit their own parts.
+"""The Ray engine: one actor-pool runner for every stage that works part by part.
 
-    pending shards (k, start, stop) --map_batches(ShardCoder, ActorPoolStrategy)-->
-        each actor: read the shard's rows, code them, write part-NNNNN.parquet
-        --> the driver: (shard, rows, bytes, sha256, totals) per shard --> manifest
+:func:`run_tasks` runs ``make_worker()(task)`` for a list of tasks on a Ray Data actor pool
+(``map_batches`` with a callable class, one task per call): each actor builds its worker
+once (a codec spec, a model, tables), errors come back typed, retries and restarts are
+Ray's, Ray's logs stay quiet unless ``--verbose``. The stages on it:
+
+* latent runs (:func:`run_ray`): a task is a shard ``(k, start, stop)``; the worker reads
+  the shard's rows, codes them and writes ``part-NNNNN.parquet``; the driver receives
+  ``(rows, bytes, sha256, totals)`` per shard and writes the manifest;
+* decoding runs (:func:`decode_on_ray`): a task is a part file;
+* a codec's per-part stages (:func:`map_parts`, via :mod:`recray.pipeline.parts`): MNIST's
+  pixel coder and decoder, the INR codec's tiles.
 
 * **Work unit**: one shard, coded whole by one actor (:func:`~recray.pipeline.local_engine.
   code_shard`, the in-process engine's own per-shard code, so both write the same bytes).
@@ -14,8 +21,9 @@ actors commit their own parts.
   driver never touches a row: it receives one small summary per shard and writes the
   manifest from them. Shards are the unit of parallelism, so a run needs at least as many
   shards as actors to use them all (``--shard-rows``).
-* **Actors**: :class:`ShardCoder` is a callable class held by an actor pool
-  (``ActorPoolStrategy(size=actors)``). Each actor builds the codec spec once. On GPU nodes
+* **Actors**: :class:`TaskActor` is the callable class held by the actor pool
+  (``ActorPoolStrategy(size=actors)``); its worker for shards is :class:`ShardWorker`, which
+  builds the codec spec once. On GPU nodes
   actors take ``num_gpus=1`` and the CuPy backend; on CPUs they take a *fraction* of a CPU
   (``actor_cpus``), so that Ray Data's own tasks always find a slot.
 * **Errors**: an actor never lets a :class:`~recray.errors.RecrayError` escape (Ray would
@@ -40,14 +48,15 @@ import json
 import logging
 import math
 import os
+import pickle
 import socket
 import sys
 import time
 import warnings
 from dataclasses import replace
+from functools import partial
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 import ray.data
 from ray.data import ActorPoolStrategy
@@ -61,11 +70,10 @@ from recray.pipeline.options import DEFAULT_CONNECT_TIMEOUT_S, RayOptions
 from recray.pipeline.progress import tick_total
 from recray.pipeline.validate import Scan
 
-SHARD = "_shard"
-PART = "_part"  # the part a decoded row comes from
-NBITS = "_nbits"  # its message's length in bits
-SUMMARY = "_summary"  # JSON: the part's rows, bytes, sha256 and totals
-ERROR = "_error"  # JSON of a fatal error, null for a committed shard
+TASK = "_task"  # the task's position in the list
+PAYLOAD = "_payload"  # the task, pickled
+RESULT = "_result"  # the worker's value, pickled
+ERROR = "_error"  # JSON of a RecrayError the worker raised (null when it returned)
 
 
 def _probe(host: str, port: int, timeout: float) -> str | None:
@@ -110,14 +118,6 @@ def check_address(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> N
     if why is not None:
         shown = address if target == address else f"{address} ({target})"
         raise ClusterError(f"cannot reach a Ray cluster at {shown}: {why}; {what}")
-
-
-def check_early(opts: RayOptions) -> None:
-    """:func:`check_address` on the cluster a run would join (none for a local Ray or one
-    already initialized in this process)."""
-    target = opts.address or os.environ.get("RAY_ADDRESS")
-    if target and not ray.is_initialized():
-        check_address(target, opts.connect_timeout)
 
 
 @contextlib.contextmanager
@@ -230,168 +230,149 @@ def ray_session(
             ray.shutdown()
 
 
-class ShardCoder:
-    """The actor's callable: codes and commits whole shards, one row ``(_shard, _summary,
-    _error)`` each (the summary as JSON; a fatal error as ``_error``)."""
+class TaskActor:
+    """The actor pool's callable class: builds ``make_worker()`` once, then runs one task per
+    row of each batch; a :class:`RecrayError` comes back as the row's ``_error`` (its type,
+    message and location) instead of escaping into a Ray traceback."""
 
-    def __init__(
-        self,
-        index: RowIndex,
-        spec: CodecSpec,
-        schema: pa.Schema,
-        committer,
-        scan: Scan,
-        batch_size: int,
-        on_bad: str = "fail",
-        hook=None,
-    ):
-        self.index = index
-        self.spec = spec
-        self.schema = schema
-        self.committer = committer
-        self.scan = scan
-        self.batch_size = batch_size
-        self.on_bad = on_bad
-        self.hook = hook
+    def __init__(self, make_worker):
+        self.work = make_worker()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        results, errs = [], []
+        for payload in batch.column(PAYLOAD).to_pylist():
+            try:
+                results.append(pickle.dumps(self.work(pickle.loads(payload)), protocol=5))
+                errs.append(None)
+            except RecrayError as exc:
+                results.append(None)
+                errs.append(_error_doc(exc, True))
+        return pa.table(
+            {
+                TASK: batch.column(TASK),
+                RESULT: pa.array(results, pa.binary()),
+                ERROR: pa.array(errs, pa.string()),
+            }
+        )
+
+
+def run_tasks(
+    make_worker,
+    tasks: list,
+    *,
+    opts: RayOptions,
+    actors: int,
+    actor_res: dict,
+    ordered: bool = False,
+    what: str = "the Ray pipeline failed",
+    hint: str = "--verbose shows Ray's traceback",
+):
+    """``(i, make_worker()(tasks[i]))`` for every task, computed on a Ray Data pool of
+    ``actors`` actors with resources ``actor_res`` (each builds its worker once; one task per
+    call, so a retry redoes one task at most), in completion order or, with ``ordered``, in
+    task order. Actors are restarted and tasks retried ``opts.retries`` times; a
+    :class:`RecrayError` a worker raised is raised here with its type; Ray's own failures
+    as one :class:`~recray.errors.ClusterError` line ``"{what}: ... ({hint})"``. Call inside
+    :func:`ray_session`. ``make_worker`` and the tasks must be picklable."""
+    if not tasks:
+        return
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = opts.verbose
+    ctx.print_on_execution_start = False
+    ctx.execution_options.preserve_order = ordered
+    with warnings.catch_warnings():
+        # Ray 2.60 takes retries and restarts only through the remote-args dicts (named
+        # parameters come with 2.64); we pin 2.60, so the deprecation notice is noise
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        rows = [{TASK: i, PAYLOAD: pickle.dumps(t, protocol=5)} for i, t in enumerate(tasks)]
+        ds = ray.data.from_items(rows, override_num_blocks=len(tasks)).map_batches(
+            TaskActor,
+            fn_constructor_kwargs={"make_worker": make_worker},
+            batch_size=1,  # one task per call: a retry redoes one task at most
+            batch_format="pyarrow",
+            compute=ActorPoolStrategy(size=max(1, min(actors, len(tasks)))),
+            scheduling_strategy="SPREAD",  # one actor per node first: a lost node
+            # takes as few actors as possible, and the rest have room for restarts
+            max_restarts=opts.retries,
+            max_task_retries=opts.retries,
+            resources=opts.resources,
+            **actor_res,
+        )
+    try:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            cols = (batch.column(c).to_pylist() for c in (TASK, RESULT, ERROR))
+            for i, value, error in zip(*cols, strict=True):
+                if error is not None:
+                    _raise_from_doc(json.loads(error))
+                yield i, pickle.loads(value)
+    except RecrayError:
+        raise
+    except Exception as exc:
+        _reraise(exc, what, opts.verbose, hint)
+
+
+class ShardWorker:
+    """Codes and commits whole shards ``(k, start, stop)`` (:func:`code_shard`, the
+    in-process engine's own code, so both engines write the same bytes); returns the
+    part's summary (and the backend's label). A shard retried after its part was
+    committed is not coded again: its summary is read back."""
+
+    def __init__(self, index, spec, schema, committer, scan, batch_size, on_bad, hook):
+        self.index, self.spec, self.schema = index, spec, schema
+        self.committer, self.scan, self.batch_size = committer, scan, batch_size
+        self.on_bad, self.hook = on_bad, hook
         from recray.backend import get_backend
 
         # fail at start-up, not on the first shard; the label goes back with each summary,
         # so the driver need not resolve "auto" itself (importing Numba and probing CUDA)
         self.backend_label = get_backend(spec.backend).label
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        out = {SHARD: [], SUMMARY: [], ERROR: []}
-        for k, a, b in zip(
-            *(batch.column(c).to_pylist() for c in ("shard", "start", "stop")), strict=True
-        ):
-            summary = error = None
-            try:
-                if self.committer.committed(k):  # a retry after the commit: read it back
-                    summary = self.committer.summary(k)
-                else:
-                    summary = code_shard(
-                        self.index,
-                        (k, a, b),
-                        self.spec,
-                        self.schema,
-                        self.committer,
-                        batch_size=self.batch_size,
-                        scan=self.scan,
-                        on_bad=self.on_bad,
-                        hook=self.hook,
-                    )
-            except RecrayError as exc:  # back to the driver as a row, with its type
-                error = _error_doc(exc, True)
-            out[SHARD].append(k)
-            if summary is not None:
-                summary = summary | {"backend": self.backend_label}
-            out[SUMMARY].append(None if summary is None else json.dumps(summary))
-            out[ERROR].append(error)
-        return pa.table(
-            {
-                SHARD: pa.array(out[SHARD], pa.int64()),
-                SUMMARY: pa.array(out[SUMMARY], pa.string()),
-                ERROR: pa.array(out[ERROR], pa.string()),
-            }
-        )
+    def __call__(self, shard) -> dict:
+        k, a, b = shard
+        if self.committer.committed(k):  # a retry after the commit: read it back
+            summary = self.committer.summary(k)
+        else:
+            summary = code_shard(
+                self.index,
+                (k, a, b),
+                self.spec,
+                self.schema,
+                self.committer,
+                batch_size=self.batch_size,
+                scan=self.scan,
+                on_bad=self.on_bad,
+                hook=self.hook,
+            )
+        return summary | {"backend": self.backend_label}
 
 
-class PartDecoder:
-    """The actor's callable for ``decompress``: decodes whole parts, the rows ``id``, ``z``
-    of each plus ``_part``, ``_nbits`` (its message's bits) and ``_error`` (a fatal error,
-    with its type, as one row)."""
+class PartDecodeWorker:
+    """Decodes whole parts of a run: the ``(table, nbits)`` pieces of each, cut as the
+    in-process decoder cuts them."""
 
     def __init__(self, run, spec: CodecSpec, schema: pa.Schema, batch_size: int):
-        self.run = run
-        self.spec = spec
-        self.schema = schema
-        self.batch_size = batch_size
+        self.run, self.spec, self.schema, self.batch_size = run, spec, schema, batch_size
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def __call__(self, file: str) -> list:
         from recray.pipeline.decode import decode_part
 
-        out = []
-        for file in batch.column("part").to_pylist():
-            try:
-                for t, nbits in decode_part(
-                    self.run, file, self.spec, self.schema, self.batch_size
-                ):
-                    out.append(self._tag(t, file, nbits, None))
-            except RecrayError as exc:
-                err = pa.table({f.name: pa.nulls(1, f.type) for f in self.schema})
-                out.append(self._tag(err, file, pa.array([0], pa.int64()), _error_doc(exc, True)))
-        if not out:  # parts that hold no item (every one rejected at compress)
-            empty = self.schema.empty_table()
-            return self._tag(empty, "", pa.array([], pa.int64()), None)
-        return pa.concat_tables(out)
-
-    def _tag(self, t: pa.Table, file: str, nbits, error) -> pa.Table:
-        n = t.num_rows
-        return (
-            t.append_column(PART, pa.array([file] * n, pa.string()))
-            .append_column(NBITS, nbits.cast(pa.int64()))
-            .append_column(ERROR, pa.array([error] * n, pa.string()))
-        )
+        return list(decode_part(self.run, file, self.spec, self.schema, self.batch_size))
 
 
 def decode_on_ray(run, spec: CodecSpec, schema: pa.Schema, *, batch_size: int, opts: RayOptions):
-    """``(table, rows, nbits)`` of every part of ``run`` in part order, decoded on a Ray
-    actor pool (one part per task); the tables are cut exactly as the in-process decoder
-    cuts them (``batch_size`` rows per part batch), so the file written from them is the
-    same. A fatal error (a message that fails its CRC) is raised with its type."""
-    parts = run.manifest["parts"]
+    """``(table, rows, nbits)`` of every part of ``run`` in part order, decoded on the actor
+    pool (one part per task); the tables are cut exactly as the in-process decoder cuts
+    them (``batch_size`` rows per part batch), so the file written from them is the same.
+    A fatal error (a message that fails its CRC) is raised with its type."""
+    parts = [p["file"] for p in run.manifest["parts"]]
     with ray_session(opts.address, opts.connect_timeout, opts.verbose):
         backend, actors, actor_res = _resources(spec, opts)
-        spec = replace(spec, backend=backend)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = opts.verbose
-        ctx.print_on_execution_start = False
-        ctx.execution_options.preserve_order = True
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-            ds = ray.data.from_items(
-                [{"part": p["file"]} for p in parts], override_num_blocks=len(parts)
-            ).map_batches(
-                PartDecoder,
-                fn_constructor_kwargs={
-                    "run": run,
-                    "spec": spec,
-                    "schema": schema,
-                    "batch_size": batch_size,
-                },
-                batch_size=1,
-                batch_format="pyarrow",
-                compute=ActorPoolStrategy(size=min(actors, len(parts))),
-                scheduling_strategy="SPREAD",
-                max_restarts=opts.retries,
-                max_task_retries=opts.retries,
-                resources=opts.resources,
-                **actor_res,
-            )
-        rows = {p["file"]: p["rows"] for p in parts}
-        pending: list[pa.Table] = []
-        have = 0
-        try:
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                if batch.column(ERROR).null_count < batch.num_rows:
-                    i = next(j for j, e in enumerate(batch.column(ERROR).to_pylist()) if e)
-                    _raise_from_doc(json.loads(batch.column(ERROR)[i].as_py()))
-                # a part's rows arrive in order, possibly in several blocks: gather the
-                # part, then hand it out in the in-process decoder's batches
-                for file in _runs_of(batch.column(PART).to_pylist()):
-                    piece = batch.filter(pc.equal(batch.column(PART), file))
-                    pending.append(piece)
-                    have += piece.num_rows
-                    if have == rows[file]:
-                        whole = pa.concat_tables(pending)
-                        pending, have = [], 0
-                        for a in range(0, whole.num_rows, batch_size):
-                            t = whole.slice(a, batch_size)
-                            yield t.select(schema.names), t.num_rows, t.column(NBITS)
-        except RecrayError:
-            raise
-        except Exception as exc:
-            _reraise(exc, None)
+        worker = partial(PartDecodeWorker, run, replace(spec, backend=backend), schema, batch_size)
+        for _, pieces in run_tasks(
+            worker, parts, opts=opts, actors=actors, actor_res=actor_res, ordered=True
+        ):
+            for t, nbits in pieces:
+                yield t, t.num_rows, nbits
 
 
 def _reraise(exc, what, verbose=False, hint="--verbose shows Ray's traceback"):
@@ -405,11 +386,6 @@ def _reraise(exc, what, verbose=False, hint="--verbose shows Ray's traceback"):
     if what is None or verbose or not isinstance(exc, ray.exceptions.RayError):
         raise exc
     raise ClusterError(f"{what}: {_last_line(exc)} ({hint})") from None
-
-
-def _runs_of(values: list) -> list:
-    """The distinct values of a list in order of first appearance."""
-    return list(dict.fromkeys(values))
 
 
 def _error_doc(exc: RecrayError, fatal: bool) -> str:
@@ -553,44 +529,25 @@ def _call(fn, *args):
 
 
 def map_parts(make_worker, tasks: list, *, opts: RayOptions, cpus: float | None = None):
-    """``make_worker()(task)`` for every task, on a pool of Ray actors (each builds its
+    """``make_worker()(task)`` for every task, on the actor pool (each actor builds its
     worker once: a model, tables), yielded in task order: what a codec's per-part stage
     runs on Ray (:mod:`recray.pipeline.parts`). ``make_worker`` must be picklable; a
     :class:`RecrayError` raised by a worker is raised here with its type."""
-    from ray.util import ActorPool
-
     if not tasks:
         return
     with ray_session(opts.address, opts.connect_timeout, opts.verbose):
         actors = opts.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        kw = _task_options(opts, cpus)
-        kw.pop("max_retries")
-        kw |= {"max_restarts": opts.retries, "max_task_retries": opts.retries}
-        pool = [
-            _PartWorker.options(**kw).remote(make_worker)
-            for _ in range(max(1, min(actors, len(tasks))))
-        ]
-        try:
-            for status, value in ActorPool(pool).map(lambda a, t: a.run.remote(t), tasks):
-                if status == "error":
-                    _raise_from_doc(json.loads(value))
-                yield value
-        except RecrayError:
-            raise
-        except Exception as exc:
-            _reraise(exc, "a Ray actor failed", opts.verbose)
-        finally:
-            for a in pool:
-                ray.kill(a)
-
-
-@ray.remote
-class _PartWorker:
-    def __init__(self, make_worker):
-        self.work = make_worker()
-
-    def run(self, task):
-        return _checked_call(self.work, task)
+        res = {"num_cpus": _task_options(opts, cpus)["num_cpus"]}
+        for _, value in run_tasks(
+            make_worker,
+            tasks,
+            opts=opts,
+            actors=actors,
+            actor_res=res,
+            ordered=True,
+            what="a Ray actor failed",
+        ):
+            yield value
 
 
 def run_ray(
@@ -615,69 +572,37 @@ def run_ray(
         return {"actors": 0, "backend": spec.backend, "driver_seconds": 0.0}
     with ray_session(opts.address, opts.connect_timeout, opts.verbose):
         backend, actors, actor_res = _resources(spec, opts)
-        spec = replace(spec, backend=backend)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = opts.verbose
-        ctx.print_on_execution_start = False
-        with warnings.catch_warnings():
-            # Ray 2.60 takes retries and restarts only through the remote-args dicts (named
-            # parameters come with 2.64); we pin 2.60, so the deprecation notice is noise
-            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-            shards = ray.data.from_items(
-                [{"shard": k, "start": a, "stop": b} for k, a, b in pending],
-                override_num_blocks=len(pending),
-            )
-            ds = shards.map_batches(
-                ShardCoder,
-                fn_constructor_kwargs={
-                    "index": index,
-                    "spec": spec,
-                    "schema": schema,
-                    "committer": writer.committer,
-                    "scan": scan,
-                    "batch_size": batch_size,
-                    "on_bad": on_bad,
-                    "hook": opts.on_batch,
-                },
-                batch_size=1,  # one shard per call: a retry redoes one shard at most
-                batch_format="pyarrow",
-                compute=ActorPoolStrategy(size=actors),
-                scheduling_strategy="SPREAD",  # one actor per node first: a lost node
-                # takes as few actors as possible, and the rest have room for restarts
-                max_restarts=opts.retries,
-                max_task_retries=opts.retries,
-                resources=opts.resources,
-                **actor_res,
-            )
+        worker = partial(
+            ShardWorker,
+            index,
+            replace(spec, backend=backend),
+            schema,
+            writer.committer,
+            scan,
+            batch_size,
+            on_bad,
+            opts.on_batch,
+        )
         driver_s = 0.0  # time the driver spends per shard (its serial part)
         todo = {k for k, _, _ in pending}
         labels = []  # the backend the actors resolved
-        try:
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                t0 = time.perf_counter()
-                for k, summary, error in zip(
-                    *(batch.column(c).to_pylist() for c in (SHARD, SUMMARY, ERROR)), strict=True
-                ):
-                    if error is not None:
-                        _raise_from_doc(json.loads(error))
-                    s = json.loads(summary)
-                    labels.append(s.pop("backend", None))
-                    writer.record(k, s)
-                    todo.discard(k)
-                    if progress is not None:
-                        tick_total(progress, s["rows"] + s["rejects"], 8 * s["payload_bytes"],
-                                   s["rows"])  # fmt: skip
-                driver_s += time.perf_counter() - t0
-        except RecrayError:
-            raise
-        except Exception as exc:
-            _reraise(
-                exc,
-                "the Ray pipeline failed",
-                opts.verbose,
-                "committed parts are kept: run again with --resume; --verbose shows Ray's "
-                "traceback",
-            )
+        for i, s in run_tasks(
+            worker,
+            pending,
+            opts=opts,
+            actors=actors,
+            actor_res=actor_res,
+            hint="committed parts are kept: run again with --resume; --verbose shows Ray's "
+            "traceback",
+        ):
+            t0 = time.perf_counter()
+            k = pending[i][0]
+            labels.append(s.pop("backend", None))
+            writer.record(k, s)
+            todo.discard(k)
+            if progress is not None:
+                tick_total(progress, s["rows"] + s["rejects"], 8 * s["payload_bytes"], s["rows"])
+            driver_s += time.perf_counter() - t0
         if todo:
             missing = sorted(todo)
             raise RecrayError(

@@ -231,7 +231,8 @@ def _route_problems(ids_ok, mu, sigma, spec: CodecSpec):
     for grp in spec.groups():
         g = grp.dims.shape[0]
         m_r, s_r, pm, ps, bits = block_rows(grp, mu, sigma, spec)
-        for p in route_group(m_r, s_r, pm, ps, bits, spec).problems:
+        trees = spec.row_trees(grp, mu.shape[0])
+        for p in route_group(m_r, s_r, pm, ps, bits, spec, trees=trees).problems:
             out.append((p.row // g, problem_error(p, grp, ids_ok)))
     return out
 

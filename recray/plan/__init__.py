@@ -42,8 +42,12 @@ from recray.plan.allocation import (
 )
 from recray.plan.blocks import split_blocks
 from recray.plan.laws import IndexLaws
+from recray.plan.trees import TREE_MAX_LEVEL, block_trees, check_plan_trees
+from recray.rec.trees import MAX_BIN_ID_BITS
 
 __all__ = [
+    "DEFAULT_PARTITION",
+    "PARTITIONS",
     "PLAN_FORMAT",
     "PLAN_FORMAT_VERSION",
     "PLAN_STRATEGIES",
@@ -59,11 +63,17 @@ __all__ = [
 #: ``"format"`` entry of a serialized plan.
 PLAN_FORMAT = "recray-plan"
 #: ``"version"`` entry of a serialized plan; bump it with any change of layout or recipe.
-#: Version 2 adds the optional fields ``budget_offset_bits`` and ``index_laws``; a plan
-#: without them is written as version 1, byte for byte as before (old runs' plan checksums
-#: still hold), and both versions are read.
-PLAN_FORMAT_VERSION = 2
-PLAN_FORMAT_VERSIONS = (1, 2)
+#: Version 2 adds the optional fields ``budget_offset_bits`` and ``index_laws``; version 3
+#: the partitions of unequal mass (``partition: "tree"`` and ``trees``). A plan is written
+#: with the lowest version its fields need, byte for byte as before (old runs' plan
+#: checksums still hold), and every version is read.
+PLAN_FORMAT_VERSION = 3
+PLAN_FORMAT_VERSIONS = (1, 2, 3)
+#: Partition kinds: ``"complete"`` (``2^b`` intervals of equal prior mass per dimension) and
+#: ``"tree"`` (dyadic trees from the dimensions' information, recray.plan.trees).
+PARTITIONS = ("complete", "tree")
+#: The partition ``recray compress`` and the library build by default.
+DEFAULT_PARTITION = "tree"
 #: Strategies :func:`build_plan` accepts ("collapsed-only" is an allocate_bits ablation).
 PLAN_STRATEGIES: tuple[str, ...] = ("mi", "uniform", "random")
 
@@ -82,6 +92,8 @@ _FIELDS = (
 )
 #: Fields of version 2 (optional: absent = default; a plan using neither is version 1).
 _V2_FIELDS = ("budget_offset_bits", "index_laws")
+#: Fields of version 3 (tree partitions).
+_V3_FIELDS = ("partition", "trees")
 
 
 # --------------------------------------------------------------------------- validation
@@ -146,7 +158,7 @@ def _norm_bits(value, dim: int, cap: int) -> tuple[int, ...]:
     return tuple(check_int(v, f"plan field bits[{d}]", 0, cap) for d, v in enumerate(seq))
 
 
-def _norm_budgets(value, blocks, bits) -> tuple[int, ...]:
+def _norm_budgets(value, blocks, bits, trees=None) -> tuple[int, ...]:
     seq = _seq(value, "block_budget_bits")
     if len(seq) != len(blocks):
         raise PlanError(
@@ -156,13 +168,29 @@ def _norm_budgets(value, blocks, bits) -> tuple[int, ...]:
     for b, v in enumerate(seq):
         budget = check_int(v, f"plan field block_budget_bits[{b}]", 0, MAX_BLOCK_BITS)
         total = sum(bits[d] for d in blocks[b])
-        if budget != total:
+        if trees is None and budget != total:
             raise PlanError(
                 f"plan field block_budget_bits[{b}] = {budget} but the bits of blocks[{b}] "
                 f"sum to {total}; the plan is inconsistent, rebuild it"
             )
         out.append(budget)
     return tuple(out)
+
+
+def _block_radix(blocks, bits, trees) -> tuple[tuple[int, ...], ...]:
+    return tuple(
+        tuple((len(trees[d]) if trees is not None else 1) << bits[d] for d in b) for b in blocks
+    )
+
+
+def _check_bin_ids(blocks, bits, trees) -> None:
+    for b, radix in enumerate(_block_radix(blocks, bits, trees)):
+        need = sum((r - 1).bit_length() for r in radix)
+        if need > MAX_BIN_ID_BITS:
+            raise PlanError(
+                f"plan field trees: the bin ids of blocks[{b}] need {need} bits, more than "
+                f"{MAX_BIN_ID_BITS}; split the block or coarsen its trees"
+            )
 
 
 # --------------------------------------------------------------------------- the plan
@@ -185,12 +213,18 @@ class CodecPlan:
         blocks: dimension indices of each block, ascending inside a block; together they
             partition ``range(d)``. The collapsed dims, if any, form the last blocks.
         bits: partition bits ``b_d`` per dimension, length ``d``.
-        block_budget_bits: per block, ``B = sum of bits of its dims``, ``B <= 62``.
+        block_budget_bits: per block, ``B = sum of bits of its dims``, ``B <= 62``; for tree
+            partitions the target of the trees' mean code length (see ``partition``).
         budget_offset_bits: (version 2) bits added to every informative block's budget
             over its rounded information (negative: fewer partition bits, a larger local
             index; the learned laws make that cheap). Default 0.
         index_laws: (version 2) learned laws of the blocks' coded symbols
             (:class:`recray.plan.laws.IndexLaws`), or None (the fixed codes).
+        partition: (version 3) ``"complete"`` (``2^bits[d]`` intervals of equal prior
+            mass) or ``"tree"``: dimension ``d`` is split into the leaves of ``trees[d]``
+            (leaf levels, recray.rec.trees), refined by ``bits[d]`` levels (0 in plans
+            :func:`build_plan` makes).
+        trees: (version 3) one tree per dimension for ``partition == "tree"``, else None.
     """
 
     dim: int
@@ -206,6 +240,8 @@ class CodecPlan:
     block_budget_bits: tuple[int, ...]
     budget_offset_bits: int = 0
     index_laws: IndexLaws | None = None
+    partition: str = "complete"
+    trees: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         dim = check_int(self.dim, "plan field dim", 1)
@@ -217,6 +253,24 @@ class CodecPlan:
             )
         blocks = _norm_blocks(self.blocks, dim)
         bits = _norm_bits(self.bits, dim, cap)
+        if self.partition not in PARTITIONS:
+            raise PlanError(
+                f"plan field partition is {self.partition!r}; valid: {', '.join(PARTITIONS)}"
+            )
+        trees = None
+        if self.partition == "tree":
+            if self.trees is None:
+                raise PlanError("plan field trees is missing: a tree partition needs one per dim")
+            trees = check_plan_trees(self.trees, dim, cap)
+            for d in range(dim):
+                if max(trees[d]) + bits[d] > cap:
+                    raise PlanError(
+                        f"plan field bits[{d}] = {bits[d]} refines trees[{d}] below level "
+                        f"max_bits_per_dim = {cap}"
+                    )
+            _check_bin_ids(blocks, bits, trees)
+        elif self.trees is not None:
+            raise PlanError("plan field trees is set but partition is 'complete'")
         values = {
             "dim": dim,
             "block_bits": check_positive_float(self.block_bits, "plan field block_bits"),
@@ -231,7 +285,9 @@ class CodecPlan:
             "mi_bits": _norm_mi(self.mi_bits, dim),
             "blocks": blocks,
             "bits": bits,
-            "block_budget_bits": _norm_budgets(self.block_budget_bits, blocks, bits),
+            "block_budget_bits": _norm_budgets(self.block_budget_bits, blocks, bits, trees),
+            "partition": self.partition,
+            "trees": trees,
         }
         values["budget_offset_bits"] = check_int(
             self.budget_offset_bits,
@@ -243,7 +299,7 @@ class CodecPlan:
         if laws is not None and not isinstance(laws, IndexLaws):
             laws = IndexLaws.from_dict(laws)
         if laws is not None:
-            laws.check_plan([[bits[d] for d in b] for b in blocks])
+            laws.check_plan(_block_radix(blocks, bits, trees))
         values["index_laws"] = laws
         for name, value in values.items():
             object.__setattr__(self, name, value)
@@ -273,6 +329,12 @@ class CodecPlan:
         decoder knows of the block's expected KL (exact, the same on every machine)."""
         return tuple(math.fsum(self.mi_bits[d] for d in b) for b in self.blocks)
 
+    @property
+    def block_radix(self) -> tuple[tuple[int, ...], ...]:
+        """Intervals of every dimension of every block (block order): ``2^bits[d]`` for a
+        complete partition, ``leaves(trees[d]) * 2^bits[d]`` for a tree."""
+        return _block_radix(self.blocks, self.bits, self.trees)
+
     def block_bits_array(self, i: int) -> np.ndarray:
         """Partition bits of block ``i``'s dims, in :meth:`block_dims` order: int64 ``(n_i,)``."""
         return np.asarray([self.bits[d] for d in self.blocks[self._check_block(i)]], np.int64)
@@ -281,7 +343,10 @@ class CodecPlan:
 
     @property
     def version(self) -> int:
-        """1 when the version 2 fields are at their defaults (then written as before)."""
+        """The lowest version whose fields the plan uses (1 when the version 2 and 3 fields
+        are at their defaults: then written as before)."""
+        if self.partition != "complete":
+            return 3
         return 2 if self.budget_offset_bits or self.index_laws is not None else 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -295,9 +360,12 @@ class CodecPlan:
             elif isinstance(value, tuple):
                 value = list(value)
             out[name] = value
-        if self.version == 2:
+        if self.version >= 2:
             out["budget_offset_bits"] = self.budget_offset_bits
             out["index_laws"] = None if self.index_laws is None else self.index_laws.to_dict()
+        if self.version >= 3:
+            out["partition"] = self.partition
+            out["trees"] = [list(t) for t in self.trees]
         return out
 
     def with_laws(self, laws: IndexLaws | None) -> CodecPlan:
@@ -320,7 +388,9 @@ class CodecPlan:
                 f"plan field version is {version!r}; this recray reads plan versions "
                 f"{PLAN_FORMAT_VERSIONS}: rebuild the plan or use the matching recray"
             )
-        fields = _FIELDS + (_V2_FIELDS if version == 2 else ())
+        fields = (
+            _FIELDS + (_V2_FIELDS if version >= 2 else ()) + (_V3_FIELDS if version >= 3 else ())
+        )
         missing = [k for k in fields if k not in d]
         if missing:
             raise PlanError(f"plan is missing field(s) {missing}")
@@ -331,7 +401,8 @@ class CodecPlan:
         if plan.version != version:
             raise PlanError(
                 f"plan field version is {version} but its fields make it a version "
-                f"{plan.version} plan (a version 2 plan uses budget_offset_bits or index_laws)"
+                f"{plan.version} plan (a version 2 plan uses budget_offset_bits or index_laws, "
+                "a version 3 plan tree partitions)"
             )
         return plan
 
@@ -398,6 +469,7 @@ def build_plan(
     max_bits_per_dim: int = 24,
     budget_offset_bits: int = 0,
     index_laws: IndexLaws | None = None,
+    partition: str = "complete",
 ) -> CodecPlan:
     """Blocks and partition bits for per-dimension information ``mi_bits`` (bits, ``(d,)``).
 
@@ -407,6 +479,10 @@ def build_plan(
     the collapsed block (``budget_offset_bits`` is added to every informative block's ``B_i``,
     clipped to ``[1, cap]``); its bits are ``allocate_bits(mi of its dims, B_i, strategy,
     seed=derive_block_seed(seed, i))``. ``strategy`` is one of :data:`PLAN_STRATEGIES`.
+    ``partition="tree"`` (strategy ``"mi"`` only) gives each informative block's dimensions
+    trees instead (:func:`recray.plan.trees.block_trees`: leaves about equally wide where
+    the posteriors sit, their mean code length closest to ``B_i``) and no bits; collapsed
+    dimensions keep the trivial tree.
 
     Deterministic: the same arguments give the same plan (and :meth:`CodecPlan.checksum`)
     on every machine. Raises :class:`PlanError` on invalid input.
@@ -418,6 +494,10 @@ def build_plan(
             "build_plan separates collapsed dimensions into their own block, so use "
             f"one of {PLAN_STRATEGIES}"
         )
+    if partition not in PARTITIONS:
+        raise PlanError(f"partition must be one of {PARTITIONS}; got {partition!r}")
+    if partition == "tree" and strategy != "mi":
+        raise PlanError("tree partitions are built from the dimensions' information: strategy 'mi'")
     mi = check_mi(mi_bits)
     seed = check_seed(seed)
     threshold = check_threshold(collapse_threshold)
@@ -430,6 +510,7 @@ def build_plan(
         collapsed_block_size=collapsed_block_size,
     )
     bits = np.zeros(mi.shape[0], dtype=np.int64)
+    trees = [(0,)] * mi.shape[0] if partition == "tree" else None
     budgets = []
     for i, dims in enumerate(blocks):
         mi_blk = mi[dims]
@@ -438,9 +519,15 @@ def build_plan(
         budget = 0 if collapsed else block_budget(mi_blk, cap_blk)
         if budget and budget_offset_bits:
             budget = min(max(1, budget + int(budget_offset_bits)), cap_blk)
+        budgets.append(budget)
+        if trees is not None:
+            level = min(cap, TREE_MAX_LEVEL)
+            kw = {"max_level": level, "collapse_threshold": threshold}
+            for d, t in zip(dims, block_trees(mi_blk, budget, **kw), strict=True):
+                trees[int(d)] = t
+            continue
         kw = {"seed": derive_block_seed(seed, i), "collapse_threshold": threshold}
         bits[dims] = allocate_bits(mi_blk, budget, strategy, max_bits_per_dim=cap, **kw)
-        budgets.append(budget)
     return CodecPlan(
         dim=int(mi.shape[0]),
         block_bits=float(block_bits),
@@ -455,4 +542,6 @@ def build_plan(
         block_budget_bits=tuple(budgets),
         budget_offset_bits=int(budget_offset_bits),
         index_laws=index_laws,
+        partition=partition,
+        trees=None if trees is None else tuple(trees),
     )

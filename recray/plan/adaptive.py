@@ -26,52 +26,52 @@ from __future__ import annotations
 
 import numpy as np
 
-from recray.format.messages import MAX_EXTRA_BITS
-from recray.rec.gaussian import LN2, GaussianRatio, StandardNormalPrior
+from recray.plan.laws import MAX_EXTRA_BITS
 from recray.rec.partition import MAX_BITS_PER_DIM
+from recray.rec.partition import dim_dinf_bits as partition_dinf_bits
+from recray.rec.trees import TRIVIAL
 
 #: Default threshold of ``recray compress``: blocks whose expected exact search exceeds
-#: ``2^18`` candidates under the plan's partition get extra partition bits.
-DEFAULT_ADAPT_ABOVE_BITS = 18.0
+#: ``2^14`` candidates under the plan's partition get extra partition bits (the point of
+#: ``recray bench plan``'s frontier the defaults sit on: docs/RESULTS.md).
+DEFAULT_ADAPT_ABOVE_BITS = 14.0
 MAX_BLOCK_BITS = 62
 MAX_ROUNDS = 64
-_TABLE_ENTRIES = 1 << 22  # (rows x 2^b) entries per table chunk
 
 
-def dim_dinf_bits(be, m, s, b) -> np.ndarray:
+def dim_dinf_bits(be, m, s, b, tree: tuple = TRIVIAL) -> np.ndarray:
     """``D_inf`` of each (target, bits) pair in one dimension with sup weights, bits:
-    ``log2((1/J) sum_k sup_{interval k} q/p)`` with ``J = 2^b``. ``m``, ``s``, ``b`` are flat
-    host arrays ``(k,)`` (targets bounded: ``s < 1`` or the prior itself). Returns
-    float64 ``(k,)``. Agrees with :func:`recray.rec.partition.build_tables`'s
-    ``log_rmax_d`` (same edges and sup formula)."""
-    m = np.asarray(m, dtype=np.float64)
-    s = np.asarray(s, dtype=np.float64)
-    b = np.asarray(b, dtype=np.int64)
+    ``log2 sum_k w_k sup_{interval k} q/p`` over ``tree`` refined by ``b`` levels (the
+    complete partition of ``b`` bits by default). ``m``, ``s``, ``b`` are flat host arrays
+    ``(k,)`` (targets bounded: ``s < 1`` or the prior itself). Returns float64 ``(k,)``,
+    bit for bit :func:`recray.rec.partition.build_tables`'s ``log_rmax_d / ln 2``."""
+    return partition_dinf_bits(be, m, s, tree, b)
+
+
+def _dinf(be, m, s, levels, trees) -> np.ndarray:
+    """``D_inf_d`` (bits) of flat pairs: targets ``m``, ``s``, refinement ``levels`` and
+    tree ids into ``trees`` (None: every pair complete), host ``(k,)`` each."""
+    if trees is None:
+        return dim_dinf_bits(be, m, s, levels)
+    table, ids = trees
     out = np.empty(m.shape[0])
-    prior = StandardNormalPrior(be)
-    for bv in np.unique(b).tolist():
-        sel = np.flatnonzero(b == bv)
-        edges = prior.edges(int(bv))
-        step = max(1, _TABLE_ENTRIES >> int(bv))
-        for lo in range(0, sel.size, step):
-            rows = sel[lo : lo + step]
-            ratio = GaussianRatio(be, be.asarray(m[rows])[:, None], be.asarray(s[rows])[:, None])
-            logw = ratio.log_sup_on(edges[None, :-1], edges[None, 1:])
-            top = logw.max(axis=1, keepdims=True)
-            lse = top[:, 0] + be.xp.log(be.xp.exp(logw - top).sum(axis=1))
-            out[rows] = be.to_numpy(lse - bv * LN2) / LN2
+    for t in np.unique(ids).tolist():  # a loop over distinct trees, not blocks
+        sel = ids == t
+        out[sel] = dim_dinf_bits(be, m[sel], s[sel], levels[sel], table[t])
     return out
 
 
-def adapt_bits(be, m, s, bits, max_dinf_bits: float) -> np.ndarray:
+def adapt_bits(be, m, s, bits, max_dinf_bits: float, trees=None) -> np.ndarray:
     """Extra partition bits per dimension that bring each block's ``D_inf[Q||P']`` to at
     most ``max_dinf_bits`` where possible.
 
     ``m``, ``s`` float64 ``(n, d)`` (standardized, every dimension bounded); ``bits`` int64
-    ``(n, d)`` the plan's partition bits. Returns int64 ``(n, d)``: 0 for blocks already
-    under the threshold; otherwise bits added greedily to the dimension with the largest
-    ``D_inf_d``, ``ceil(excess)`` at a time, within ``MAX_EXTRA_BITS`` per dimension, 24
-    partition bits per dimension and 62 per block. A block that cannot get under the
+    ``(n, d)`` the plan's partition bits; ``trees`` a :class:`recray.rec.trees.Trees` (the
+    pairs' trees, which the bits refine) or None (complete partitions). Returns int64
+    ``(n, d)``: 0 for blocks already under the threshold; otherwise bits added greedily to
+    the dimension with the largest ``D_inf_d``, ``ceil(excess)`` at a time, within
+    ``MAX_EXTRA_BITS`` per dimension, level 24 per dimension and 62 bits of bin id per
+    block. A block that cannot get under the
     threshold (a near-collapsed dimension: ``D_inf`` beyond what 24 bits can split) keeps
     what helped; the caller's feasibility check decides its route.
     """
@@ -80,7 +80,15 @@ def adapt_bits(be, m, s, bits, max_dinf_bits: float) -> np.ndarray:
     extra = np.zeros((n, d), dtype=np.int64)
     if n == 0:
         return extra
-    dd = dim_dinf_bits(be, m.reshape(-1), s.reshape(-1), bits.reshape(-1)).reshape(n, d)
+    deepest = np.zeros((n, d), dtype=np.int64)
+    base = np.zeros((n, d), dtype=np.int64)  # ceil(log2 leaves)
+    flat_trees = None
+    if trees is not None:
+        ids = np.broadcast_to(np.asarray(trees.ids, dtype=np.int64), (n, d))
+        deepest = np.asarray([max(t) for t in trees.table], dtype=np.int64)[ids]
+        base = np.asarray([(len(t) - 1).bit_length() for t in trees.table], np.int64)[ids]
+        flat_trees = (trees.table, ids.reshape(-1))
+    dd = _dinf(be, m.reshape(-1), s.reshape(-1), bits.reshape(-1), flat_trees).reshape(n, d)
     stuck = np.zeros(n, dtype=bool)
     for _ in range(MAX_ROUNDS):
         tot = dd.sum(axis=1)
@@ -88,8 +96,8 @@ def adapt_bits(be, m, s, bits, max_dinf_bits: float) -> np.ndarray:
         if need.size == 0:
             break
         cur = bits[need] + extra[need]
-        room_dim = np.minimum(MAX_EXTRA_BITS - extra[need], MAX_BITS_PER_DIM - cur)
-        room_blk = MAX_BLOCK_BITS - cur.sum(axis=1)
+        room_dim = np.minimum(MAX_EXTRA_BITS - extra[need], MAX_BITS_PER_DIM - cur - deepest[need])
+        room_blk = MAX_BLOCK_BITS - (cur + base[need]).sum(axis=1)
         score = np.where(room_dim > 0, dd[need], -np.inf)
         j = np.argmax(score, axis=1)
         r = np.arange(need.size)
@@ -105,7 +113,8 @@ def adapt_bits(be, m, s, bits, max_dinf_bits: float) -> np.ndarray:
         )
         before = dd[need, j].copy()
         extra[need, j] += add
-        dd[need, j] = dim_dinf_bits(be, m[need, j], s[need, j], bits[need, j] + extra[need, j])
+        sub = None if trees is None else (trees.table, ids[need, j])
+        dd[need, j] = _dinf(be, m[need, j], s[need, j], bits[need, j] + extra[need, j], sub)
         # a dimension whose D_inf no longer falls is saturated (e.g. near-collapsed)
         stuck[need[before - dd[need, j] < 1e-3]] = True
     return extra

@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 import threading
 
+import numpy as np
+
 LN2 = math.log(2.0)
 #: Edge tables of up to this many bits are cached as their own arrays (<= 1 MiB each).
 EDGE_CACHE_MAX_BITS = 16
@@ -31,6 +33,12 @@ _EDGE_CACHE: dict = {}
 #: dimension: 2^24 inverse-CDF evaluations, about a second): coarser tables are views of it.
 _EDGE_FINEST: dict = {}
 _EDGE_LOCK = threading.Lock()
+#: Relative margin by which :meth:`StandardNormalPrior.reach` widens the sampler's computed
+#: extremes: ``2^-30``, far above the 12 ulp (below ``2^-48`` relative) a computed
+#: ``Phi^{-1}`` can stray, and far below anything that moves a bound (about 1e-8 of a
+#: prior-sigma).
+REACH_MARGIN = 2.0**-30
+_REACH_CACHE: dict = {}
 
 
 class StandardNormalPrior:
@@ -69,6 +77,33 @@ class StandardNormalPrior:
                 if _EDGE_FINEST.get(self.be.name, (0,))[0] < b:
                     _EDGE_FINEST[self.be.name] = (b, out)
         return out
+
+    def reach(self, b: int) -> tuple[float, float]:
+        """``(lo, hi)``: the smallest and largest candidate the RNG recipe can produce in a
+        dimension of ``b`` partition bits (prior-standardized; docs/FORMAT.md section 4.1).
+
+        The outer intervals reach ``-inf`` and ``+inf`` on paper, but a candidate is
+        ``Phi^{-1}((k + u) / J)`` with the 53-bit uniform ``u`` of section 3
+        (``2^-54 <= u <= 1 - 2^-53``), the upper half through the complement. The most
+        extreme probabilities the sampler ever passes to ``Phi^{-1}`` are therefore
+        ``2^-(54 + b)`` (interval 0, ``u = 2^-54``: exact) and ``2^-(53 + b)`` (interval
+        ``J - 1`` through the complement, ``1 - u = 2^-53``: exact), and every candidate
+        lies in ``[Phi^{-1}(2^-(54+b)), -Phi^{-1}(2^-(53+b))]``, about ``[-8.29, 8.21]`` for
+        ``b = 0`` and ``[-10.08, 10.01]`` for ``b = 24``. Both ends are the portable
+        ``Phi^{-1}`` of those probabilities (the very function that makes candidates),
+        pushed outwards by :data:`REACH_MARGIN` (relative) to cover the non-monotonicity
+        of a computed ``Phi^{-1}``: it is within 6 ulp of the exact quantile
+        (``tests/test_kernels.py``), so a candidate lies at most 12 ulp (below ``2^-48``
+        relative at these magnitudes) beyond the computed end. Cached per ``b``."""
+        hit = _REACH_CACHE.get(b)
+        if hit is None:
+            from recray.rec import portable
+
+            p = np.asarray([2.0 ** -(54 + b), 2.0 ** -(53 + b)])
+            q = portable.ndtri(p, np)
+            hit = (float(q[0]) * (1.0 + REACH_MARGIN), -float(q[1]) * (1.0 + REACH_MARGIN))
+            _REACH_CACHE[b] = hit
+        return hit
 
     def sample_in_interval(self, k, u, inv_J):
         """``y = Phi^{-1}((k + u) / J)``: a sample of ``N(0,1)`` restricted to interval ``k``.
@@ -147,6 +182,17 @@ class GaussianRatio:
             up = ua + log1mexp(ub - ua, xp)
             out = xp.where(lower_side, low, up)
         return out
+
+
+def log_mass_outside(m, s, lo, hi):
+    """``ln (Q(y < lo) + Q(y > hi))`` for targets ``N(m, s^2)``, host float64 arrays that
+    broadcast together: the target's mass beyond the sampler's reach
+    (:meth:`StandardNormalPrior.reach`), from ``log_ndtr`` on each tail (no underflow to
+    ``-inf`` before about ``-1e300``)."""
+    from scipy.special import log_ndtr
+
+    with np.errstate(divide="ignore"):
+        return np.logaddexp(log_ndtr((lo - m) / s), log_ndtr((m - hi) / s))
 
 
 def log1mexp(x, xp):

@@ -12,9 +12,15 @@ accepts the **first arrival under the graph** of ``phi = sigma^{-1} o r``, i.e. 
 
     sigma'(t) = w_Q(sigma(t)) - sigma(t) w_P(sigma(t)),   sigma(0) = 0,
 
-so that ``sigma^{-1}(h) = int_0^h d eta / (w_Q(eta) - eta w_P(eta))``. The accepted
-``X_N`` is an exact sample of ``Q``; ``E[N] = r_max = 2^{D_inf}`` and the index ``N`` is
-sent with the universal code (about ``D_KL + log2(D_KL + 1) + O(1)`` bits).
+so that ``sigma^{-1}(h) = int_0^h d eta / (w_Q(eta) - eta w_P(eta))``. With the exact
+``sigma`` the accepted ``X_N`` would be an exact sample of ``Q``; ``E[N] = r_max =
+2^{D_inf}`` and the index ``N`` is sent with the universal code (about
+``D_KL + log2(D_KL + 1) + O(1)`` bits).
+
+**Approximate.** Here ``sigma^{-1}`` is a numerical integral (below), so the accepted
+sample's law differs from ``Q`` by about the integral's relative error: GPRS is not one of
+:data:`recray.rec.api.EXACT_METHODS` and makes no exactness promise (the statistical tests
+in ``tests/test_gprs.py`` cannot see an error of that size, nor rule it out).
 
 For a one-dimensional Gaussian pair (prior-standardized ``P = N(0, 1)``, ``Q = N(m, s^2)``,
 ``s < 1``) ``ln r`` is a concave quadratic: ``ln r_max - ln r(x) = a (x - x*)^2`` with
@@ -96,14 +102,17 @@ def _threshold(log_u_grid, log_t, u):
     return np.where(lu < lg[0], np.inf, np.exp(lt))
 
 
-def encode_1d(m, s, k0, k1, p0, p1, *, max_steps: int, be, ids=None, stretch=None):
+def encode_1d(m, s, k0, k1, p0, p1, *, max_steps, be, ids=None, stretch=None):
     """GPRS on ``n`` standardized 1-D targets ``N(m, s^2)`` against ``N(0, 1)``.
 
     ``k0, k1`` / ``p0, p1``: the shared / private keys of each row (uint64 ``(n,)``).
+    ``max_steps``: the step cap, one for all rows or one per row (int ``(n,)``): row ``i``
+    examines at most ``max_steps[i]`` arrivals, whatever the other rows' caps.
     Returns ``(local, y, steps, capped)``: the accepted index ``N >= 1`` (int64), the
-    standardized sample, the arrivals examined and whether ``max_steps`` was hit.
+    standardized sample, the arrivals examined and whether the row's cap was hit.
     """
     n = m.shape[0]
+    cap = np.broadcast_to(np.asarray(max_steps, dtype=np.int64), (n,))
     if np.any(s >= 1.0):
         i = int(np.argmax(s >= 1.0))
         raise UnboundedRatioError(
@@ -123,10 +132,16 @@ def encode_1d(m, s, k0, k1, p0, p1, *, max_steps: int, be, ids=None, stretch=Non
     active = np.arange(n)
     done_n = 0
     chunk = _CHUNK0
+    capped = np.zeros(n, bool)
     while active.size:
-        c = min(chunk, max_steps - done_n)
-        if c <= 0:
+        # rows whose own cap is reached stop here, unaccepted
+        out = cap[active] <= done_n
+        capped[active[out]] = True
+        steps[active[out]] = cap[active[out]]
+        active = active[~out]
+        if not active.size:
             break
+        c = int(min(chunk, int(cap[active].max()) - done_n))
         arr = done_n + 1 + np.arange(c, dtype=np.int64)[None, :]  # 1-based arrival index
         arr = np.broadcast_to(arr, (active.size, c))
         ka0, ka1 = p0[active][:, None], p1[active][:, None]
@@ -148,7 +163,8 @@ def encode_1d(m, s, k0, k1, p0, p1, *, max_steps: int, be, ids=None, stretch=Non
             )
         )[..., 0]
         uu = a[active][:, None] * (yc - xs[active][:, None]) ** 2
-        ok = times <= _threshold(log_ug[active], log_t[active], uu)
+        within = arr <= cap[active][:, None]  # each row's own cap
+        ok = (times <= _threshold(log_ug[active], log_t[active], uu)) & within
         hit = ok.any(axis=1)
         first = np.argmax(ok, axis=1)
         rows = active[hit]
@@ -159,10 +175,7 @@ def encode_1d(m, s, k0, k1, p0, p1, *, max_steps: int, be, ids=None, stretch=Non
         active = active[~hit]
         done_n += c
         chunk = min(2 * chunk, _CHUNK_MAX)
-    capped = np.zeros(n, bool)
-    capped[active] = True
-    steps[active] = done_n
-    local[active] = 1
+    local[capped] = 1
     return local, y_out, steps, capped
 
 
@@ -174,14 +187,14 @@ def encode(t, seed: int, max_steps: np.ndarray, be, on_cap: str):
             f"blocks of {t.d} dimensions: split them into 1-D blocks"
         )
     k0, k1, p0, p1 = (be.to_numpy(k) for k in block_keys(seed, be.asarray(t.ids), be.xp))
-    cap = int(np.max(max_steps))
+    cap = np.broadcast_to(np.asarray(max_steps, dtype=np.int64), (t.n,))
     m, s = t.m[:, 0], t.s[:, 0]
     local, y, steps, capped = encode_1d(m, s, k0, k1, p0, p1, max_steps=cap, be=be, ids=t.ids)
     if on_cap == "raise" and capped.any():
         i = int(np.argmax(capped))
         dinf = (-np.log(s[i]) + m[i] ** 2 / (2 * (1 - s[i] ** 2))) / np.log(2)
         raise SearchBudgetError(
-            f"{fmt_block(i, t.ids)}: GPRS hit max_steps = {cap} (expected about "
+            f"{fmt_block(i, t.ids)}: GPRS hit max_steps = {int(cap[i])} (expected about "
             f"2^{dinf:.1f} steps = r_max)",
             block=i,
             dim=0,

@@ -33,7 +33,13 @@ from dataclasses import dataclass
 from recray.rec import portable
 from recray.rec.bookkeeping import SeenBins, assign_local_indices
 from recray.rec.gaussian import GaussianRatio
-from recray.rec.partition import BinTables, gather_log_corr, sample_bins, sequential_sum
+from recray.rec.partition import (
+    BinTables,
+    gather_log_corr,
+    intervals_of,
+    sample_bins,
+    sequential_sum,
+)
 from recray.rec.randomness import private_uniforms, shared_sample
 
 TIME_SCALE_LOG2 = 32
@@ -63,9 +69,8 @@ class SearchProblem:
     """One batch of ``n`` blocks of ``d`` dimensions, on the backend.
 
     m, s, log_s   (n, d) f64  prior-standardized target parameters
-    bits          (n, d) i64  partition bits; shift (n, d) i64 bit offset of each field
-    inv_J         (n, d) f64  2^-bits
-    tables        BinTables   sender weights (``"sup"`` for exact, ``"qmass"`` for budget)
+    tables        BinTables   the partitions (radix, place values, trees) and the sender's
+                              weights (``"sup"`` for exact, ``"qmass"`` for budget)
     keys          4 x (n,) u64  shared k0, k1, private k0, k1
     budget        (n,) i64    max arrivals (max_steps, or N for the fixed-budget methods)
     exact         bool        stop by the bound (PFR family) or run the budget out (ORC)
@@ -74,9 +79,6 @@ class SearchProblem:
     m: object
     s: object
     log_s: object
-    bits: object
-    shift: object
-    inv_J: object
     tables: BinTables
     keys: tuple
     budget: object
@@ -100,9 +102,10 @@ class SearchOutcome:
 def run_search(be, prob: SearchProblem, schedule: ChunkSchedule) -> SearchOutcome:
     xp = be.xp
     n, d = prob.m.shape
-    bits_any = be.to_numpy((prob.bits > 0).any(axis=0))
+    t = prob.tables
+    bits_any = be.to_numpy((t.radix > 1).any(axis=0))
     cols_b = [i for i in range(d) if bits_any[i]]
-    has_bins = (prob.bits > 0).any(axis=1)  # (n,) blocks that need local-index bookkeeping
+    has_bins = (t.radix > 1).any(axis=1)  # (n,) blocks that need local-index bookkeeping
     ks0, ks1, kp0, kp1 = prob.keys
 
     T_int = xp.zeros(n, dtype=xp.uint64)
@@ -138,12 +141,11 @@ def run_search(be, prob: SearchProblem, schedule: ChunkSchedule) -> SearchOutcom
         T = T_int[active][:, None] + xp.cumsum(e_int, axis=1, dtype=xp.uint64)
         logT = portable.log(T.astype(xp.float64), xp) - LN_TIME_SCALE
 
-        kd = xp.zeros((A, c_eff, d), dtype=xp.int64)
+        kd = xp.zeros((A, c_eff, d), dtype=xp.int64)  # interval ordinals
         if cols_b:
             u_b = xp.stack([U[1 + i] for i in cols_b], axis=-1)
-            kd[:, :, cols_b] = sample_bins(prob.tables, active, u_b, xp, cols=cols_b)
-        shift = prob.shift[active][:, None, :]
-        j = (kd << shift).sum(axis=2)
+            kd[:, :, cols_b] = sample_bins(t, active, u_b, xp, cols=cols_b)
+        j = (kd * t.mult[active][:, None, :]).sum(axis=2)
 
         local = kidx.copy()
         sub = xp.nonzero(has_bins[active])[0]
@@ -154,15 +156,8 @@ def run_search(be, prob: SearchProblem, schedule: ChunkSchedule) -> SearchOutcom
             )
             local[sub] = loc.reshape(int(sub.size), c_eff)
 
-        y = shared_sample(
-            be,
-            ks0[active][:, None],
-            ks1[active][:, None],
-            j,
-            local,
-            kd,
-            prob.inv_J[active][:, None, :],
-        )
+        k_at, inv_J = intervals_of(t, active, kd)
+        y = shared_sample(be, ks0[active][:, None], ks1[active][:, None], j, local, k_at, inv_J)
         lr_d = GaussianRatio.log_ratio_of(
             y,
             prob.m[active][:, None, :],

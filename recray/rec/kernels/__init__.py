@@ -101,18 +101,22 @@ def kernel_arrays(prob, lazy: bool | None = None):
         can_lazy = d > 1 and t.log_bound is not None
         log_bound = _c(t.log_bound if can_lazy else np.zeros(1), f64)
     keys = np.ascontiguousarray(np.stack([np.asarray(k, dtype=np.uint64) for k in prob.keys], 1))
-    bits = _c(prob.bits, np.int64)
+    depth = _c(t.depth, np.int64)
     budget = _c(prob.budget, np.int64)
-    has_bins = (bits > 0).any(axis=1)
+    has_bins = (depth > 0).any(axis=1)
     log_rmax = _c(t.log_rmax, f64)
-    caps = initial_caps(has_bins, budget, bits.sum(axis=1), log_rmax, exact)
+    caps = initial_caps(has_bins, budget, depth.sum(axis=1), log_rmax, exact)
     return dict(
         m=_c(prob.m, f64),
         s=_c(prob.s, f64),
         log_s=_c(prob.log_s, f64),
-        bits=bits,
-        shift=_c(prob.shift, np.int64),
-        inv_J=_c(prob.inv_J, f64),
+        depth=depth,
+        mult=_c(t.mult, np.int64),
+        ext=_c(t.ext, np.int64),
+        inv_J=_c(t.inv_J, f64),
+        toff=_c(t.toff, np.int64),
+        leaf_k=_c(t.leaf_k, np.int64),
+        leaf_inv=_c(t.leaf_inv, f64),
         offs=_c(t.offsets, np.int64),
         cdf=_c(t.cdf, f64),
         log_corr=_c(t.log_corr, f64),
@@ -257,20 +261,29 @@ def compact_rows(a) -> np.ndarray:
     return a
 
 
-def regenerate(kind: str, bins, local, bits, k0, k1, pm, ps):
+def regenerate(kind: str, bins, local, geo, k0, k1, pm, ps):
     """Decoder samples ``(n, d)`` float64 with the CPU (``"cpu"``) or GPU (``"gpu"``) build.
 
-    ``bins``, ``local``, ``k0``, ``k1``: ``(n,)``; ``bits``, ``pm``, ``ps``: ``(n, d)`` or
-    one shared row ``(1, d)`` (broadcast views are compacted, not copied)."""
-    bits, pm, ps = (compact_rows(a) for a in (bits, pm, ps))
-    n, d = len(bins), bits.shape[1]
+    ``bins``, ``local``, ``k0``, ``k1``: ``(n,)``; ``geo`` the partitions
+    (:class:`recray.rec.trees.Geometry`); ``pm``, ``ps``: ``(n, d)`` or one shared row
+    ``(1, d)`` (broadcast views are compacted, not copied; so are the partitions when
+    every block shares one row)."""
+    radix, ext, toff = (compact_rows(a) for a in (geo.radix, geo.ext, geo.toff))
+    if not (radix.shape[0] == ext.shape[0] == toff.shape[0]):
+        radix, ext, toff = geo.radix, geo.ext, geo.toff
+    pm, ps = (compact_rows(a) for a in (pm, ps))
+    n, d = len(bins), radix.shape[1]
     out = np.empty((n, d), dtype=np.float64)
     if n == 0:
         return out
     args = (
         _c(bins, np.int64),
         _c(local, np.int64),
-        _c(bits, np.int64),
+        _c(radix, np.int64),
+        _c(ext, np.int64),
+        _c(toff, np.int64),
+        _c(geo.leaf_k, np.int64),
+        _c(np.ldexp(1.0, -geo.leaf_level), np.float64),
         np.ascontiguousarray(np.stack([np.asarray(k0, np.uint64), np.asarray(k1, np.uint64)], 1)),
         _c(pm, np.float64),
         _c(ps, np.float64),

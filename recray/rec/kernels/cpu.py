@@ -102,10 +102,10 @@ def search_many(prob, caps, hmult, out_i, out_f, status):
 
 
 @njit(parallel=True, **dict(_OPTS, cache=True))
-def regenerate_many(bins, local, bits, keys, pm, ps, out):
+def regenerate_many(bins, local, radix, ext, toff, leaf_k, leaf_inv, keys, pm, ps, out):
     """The decoder's samples of every block (``prange``)."""
     for i in prange(bins.shape[0]):
-        _regenerate_block(i, bins, local, bits, keys, pm, ps, out)
+        _regenerate_block(i, bins, local, radix, ext, toff, leaf_k, leaf_inv, keys, pm, ps, out)
 
 
 @njit(parallel=True, **dict(_OPTS, cache=True))

@@ -56,7 +56,7 @@ def search_kernel(prob, hkeys, hcounts, hbase, hcap, hmult, rows, ub, fs, out_i,
 
 
 @cuda.jit
-def regenerate_kernel(bins, local, bits, keys, pm, ps, out):
+def regenerate_kernel(bins, local, radix, ext, toff, leaf_k, leaf_inv, keys, pm, ps, out):
     i = cuda.grid(1)
     if i < bins.shape[0]:
-        _regenerate_block(i, bins, local, bits, keys, pm, ps, out)
+        _regenerate_block(i, bins, local, radix, ext, toff, leaf_k, leaf_inv, keys, pm, ps, out)

@@ -116,20 +116,27 @@ ST_CAPPED = 1  # exact mode: hit the step cap before the bound allowed a stop
 ST_OVERFLOW = 2  # the local-index table filled up: rerun the block with a larger table
 
 #: The search problem as the kernels take it: one tuple, in this order (shapes: ``n``
-#: blocks of ``d`` dimensions; ``total`` flat table entries; see
-#: :func:`recray.rec.kernels.kernel_arrays`):
-#: ``m``, ``s``, ``log_s`` (n, d) f64; ``bits``, ``shift`` (n, d) i64; ``inv_J`` (n, d) f64;
-#: ``offs`` (n, d) i64; ``cdf``, ``log_corr``, ``log_bound`` (total,) f64; ``order``
-#: (n, d) i64 (the order in which the lazy reject visits dimensions); ``rest_max`` (n, d)
-#: f64 (in that order); ``log_rmax`` (n,) f64; ``keys`` (n, 4) u64 (shared, then private
-#: key); ``budget`` (n,) i64; ``exact``, ``lazy`` bool.
+#: blocks of ``d`` dimensions; ``total`` flat table entries, ``T`` tree leaves; see
+#: :func:`recray.rec.kernels.kernel_arrays` and :class:`recray.rec.partition.BinTables`):
+#: ``m``, ``s``, ``log_s`` (n, d) f64; ``depth`` (binary-search rounds of the bin draw),
+#: ``mult`` (place value in the mixed-radix bin id), ``ext`` (extra levels on the tree)
+#: (n, d) i64; ``inv_J`` (n, d) f64 (``2^-ext``); ``toff`` (n, d) i64 (the pair's tree in
+#: ``leaf_k`` (T,) i64 and ``leaf_inv`` (T,) f64); ``offs`` (n, d) i64; ``cdf``,
+#: ``log_corr``, ``log_bound`` (total,) f64; ``order`` (n, d) i64 (the order in which the
+#: lazy reject visits dimensions); ``rest_max`` (n, d) f64 (in that order); ``log_rmax``
+#: (n,) f64; ``keys`` (n, 4) u64 (shared, then private key); ``budget`` (n,) i64;
+#: ``exact``, ``lazy`` bool.
 PROBLEM_FIELDS = (
     "m",
     "s",
     "log_s",
-    "bits",
-    "shift",
+    "depth",
+    "mult",
+    "ext",
     "inv_J",
+    "toff",
+    "leaf_k",
+    "leaf_inv",
     "offs",
     "cdf",
     "log_corr",
@@ -366,8 +373,9 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
         a candidate that survives them all is scored by the sum of its terms in dimension
         order, the reference's rounding.
         """
-        m, s, log_s, bits, shift, inv_J, offs, cdf, log_corr, log_bound = prob[:10]
-        order, rest_max, log_rmax, keys, budget, exact, lazy = prob[10:]
+        m, s, log_s, depth, mult, ext, inv_J, toff, leaf_k, leaf_inv = prob[:10]
+        offs, cdf, log_corr, log_bound = prob[10:14]
+        order, rest_max, log_rmax, keys, budget, exact, lazy = prob[14:]
         d = m.shape[1]
         ks0 = keys[i, 0]
         ks1 = keys[i, 1]
@@ -382,7 +390,7 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
         su = sn + L  # shared uniforms of the pair of dimensions visited first (two slots)
         has_bins = False
         for dd in range(d):
-            if bits[i, dd] > 0:
+            if depth[i, dd] > 0:
                 has_bins = True
         if has_bins:
             for t in range(hcap):
@@ -405,7 +413,7 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
             lb = (k - 1) % L
             if lb == 0:  # arrivals k .. k + L - 1: everything that needs no search state
                 for p in range((d >> 1) + 1):  # private uniforms
-                    need = p == 0 or bits[i, 2 * p - 1] > 0 or (2 * p < d and bits[i, 2 * p] > 0)
+                    need = p == 0 or depth[i, 2 * p - 1] > 0 or (2 * p < d and depth[i, 2 * p] > 0)
                     if need:
                         pu = np.uint64(p)
                         o0 = 2 * p * L
@@ -427,7 +435,7 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
                 for ll in range(L):  # their logs (vectorizes on the CPU)
                     fs[urow, d + ll] = plog(np.float64(ub[urow, ll])) - LN_TIME_SCALE
                 for dd in range(d):  # intervals: partition.sample_bins' lower-bound search
-                    b = bits[i, dd]
+                    b = depth[i, dd]
                     o = (dd + 1) * L
                     if b > 0:
                         off = np.uint64(offs[i, dd])
@@ -440,16 +448,16 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
                                 cand = pos + h
                                 lt = cdf[np.int64(cand) - 1] < uniform_of(ub[urow, o + ll])
                                 ub[urow, sp + ll] = cand if lt else pos
-                        for ll in range(L):  # the interval replaces its uniform
+                        for ll in range(L):  # the interval's ordinal replaces its uniform
                             ub[urow, o + ll] = ub[urow, sp + ll] - off
                     else:
                         for ll in range(L):
                             ub[urow, o + ll] = U0
                 if has_bins:
-                    for ll in range(L):  # bin ids and local indices, in arrival order
+                    for ll in range(L):  # bin ids (mixed radix) and local indices, in order
                         j = 0
                         for dd in range(d):
-                            j = j | (np.int64(ub[urow, (dd + 1) * L + ll]) << shift[i, dd])
+                            j = j + np.int64(ub[urow, (dd + 1) * L + ll]) * mult[i, dd]
                         local, new = hash_bump(hkeys, hcounts, hbase, hcap, j, hmult)
                         if new:
                             distinct += 1
@@ -502,8 +510,11 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
                         w0, w1, w2, w3 = philox(nl, nh | (pp << U16), jl, jh, ks0, ks1)
                         pc = pp
                     u = uniform53(w0, w1) if (dd & 1) == 0 else uniform53(w2, w3)
-                kk = np.int64(ub[urow, (dd + 1) * L + lb])
-                y = sample_in_interval(kk, u, inv_J[i, dd])
+                kk = np.int64(ub[urow, (dd + 1) * L + lb])  # the interval's ordinal
+                e = ext[i, dd]
+                tl = toff[i, dd] + (kk >> e)  # its tree leaf, then the interval at its level
+                ki = (leaf_k[tl] << e) | (kk & ((np.int64(1) << e) - 1))
+                y = sample_in_interval(ki, u, mul(leaf_inv[tl], inv_J[i, dd]))
                 ix = offs[i, dd] + kk
                 t = log_ratio(y, m[i, dd], s[i, dd], log_s[i, dd]) - log_corr[ix]
                 fs[urow, dd] = t
@@ -553,15 +564,16 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
         return o0, o1
 
     @jit
-    def regenerate_block(i, bins, local, bits, keys, pm, ps, out):
+    def regenerate_block(i, bins, local, radix, ext, toff, leaf_k, leaf_inv, keys, pm, ps, out):
         """Decoder: ``out[i, d] = pm + ps * G(key, j, n)_d`` for block ``i``.
 
-        ``bits`` and ``pm``/``ps`` hold one row per block, or a single row that every block
-        shares (a broadcast the caller did not have to materialize). A dimension's field of
-        the flat bin id starts after the bits of the dimensions before it."""
-        d = bits.shape[1]
+        ``radix``, ``ext``, ``toff`` (the partitions: see :class:`recray.rec.partition.
+        BinTables`) and ``pm``/``ps`` hold one row per block, or a single row that every
+        block shares (a broadcast the caller did not have to materialize). The bin id is
+        read in mixed radix, dimension 0 lowest (for complete partitions: bit fields)."""
+        d = radix.shape[1]
         ii = np.int64(i)
-        ib = min(ii, np.int64(bits.shape[0] - 1))
+        ib = min(ii, np.int64(radix.shape[0] - 1))
         ip = min(ii, np.int64(pm.shape[0] - 1))
         iq = min(ii, np.int64(ps.shape[0] - 1))
         ju = np.uint64(bins[i])
@@ -574,7 +586,7 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
         ks1 = keys[i, 1]
         w2 = U0
         w3 = U0
-        sh = 0
+        rem = bins[i]
         for dd in range(d):
             if (dd & 1) == 0:
                 pp = np.uint64(dd >> 1)
@@ -582,11 +594,14 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
                 u = uniform53(w0, w1)
             else:
                 u = uniform53(w2, w3)
-            b = bits[ib, dd]
-            kk = (bins[i] >> sh) & ((1 << b) - 1)
-            sh += b
-            inv_J = 1.0 / np.float64(1 << b)
-            y = sample_in_interval(kk, u, inv_J)
+            r = radix[ib, dd]
+            kk = rem % r
+            rem = rem // r
+            e = ext[ib, dd]
+            tl = toff[ib, dd] + (kk >> e)
+            ki = (leaf_k[tl] << e) | (kk & ((np.int64(1) << e) - 1))
+            inv = mul(leaf_inv[tl], 1.0 / np.float64(np.int64(1) << e))
+            y = sample_in_interval(ki, u, inv)
             out[i, dd] = pm[ip, dd] + mul(ps[iq, dd], y)
 
     return SimpleNamespace(
