@@ -217,7 +217,7 @@ def run(
     methods=("orc-16", "sp-orc", "sp-pfr"),
     ablation: bool = True,
     workdir: str | None = None,
-    fit_steps: int | None = None,
+    fit: dict | None = None,
     refine_steps: int | None = None,
     stages: int | None = None,
     anneal: float | None = None,
@@ -237,7 +237,8 @@ def run(
     tiles, idx = test_tiles(limit)
     base = Settings()
     kw = {
-        "fit_steps": fit_steps if fit_steps is not None else base.fit_steps,
+        # the analysis fit: fit_steps, lr, lr_end, fit_samples (default: Settings')
+        **(fit or {}),
         "refine_steps": refine_steps if refine_steps is not None else base.refine_steps,
         "stages": stages if stages is not None else base.stages,
         "anneal": anneal if anneal is not None else base.anneal,
@@ -303,7 +304,8 @@ def run(
             best = min(sweeps[c], key=lambda r: abs(r["bpp"] - target))
             rows.append(best | {"rate_point_bpp": rate, "matched_to_bpp": target})
     if scale and rates:
-        scale_rows = fit_scaling(tiles[: min(8, len(tiles))], rates[0], kw["fit_steps"])
+        steps = kw.get("fit_steps", base.fit_steps)
+        scale_rows = fit_scaling(tiles[: min(8, len(tiles))], rates[0], steps)
     return {
         "rows": rows,
         "ablation": ablation_rows,

@@ -11,6 +11,19 @@ import json
 import os
 
 
+def _fit(args) -> dict:
+    """The analysis-fit settings: the ``--fit-preset``'s, each overridden by its option."""
+    from recray.codecs.inr import FIT_PRESETS
+
+    out = dict(FIT_PRESETS[args.fit_preset])
+    for k in ("fit_steps", "lr", "fit_samples"):
+        if getattr(args, k) is not None:
+            out[k] = getattr(args, k)
+    if args.lr_end is not None:
+        out["lr_end"] = None if args.lr_end <= 0 else args.lr_end
+    return out
+
+
 def _settings(args):
     from recray.codecs.inr import Settings
 
@@ -20,12 +33,12 @@ def _settings(args):
         strategy=args.strategy,
         n_samples=args.n_samples,
         seed=args.seed,
-        fit_steps=args.fit_steps,
         refine_steps=args.refine_steps,
         stages=args.stages,
         anneal=args.anneal,
         budget_offset_bits=args.budget_offset_bits,
         laws=args.laws,
+        **_fit(args),
     )
 
 
@@ -97,7 +110,7 @@ def cmd_bench(args) -> int:
         methods=args.methods,
         ablation=not args.no_ablation,
         workdir=args.workdir,
-        fit_steps=args.fit_steps,
+        fit=_fit(args),
         refine_steps=args.refine_steps,
         stages=args.stages,
         anneal=args.anneal,
@@ -117,11 +130,42 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _add_fit_args(c) -> None:
+    from recray.codecs.inr import FIT_PRESETS
+
+    c.add_argument(
+        "--fit-preset",
+        choices=tuple(FIT_PRESETS),
+        default="default",
+        help="analysis fit: steps, learning-rate schedule and Monte Carlo samples "
+        + "; ".join(
+            f"{k}: {v['fit_steps']} steps, lr {v['lr']:g}"
+            + (f" to {v['lr_end']:g}" if v["lr_end"] else "")
+            + (f", {v['fit_samples']} samples" if v["fit_samples"] != 1 else "")
+            for k, v in FIT_PRESETS.items()
+        ),
+    )
+    c.add_argument("--fit-steps", type=int, default=None, help="default: the preset's")
+    c.add_argument("--lr", type=float, default=None, help="fit learning rate (preset's)")
+    c.add_argument(
+        "--lr-end",
+        type=float,
+        default=None,
+        help="end of a cosine learning-rate schedule (0: constant; default: the preset's)",
+    )
+    c.add_argument(
+        "--fit-samples", type=int, default=None, help="Monte Carlo samples per fit step (preset's)"
+    )
+
+
 def _add_coding_args(c) -> None:
+    from recray.cli.common import default_of
     from recray.codecs.inr import LAWS, METHODS, STRATEGIES, Settings
 
-    d = Settings()
-    c.add_argument("--method", choices=METHODS, default=d.method)
+    def d(name):  # the library's default (the one source: Settings' signature)
+        return default_of(Settings, name)
+
+    c.add_argument("--method", choices=METHODS, default=d("method"))
     c.add_argument(
         "--block-bits",
         type=float,
@@ -132,37 +176,37 @@ def _add_coding_args(c) -> None:
     c.add_argument(
         "--strategy",
         choices=STRATEGIES,
-        default=d.strategy,
+        default=d("strategy"),
         help="partition-bit allocation inside a block (SP methods)",
     )
-    c.add_argument("--n-samples", type=int, default=d.n_samples)
-    c.add_argument("--seed", type=int, default=d.seed)
-    c.add_argument("--fit-steps", type=int, default=d.fit_steps)
-    c.add_argument("--refine-steps", type=int, default=d.refine_steps)
+    c.add_argument("--n-samples", type=int, default=d("n_samples"))
+    c.add_argument("--seed", type=int, default=d("seed"))
+    _add_fit_args(c)
+    c.add_argument("--refine-steps", type=int, default=d("refine_steps"))
     c.add_argument(
         "--stages",
         type=int,
-        default=d.stages,
+        default=d("stages"),
         help="progressive coding rounds (fine-tuning after each)",
     )
     c.add_argument(
         "--anneal",
         type=float,
-        default=d.anneal,
+        default=d("anneal"),
         help="per-block beta annealing at fit time: each block's KL steered to ANNEAL x "
         "its information (0: off, the rate point's one beta)",
     )
     c.add_argument(
         "--budget-offset-bits",
         type=int,
-        default=d.budget_offset_bits,
+        default=d("budget_offset_bits"),
         help="SP: partition bits of every block over its rounded information (negative: "
         "fewer bins, a larger local index; default: the preset, -12 for sp-orc, 0 for sp-pfr)",
     )
     c.add_argument(
         "--laws",
         choices=LAWS,
-        default=d.laws,
+        default=d("laws"),
         help="SP: code the indices under index laws fitted on training tiles (shipped next "
         "to the weights; fitted and cached on first use otherwise) or the fixed codes "
         "(default: the preset, learned for sp-orc)",
@@ -219,7 +263,7 @@ def add_parsers(codec_sub, bench_sub) -> None:
         help="allocations of the SP-ORC ablation",
     )
     b.add_argument("--no-classical", action="store_true", help="skip JPEG/WebP/AVIF/JPEG XL")
-    b.add_argument("--fit-steps", type=int, default=None)
+    _add_fit_args(b)
     b.add_argument("--refine-steps", type=int, default=None)
     b.add_argument("--stages", type=int, default=None)
     b.add_argument(

@@ -83,7 +83,7 @@ class Settings:
     n_samples: int = 1 << 16
     max_steps: int = 1 << 16
     seed: int = 0
-    fit_steps: int = 300
+    fit_steps: int = 1000  # FIT_PRESETS["default"]
     refine_steps: int = 30
     stages: int = 4
     lr: float = 1e-2
@@ -108,6 +108,19 @@ class Settings:
             raise InputError(f"method must be one of {METHODS}; got {self.method!r}")
         preset = PRESETS[self.method]
         return replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None})
+
+
+#: Analysis-fit presets (Adam steps, learning-rate schedule, Monte Carlo samples per step),
+#: chosen from the PSNR-against-steps curve of the ``inr2`` models on held-out train tiles
+#: (``jobs/inr_fit_curve.py``; docs/INR.md): a constant ``lr`` of 1e-2 with one sample beat
+#: the cosine schedules and two samples at every step count measured. ``"default"`` is
+#: :class:`Settings`' own; ``"fast"`` the 300-step fit of the first models (about a third
+#: of the fit time); ``"slow"`` the longest fit measured (twice the default's fit time).
+FIT_PRESETS = {
+    "fast": {"fit_steps": 300, "lr": 1e-2, "lr_end": None, "fit_samples": 1},
+    "default": {"fit_steps": 1000, "lr": 1e-2, "lr_end": None, "fit_samples": 1},
+    "slow": {"fit_steps": 2000, "lr": 1e-2, "lr_end": None, "fit_samples": 1},
+}
 
 
 #: Per method, the block size (bits of information), the partition-bit offset and the index
@@ -203,8 +216,8 @@ class INRCodec(LatentCodec):
 
 # ------------------------------------------------------------------------ model files
 def model_files(rate: float, weights: str | None = None) -> tuple[str, str]:
-    """``(weights.npz, prior.json)`` of a rate point's shipped model in the default family
-    (:data:`recray.models.inr.DEFAULT_FAMILY`), or of explicit ``weights``."""
+    """``(weights.npz, prior.json)`` of a rate point's shipped model (the newest of
+    :data:`recray.models.inr.DEFAULT_FAMILIES` that ships it), or of explicit ``weights``."""
     from recray.models.inr import shipped_rates, weights_path
 
     if weights is None:

@@ -54,9 +54,9 @@ are ``round(255 clip(x, 0, 1))``. Guarantees and requirements: the same weights
 (:attr:`INR.model_checksum`), torch build and CPU family on both sides.
 
 **Model ids**: a model is named by its weights file's stem, ``<family>_<rate tag>``
-(``inr2_1p5``: family ``inr2``, rate point 1.5 bpp). :data:`DEFAULT_FAMILY` is what
-``--rate`` selects; older families stay shipped so that their runs decode (a run's header
-names its model id and SHA-256).
+(``inr2_1p5``: family ``inr2``, rate point 1.5 bpp). ``--rate`` selects the rate point's
+model in the newest of :data:`DEFAULT_FAMILIES` that ships it; older models stay shipped
+so that their runs decode (a run's header names its model id and SHA-256).
 """
 
 from __future__ import annotations
@@ -83,8 +83,12 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 LN2 = math.log(2.0)
 SIZE = 32
 PIXELS = SIZE * SIZE
-#: The model family ``--rate`` selects; ``"inr"`` is the first shipped one (still decodable).
-DEFAULT_FAMILY = "inr"
+#: The family new priors are trained into (``jobs/train_inr.py --family``).
+DEFAULT_FAMILY = "inr2"
+#: The families ``--rate`` selects from, newest first: a rate point uses the first family
+#: that ships it (:func:`default_model_id`); ``"inr"`` is the first shipped family (its runs,
+#: and runs whose header names no model id, still decode with it).
+DEFAULT_FAMILIES = ("inr2", "inr")
 LEGACY_FAMILY = "inr"
 REPARAMS = ("output", "full")
 
@@ -901,21 +905,41 @@ def rate_tag(rate: float) -> str:
     return f"{float(rate):g}".replace(".", "p")
 
 
-def model_id(rate: float, family: str = DEFAULT_FAMILY) -> str:
-    """The id of a rate point's model in ``family``: ``inr2_1p5``."""
+def model_id(rate: float, family: str | None = None) -> str:
+    """The id of a rate point's model in ``family`` (``inr2_1p5``), or with no family the
+    model ``--rate`` selects (:func:`default_model_id`)."""
+    if family is None:
+        return default_model_id(rate)
     return f"{family}_{rate_tag(rate)}"
 
 
-def shipped_rates(family: str = DEFAULT_FAMILY) -> list[float]:
-    """Rate points (bpp) with shipped weights and prior in ``family``, ascending."""
+def shipped_rates(family: str | None = None) -> list[float]:
+    """Rate points (bpp) with shipped weights and prior in ``family``, ascending; with no
+    family, those of any of :data:`DEFAULT_FAMILIES` (what ``--rate`` accepts)."""
+    if family is None:
+        return sorted({r for f in DEFAULT_FAMILIES for r in shipped_rates(f)})
     out = []
     for p in WEIGHTS_DIR.glob(f"{family}_*_prior.json"):
         tag = p.name[len(family) + 1 : -len("_prior.json")]
+        if "_" in tag:  # another family whose name extends this one's
+            continue
         try:
             out.append(float(tag.replace("p", ".")))
         except ValueError:
             continue
     return sorted(out)
+
+
+def default_model_id(rate: float) -> str:
+    """The model ``--rate`` selects: the rate point's model in the first of
+    :data:`DEFAULT_FAMILIES` that ships it."""
+    for family in DEFAULT_FAMILIES:
+        if float(rate) in shipped_rates(family):
+            return f"{family}_{rate_tag(rate)}"
+    raise InputError(
+        f"rate point {rate:g} has no shipped INR model; shipped rate points (bpp): "
+        f"{', '.join(f'{r:g}' for r in shipped_rates()) or 'none'}"
+    )
 
 
 def weights_path(rate: float | None = None, *, model: str | None = None) -> Path:
