@@ -229,18 +229,21 @@ def _library_defaults_differ(parser, argv, funcs) -> list:
 
 def test_command_line_and_library_share_their_defaults():
     """One source of defaults: every option of ``recray compress``, ``fit``, ``decompress``
-    and ``codec mnist compress|decompress`` defaults to what the library function (and
+    and ``codec mnist|inr compress|decompress`` defaults to what the library function (and
     :class:`RayOptions`) takes when the option is left out. The plan options default to
     ``None``, so that the library's defaults stand and ``--plan`` can refuse them."""
-    from recray.codecs import mnist
+    from recray.codecs import inr, mnist
     from recray.pipeline.options import RayOptions
 
+    inr_compress = [inr.compress, inr.Settings, inr.read_tiles, RayOptions]
     cases = [
         (("compress",), ["l", "--prior", "p", "--out", "o"], [driver.compress, RayOptions]),
         (("fit",), ["l", "--prior", "p", "--out", "o"], [driver.fit]),
         (("decompress",), ["r", "--out", "o"], [driver.decompress, RayOptions]),
         (("codec", "mnist", "compress"), ["--out", "o"], [mnist.compress, RayOptions]),
         (("codec", "mnist", "decompress"), ["r", "--out", "o"], [mnist.decompress, RayOptions]),
+        (("codec", "inr", "compress"), ["--out", "o"], inr_compress),
+        (("codec", "inr", "decompress"), ["r", "--out", "o"], [inr.decompress, RayOptions]),
     ]
     for path, argv, funcs in cases:
         assert _library_defaults_differ(_subparser(path), argv, funcs) == [], path

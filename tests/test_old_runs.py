@@ -17,7 +17,7 @@ import pytest
 from recray.format.run import Run
 from recray.latents.io import Prior
 from recray.pipeline import driver
-from recray.pipeline.codec import decode_items
+from recray.pipeline.codec import decode_latents
 
 OLD = os.path.join(os.path.dirname(__file__), "data", "old_runs")
 
@@ -85,9 +85,9 @@ def test_negative_control_the_other_rng_recipe_gives_other_latents(name):
     run, ids, msgs, z_enc = _encoder_rows(os.path.join(OLD, name))
     other = 3 - run.header["rng_version"]
     ids = np.asarray(ids, dtype=np.int64) if run.header["id_type"] == "int" else ids
-    z = decode_items(ids, msgs, _spec(run))
+    z = decode_latents(ids, msgs, _spec(run))
     assert np.array_equal(z, z_enc)
-    z_other = decode_items(ids, msgs, _spec(run, rng_version=other))
+    z_other = decode_latents(ids, msgs, _spec(run, rng_version=other))
     assert not np.array_equal(z_other, z_enc)
 
 

@@ -386,7 +386,7 @@ def _undecodable(run_dir, seed=0):
     from recray.errors import RecrayError
     from recray.format.run import Run
     from recray.latents.io import Prior
-    from recray.pipeline.codec import decode_items
+    from recray.pipeline.codec import decode_latents
 
     r = Run.open(run_dir, verify_parts=False)
     spec = driver.spec_from_header(r.header, Prior.from_dict(json.loads(r.prior_json), where="p"))
@@ -394,7 +394,7 @@ def _undecodable(run_dir, seed=0):
     for _ in range(5000):
         b = rng.bytes(int(rng.integers(2, 16)))
         try:
-            decode_items(np.zeros(1, np.int64), [b], spec)
+            decode_latents(np.zeros(1, np.int64), [b], spec)
         except RecrayError:
             return b
     raise AssertionError("no undecodable byte string found")

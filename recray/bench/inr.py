@@ -24,6 +24,7 @@ import io
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -114,6 +115,7 @@ def classical_sweep(tiles: np.ndarray, codec: str, qualities=None) -> list[dict]
 def inr_row(tiles, idx, rate, settings, workdir, engine="local", actors=1) -> dict:
     from recray.codecs import inr
     from recray.models.inr import psnr_db
+    from recray.pipeline.options import RayOptions
 
     name = f"{settings.method}-{settings.strategy}-{rate:g}-{engine}{actors}"
     run = os.path.join(workdir, name)
@@ -124,7 +126,7 @@ def inr_row(tiles, idx, rate, settings, workdir, engine="local", actors=1) -> di
         rate=rate,
         settings=settings,
         engine=engine,
-        actors=actors,
+        ray_options=RayOptions(actors=actors),
     )
     dec = inr.decompress(run, os.path.join(workdir, name + "-png"))
     tile_psnr = psnr_db(tiles[dec["ids"]], dec["images"])
@@ -359,50 +361,59 @@ def merge(results: list[dict]) -> dict:
     }
 
 
-def fit_scaling(tiles, rate, fit_steps) -> list[dict]:
-    """The analysis fit of ``tiles`` as Ray tasks on 1 and 2 actors (2 shards per actor)."""
-    import ray
+@dataclass(frozen=True)
+class _Fitting:
+    """Builds a tile fitter (once per Ray actor): each task returns ``(tiles, start, end)``,
+    wall-clock times of its fit."""
 
-    from recray.codecs.inr import Settings, load_model, model_files
-    from recray.pipeline.ray_engine import ray_session
+    weights: str
+    fit_steps: int
+
+    def __call__(self):
+        import torch
+
+        from recray.codecs.inr import INRCodec, Settings, load_model
+
+        torch.set_num_threads(1)
+        codec = INRCodec(load_model(self.weights), Settings(fit_steps=self.fit_steps))
+
+        def fit(x):
+            t0 = time.time()
+            n = codec.analysis(x).mu.shape[0]
+            return n, t0, time.time()
+
+        return fit
+
+
+def fit_scaling(tiles, rate, fit_steps) -> list[dict]:
+    """The analysis fit of ``tiles`` (4 shards) on 1 and 2 actors of recray's actor pool
+    (:func:`recray.pipeline.parts.map_parts`); the time is from the first shard's start to
+    the last one's end (actor start-up and model loading left out)."""
+    from recray.codecs.inr import model_files
+    from recray.pipeline import parts
+    from recray.pipeline.options import RayOptions
 
     w, _ = model_files(rate)
-
-    class Fitter:
-        def __init__(self):
-            import torch
-
-            torch.set_num_threads(1)
-            from recray.codecs.inr import INRCodec
-
-            self.codec = INRCodec(load_model(w), Settings(fit_steps=fit_steps))
-
-        def fit(self, x):
-            return self.codec.analysis(x).mu.shape[0]
-
     out = []
-    with ray_session(None):
-        remote = ray.remote(num_cpus=1)(Fitter)
-        for n_act in (1, 2):
-            from ray.util import ActorPool
-
-            actors = [remote.remote() for _ in range(n_act)]
-            ray.get([a.fit.remote(tiles[:1]) for a in actors])  # warm: model loaded
-            shards = np.array_split(tiles, 4)
-            t0 = time.perf_counter()
-            done = sum(ActorPool(actors).map(lambda a, v: a.fit.remote(v), shards))
-            secs = time.perf_counter() - t0
-            out.append(
-                {
-                    "actors": n_act,
-                    "tiles": int(done),
-                    "fit_steps": fit_steps,
-                    "seconds": secs,
-                    "s_per_tile": secs / done,
-                }
+    for n_act in (1, 2):
+        opts = RayOptions(actors=n_act)
+        with parts.session("ray", opts):
+            res = list(
+                parts.map_parts(
+                    _Fitting(w, fit_steps), np.array_split(tiles, 4), engine="ray", opts=opts
+                )
             )
-            for a in actors:
-                ray.kill(a)
+        done = sum(r[0] for r in res)
+        secs = max(r[2] for r in res) - min(r[1] for r in res)
+        out.append(
+            {
+                "actors": n_act,
+                "tiles": int(done),
+                "fit_steps": fit_steps,
+                "seconds": secs,
+                "s_per_tile": secs / done,
+            }
+        )
     return out
 
 

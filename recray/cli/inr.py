@@ -1,7 +1,8 @@
 """``recray codec inr ...`` and ``recray bench inr``: the INR codec's commands.
 
 recray codec inr compress [TILES | --split test] [--limit N] [--rate R] [--method M] --out RUN
-recray codec inr decompress RUN --out DIR
+    [--engine ray|local] [--address A] [--actors K] [--resume] [--on-bad-item skip] [--verbose]
+recray codec inr decompress RUN --out DIR [--engine ray|local]
 recray bench inr [--limit N] [--rates R ...] --json docs/figures/inr.json --plots docs/figures/
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 
 def _fit(args) -> dict:
@@ -43,23 +45,23 @@ def _settings(args):
 
 
 def _tiles(args):
-    from recray.codecs.inr import read_tiles
+    from recray.codecs.inr import Tiles, read_tiles
     from recray.data.tiles import load_tiles
     from recray.errors import InputError
 
     if args.tiles and args.split:
         raise InputError("give TILES or --split, not both")
     if args.tiles:
-        t = read_tiles(args.tiles)
+        t = read_tiles(args.tiles, on_bad_item=args.on_bad_item)
         if args.limit is not None:
-            t = t[: args.limit]
+            t = Tiles(t.images[: args.limit], t.ids[: args.limit], t.rejects)
         return t, {"file": os.path.abspath(args.tiles), "limit": args.limit}
     split = args.split or "test"
     return load_tiles(split, args.limit).images, {"split": split, "limit": args.limit}
 
 
 def cmd_compress(args) -> int:
-    from recray.cli.common import _progress
+    from recray.cli.common import _progress, _ray_opts
     from recray.codecs import inr
 
     tiles, source = _tiles(args)
@@ -71,24 +73,37 @@ def cmd_compress(args) -> int:
         settings=_settings(args),
         weights=args.weights,
         engine=args.engine,
-        actors=args.actors,
-        address=args.address,
+        ray_options=_ray_opts(args),
         shard_rows=args.shard_rows,
+        resume=args.resume,
         progress=_progress(),
     )
+    resumed = ""
+    if r["resumed_shards"]:
+        resumed = f"; {r['resumed_shards']} shards were committed already"
     print(
         f"{r['tiles']:,} tiles -> {args.out}: {r['bpp']:.4f} bpp from the message bytes "
         f"(+{r['header_bytes']:,} bytes of plan and prior for the whole run), PSNR "
         f"{r['psnr_db']:.2f} dB, {r['method']} ({r['blocks']} blocks), KL {r['kl_bpp']:.4f} bpp; "
-        f"{r['encode_s_per_tile']:.2f} s/tile ({r['engine']}, {r['actors']} actor(s))"
+        f"{r['encode_s_per_tile']:.2f} s/tile ({r['engine']}, {r['actors']} actor(s)){resumed}"
     )
+    if r["rejects"]:
+        print(
+            f"recray: {r['rejects']:,} bad tiles were skipped; they are listed in "
+            f"{os.path.join(args.out, 'rejects.parquet')}",
+            file=sys.stderr,
+        )
+        return 3
     return 0
 
 
 def cmd_decompress(args) -> int:
+    from recray.cli.common import _ray_opts
     from recray.codecs import inr
 
-    r = inr.decompress(args.run, args.out, weights=args.weights)
+    r = inr.decompress(
+        args.run, args.out, weights=args.weights, engine=args.engine, ray_options=_ray_opts(args)
+    )
     print(f"decoded {r['tiles']:,} tiles into {r['out']} ({r['decode_seconds']:.1f} s)")
     return 0
 
@@ -215,7 +230,9 @@ def _add_coding_args(c) -> None:
 
 def add_parsers(codec_sub, bench_sub) -> None:
     """Register ``codec inr`` under ``codec_sub`` and ``bench inr`` under ``bench_sub``."""
-    from recray.codecs.inr import DEFAULT_RATE, METHODS
+    from recray.cli.common import _add_ray_args, default_of
+    from recray.codecs import inr
+    from recray.codecs.inr import DEFAULT_RATE, METHODS, ON_BAD_ITEM
 
     ci = codec_sub.add_parser("inr", help="lossy 32x32 RGB tiles: Bayesian INR weights by REC")
     isub = ci.add_subparsers(dest="inr", required=True)
@@ -236,16 +253,32 @@ def add_parsers(codec_sub, bench_sub) -> None:
     c.add_argument("--rate", type=float, default=DEFAULT_RATE, help="shipped rate point (bpp)")
     c.add_argument("--weights", default=None, help="INR weights (default: the rate's shipped)")
     c.add_argument("--out", required=True)
-    c.add_argument("--shard-rows", type=int, default=8, help="tiles per part / Ray task")
-    c.add_argument("--engine", choices=("ray", "local"), default="ray")
-    c.add_argument("--address", default=None, help="Ray cluster to join (default: local Ray)")
-    c.add_argument("--actors", type=int, default=2, help="Ray actors")
+    c.add_argument(
+        "--shard-rows",
+        type=int,
+        default=default_of(inr.compress, "shard_rows"),
+        help="tiles per part / Ray task",
+    )
+    _add_ray_args(c, inr.compress)
+    c.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an unfinished run of the same tiles and settings (its parts are kept)",
+    )
+    c.add_argument(
+        "--on-bad-item",
+        choices=ON_BAD_ITEM,
+        default=default_of(inr.read_tiles, "on_bad_item"),
+        help="a PNG of TILES that cannot be read or is not 32x32: fail, or skip it (listed "
+        "in the run's rejects.parquet; exit code 3)",
+    )
     _add_coding_args(c)
     c.set_defaults(func=cmd_compress)
     d = isub.add_parser("decompress", help="decode a run into one PNG per tile")
     d.add_argument("run")
     d.add_argument("--out", required=True, help="directory for tile-NNNNN.png")
     d.add_argument("--weights", default=None)
+    _add_ray_args(d, inr.decompress)
     d.set_defaults(func=cmd_decompress)
 
     b = bench_sub.add_parser(

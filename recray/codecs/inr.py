@@ -29,9 +29,11 @@ of tiles:
 * ``sp-pfr``: space-partitioned PFR (exact) with 32-bit blocks; blocks it cannot code
   within ``max_steps`` fall back to SP-ORC (counted in ``fallback_blocks``).
 
-Ray: with ``engine="ray"`` every shard of tiles (``shard_rows`` tiles) is one task of an
-actor pool (:class:`ray.util.ActorPool`, ``actors`` actors, each loads the model once);
-``engine="local"`` codes the shards in this process. The bytes do not depend on it.
+Ray: with ``engine="ray"`` (the default) every shard of tiles (``shard_rows`` tiles) is one
+task of recray's actor pool (:func:`recray.pipeline.parts.map_parts`, the runner of every
+Ray stage: each actor loads the model once; retries, error lines and quiet logs as
+``recray compress``); ``engine="local"`` codes the shards in this process. The bytes do not
+depend on it. A stopped run continues with ``resume=True`` (the committed shards are kept).
 
 Guarantees and requirements: decoding needs the same weights (SHA-256 in the run header);
 a message names its tile when it fails its CRC or does not decode. The latent the decoder
@@ -86,7 +88,7 @@ class Settings:
     fit_steps: int = 1000  # FIT_PRESETS["default"]
     refine_steps: int = 30
     stages: int = 4
-    lr: float = 1e-2
+    lr: float = 2e-2
     # the fit's cosine learning-rate schedule ends at lr_end (None: constant lr), with
     # fit_samples Monte Carlo samples per step (the analysis fit and the fine-tuning)
     lr_end: float | None = None
@@ -110,16 +112,16 @@ class Settings:
         return replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None})
 
 
-#: Analysis-fit presets (Adam steps, learning-rate schedule, Monte Carlo samples per step),
-#: chosen from the PSNR-against-steps curve of the ``inr2`` models on held-out train tiles
-#: (``jobs/inr_fit_curve.py``; docs/INR.md): a constant ``lr`` of 1e-2 with one sample beat
-#: the cosine schedules and two samples at every step count measured. ``"default"`` is
-#: :class:`Settings`' own; ``"fast"`` the 300-step fit of the first models (about a third
-#: of the fit time); ``"slow"`` the longest fit measured (twice the default's fit time).
+#: Analysis-fit presets (Adam steps, learning rate and its schedule, Monte Carlo samples per
+#: step), chosen from the PSNR-against-steps curve of the ``inr2`` 1.5 model on 8 held-out
+#: train tiles (``jobs/inr_fit_curve.py``, ``docs/figures/inr_fit_curve_1p5.json``,
+#: docs/INR.md): a constant learning rate beat the cosine schedule at 300 and 1,000 steps,
+#: and 1,000 steps at 2e-2 came within 0.3 dB of 2,000 at 1e-2. ``"default"`` is
+#: :class:`Settings`' own; ``"fast"`` is the 300-step fit of the first models (about a third
+#: of the fit time, about 2.5 dB lower on the curve).
 FIT_PRESETS = {
     "fast": {"fit_steps": 300, "lr": 1e-2, "lr_end": None, "fit_samples": 1},
-    "default": {"fit_steps": 1000, "lr": 1e-2, "lr_end": None, "fit_samples": 1},
-    "slow": {"fit_steps": 2000, "lr": 1e-2, "lr_end": None, "fit_samples": 1},
+    "default": {"fit_steps": 1000, "lr": 2e-2, "lr_end": None, "fit_samples": 1},
 }
 
 
@@ -440,30 +442,57 @@ def learned_laws(weights: str, model, prior, s: Settings, *, fit: bool = True):
 
 
 # ------------------------------------------------------------------------ input tiles
-def read_tiles(path: str) -> np.ndarray:
-    """Tiles from a ``.npy`` file (uint8 ``(n, 32, 32, 3)``) or a directory of 32x32 PNGs
-    (sorted by name)."""
+@dataclass(frozen=True)
+class Tiles:
+    """Tiles read from a file: ``images`` uint8 ``(n, 32, 32, 3)``, ``ids`` int64 ``(n,)``
+    (the input position: the index in the ``.npy``, or in the sorted ``.png`` names) and the
+    skipped ones (``rejects``, ``(position, file, reason)``; only with ``on_bad_item="skip"``)."""
+
+    images: np.ndarray
+    ids: np.ndarray
+    rejects: tuple = ()
+
+
+ON_BAD_ITEM = ("fail", "skip")
+
+
+def read_tiles(path: str, *, on_bad_item: str = "fail") -> Tiles:
+    """Tiles from a ``.npy`` file (uint8 ``(n, 32, 32, 3)``: valid or refused as a whole) or a
+    directory of 32x32 PNGs (sorted by name). A PNG that cannot be read or is not 32x32 is an
+    error naming it, or with ``on_bad_item="skip"`` left out and listed in ``rejects``."""
+    if on_bad_item not in ON_BAD_ITEM:
+        raise InputError(f"on_bad_item must be one of {ON_BAD_ITEM}; got {on_bad_item!r}")
     if os.path.isdir(path):
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
         names = sorted(n for n in os.listdir(path) if n.lower().endswith(".png"))
         if not names:
             raise InputError(f"{path!r} holds no .png tiles")
-        out = []
-        for n in names:
-            with Image.open(os.path.join(path, n)) as im:
-                a = np.asarray(im.convert("RGB"))
-            if a.shape != (32, 32, 3):
-                raise InputError(f"tile {n!r} in {path!r} is {a.shape[1]}x{a.shape[0]}, not 32x32")
-            out.append(a)
-        return np.stack(out)
+        out, ids, rejects = [], [], []
+        for i, n in enumerate(names):
+            try:
+                with Image.open(os.path.join(path, n)) as im:
+                    a = np.asarray(im.convert("RGB"))
+                why = None if a.shape == (32, 32, 3) else f"is {a.shape[1]}x{a.shape[0]}, not 32x32"
+            except (OSError, UnidentifiedImageError, ValueError) as exc:
+                why = f"cannot be read as a PNG ({str(exc).splitlines()[0]})"
+            if why is None:
+                out.append(a)
+                ids.append(i)
+            elif on_bad_item == "skip":
+                rejects.append((i, n, why))
+            else:
+                raise InputError(f"tile {n!r} in {path!r} {why} (--on-bad-item skip leaves it out)")
+        if not out:
+            raise InputError(f"{path!r} holds no readable 32x32 .png tile")
+        return Tiles(np.stack(out), np.asarray(ids, np.int64), tuple(rejects))
     try:
         a = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise InputError(f"tiles {path!r} cannot be read as .npy: {exc}") from None
     if a.dtype != np.uint8 or a.ndim != 4 or a.shape[1:] != (32, 32, 3):
         raise InputError(f"tiles {path!r} must be uint8 (n, 32, 32, 3); got {a.dtype} {a.shape}")
-    return a
+    return Tiles(a, np.arange(a.shape[0], dtype=np.int64))
 
 
 # ------------------------------------------------------------------------ encode
@@ -492,38 +521,55 @@ def _encode_shard(model, s: Settings, spec, ids, tiles) -> dict:
     }
 
 
-class _ShardActor:
-    def __init__(self, weights: str, s: Settings, spec):
-        import torch
+@dataclass(frozen=True)
+class _TileCoding:
+    """Builds a shard coder (once per process or Ray actor: the model is loaded once);
+    picklable, as :func:`recray.pipeline.parts.map_parts` needs."""
 
-        torch.set_num_threads(1)
-        self.model, self.s, self.spec = load_model(weights), s, spec
+    weights: str
+    settings: Settings
+    spec: object
+    threads: int | None = None  # torch threads of a Ray actor (None: leave this process's)
 
-    def encode(self, ids, tiles):
-        return _encode_shard(self.model, self.s, self.spec, ids, tiles)
+    def __call__(self):
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        model = load_model(self.weights)
+        return lambda task: _encode_shard(model, self.settings, self.spec, *task)
 
 
 def compress(
-    tiles: np.ndarray,
+    tiles,
     out_dir: str,
     *,
     source: dict,
     rate: float = DEFAULT_RATE,
     settings: Settings = Settings(),
     weights: str | None = None,
-    engine: str = "local",
-    actors: int = 1,
-    address: str | None = None,
+    engine: str = "ray",
+    ray_options=None,
     shard_rows: int = 8,
+    resume: bool = False,
     progress=None,
 ) -> dict:
-    """Code ``tiles`` (uint8 ``(n, 32, 32, 3)``, ids ``0..n-1``) into the run ``out_dir``
-    at the shipped rate point ``rate`` (bpp) or with explicit ``weights``; returns
-    :func:`summary` plus timings. ``source`` describes the input (split or file)."""
-    if os.path.exists(out_dir):
-        raise InputError(f"output {out_dir!r} already exists; remove it or choose another --out")
-    if engine not in ("local", "ray"):
-        raise InputError(f"engine must be 'local' or 'ray'; got {engine!r}")
+    """Code ``tiles`` into the run ``out_dir`` at the shipped rate point ``rate`` (bpp) or
+    with explicit ``weights``; returns :func:`summary` plus timings, ``engine``, ``actors``
+    and ``resumed_shards``.
+
+    ``tiles``: uint8 ``(n, 32, 32, 3)`` (ids ``0..n-1``) or a :class:`Tiles` (its ids, and
+    its skipped files written to the run's ``rejects.parquet``). ``source`` describes the
+    input (split or file). ``engine="ray"`` codes one shard of ``shard_rows`` tiles per task
+    on the actor pool of :func:`recray.pipeline.parts.map_parts` (``ray_options``: a
+    :class:`~recray.pipeline.options.RayOptions`), ``"local"`` here; same bytes. ``resume``
+    continues an unfinished run of the same input and settings, keeping its parts."""
+    from recray.pipeline import parts
+
+    if engine not in parts.ENGINES:
+        raise InputError(f"engine must be one of {parts.ENGINES}; got {engine!r}")
+    if not isinstance(tiles, Tiles):
+        tiles = Tiles(tiles, np.arange(np.shape(tiles)[0], dtype=np.int64))
     t0 = time.perf_counter()
     import pyarrow as pa
     import torch
@@ -531,6 +577,8 @@ def compress(
     from recray.format.run import RunWriter, part_schema
     from recray.latents.io import read_prior
     from recray.pipeline.driver import run_header
+    from recray.pipeline.options import RayOptions
+    from recray.pipeline.validate import reject_schema
 
     w, prior_file = model_files(rate, weights)
     model = load_model(w)
@@ -544,7 +592,8 @@ def compress(
     if settings.laws == "learned":  # shipped (or cached) laws; fitted on training tiles if none
         index_laws, laws_s = learned_laws(w, model, prior, settings)
     spec, allocation = make_spec(prior, settings, index_laws)
-    n = tiles.shape[0]
+    images, ids = tiles.images, tiles.ids
+    n = images.shape[0]
     header = run_header(spec, prior, "int") | {
         "shard_rows": int(shard_rows),
         "codec": {
@@ -565,44 +614,59 @@ def compress(
     for name in ("psnr_db", "analysis_kl_bits"):
         schema = schema.append(pa.field(name, pa.float64()))
     shards = [(k, a, min(a + shard_rows, n)) for k, a in enumerate(range(0, n, shard_rows))]
-    fingerprint = {
-        "tiles_sha256": hashlib.sha256(np.ascontiguousarray(tiles).tobytes()).hexdigest()
-    }
-    bar = progress(total=n, unit="tile", desc=f"inr {settings.method}") if progress else None
-    with RunWriter(out_dir, header, prior.to_json(), schema, fingerprint=fingerprint) as writer:
-        if engine == "local":
-            for k, a, b in shards:
-                cols = _encode_shard(model, settings, spec, np.arange(a, b), tiles[a:b])
-                writer.commit(k, pa.table(cols, schema=schema))
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    if tiles.rejects or not np.array_equal(ids, np.arange(n)):
+        digest.update(np.ascontiguousarray(ids, np.int64).tobytes())
+    fingerprint = {"tiles_sha256": digest.hexdigest()}
+    rejects = None
+    if tiles.rejects:
+        rows, names, why = zip(*tiles.rejects, strict=True)
+        rejects = pa.table(
+            {
+                "row": pa.array(rows, pa.int64()),
+                "id": pa.array(rows, pa.int64()),
+                "field": pa.array([f"file {f!r}" for f in names]),
+                "reason": pa.array(why),
+            },
+            schema=reject_schema("int"),
+        )
+    opts = ray_options or RayOptions()
+    coding = _TileCoding(w, settings, spec, threads=1 if engine == "ray" else None)
+    with RunWriter(
+        out_dir, header, prior.to_json(), schema, fingerprint=fingerprint, resume=resume
+    ) as writer:
+        pending = [sh for sh in shards if sh[0] not in writer.committed]
+        done = n - sum(b - a for _, a, b in pending)
+        bar = progress(total=n, unit="tile", desc=f"inr {settings.method}") if progress else None
+        if bar and done:
+            bar.update(done)
+        tasks = [(ids[a:b], images[a:b]) for _, a, b in pending]
+        actors = 1
+        with parts.session(engine, opts):
+            if engine == "ray" and pending:  # as map_parts sizes its pool
+                import ray
+
+                cpus = int(ray.cluster_resources().get("CPU", 1))
+                actors = min(opts.actors or max(1, cpus), len(pending))
+            coded = parts.map_parts(coding, tasks, engine=engine, opts=opts)
+            for (k, a, b), cols in zip(pending, coded, strict=True):
+                # the skipped files go with the first shard (listed once, in rejects.parquet)
+                writer.commit(k, pa.table(cols, schema=schema), rejects if k == 0 else None)
                 if bar:
                     bar.update(b - a)
-        else:
-            import ray
-            from ray.util import ActorPool
-
-            from recray.pipeline.ray_engine import ray_session
-
-            with ray_session(address):
-                remote = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)(_ShardActor)
-                pool = ActorPool([remote.remote(w, settings, spec) for _ in range(max(1, actors))])
-                work = [(np.arange(a, b), tiles[a:b]) for _, a, b in shards]
-                for (k, a, b), cols in zip(
-                    shards, pool.map(lambda act, v: act.encode.remote(*v), work), strict=True
-                ):
-                    writer.commit(k, pa.table(cols, schema=schema))
-                    if bar:
-                        bar.update(b - a)
+        if bar:
+            bar.close()
         totals = writer.totals(len(shards))
         writer.publish(len(shards), totals)
-    if bar:
-        bar.close()
     secs = time.perf_counter() - t0
     return summary(out_dir) | {
         "encode_seconds": secs - laws_s,
-        "encode_s_per_tile": (secs - laws_s) / max(n, 1),
+        "encode_s_per_tile": (secs - laws_s) / max(n - done, 1),
         "laws_fit_seconds": laws_s,
         "engine": engine,
-        "actors": actors if engine == "ray" else 1,
+        "actors": actors,
+        "resumed_shards": len(shards) - len(pending),
+        "rejects": len(tiles.rejects),
     }
 
 
@@ -653,58 +717,41 @@ def _codec_of(run) -> dict:
 
 # ------------------------------------------------------------------------ decode
 def decompress(
-    run_dir: str, out_dir: str, *, weights: str | None = None, batch_size: int = 64, progress=None
+    run_dir: str,
+    out_dir: str,
+    *,
+    weights: str | None = None,
+    batch_size: int = 64,
+    engine: str = "local",
+    ray_options=None,
+    latents: bool = False,
+    progress=None,
 ) -> dict:
-    """Decode every tile of a run into ``out_dir/tile-NNNNN.png`` (NNNNN = tile id) with
-    the weights its header names (or ``weights``; their SHA-256 must be the header's);
-    returns ``{"tiles", "out", "decode_seconds"}`` and the ``ids``, ``images`` and decoded
-    ``latents`` arrays."""
-    from recray.format.run import Run, crc32_of
-    from recray.latents.io import Prior
-    from recray.pipeline.driver import spec_from_header
+    """Decode every tile of a run into ``out_dir/tile-NNNNN.png`` (NNNNN = tile id);
+    returns ``{"tiles", "out", "decode_seconds"}`` and ``ids``/``images`` arrays (with
+    ``latents``, also the decoded latents ``z``, float64 ``(n, dim)``: bit-identical on
+    every machine, unlike the rendered pixels).
+    ``engine="ray"`` decodes one part per task on the actor pool of
+    :func:`recray.pipeline.parts.map_parts` (``ray_options``), ``"local"`` (the default)
+    here: the same tiles either way."""
+    from recray.format.run import Run
+    from recray.pipeline import parts
 
     t0 = time.perf_counter()
     run = Run.open(run_dir)
-    codec_info = _codec_of(run)
-    if weights is None:  # the weights its header names, shipped with recray
-        from recray.models.inr import weights_path
-
-        mid = run_model_id(codec_info)
-        weights = str(weights_path(model=mid))
-        if not os.path.exists(weights):
-            raise FormatError(
-                f"{run_dir!r} was coded with the INR model {mid!r}, which this recray does "
-                "not ship: give its weights with --weights"
-            )
-    model = load_model(weights)
-    if model.model_checksum != codec_info["model_sha256"]:
-        raise FormatError(
-            f"{run_dir!r} was coded with model weights of SHA-256 "
-            f"{codec_info['model_sha256']}, but the loaded weights have "
-            f"{model.model_checksum}: decode with the same weights (--weights)"
-        )
-    prior = Prior.from_dict(json.loads(run.prior_json), where="run prior")
-    spec = spec_from_header(run.header, prior)
+    _model_for(run, weights)  # the right weights, checked before any work
     if os.path.exists(out_dir):
         raise InputError(f"output {out_dir!r} already exists; remove it or choose another --out")
-    codec = INRCodec(model)
+    files = [p["file"] for p in run.manifest["parts"]]
+    decoding = _TileDecoding(run_dir, weights, batch_size, threads=1 if engine == "ray" else None)
     all_ids, all_tiles, all_z = [], [], []
-    for rb in run.iter_rows(columns=["id", "message", "crc32"], batch_size=batch_size):
-        ids = rb.column("id").to_numpy()
-        msgs = rb.column("message").to_pylist()
-        bad = crc32_of(msgs) != rb.column("crc32").to_numpy()
-        if bad.any():
-            raise MessageError(
-                f"tile {fmt_item(ids[np.argmax(bad)])}: its message fails its "
-                "CRC-32: the stored bytes are corrupted or truncated "
-                f"({int(bad.sum())} tiles of this batch affected)"
-            )
-        tiles, z = decode_items(codec, ids, msgs, spec, what="tile")
-        all_ids.append(ids)
-        all_tiles.append(tiles)
-        all_z.append(z)
-        if progress:
-            progress(len(ids))
+    with parts.session(engine, ray_options):
+        for ids, tiles, z in parts.map_parts(decoding, files, engine=engine, opts=ray_options):
+            all_ids.append(ids)
+            all_tiles.append(tiles)
+            all_z.append(z if latents else None)
+            if progress:
+                progress(len(ids))
     ids = np.concatenate(all_ids)
     images = np.concatenate(all_tiles)
     from PIL import Image
@@ -720,5 +767,79 @@ def decompress(
         "decode_seconds": time.perf_counter() - t0,
         "ids": ids,
         "images": images,
-        "latents": np.concatenate(all_z),
-    }
+    } | ({"latents": np.concatenate(all_z)} if latents else {})
+
+
+def _model_for(run, weights: str | None):
+    """The model a run was coded with (``weights``, or the shipped model its header names,
+    :func:`run_model_id`), refused unless its SHA-256 is the header's."""
+    codec_info = _codec_of(run)
+    if weights is None:  # the weights its header names, shipped with recray
+        from recray.models.inr import weights_path
+
+        mid = run_model_id(codec_info)
+        weights = str(weights_path(model=mid))
+        if not os.path.exists(weights):
+            raise FormatError(
+                f"{run.path!r} was coded with the INR model {mid!r}, which this recray does "
+                "not ship: give its weights with --weights"
+            )
+    model = load_model(weights)
+    if model.model_checksum != codec_info["model_sha256"]:
+        raise FormatError(
+            f"{run.path!r} was coded with model weights of SHA-256 "
+            f"{codec_info['model_sha256']}, but the loaded weights have "
+            f"{model.model_checksum}: decode with the same weights (--weights)"
+        )
+    return model
+
+
+@dataclass(frozen=True)
+class _TileDecoding:
+    """Builds the decoder of a run's parts (once per process or Ray actor)."""
+
+    run_dir: str
+    weights: str | None
+    batch_size: int
+    threads: int | None = None
+
+    def __call__(self):
+        from recray.format.run import Run
+        from recray.latents.io import Prior
+        from recray.pipeline.driver import spec_from_header
+
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        run = Run.open(self.run_dir, verify_parts=False)  # the driver verified them
+        codec = INRCodec(_model_for(run, self.weights))
+        prior = Prior.from_dict(json.loads(run.prior_json), where="run prior")
+        spec = spec_from_header(run.header, prior)
+        return lambda file: _decode_part(run, codec, spec, self.batch_size, file)
+
+
+def _decode_part(run, codec, spec, batch_size: int, file: str):
+    """``(ids, tiles, z)`` of one part: ids int64 ``(n,)``, tiles uint8 ``(n, 32, 32, 3)``,
+    latents float64 ``(n, dim)``; read in batches of ``batch_size`` rows, each checked
+    against its CRCs first."""
+    from recray.format.run import crc32_of
+
+    all_ids, all_tiles, all_z = [], [], []
+    for rb in run.part_file(file).iter_batches(
+        batch_size=batch_size, columns=["id", "message", "crc32"]
+    ):
+        ids = rb.column("id").to_numpy()
+        msgs = rb.column("message").to_pylist()
+        bad = crc32_of(msgs) != rb.column("crc32").to_numpy()
+        if bad.any():
+            raise MessageError(
+                f"tile {fmt_item(ids[np.argmax(bad)])}: its message fails its "
+                "CRC-32: the stored bytes are corrupted or truncated "
+                f"({int(bad.sum())} tiles of this batch affected)"
+            )
+        tiles, z = decode_items(codec, ids, msgs, spec, what="tile")
+        all_ids.append(ids)
+        all_tiles.append(tiles)
+        all_z.append(z)
+    return tuple(np.concatenate(a) for a in (all_ids, all_tiles, all_z))

@@ -142,31 +142,48 @@ def _pixel_tails(images: np.ndarray, probs: np.ndarray, version: int) -> list[li
 class MnistCodec(LatentCodec):
     """This codec's parts behind the shared interface (:mod:`recray.codecs.base`): the VAE
     encoder (analysis), the pixels under ``p(x|z)`` (tail), reading them back (synthesis).
-    :func:`compress` runs the same parts through the Ray pipeline."""
+    :func:`compress` and :func:`decompress` run these same methods on every part of a run,
+    in this process or on Ray.
+
+    ``decoder``: the table model (default: the integer decoder of ``weights``; for a codec
+    version 1 run, the float model), ``version``: the codec version whose tables it
+    computes. ``encoder``: the float VAE (default: loaded from ``weights`` on first use, so
+    decoding needs no torch)."""
 
     name = CODEC_NAME
     version = CODEC_VERSION
 
-    def __init__(self, weights=None):
-        self.model = _model(weights)  # the float encoder: q(z|x)
-        self.decoder = _int_decoder(weights)  # the integer tables: p(x|z) on any machine
+    def __init__(self, weights=None, *, encoder=None, decoder=None, version: int = CODEC_VERSION):
+        self.weights = weights
+        self.decoder = _int_decoder(weights) if decoder is None else decoder
+        self.version = version
+        self._encoder = encoder
 
     def analysis(self, items, ids=None) -> Posterior:
         from recray.models.vae import posteriors
 
-        mu, sigma = posteriors(self.model, np.asarray(items).reshape(-1, PIXELS))
+        if self._encoder is None:
+            self._encoder = _model(self.weights)  # the float encoder: q(z|x)
+        mu, sigma = posteriors(self._encoder, np.asarray(items).reshape(-1, PIXELS))
         return Posterior(mu, sigma)
 
     def tail(self, items, z):
-        probs = _tables(self.decoder, z, CODEC_VERSION)
-        return _pixel_tails(np.asarray(items).reshape(-1, PIXELS), probs, CODEC_VERSION)
+        probs = _tables(self.decoder, z, self.version)
+        return _pixel_tails(np.asarray(items).reshape(-1, PIXELS), probs, self.version)
 
-    def synthesis(self, z, decoders=None, ids=None):
-        probs = _tables(self.decoder, z, CODEC_VERSION)
+    def synthesis(self, z, decoders=None, ids=None, messages=None, layout=None, heads=None):
+        """Images uint8 ``(n, 784)`` read from ``decoders`` (positioned after the indices).
+        With ``messages``, their ``layout`` and read ``heads``, each message is also checked
+        to end where its pixels end (:func:`_check_end`)."""
+        probs = _tables(self.decoder, z, self.version)
         ids = range(len(z)) if ids is None else ids
-        return np.stack(
+        images = np.stack(
             [_read_pixels(d, p, i) for d, p, i in zip(decoders, probs, ids, strict=True)]
         )
+        if messages is not None:
+            for j, i in enumerate(ids):
+                _check_end(messages[j], layout, heads[j], images[j], probs[j], i)
+        return images
 
 
 # ----------------------------------------------------------------------------- index laws
@@ -369,9 +386,9 @@ def compress(
     prior = read_prior(prior_path(weights))
     images = _images(split, limit, data_dir)
     n = images.shape[0]
-    from recray.models.vae import posteriors
-
-    mu, sigma = posteriors(model, images)
+    codec = MnistCodec(weights, encoder=model, decoder=decoder, version=codec_version)
+    post = codec.analysis(images)
+    mu, sigma = post.mu, post.sigma
     plan = build_codec_plan(
         prior,
         block_bits=block_bits,
@@ -537,12 +554,11 @@ class _PixelCoder:
             decoder = _model(self.weights)
         else:
             decoder = _int_decoder(self.weights)
-        return functools.partial(
-            _code_pixel_part, spec, decoder, self.version, self.images, self.committer
-        )
+        codec = MnistCodec(self.weights, decoder=decoder, version=self.version)
+        return functools.partial(_code_pixel_part, spec, codec, self.images, self.committer)
 
 
-def _code_pixel_part(spec, decoder, version, images, committer, task) -> dict:
+def _code_pixel_part(spec, codec: MnistCodec, images, committer, task) -> dict:
     """Code the pixels of one latent part ``task = (k, path)`` after its indices and
     commit it as the codec run's part ``k``; returns the part's summary."""
     k, path = task
@@ -557,7 +573,7 @@ def _code_pixel_part(spec, decoder, version, images, committer, task) -> dict:
         sl = slice(a, a + TABLE_CHUNK)
         ex = extra[sl] if adaptive else None
         z = decode_indices(ids[sl], bins[sl], local[sl], spec, ex)
-        tails = _pixel_tails(images[ids[sl]], _tables(decoder, z, version), version)
+        tails = codec.tail(images[ids[sl]], z)
         msgs += encode_messages(bins[sl], local[sl], spec.layout, tails, extra=ex)
         ideal += [tl[0].ideal_bits for tl in tails]
     cols = {
@@ -724,16 +740,15 @@ class _PartDecoding:
 
     def __call__(self):
         run = Run.open(self.run_dir, verify_parts=False)  # the driver verified them
-        codec = _codec_of(run)
-        decoder = _decoder_for(self.run_dir, codec, self.weights)
+        info = _codec_of(run)
+        decoder = _decoder_for(self.run_dir, info, self.weights)
+        codec = MnistCodec(self.weights, decoder=decoder, version=info["version"])
         prior = Prior.from_dict(json.loads(run.prior_json), where="run prior")
         spec = spec_from_header(run.header, prior)
-        return functools.partial(
-            _decode_part, run, spec, decoder, codec["version"], self.batch_size
-        )
+        return functools.partial(_decode_part, run, spec, codec, self.batch_size)
 
 
-def _decode_part(run: Run, spec, decoder, version: int, batch_size: int, file: str):
+def _decode_part(run: Run, spec, codec: MnistCodec, batch_size: int, file: str):
     """``(ids, images)`` of one part: ids int64 ``(n,)``, images uint8 ``(n, 784)``; read in
     batches of ``batch_size`` rows (each checked against its CRCs first)."""
     all_ids, all_images = [], []
@@ -759,15 +774,12 @@ def _decode_part(run: Run, spec, decoder, version: int, batch_size: int, file: s
             local = np.stack([h.local for h in heads])
             extra = np.stack([h.extra for h in heads]) if spec.layout.adaptive else None
             z = decode_indices(chunk_ids, bins, local, spec, extra)
-            probs = _tables(decoder, z, version)
-            for j, (i, h) in enumerate(zip(chunk_ids, heads, strict=True)):
-                image = _read_pixels(h.decoder, probs[j], i)
-                _check_end(chunk[j], spec.layout, h, image, probs[j], i)
-                all_images.append(image)
+            decoders = [h.decoder for h in heads]
+            all_images.append(codec.synthesis(z, decoders, chunk_ids, chunk, spec.layout, heads))
             all_ids.append(chunk_ids)
     if not all_ids:
         return np.zeros(0, np.int64), np.zeros((0, PIXELS), np.uint8)
-    return np.concatenate(all_ids), np.stack(all_images)
+    return np.concatenate(all_ids), np.concatenate(all_images)
 
 
 def _read_pixels(decoder, probs: np.ndarray, image_id) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Per-batch codec steps: pure functions of a batch of items.
 
 :func:`encode_items` turns the posteriors of ``n`` items into one message per item, and
-:func:`decode_items` turns messages back into latents. They read and write no files and
+:func:`decode_latents` turns messages back into latents. They read and write no files and
 know nothing of Ray, so any driver (one process, a Ray actor) can call them on any batch:
 an item's message depends only on its own posterior, its id, the plan and the seed.
 
@@ -672,7 +672,7 @@ def search_items(ids, mu, sigma, spec: CodecSpec) -> SearchedItems:
     return SearchedItems(bins, local, extra, steps, kl, fallback, samples)
 
 
-def decode_items(ids, messages, spec: CodecSpec) -> np.ndarray:
+def decode_latents(ids, messages, spec: CodecSpec) -> np.ndarray:
     """Latents ``(n, D)`` float64 of ``n`` messages (CRCs checked by the caller)."""
     bins, local, extra = decode_blocks(messages, spec.layout, item_ids=ids)
     return decode_indices(ids, bins, local, spec, extra if spec.layout.adaptive else None)

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from recray.format.run import Run, check_crcs
-from recray.pipeline.codec import CodecSpec, decode_items
+from recray.pipeline.codec import CodecSpec, decode_latents
 
 
 def decoded_schema(id_kind: str, dim: int) -> pa.Schema:
@@ -23,7 +23,7 @@ def decoded_schema(id_kind: str, dim: int) -> pa.Schema:
 def decoded_table(ids: list, msgs: list, spec: CodecSpec, schema: pa.Schema) -> pa.Table:
     """``id``, ``z`` of items whose messages' CRCs were checked."""
     int_ids = pa.types.is_int64(schema.field("id").type)
-    z = decode_items(np.asarray(ids, dtype=np.int64) if int_ids else ids, msgs, spec)
+    z = decode_latents(np.asarray(ids, dtype=np.int64) if int_ids else ids, msgs, spec)
     return pa.table(
         {
             "id": pa.array(ids, type=schema.field("id").type),
