@@ -822,3 +822,16 @@ def test_settings_default_fit_is_the_default_preset():
         assert {k: getattr(s, k) for k in preset} == preset and s.method == d.method
     s = cli_inr._settings(p.parse_args(base + ["--fit-preset", "fast", "--lr-end", "1e-4"]))
     assert (s.fit_steps, s.lr, s.lr_end) == (300, inr.FIT_PRESETS["fast"]["lr"], 1e-4)
+
+
+def test_bench_chunks_interleave_over_the_tiles():
+    """The benchmark's chunk order is a permutation whose first chunks spread over all
+    tiles (a time-capped run measures an evenly spaced subset)."""
+    from recray.bench.inr import interleaved
+
+    o = interleaved(100, 10)
+    assert sorted(o.tolist()) == list(range(100))
+    assert o[:10].tolist() == list(range(0, 100, 10))
+    assert o[10:20].tolist() == list(range(1, 100, 10))
+    for n, c in [(7, 3), (5, 10), (1, 1), (342, 10)]:
+        assert sorted(interleaved(n, c).tolist()) == list(range(n))

@@ -38,6 +38,14 @@ QUALITIES = {
 }
 
 
+def interleaved(n: int, chunk: int) -> np.ndarray:
+    """A permutation of ``range(n)``: every ``ceil(n / chunk)``-th item from 0, then from
+    1, and so on, so that any prefix of whole chunks is spread over all ``n`` items (with
+    ``chunk`` dividing ``n``, chunk ``k`` is exactly the items ``k, k + stride, ...``)."""
+    stride = max(1, -(-n // max(1, chunk)))
+    return np.concatenate([np.arange(k, n, stride) for k in range(stride)]).astype(np.int64)
+
+
 def test_tiles(limit: int | None):
     """``limit`` test tiles evenly spaced over the split (all when ``None``), and their
     indices in the split."""
@@ -251,8 +259,12 @@ def run(
     os.makedirs(work, exist_ok=True)
     t_start = time.perf_counter()
     # INR settings chunk by chunk of tiles (every setting on the same tiles), so that a
-    # time cap (max_minutes, checked after each chunk) still leaves a paired comparison
+    # time cap (max_minutes, checked after each chunk) still leaves a paired comparison;
+    # the chunks interleave (chunk k holds every n-th tile from k), so the tiles measured
+    # before a time cap are spread over the whole split, not its first photo
     step = chunk or len(tiles)
+    order = interleaved(len(tiles), step)
+    tiles, idx = tiles[order], idx[order]
     parts: dict = {}
     done = 0
     for c0 in range(0, len(tiles), step):
