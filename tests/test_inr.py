@@ -835,3 +835,24 @@ def test_bench_chunks_interleave_over_the_tiles():
     assert o[10:20].tolist() == list(range(1, 100, 10))
     for n, c in [(7, 3), (5, 10), (1, 1), (342, 10)]:
         assert sorted(interleaved(n, c).tolist()) == list(range(n))
+
+
+def test_a_first_family_run_decodes_with_the_weights_its_header_names(tmp_path):
+    """A run coded with the first family's shipped weights (not what --rate selects now)
+    names them in its header and decodes without --weights, to the encoder's pixels."""
+    from recray.models.inr import default_model_id, weights_path
+
+    assert default_model_id(1.5) != "inr_1p5"  # the newer family is the default
+    w = str(weights_path(model="inr_1p5"))
+    tiles = td.load_tiles("test").images[:1]
+    out = str(tmp_path / "run")
+    s = replace(_settings("orc-16"), fit_steps=2, refine_steps=1, stages=1)
+    inr.compress(tiles, out, source={"test": 1}, rate=1.5, settings=s, weights=w, engine="local")
+    from recray.format.run import Run
+
+    assert Run.open(out).header["codec"]["model_id"] == "inr_1p5"
+    got = inr.decompress(out, str(tmp_path / "png"))
+    enc = pq.read_table(next(str(p) for p in sorted((tmp_path / "run").glob("part-*"))))
+    from recray.models.inr import psnr_db
+
+    np.testing.assert_allclose(psnr_db(tiles, got["images"]), enc.column("psnr_db").to_numpy())
