@@ -130,7 +130,7 @@ def test_decompress_on_ray_writes_the_in_process_file(cluster, data, tmp_path):
     pq.write_table(t, os.path.join(bad, "part-00003.parquet"))
     rehash_part(bad, "part-00003.parquet")
     item = t.column("id")[7].as_py()
-    with pytest.raises(MessageError, match=rf"item {item}: message fails its CRC-32"):
+    with pytest.raises(MessageError, match=rf"item {item}: its message fails its CRC-32"):
         driver.decompress(bad, str(tmp_path / "z.parquet"), **_ray(cluster, 2))
     assert not os.path.exists(tmp_path / "z.parquet")
 

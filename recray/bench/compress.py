@@ -63,11 +63,13 @@ def run_compress_bench(
         "local",
         *extra,
     ]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before, cpu0 = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak_kib, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime - cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"compress failed ({proc.returncode}): {proc.stderr[-2000:]}")
     info = driver.inspect(out)
@@ -80,6 +82,11 @@ def run_compress_bench(
         "synth_seconds": t_synth,
         "compress_seconds": wall,
         "items_per_s": n / wall,
+        # CPU time of the compress process (all its threads): what a loaded machine
+        # distorts least; 2 / cpu_ms_per_item * 1000 bounds the items/s of 2 free cores
+        "cpu_seconds": cpu,
+        "cpu_ms_per_item": 1000.0 * cpu / n,
+        "load_average": os.getloadavg(),
         "peak_rss_mib": peak_kib / 1024.0,
         "peak_rss_note": "" if peak_kib > before else "an earlier child had a higher peak",
         "bits_per_item": info["bits_per_item"],
@@ -93,7 +100,8 @@ def format_result(r: dict) -> str:
     return (
         f"compress {r['items']:,} items x {r['dim']} dims ({r['method']}, "
         f"{r['block_bits']:g}-bit blocks, batches of {r['batch_size']}): "
-        f"{r['compress_seconds']:.1f} s, {r['items_per_s']:,.0f} items/s, peak RSS "
+        f"{r['compress_seconds']:.1f} s, {r['items_per_s']:,.0f} items/s "
+        f"({r['cpu_ms_per_item']:.2f} CPU-ms/item), peak RSS "
         f"{r['peak_rss_mib']:,.0f} MiB; {r['bits_per_item']:.1f} bits/item for "
         f"{r['mean_kl_bits_per_item']:.1f} bits of KL, {r['mean_steps_per_item']:.0f} "
         "steps/item"

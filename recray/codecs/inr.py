@@ -57,7 +57,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from recray.codecs.base import LatentCodec, Posterior, decode_items, encode_progressive
-from recray.errors import FormatError, InputError, MessageError, fmt_item
+from recray.errors import FormatError, InputError
 
 # pyarrow, the run format and the plan are imported where used: the command line builds
 # its parser from this module's constants without paying for them
@@ -823,7 +823,7 @@ def _decode_part(run, codec, spec, batch_size: int, file: str):
     """``(ids, tiles, z)`` of one part: ids int64 ``(n,)``, tiles uint8 ``(n, 32, 32, 3)``,
     latents float64 ``(n, dim)``; read in batches of ``batch_size`` rows, each checked
     against its CRCs first."""
-    from recray.format.run import crc32_of
+    from recray.format.run import check_crcs
 
     all_ids, all_tiles, all_z = [], [], []
     for rb in run.part_file(file).iter_batches(
@@ -831,13 +831,7 @@ def _decode_part(run, codec, spec, batch_size: int, file: str):
     ):
         ids = rb.column("id").to_numpy()
         msgs = rb.column("message").to_pylist()
-        bad = crc32_of(msgs) != rb.column("crc32").to_numpy()
-        if bad.any():
-            raise MessageError(
-                f"tile {fmt_item(ids[np.argmax(bad)])}: its message fails its "
-                "CRC-32: the stored bytes are corrupted or truncated "
-                f"({int(bad.sum())} tiles of this batch affected)"
-            )
+        check_crcs(ids, msgs, rb.column("crc32").to_numpy(), what="tile")
         tiles, z = decode_items(codec, ids, msgs, spec, what="tile")
         all_ids.append(ids)
         all_tiles.append(tiles)

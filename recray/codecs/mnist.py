@@ -756,12 +756,7 @@ def _decode_part(run: Run, spec, codec: MnistCodec, batch_size: int, file: str):
     for rb in pf.iter_batches(batch_size=batch_size, columns=["id", "message", "crc32"]):
         ids = rb.column("id").to_numpy()
         msgs = rb.column("message").to_pylist()
-        bad = crc32_of(msgs) != rb.column("crc32").to_numpy()
-        if bad.any():
-            raise MessageError(
-                f"image {int(ids[np.argmax(bad)])}: its message fails its CRC-32: the stored "
-                f"bytes are corrupted ({int(bad.sum())} images of this batch affected)"
-            )
+        check_crcs(ids, msgs, rb.column("crc32").to_numpy(), what="image")
         for a in range(0, len(ids), TABLE_CHUNK):
             chunk_ids, chunk = ids[a : a + TABLE_CHUNK], msgs[a : a + TABLE_CHUNK]
             heads = []

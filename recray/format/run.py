@@ -657,17 +657,17 @@ class PartDamage:
         return f"{len(self.bad_ids)} of its {self.rows} items fail their CRC-32: {shown}{more}"
 
 
-def check_crcs(ids, messages, crcs) -> None:
-    """Raise :class:`MessageError` naming the first item whose message fails its CRC."""
+def check_crcs(ids, messages, crcs, what: str = "item") -> None:
+    """Raise :class:`MessageError` naming the first ``what`` (item, image, tile) whose
+    message fails its CRC."""
     got = crc32_of(messages)
     bad = got != np.asarray(crcs, dtype=np.uint32)
     if bad.any():
         i = int(np.argmax(bad))
         raise MessageError(
-            f"item {fmt_item(ids[i])}: message fails its CRC-32 (stored {int(crcs[i]):08x}, "
-            f"computed {int(got[i]):08x}): the message bytes are corrupted; {int(bad.sum())} "
-            "items in "
-            "this batch affected"
+            f"{what} {fmt_item(ids[i])}: its message fails its CRC-32 (stored "
+            f"{int(crcs[i]):08x}, computed {int(got[i]):08x}): the message bytes are "
+            f"corrupted or truncated; {int(bad.sum())} {what}s in this batch affected"
         )
 
 

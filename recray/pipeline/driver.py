@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import time
 import uuid
@@ -182,6 +183,38 @@ def _budget_args(n_samples, kl_offset_bits, kl_max_bits) -> dict:
 ENGINES = ("ray", "local")
 
 
+def _plan_of(prior, block_bits, allocation, seed, collapsed_block_size, budget_offset_bits,
+             partition) -> CodecPlan:  # fmt: skip
+    """The plan :func:`compress` and :func:`fit` build from the prior's information."""
+    return build_plan(
+        prior.mi_bits,
+        block_bits,
+        strategy=allocation,
+        seed=seed,
+        collapsed_block_size=collapsed_block_size,
+        budget_offset_bits=budget_offset_bits,
+        partition=partition,
+    )
+
+
+def _spec_of(plan, prior, method, seed, max_steps, budget, **kw) -> CodecSpec:
+    """The coding spec of a run (``budget``: ``(n_samples, kl_offset_bits, kl_max_bits)``;
+    ``kw``: the other :class:`CodecSpec` fields), its budgets and layout checked before any
+    work."""
+    spec = CodecSpec(
+        plan=plan,
+        method=method,
+        seed=seed,
+        prior_mu=prior.mu,
+        prior_sigma=prior.sigma,
+        max_steps=rec.DEFAULT_MAX_STEPS if max_steps is None else max_steps,
+        **kw,
+        **_budget_args(*budget),
+    )
+    _ = spec.layout, spec.block_n_samples  # validates the budget before any work
+    return spec
+
+
 def compress(
     latents: str,
     prior_path: str,
@@ -263,14 +296,8 @@ def compress(
         raise InputError(f"laws must be one of {', '.join(LAWS_CHOICES)}; got {laws!r}")
     prior = read_prior(prior_path)
     if plan is None:
-        plan = build_plan(
-            prior.mi_bits,
-            block_bits,
-            strategy=allocation,
-            seed=seed,
-            collapsed_block_size=collapsed_block_size,
-            budget_offset_bits=budget_offset_bits,
-            partition=partition,
+        plan = _plan_of(
+            prior, block_bits, allocation, seed, collapsed_block_size, budget_offset_bits, partition
         )
     else:
         plan = check_plan_for(load_plan(plan), prior)
@@ -279,20 +306,18 @@ def compress(
     elif laws != "auto":  # "fixed": none; "fit": fitted below
         plan = plan.with_laws(None)
     fit = index_laws is None and plan.index_laws is None and laws != "fixed"
-    spec = CodecSpec(
-        plan=plan,
-        method=method,
-        seed=seed,
-        prior_mu=prior.mu,
-        prior_sigma=prior.sigma,
-        max_steps=rec.DEFAULT_MAX_STEPS if max_steps is None else max_steps,
+    spec = _spec_of(
+        plan,
+        prior,
+        method,
+        seed,
+        max_steps,
+        (n_samples, kl_offset_bits, kl_max_bits),
         on_unbounded=on_unbounded,
         adapt_above_bits=adapt_above_bits,
         feasible_margin_bits=feasible_margin_bits,
         backend=backend,
-        **_budget_args(n_samples, kl_offset_bits, kl_max_bits),
     )
-    _ = spec.layout, spec.block_n_samples  # validates the budget before any work
     src = LatentSource(latents, prior.dim)
     index = src.row_index()
     if index.n_rows == 0:
@@ -334,34 +359,24 @@ def compress(
             if progress
             else None
         )
-        try:
-            if engine == "local":
-                used = run_local(
-                    index,
-                    pending,
-                    spec,
-                    schema,
-                    writer,
-                    batch_size=batch_size,
-                    scan=checked,
-                    on_bad=on_bad_item,
-                    progress=bar,
-                )
-            else:
-                from recray.pipeline.ray_engine import run_ray
+        if engine == "local":
+            run = run_local
+        else:
+            from recray.pipeline.ray_engine import run_ray
 
-                used = run_ray(
-                    index,
-                    pending,
-                    spec,
-                    schema,
-                    writer,
-                    batch_size=batch_size,
-                    opts=opts,
-                    scan=checked,
-                    on_bad=on_bad_item,
-                    progress=bar,
-                )
+            run = functools.partial(run_ray, opts=opts)
+        try:
+            used = run(
+                index,
+                pending,
+                spec,
+                schema,
+                writer,
+                batch_size=batch_size,
+                scan=checked,
+                on_bad=on_bad_item,
+                progress=bar,
+            )
         finally:
             if bar:
                 bar.close()
@@ -424,25 +439,18 @@ def fit(
     the same names: give the same ones to ``compress``. Returns ``plan``, ``items``,
     ``seconds``, ``rejected`` (sample items left out)."""
     prior = read_prior(prior_path)
-    plan = build_plan(
-        prior.mi_bits,
-        block_bits,
-        strategy=allocation,
-        seed=seed,
-        collapsed_block_size=collapsed_block_size,
-        budget_offset_bits=budget_offset_bits,
-        partition=partition,
+    plan = _plan_of(
+        prior, block_bits, allocation, seed, collapsed_block_size, budget_offset_bits, partition
     )
-    spec = CodecSpec(
-        plan=plan,
-        method=method,
-        seed=seed,
-        prior_mu=prior.mu,
-        prior_sigma=prior.sigma,
-        max_steps=rec.DEFAULT_MAX_STEPS if max_steps is None else max_steps,
+    spec = _spec_of(
+        plan,
+        prior,
+        method,
+        seed,
+        max_steps,
+        (n_samples, kl_offset_bits, kl_max_bits),
         adapt_above_bits=adapt_above_bits,
         backend=backend,
-        **_budget_args(n_samples, kl_offset_bits, kl_max_bits),
     )
     index = LatentSource(latents, prior.dim).row_index()
     if index.n_rows == 0:
