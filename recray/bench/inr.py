@@ -482,25 +482,3 @@ def plot(r: dict, out_dir: str) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def markdown_table(r: dict) -> str:
-    """The rows as a Markdown table (README), INR settings first within each rate point."""
-    order = {m: k for k, m in enumerate(("orc-16", "sp-orc", "sp-pfr", *CLASSICAL))}
-    head = (
-        "| rate point | method | tiles | bpp (bytes written) | PSNR (dB) | KL (bpp) "
-        "| fallback blocks/tile | encode s/tile | decode s/tile |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-    )
-    lines = [head]
-    rows = sorted(r["rows"], key=lambda x: (x["rate_point_bpp"], order.get(x["method"], 99)))
-    for x in rows:
-        name = x["method"] + (f" (q={x['quality']})" if "quality" in x else "")
-        kl = f"{x['kl_bpp']:.3f}" if "kl_bpp" in x else ""
-        fb = f"{x['fallback_blocks_per_tile']:.1f}" if "fallback_blocks_per_tile" in x else ""
-        lines.append(
-            f"| {x['rate_point_bpp']:g} | {name} | {x['tiles']} | {x['bpp']:.4f} | "
-            f"{x['psnr_db']:.2f} | {kl} | {fb} | {x['encode_s_per_tile']:.2f} | "
-            f"{x['decode_s_per_tile']:.3f} |"
-        )
-    return "\n".join(lines)

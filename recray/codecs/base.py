@@ -16,8 +16,10 @@ entropy coding never lives inside the network), for REC latents:
 * :meth:`LatentCodec.synthesis` rebuilds items from decoded latents (and reads the tail).
 
 :func:`encode_progressive` and :func:`decode_items` are the two halves shared by codecs
-whose analysis interacts with coding (the INR codec); the MNIST codec keeps its own Ray
-pipeline (:mod:`recray.codecs.mnist`) and implements the interface for its parts.
+whose analysis interacts with coding (the INR codec). The MNIST codec codes its latents
+with the latent pipeline (:mod:`recray.pipeline`), then runs its :class:`LatentCodec`'s
+``tail`` and ``synthesis`` on every part of the run (:mod:`recray.codecs.mnist`). A run
+header names its codec by the class's ``name`` and ``version``.
 
 Guarantees and requirements: an item's message depends only on the item, its id, the
 spec and the codec's own deterministic choices (never on the other items of its batch);

@@ -597,8 +597,8 @@ def compress(
     header = run_header(spec, prior, "int") | {
         "shard_rows": int(shard_rows),
         "codec": {
-            "name": CODEC_NAME,
-            "version": CODEC_VERSION,
+            "name": INRCodec.name,
+            "version": INRCodec.version,
             "model_id": model.model_id,
             "model_sha256": model.model_checksum,
             "torch_version": torch.__version__,

@@ -473,8 +473,8 @@ def _version_of(dist: str) -> str | None:
 
 def _codec_header(latent_header: dict, model, decoder, split: str, version: int) -> dict:
     codec = {
-        "name": CODEC_NAME,
-        "version": version,
+        "name": MnistCodec.name,
+        "version": version,  # the tables' version (MnistCodec.version, or 1 for float tables)
         "model_sha256": model.model_checksum,
         "model_config": {
             k: list(v) if isinstance(v, tuple) else v
