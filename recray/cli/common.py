@@ -65,11 +65,14 @@ def _write_json(path: str | None, payload) -> None:
 def _ray_opts(args):
     from recray.pipeline.options import RayOptions
 
+    # --actor-cpus and --retries where the command has them (recray compress)
+    more = {k: getattr(args, k) for k in ("actor_cpus", "retries") if hasattr(args, k)}
     return RayOptions(
         address=args.address,
         actors=args.actors,
         connect_timeout=args.connect_timeout,
         verbose=args.verbose,
+        **more,
     )
 
 

@@ -53,8 +53,10 @@ def _tiles(args):
         raise InputError("give TILES or --split, not both")
     if args.tiles:
         t = read_tiles(args.tiles, on_bad_item=args.on_bad_item)
-        if args.limit is not None:
-            t = Tiles(t.images[: args.limit], t.ids[: args.limit], t.rejects)
+        if args.limit is not None and args.limit < t.ids.size:  # the first LIMIT files' tiles
+            end = t.ids[args.limit]
+            rejects = tuple(r for r in t.rejects if r[0] < end)
+            t = Tiles(t.images[: args.limit], t.ids[: args.limit], rejects)
         return t, {"file": os.path.abspath(args.tiles), "limit": args.limit}
     split = args.split or "test"
     return load_tiles(split, args.limit).images, {"split": split, "limit": args.limit}

@@ -57,7 +57,6 @@ def cmd_linear_gaussian(args) -> int:
 
 def cmd_compress(args) -> int:
     from recray.pipeline import driver
-    from recray.pipeline.options import RayOptions
 
     summary = driver.compress(
         args.latents,
@@ -77,14 +76,7 @@ def cmd_compress(args) -> int:
         debug_samples=args.debug_samples,
         shard_rows=args.shard_rows,
         engine=args.engine,
-        ray_options=RayOptions(
-            address=args.address,
-            actors=args.actors,
-            actor_cpus=args.actor_cpus,
-            retries=args.retries,
-            connect_timeout=args.connect_timeout,
-            verbose=args.verbose,
-        ),
+        ray_options=_ray_opts(args),
         resume=args.resume,
         on_bad_item=args.on_bad_item,
         adapt_above_bits=None if args.adapt_above_bits <= 0 else args.adapt_above_bits,

@@ -529,15 +529,23 @@ class _TileCoding:
     weights: str
     settings: Settings
     spec: object
-    threads: int | None = None  # torch threads of a Ray actor (None: leave this process's)
+    model: object = None  # the model already loaded here (the local engine); None on Ray
 
     def __call__(self):
-        if self.threads is not None:
-            import torch
-
-            torch.set_num_threads(self.threads)
-        model = load_model(self.weights)
+        model = _worker_model(self.model, lambda: load_model(self.weights))
         return lambda task: _encode_shard(model, self.settings, self.spec, *task)
+
+
+def _worker_model(model, load):
+    """The model a worker uses: ``model`` when the caller already loaded it in this process,
+    else ``load()`` in a Ray actor, which then runs torch on one thread (actors share the
+    node's cores)."""
+    if model is not None:
+        return model
+    import torch
+
+    torch.set_num_threads(1)
+    return load()
 
 
 def compress(
@@ -631,7 +639,7 @@ def compress(
             schema=reject_schema("int"),
         )
     opts = ray_options or RayOptions()
-    coding = _TileCoding(w, settings, spec, threads=1 if engine == "ray" else None)
+    coding = _TileCoding(w, settings, spec, model if engine == "local" else None)
     with RunWriter(
         out_dir, header, prior.to_json(), schema, fingerprint=fingerprint, resume=resume
     ) as writer:
@@ -739,11 +747,11 @@ def decompress(
 
     t0 = time.perf_counter()
     run = Run.open(run_dir)
-    _model_for(run, weights)  # the right weights, checked before any work
+    model = _model_for(run, weights)  # the right weights, checked before any work
     if os.path.exists(out_dir):
         raise InputError(f"output {out_dir!r} already exists; remove it or choose another --out")
     files = [p["file"] for p in run.manifest["parts"]]
-    decoding = _TileDecoding(run_dir, weights, batch_size, threads=1 if engine == "ray" else None)
+    decoding = _TileDecoding(run_dir, weights, batch_size, model if engine == "local" else None)
     all_ids, all_tiles, all_z = [], [], []
     with parts.session(engine, ray_options):
         for ids, tiles, z in parts.map_parts(decoding, files, engine=engine, opts=ray_options):
@@ -801,19 +809,15 @@ class _TileDecoding:
     run_dir: str
     weights: str | None
     batch_size: int
-    threads: int | None = None
+    model: object = None  # the model already loaded and checked here (the local engine)
 
     def __call__(self):
         from recray.format.run import Run
         from recray.latents.io import Prior
         from recray.pipeline.driver import spec_from_header
 
-        if self.threads is not None:
-            import torch
-
-            torch.set_num_threads(self.threads)
         run = Run.open(self.run_dir, verify_parts=False)  # the driver verified them
-        codec = INRCodec(_model_for(run, self.weights))
+        codec = INRCodec(_worker_model(self.model, lambda: _model_for(run, self.weights)))
         prior = Prior.from_dict(json.loads(run.prior_json), where="run prior")
         spec = spec_from_header(run.header, prior)
         return lambda file: _decode_part(run, codec, spec, self.batch_size, file)
