@@ -93,3 +93,30 @@ def test_bench_compress_small(tmp_path):
     )
     assert r["items"] == 50 and r["items_per_s"] > 0 and r["peak_rss_mib"] > 10
     assert "items/s" in compress.format_result(r)
+
+
+def test_bench_plan_star_is_the_compress_default():
+    """The frontier's star (bench plan's DEFAULT) is the setting ``recray compress`` codes with
+    by default; a setting one field off (negative control) is not."""
+    import dataclasses
+    import inspect
+
+    from recray.bench import plan as bench_plan
+    from recray.pipeline import driver
+
+    params = inspect.signature(driver.compress).parameters
+
+    def is_default(s) -> bool:
+        return (
+            s.partition == params["partition"].default
+            and params["laws"].default in ("auto", "fit")
+            and s.laws == "fit"
+            and s.block_bits == params["block_bits"].default
+            and s.budget_offset_bits == params["budget_offset_bits"].default
+            and s.adapt_above_bits == params["adapt_above_bits"].default
+            and s.collapsed_block_size == params["collapsed_block_size"].default
+        )
+
+    assert is_default(bench_plan.DEFAULT)
+    assert [s.name for s in bench_plan.SETTINGS if is_default(s)] == [bench_plan.DEFAULT.name]
+    assert not is_default(dataclasses.replace(bench_plan.DEFAULT, collapsed_block_size=8))

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from recray.errors import PlanError
 from recray.plan import (
+    COLLAPSED_BLOCK_SIZE,
     PLAN_FORMAT_VERSION,
     STRATEGIES,
     CodecPlan,
@@ -188,9 +189,9 @@ def test_split_every_dim_once_collapsed_last():
     flat = [d for b in blocks for d in b]
     assert sorted(flat) == list(range(mi.size))
     collapsed = [int(d) for d in np.flatnonzero(mi < 0.01)]
-    n_tail = math.ceil(len(collapsed) / 8)
+    n_tail = math.ceil(len(collapsed) / COLLAPSED_BLOCK_SIZE)
     assert [d for b in blocks[-n_tail:] for d in b] == collapsed
-    assert all(len(b) <= 8 for b in blocks[-n_tail:])
+    assert all(len(b) <= COLLAPSED_BLOCK_SIZE for b in blocks[-n_tail:])
     informative = blocks[:-n_tail]
     assert all(b == sorted(b) for b in blocks)
     assert [b[0] for b in informative] == sorted(b[0] for b in informative)
@@ -239,7 +240,9 @@ def test_plan_uniforms_in_open_interval():
 
 
 def small_plan() -> CodecPlan:
-    return build_plan(SMALL_MI, 5.0, seed=1)
+    """A small plan with the collapsed-block size its pinned JSON and checksum were written
+    with (8, the default before 24)."""
+    return build_plan(SMALL_MI, 5.0, seed=1, collapsed_block_size=8)
 
 
 def test_build_plan_small():

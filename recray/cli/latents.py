@@ -218,7 +218,7 @@ def _add_plan_args(c) -> None:
         type=int,
         default=None,
         help="collapsed dims (no information) per block of their own; 0 spreads them over "
-        "the informative blocks (suits orc; exact methods pay ~0.72 bits of D_inf each) "
+        "the informative blocks (suits orc; exact methods then search larger blocks) "
         f"(default: {d('collapsed_block_size')})",
     )
     c.add_argument(

@@ -55,7 +55,13 @@ from recray.pipeline.options import VALIDATE_ON_RAY_ROWS, RayOptions
 from recray.pipeline.progress import tick
 from recray.pipeline.shards import DEFAULT_SHARD_ROWS, ON_BAD_ITEM, shard_ranges
 from recray.pipeline.validate import scan_shards
-from recray.plan import DEFAULT_PARTITION, KL_SAMPLES_MAX_BITS, CodecPlan, build_plan
+from recray.plan import (
+    COLLAPSED_BLOCK_SIZE,
+    DEFAULT_PARTITION,
+    KL_SAMPLES_MAX_BITS,
+    CodecPlan,
+    build_plan,
+)
 from recray.plan.adaptive import DEFAULT_ADAPT_ABOVE_BITS
 from recray.plan.io import check_plan_for, load_plan, write_plan
 from recray.rec.api import FEASIBLE_MARGIN_BITS
@@ -234,7 +240,7 @@ def compress(
     engine: str = "ray",
     ray_options: RayOptions | None = None,
     resume: bool = False,
-    collapsed_block_size: int = 8,
+    collapsed_block_size: int = COLLAPSED_BLOCK_SIZE,
     on_bad_item: str = "fail",
     adapt_above_bits: float | None = DEFAULT_ADAPT_ABOVE_BITS,
     feasible_margin_bits: float = FEASIBLE_MARGIN_BITS,
@@ -420,7 +426,7 @@ def fit(
     block_bits: float = 16.0,
     allocation: str = "mi",
     partition: str = DEFAULT_PARTITION,
-    collapsed_block_size: int = 8,
+    collapsed_block_size: int = COLLAPSED_BLOCK_SIZE,
     budget_offset_bits: int = 0,
     seed: int = 0,
     n_samples: int | str = 1 << 16,

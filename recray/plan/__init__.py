@@ -40,7 +40,7 @@ from recray.plan.allocation import (
     check_threshold,
     derive_block_seed,
 )
-from recray.plan.blocks import split_blocks
+from recray.plan.blocks import COLLAPSED_BLOCK_SIZE, split_blocks
 from recray.plan.laws import IndexLaws
 from recray.plan.trees import TREE_MAX_LEVEL, block_trees, check_plan_trees
 from recray.rec.trees import MAX_BIN_ID_BITS
@@ -53,6 +53,7 @@ __all__ = [
     "PLAN_STRATEGIES",
     "STRATEGIES",
     "KL_SAMPLES_MAX_BITS",
+    "COLLAPSED_BLOCK_SIZE",
     "CodecPlan",
     "allocate_bits",
     "build_plan",
@@ -465,7 +466,7 @@ def build_plan(
     strategy: str = "mi",
     seed: int = 0,
     collapse_threshold: float = 0.01,
-    collapsed_block_size: int = 8,
+    collapsed_block_size: int = COLLAPSED_BLOCK_SIZE,
     max_bits_per_dim: int = 24,
     budget_offset_bits: int = 0,
     index_laws: IndexLaws | None = None,

@@ -46,13 +46,18 @@ def lpt_assign(mi: np.ndarray, order: list[int], k: int) -> list[list[int]]:
     return blocks
 
 
+#: Most near-collapsed dimensions in one block of their own, by default: the point on the
+#: measured frontier (docs/RESULTS.md, "The plan") before the candidates climb.
+COLLAPSED_BLOCK_SIZE = 24
+
+
 def split_blocks(
     mi_bits,
     block_bits: float,
     *,
     seed: int = 0,
     collapse_threshold: float = 0.01,
-    collapsed_block_size: int = 8,
+    collapsed_block_size: int = COLLAPSED_BLOCK_SIZE,
 ) -> list[list[int]]:
     """Blocks of dimension indices with about ``block_bits`` bits of information each.
 
@@ -73,11 +78,16 @@ def split_blocks(
     are ordered by their smallest dimension. The collapsed dims follow, in ascending order,
     split into ``ceil(n / collapsed_block_size)`` blocks of near-equal size.
 
-    Why collapsed dims are chunked: a collapsed dimension carries no information, but when
-    the average posterior matches the prior its ``D_inf`` is about ``log2(e)/2 = 0.72`` bits
-    on average whatever its KL (``E[m^2] / (2 (1 - s^2)) = 1/2`` nat). An exact search over
-    one block of ``n`` such dims needs about ``2^(0.72 n)`` candidates: 40 of them in one
-    block would need ~2^29. Blocks of 8 keep it near 2^6, for about 2 bits of index each.
+    Why collapsed dims are chunked: a collapsed dimension carries no information, but its
+    ``D_inf`` is not zero: taken over the whole line it is about ``log2(e)/2 = 0.72`` bits on
+    average when the average posterior matches the prior (``E[m^2] / (2 (1 - s^2)) = 1/2``
+    nat), so an exact search over ``n`` of them would need about ``2^(0.72 n)`` candidates.
+    Taken over what the sampler can reach (docs/FORMAT.md 4.1), as the exact methods do, it
+    is a fraction of that: blocks of 8 near-collapsed dims of ``recray datasets synth`` stop
+    after about 9 candidates. Each block of its own costs index overhead (0.3-0.4 bits/item
+    per block, measured), so the default groups up to 24: on the frontier's sets that is
+    0.6-0.9 bits/item fewer than blocks of 8 at 0-6 % more candidates, while blocks of 32
+    doubled the candidates of the synthetic set.
 
     Returns: a list of lists of ints; every index in ``range(d)`` appears exactly once.
     Deterministic: same inputs, same blocks on every machine.
