@@ -180,25 +180,91 @@ def _items(bins, local, layout: IndexLayout, extra) -> _Items:
     )
 
 
-def _segments(it: _Items, i: int, layout: IndexLayout, t: _Tables) -> list:
+@dataclass
+class _Batch:
+    """What :func:`_segments` needs of ``n`` items, computed for all of them at once:
+    ``flag_ext`` the extra bits of each item's flagged blocks (int32, concatenated, with
+    ``ext_stop`` ``(n,)`` the end of each item's run); ``esc`` likewise the escaped classes
+    (``esc_stop``); ``sizes``/``chunks`` ``(n, F)`` int32 uniform chunks of the raw fields
+    and ``chunk_mask`` which of them exist; ``ideal`` ``(n,)`` ``sum -log2 P`` (bits);
+    ``bin_rows`` the bin laws' rows (:func:`_bin_rows`, looked up once per batch)."""
+
+    flag_ext: np.ndarray
+    ext_stop: np.ndarray
+    esc: np.ndarray
+    esc_stop: np.ndarray
+    sizes: np.ndarray
+    chunks: np.ndarray
+    chunk_mask: np.ndarray
+    ideal: np.ndarray
+    bin_rows: np.ndarray
+
+
+def _batch(it: _Items, layout: IndexLayout, t: _Tables) -> _Batch:
+    n = it.law.shape[0]
+    nb = it.law.shape[1]
+    blocks = np.arange(nb)
+    zero_i = np.zeros(0, np.int32)
+    ideal = np.zeros(n)
+    if it.flags is not None:
+        ideal = ideal - np.log2(t.flag_probs[blocks, it.flags]).sum(axis=1)
+        dims = np.asarray(layout.adaptive_dims, np.int64)
+        S = it.extra.shape[2]
+        has = (np.arange(S)[None, :] < dims[:, None])[None] & (it.flags[:, :, None] == 1)
+        flag_ext = it.extra[has].astype(np.int32)  # item-major, block by block, dims in order
+        counts = has.reshape(n, -1).sum(axis=1)
+        ext_bits = np.zeros(n)
+        np.add.at(ext_bits, np.repeat(np.arange(n), counts), -np.log2(t.extra_probs[flag_ext]))
+        ideal = ideal + ext_bits
+    else:
+        flag_ext, counts = zero_i, np.zeros(n, np.int64)
+    ideal = ideal - np.log2(t.class_probs[blocks, it.law]).sum(axis=1)
+    is_esc = it.classes >= N_LAW_CLASSES
+    esc = it.classes[is_esc].astype(np.int32)
+    esc_counts = is_esc.sum(axis=1)
+    if esc.size:
+        esc_bits = np.zeros(n)
+        probs = _escape_probs(1)[0]
+        np.add.at(esc_bits, np.repeat(np.arange(n), esc_counts), -np.log2(probs[esc]))
+        ideal = ideal + esc_bits
+    rows = _bin_rows(layout)
+    if it.bsym.shape[1]:
+        ideal = ideal - np.log2(rows[np.arange(rows.shape[0]), it.bsym]).sum(axis=1)
+    cw = _CHUNK_TABLE[it.field_bits]  # (n, 2 nb, C)
+    cv = (it.fields[:, :, None] >> _CHUNK_SHIFTS) & (np.left_shift(np.int64(1), cw) - 1)
+    ideal = ideal + cw.sum(axis=(1, 2))
+    return _Batch(
+        flag_ext,
+        np.cumsum(counts),
+        esc,
+        np.cumsum(esc_counts),
+        np.left_shift(1, cw).astype(np.int32).reshape(n, -1),
+        cv.astype(np.int32).reshape(n, -1),
+        (cw > 0).reshape(n, -1),
+        ideal,
+        rows,
+    )
+
+
+def _segments(it: _Items, i: int, layout: IndexLayout, t: _Tables, bt: _Batch) -> list:
     """Item ``i``'s symbols as ``(model family, parameters, symbols)`` in wire order."""
     segs = []
     if it.flags is not None:
         segs.append((_CLASS_FAMILY, t.flag_probs, it.flags[i]))
-        ext = _flagged_extras(it.extra[i], it.flags[i], layout)
+        a = bt.ext_stop[i - 1] if i else 0
+        ext = bt.flag_ext[a : bt.ext_stop[i]]
         if ext.size:
             segs.append((_CLASS_FAMILY, _rows(t.extra_probs, ext.size), ext))
     segs.append((_CLASS_FAMILY, t.class_probs, it.law[i]))
-    esc = it.classes[i][it.classes[i] >= N_LAW_CLASSES].astype(np.int32)
+    a = bt.esc_stop[i - 1] if i else 0
+    esc = bt.esc[a : bt.esc_stop[i]]
     if esc.size:
         segs.append((_CLASS_FAMILY, _escape_probs(esc.size), esc))
     if it.bsym.shape[1]:
-        segs.append((_CLASS_FAMILY, _bin_rows(layout), it.bsym[i]))
-    cw = _CHUNK_TABLE[it.field_bits[i]]
-    cv = (it.fields[i][:, None] >> _CHUNK_SHIFTS) & (np.left_shift(np.int64(1), cw) - 1)
-    m = cw > 0
+        segs.append((_CLASS_FAMILY, bt.bin_rows, it.bsym[i]))
+    m = bt.chunk_mask[i]
     if m.any():
-        segs.append((_UNIFORM, np.left_shift(1, cw[m]).astype(np.int32), cv[m].astype(np.int32)))
+        segs.append((_UNIFORM, bt.sizes[i][m], bt.chunks[i][m]))
     return segs
 
 
@@ -214,29 +280,14 @@ def _rows(probs: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(probs, (n, probs.shape[0])))
 
 
-def _flagged_extras(extra_i: np.ndarray, flags_i: np.ndarray, layout: IndexLayout) -> np.ndarray:
-    dims = layout.adaptive_dims
-    parts = [extra_i[b, : dims[b]] for b in np.flatnonzero(flags_i)]
-    return (np.concatenate(parts) if parts else np.zeros(0, np.int64)).astype(np.int32)
-
-
-def _ideal(segs) -> float:
-    bits = 0.0
-    for fam, params, sym in segs:
-        if fam is _UNIFORM:
-            bits += float(np.log2(params.astype(np.float64)).sum())
-        else:
-            bits -= float(np.log2(params[np.arange(sym.size), sym]).sum())
-    return bits
-
-
 def encode_rows(bins, local, layout: IndexLayout, tails, extra) -> list[bytes]:
     """Messages of ``n`` items (checked indices) under an ordinal layout."""
     t = _tables(layout)
     it = _items(bins, local, layout, extra)
+    bt = _batch(it, layout, t)
     out: list[bytes] = []
     for i in range(bins.shape[0]):
-        segs = _segments(it, i, layout, t)
+        segs = _segments(it, i, layout, t, bt)
         tail = () if tails is None else tuple(tails[i])
         encoder = _queue.RangeEncoder()
         for fam, params, symbols in segs:
@@ -244,13 +295,14 @@ def encode_rows(bins, local, layout: IndexLayout, tails, extra) -> list[bytes]:
         for tl in tail:
             tl.encode(encoder)
         full = _words_to_bytes(encoder.get_compressed())
-        bits = _ideal(segs) + sum(tl.ideal_bits for tl in tail)
+        bits = float(bt.ideal[i]) + sum(tl.ideal_bits for tl in tail)
 
         def decodes(cand, segs=segs, tail=tail) -> bool:
             try:
                 dec = _queue.RangeDecoder(_bytes_to_words(cand))
                 for fam, params, symbols in segs:
-                    if dec.decode(fam, params).astype(np.int32).tobytes() != symbols.tobytes():
+                    got = dec.decode(fam, params).astype(np.int32, copy=False)
+                    if got.tobytes() != symbols.tobytes():
                         return False
                 return all(tl.decodes_from(dec) for tl in tail)
             except (AssertionError, ValueError, RuntimeError, OverflowError, IndexError):
@@ -264,7 +316,7 @@ def ideal_rows(bins, local, layout: IndexLayout, extra) -> np.ndarray:
     """``sum -log2 P`` of every item's symbols (bits), float64 ``(n,)``."""
     t = _tables(layout)
     it = _items(bins, local, layout, extra)
-    return np.array([_ideal(_segments(it, i, layout, t)) for i in range(bins.shape[0])])
+    return _batch(it, layout, t).ideal
 
 
 def read_head(data: bytes, layout: IndexLayout) -> Head:
