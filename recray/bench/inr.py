@@ -368,7 +368,8 @@ def merge(results: list[dict]) -> dict:
         "tiles": results[0]["tiles"],
         "tile_indices": idx,
         "rates": sorted({x for r in results for x in r["rates"]}),
-        "seconds": sum(r["seconds"] for r in results),
+        # runs taken from a checkpoint (JSON.partial) carry no total time
+        "seconds": sum(r.get("seconds") or 0.0 for r in results),
         "notes": results[0]["notes"],
     }
 
@@ -474,6 +475,9 @@ def plot(r: dict, out_dir: str) -> str:
     ax.set_xlabel("bits per pixel (bytes written)")
     ax.set_ylabel("PSNR (dB, 8-bit)")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xticks([0.25, 0.5, 1, 2, 4, 8])
     ax.set_title(f"32x32 photo tiles, {r['tiles']} test tiles")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
