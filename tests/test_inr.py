@@ -611,6 +611,26 @@ def test_bench_pools_chunks_tile_weighted():
     assert row["tile_psnr_db"] == [1.0, 2.0, 3.0, 4.0] and row["tile_bits"] == [8, 1, 2, 3]
 
 
+def test_bench_merges_runs_on_the_same_tiles_only(tmp_path):
+    """Runs of one tile set merge (a run taken from a checkpoint has no total time) and plot;
+    runs on other tiles are refused."""
+    from recray.bench import inr as bi
+
+    def run(rate, idx, seconds=None):
+        rows = [{"rate_point_bpp": rate, "method": m, "bpp": rate + k, "psnr_db": 25.0 + k}
+                for k, m in enumerate(("orc-16", "sp-orc"))]  # fmt: skip
+        r = {"rows": rows, "tiles": len(idx), "tile_indices": idx, "rates": [rate]}
+        r |= {"sweeps": {}, "notes": []}
+        return r if seconds is None else r | {"seconds": seconds}
+
+    merged = bi.merge([run(0.5, [0, 3], 10.0), run(4.0, [0, 3])])
+    assert merged["rates"] == [0.5, 4.0] and merged["seconds"] == 10.0
+    assert len(merged["rows"]) == 4 and merged["tile_indices"] == [0, 3]
+    assert os.path.getsize(bi.plot(merged, str(tmp_path))) > 0
+    with pytest.raises(ValueError, match="different tiles"):
+        bi.merge([run(0.5, [0, 3], 1.0), run(4.0, [0, 4], 1.0)])
+
+
 def test_job_entrypoint_forwards_to_the_codec_commands():
     import importlib.util
 
