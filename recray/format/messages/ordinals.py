@@ -183,16 +183,16 @@ def _items(bins, local, layout: IndexLayout, extra) -> _Items:
 @dataclass
 class _Batch:
     """What :func:`_segments` needs of ``n`` items, computed for all of them at once:
-    ``flag_ext`` the extra bits of each item's flagged blocks (int32, concatenated, with
-    ``ext_stop`` ``(n,)`` the end of each item's run); ``esc`` likewise the escaped classes
-    (``esc_stop``); ``sizes``/``chunks`` ``(n, F)`` int32 uniform chunks of the raw fields
+    ``flag_ext`` the extra bits of each item's flagged blocks (int32, concatenated; item
+    ``i``'s run is ``ext_off[i] : ext_off[i + 1]``); ``esc`` likewise the escaped classes
+    (``esc_off``); ``sizes``/``chunks`` ``(n, F)`` int32 uniform chunks of the raw fields
     and ``chunk_mask`` which of them exist; ``ideal`` ``(n,)`` ``sum -log2 P`` (bits);
     ``bin_rows`` the bin laws' rows (:func:`_bin_rows`, looked up once per batch)."""
 
     flag_ext: np.ndarray
-    ext_stop: np.ndarray
+    ext_off: np.ndarray
     esc: np.ndarray
-    esc_stop: np.ndarray
+    esc_off: np.ndarray
     sizes: np.ndarray
     chunks: np.ndarray
     chunk_mask: np.ndarray
@@ -200,11 +200,19 @@ class _Batch:
     bin_rows: np.ndarray
 
 
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    """``(n + 1,)`` start offsets of ``n`` consecutive runs of ``counts`` entries."""
+    return np.concatenate(([0], np.cumsum(counts)))
+
+
+def _run_sums(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``(n,)`` sums of ``n`` consecutive runs of ``values``, ``counts[i]`` entries each."""
+    return np.bincount(np.repeat(np.arange(counts.size), counts), values, counts.size)
+
+
 def _batch(it: _Items, layout: IndexLayout, t: _Tables) -> _Batch:
-    n = it.law.shape[0]
-    nb = it.law.shape[1]
+    n, nb = it.law.shape
     blocks = np.arange(nb)
-    zero_i = np.zeros(0, np.int32)
     ideal = np.zeros(n)
     if it.flags is not None:
         ideal = ideal - np.log2(t.flag_probs[blocks, it.flags]).sum(axis=1)
@@ -213,20 +221,15 @@ def _batch(it: _Items, layout: IndexLayout, t: _Tables) -> _Batch:
         has = (np.arange(S)[None, :] < dims[:, None])[None] & (it.flags[:, :, None] == 1)
         flag_ext = it.extra[has].astype(np.int32)  # item-major, block by block, dims in order
         counts = has.reshape(n, -1).sum(axis=1)
-        ext_bits = np.zeros(n)
-        np.add.at(ext_bits, np.repeat(np.arange(n), counts), -np.log2(t.extra_probs[flag_ext]))
-        ideal = ideal + ext_bits
+        ideal = ideal + _run_sums(-np.log2(t.extra_probs[flag_ext]), counts)
     else:
-        flag_ext, counts = zero_i, np.zeros(n, np.int64)
+        flag_ext, counts = np.zeros(0, np.int32), np.zeros(n, np.int64)
     ideal = ideal - np.log2(t.class_probs[blocks, it.law]).sum(axis=1)
     is_esc = it.classes >= N_LAW_CLASSES
     esc = it.classes[is_esc].astype(np.int32)
     esc_counts = is_esc.sum(axis=1)
     if esc.size:
-        esc_bits = np.zeros(n)
-        probs = _escape_probs(1)[0]
-        np.add.at(esc_bits, np.repeat(np.arange(n), esc_counts), -np.log2(probs[esc]))
-        ideal = ideal + esc_bits
+        ideal = ideal + _run_sums(-np.log2(_escape_probs(1)[0][esc]), esc_counts)
     rows = _bin_rows(layout)
     if it.bsym.shape[1]:
         ideal = ideal - np.log2(rows[np.arange(rows.shape[0]), it.bsym]).sum(axis=1)
@@ -235,9 +238,9 @@ def _batch(it: _Items, layout: IndexLayout, t: _Tables) -> _Batch:
     ideal = ideal + cw.sum(axis=(1, 2))
     return _Batch(
         flag_ext,
-        np.cumsum(counts),
+        _offsets(counts),
         esc,
-        np.cumsum(esc_counts),
+        _offsets(esc_counts),
         np.left_shift(1, cw).astype(np.int32).reshape(n, -1),
         cv.astype(np.int32).reshape(n, -1),
         (cw > 0).reshape(n, -1),
@@ -246,18 +249,16 @@ def _batch(it: _Items, layout: IndexLayout, t: _Tables) -> _Batch:
     )
 
 
-def _segments(it: _Items, i: int, layout: IndexLayout, t: _Tables, bt: _Batch) -> list:
+def _segments(it: _Items, i: int, t: _Tables, bt: _Batch) -> list:
     """Item ``i``'s symbols as ``(model family, parameters, symbols)`` in wire order."""
     segs = []
     if it.flags is not None:
         segs.append((_CLASS_FAMILY, t.flag_probs, it.flags[i]))
-        a = bt.ext_stop[i - 1] if i else 0
-        ext = bt.flag_ext[a : bt.ext_stop[i]]
+        ext = bt.flag_ext[bt.ext_off[i] : bt.ext_off[i + 1]]
         if ext.size:
             segs.append((_CLASS_FAMILY, _rows(t.extra_probs, ext.size), ext))
     segs.append((_CLASS_FAMILY, t.class_probs, it.law[i]))
-    a = bt.esc_stop[i - 1] if i else 0
-    esc = bt.esc[a : bt.esc_stop[i]]
+    esc = bt.esc[bt.esc_off[i] : bt.esc_off[i + 1]]
     if esc.size:
         segs.append((_CLASS_FAMILY, _escape_probs(esc.size), esc))
     if it.bsym.shape[1]:
@@ -287,7 +288,7 @@ def encode_rows(bins, local, layout: IndexLayout, tails, extra) -> list[bytes]:
     bt = _batch(it, layout, t)
     out: list[bytes] = []
     for i in range(bins.shape[0]):
-        segs = _segments(it, i, layout, t, bt)
+        segs = _segments(it, i, t, bt)
         tail = () if tails is None else tuple(tails[i])
         encoder = _queue.RangeEncoder()
         for fam, params, symbols in segs:
