@@ -512,3 +512,19 @@ def test_cap_hits_follow_the_exponential_tail(margin):
     assert rate < 1.3 * want, (margin, rate, want)
     if margin == 0.0:
         assert rate > 0.25
+
+
+def test_local_files_appear_whole_or_not_at_all(tmp_path):
+    """A write that fails leaves the old file and no temporary one; a finished write
+    replaces the file whole (the caches, checkpoints, weights and data sets use this)."""
+    from recray.localfiles import replacing, write_replacing
+
+    path = tmp_path / "state.json"
+    write_replacing(path, "old\n")
+    with pytest.raises(RuntimeError), replacing(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write("half of the new")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["state.json"]
+    write_replacing(path, b"new", fsync=True)
+    assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["state.json"]

@@ -54,12 +54,10 @@ class _Parser(argparse.ArgumentParser):
 def _write_json(path: str | None, payload) -> None:
     if not path:
         return
+    from recray.localfiles import write_replacing
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_replacing(path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
 
 def _ray_opts(args):

@@ -723,10 +723,11 @@ def decompress(
                 f"({bad.size} images differ)"
             )
         result["verified"] = True
+    from recray.localfiles import replacing
+
     os.makedirs(out_dir)
-    tmp = os.path.join(out_dir, ".images.npz.tmp.npz")
-    np.savez(tmp, ids=ids, images=images)
-    os.replace(tmp, result["out"])
+    with replacing(result["out"]) as tmp, open(tmp, "wb") as f:
+        np.savez(f, ids=ids, images=images)
     return result
 
 

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from recray.errors import InputError
 from recray.latents.io import Prior, kl_bits_per_dim
+from recray.localfiles import replacing, write_replacing
 
 CHUNK = 65536
 
@@ -68,7 +69,7 @@ def synthesize(
     )
     lat_path = os.path.join(out_dir, "latents.parquet")
     kl_sum = np.zeros(dim)
-    with pq.ParquetWriter(lat_path + ".tmp", schema) as w:
+    with replacing(lat_path) as tmp, pq.ParquetWriter(tmp, schema) as w:
         for lo in range(0, n, CHUNK):
             k = min(CHUNK, n - lo)
             s = np.minimum(
@@ -103,12 +104,8 @@ def synthesize(
                     schema=schema,
                 )
             )
-    os.replace(lat_path + ".tmp", lat_path)
     mi = np.maximum(kl_sum / n, 0.0)
     prior = Prior(prior.mu, prior.sigma, mi)
     prior_path = os.path.join(out_dir, "prior.json")
-    with open(prior_path + ".tmp", "w") as f:
-        json.dump(json.loads(prior.to_json()), f, indent=1)
-        f.write("\n")
-    os.replace(prior_path + ".tmp", prior_path)
+    write_replacing(prior_path, json.dumps(json.loads(prior.to_json()), indent=1) + "\n")
     return lat_path, prior_path

@@ -69,7 +69,6 @@ import json
 import math
 import os
 import time
-import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -78,6 +77,7 @@ import torch
 from torch import nn
 
 from recray.errors import FormatError, InputError
+from recray.localfiles import replacing, write_replacing
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 LN2 = math.log(2.0)
@@ -291,10 +291,12 @@ class INR(nn.Module):
             "beta": self.beta,
         }
         prior = Prior(arrays["prior_mu"], arrays["prior_sigma"], np.maximum(self.mi_bits, 0.0))
-        _atomic_write(path, raw)
-        _atomic_write(path.with_name(path.stem + "_prior.json"), (prior.to_json() + "\n").encode())
-        _atomic_write(
-            path.with_suffix(".json"), (json.dumps(card, indent=2, sort_keys=True) + "\n").encode()
+        write_replacing(path, raw, fsync=True)
+        write_replacing(
+            path.with_name(path.stem + "_prior.json"), prior.to_json() + "\n", fsync=True
+        )
+        write_replacing(
+            path.with_suffix(".json"), json.dumps(card, indent=2, sort_keys=True) + "\n", fsync=True
         )
         self.model_checksum, self.model_id = sha, path.stem
         return card
@@ -312,15 +314,6 @@ def _npz_bytes(arrays: dict) -> bytes:
             with zf.open(info, "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.asanyarray(a), allow_pickle=False)
     return buf.getvalue()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = Path(f"{path}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_inr(path, expect_sha256: str | None = None) -> INR:
@@ -624,9 +617,8 @@ class Trainer:
         """Write the whole state to ``path`` (a temporary file, then renamed: a kill
         leaves the previous checkpoint)."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            torch.save(self.state(), tmp)
 
     def load_checkpoint(self, path: str) -> None:
         """Continue from the checkpoint ``path``: the same tiles, architecture and settings,

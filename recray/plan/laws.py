@@ -37,13 +37,13 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from recray.errors import PlanError
+from recray.localfiles import write_replacing
 
 #: ``"version"`` of serialized laws; bump it with any change of layout or meaning. Version 2
 #: adds interval laws of any size (trees) and the side-information laws; version 1 laws
@@ -333,10 +333,7 @@ def find_or_fit(key: str, shipped: str, fit: Callable[[], IndexLaws] | None):
     t0 = time.perf_counter()
     laws = fit()
     os.makedirs(os.path.dirname(cached), exist_ok=True)
-    tmp = cached + f".{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(laws.to_dict(), f)
-    os.replace(tmp, cached)
+    write_replacing(cached, json.dumps(laws.to_dict()))
     return laws, time.perf_counter() - t0
 
 
