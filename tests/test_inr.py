@@ -91,7 +91,7 @@ def test_round_trip_gives_the_encoders_reconstruction(run, tiny, tmp_path):
     # the encoder, run again on the same tiles: same messages, and its own reconstruction
     model = load_inr(w)
     spec, _ = inr.make_spec(read_prior(w.replace(".npz", "_prior.json")), _settings(method))
-    codec = inr.INRCodec(model, _settings(method))
+    codec = inr.INRCodec(model, _settings(method), plan=spec.plan)
     msgs = []
     recon = []
     for a in range(0, N, 2):
@@ -612,8 +612,8 @@ def test_bench_pools_chunks_tile_weighted():
 
 
 def test_bench_merges_runs_on_the_same_tiles_only(tmp_path):
-    """Runs of one tile set merge (a run taken from a checkpoint has no total time) and plot;
-    runs on other tiles are refused."""
+    """Runs of one tile set merge (a run taken from a checkpoint has no total time, an older
+    one's checkpoint no rate list either) and plot; runs on other tiles are refused."""
     from recray.bench import inr as bi
 
     def run(rate, idx, seconds=None):
@@ -626,9 +626,34 @@ def test_bench_merges_runs_on_the_same_tiles_only(tmp_path):
     merged = bi.merge([run(0.5, [0, 3], 10.0), run(4.0, [0, 3])])
     assert merged["rates"] == [0.5, 4.0] and merged["seconds"] == 10.0
     assert len(merged["rows"]) == 4 and merged["tile_indices"] == [0, 3]
+    # a checkpoint of an older run holds rows and tiles only
+    part = {k: v for k, v in run(1.5, [0, 3]).items() if k in ("rows", "tiles", "tile_indices")}
+    assert bi.merge([part, merged])["rates"] == [0.5, 1.5, 4.0]
     assert os.path.getsize(bi.plot(merged, str(tmp_path))) > 0
     with pytest.raises(ValueError, match="different tiles"):
         bi.merge([run(0.5, [0, 3], 1.0), run(4.0, [0, 4], 1.0)])
+
+
+def test_bits_at_equal_psnr_interpolates_sp_orcs_curve_at_orcs_psnr():
+    """SP-ORC measured at two fit settings around ORC-16's PSNR: log2 bpp is interpolated
+    linearly in PSNR (here halfway: the geometric mean); no bracket, no figure; another
+    model's rows are never mixed in."""
+    from recray.bench import inr as bi
+
+    def row(method, bpp, psnr, anneal=1.0, model="inr2_4"):
+        return {"rate_point_bpp": 4.0, "method": method, "bpp": bpp, "psnr_db": psnr,
+                "anneal": anneal, "model_id": model, "encode_s_per_tile": 1.0,
+                "decode_s_per_tile": 0.1}  # fmt: skip
+
+    orc = row("orc-16", 2.5, 33.0)
+    lo, hi = row("sp-orc", 2.0, 32.0, 0.8), row("sp-orc", 3.2, 34.0, 1.0)
+    far = row("sp-orc", 8.0, 40.0, 2.0)
+    (e,) = bi.bits_at_equal_psnr([orc, far, hi, lo, row("sp-orc", 0.1, 33.5, 1.0, "inr_4")])
+    assert e["sp_orc_bpp"] == pytest.approx(np.sqrt(2.0 * 3.2))  # the tightest bracket
+    assert e["change"] == pytest.approx(np.sqrt(6.4) / 2.5 - 1.0)
+    assert [x["anneal"] for x in e["between"]] == [0.8, 1.0]
+    assert bi.bits_at_equal_psnr([orc, hi, far]) == []  # both above ORC-16's PSNR
+    assert "(+1.2% bits" in bi.format_table({"tiles": 1, "rows": [orc, lo, hi]})
 
 
 def test_job_entrypoint_forwards_to_the_codec_commands():

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recray.codecs.inr import METHODS
+
 PIXELS = 1024
 CLASSICAL = ("jpeg", "webp", "avif", "jxl")
 QUALITIES = {
@@ -280,7 +282,15 @@ def run(
         done = min(c0 + step, len(tiles))
         rows = [pool_rows(p) for p in parts.values()]
         if checkpoint:
-            checkpoint({"rows": rows, "tiles": done, "tile_indices": idx[:done].tolist()})
+            checkpoint(
+                {
+                    "rows": rows,
+                    "tiles": done,
+                    "tile_indices": idx[:done].tolist(),
+                    "rates": rates,
+                    "notes": NOTES,
+                }
+            )
         if max_minutes is not None and time.perf_counter() - t_start > 60 * max_minutes:
             break
     if parts:  # the tiles every setting was measured on
@@ -328,6 +338,7 @@ def run(
         "tiles": int(len(tiles)),
         "tile_indices": idx.tolist(),
         "rates": rates,
+        "equal_psnr": bits_at_equal_psnr(rows),
         "seconds": time.perf_counter() - t_start,
         "notes": NOTES,
     }
@@ -345,7 +356,9 @@ NOTES = [
 
 def merge(results: list[dict]) -> dict:
     """One result from several runs of :func:`run` on the same tiles (e.g. one process per
-    rate point): rows, ablation and scale rows concatenated, sweeps of the first."""
+    rate point, or runs of other fit settings), finished or taken from their checkpoints
+    (``JSON.partial``): rows, ablation and scale rows concatenated, sweeps of the first that
+    has them."""
     if not results:
         raise ValueError("nothing to merge")
     idx = results[0]["tile_indices"]
@@ -363,14 +376,18 @@ def merge(results: list[dict]) -> dict:
     return {
         "rows": rows,
         "ablation": ablation,
-        "sweeps": next((r["sweeps"] for r in results if r["sweeps"]), {}),
+        "sweeps": next((r["sweeps"] for r in results if r.get("sweeps")), {}),
         "scale": [row for r in results for row in r.get("scale", [])],
         "tiles": results[0]["tiles"],
         "tile_indices": idx,
-        "rates": sorted({x for r in results for x in r["rates"]}),
+        "rates": sorted(
+            {row["rate_point_bpp"] for row in rows}
+            | {x for r in results for x in r.get("rates", [])}
+        ),
         # runs taken from a checkpoint (JSON.partial) carry no total time
         "seconds": sum(r.get("seconds") or 0.0 for r in results),
-        "notes": results[0]["notes"],
+        "equal_psnr": bits_at_equal_psnr(rows),
+        "notes": results[0].get("notes", NOTES),
     }
 
 
@@ -385,10 +402,13 @@ class _Fitting:
     def __call__(self):
         import torch
 
-        from recray.codecs.inr import INRCodec, Settings, load_model
+        from recray.codecs.inr import INRCodec, Settings, load_model, make_plan
+        from recray.latents.io import read_prior
 
         torch.set_num_threads(1)
-        codec = INRCodec(load_model(self.weights), Settings(fit_steps=self.fit_steps))
+        s = Settings(fit_steps=self.fit_steps)
+        prior = read_prior(os.path.splitext(self.weights)[0] + "_prior.json")
+        codec = INRCodec(load_model(self.weights), s, plan=make_plan(prior, s)[0])
 
         def fit(x):
             t0 = time.time()
@@ -430,6 +450,50 @@ def fit_scaling(tiles, rate, fit_steps) -> list[dict]:
     return out
 
 
+def bits_at_equal_psnr(rows: list[dict]) -> list[dict]:
+    """SP-ORC's bits at ORC-16's PSNR, where SP-ORC has an R-D curve on the same model.
+
+    ORC-16 spends a fixed 16 bits per plan block, so on one model it has one rate; SP-ORC's
+    bits follow the fit's KL, so each fit setting (e.g. an ``--anneal`` factor) is a point of
+    its own curve. Per rate point and model, for every ORC-16 row: where two SP-ORC rows'
+    mean PSNRs bracket ORC-16's, ``log2 bpp`` is interpolated linearly in PSNR between them
+    (the pair with the smallest PSNR span that brackets). ``change``: that bpp over ORC-16's,
+    minus one (negative: SP-ORC needs fewer bits). Rows must come from the same tiles (one
+    result of :func:`run`, or :func:`merge`). Returns ``[]`` where nothing brackets."""
+    out = []
+    key = lambda row: (row["rate_point_bpp"], row.get("model_id"))  # noqa: E731
+    inr_rows = [row for row in rows if row.get("method") in ("orc-16", "sp-orc")]
+    for rate, model in sorted({key(row) for row in inr_rows}, key=str):
+        same = [row for row in inr_rows if key(row) == (rate, model)]
+        sp = [row for row in same if row["method"] == "sp-orc"]
+        for ref in (row for row in same if row["method"] == "orc-16"):
+            p = ref["psnr_db"]
+            pairs = [
+                (a, b)
+                for a in sp
+                for b in sp
+                if a["psnr_db"] <= p <= b["psnr_db"] and a["psnr_db"] < b["psnr_db"]
+            ]
+            if not pairs:
+                continue
+            a, b = min(pairs, key=lambda ab: ab[1]["psnr_db"] - ab[0]["psnr_db"])
+            t = (p - a["psnr_db"]) / (b["psnr_db"] - a["psnr_db"])
+            bpp = 2.0 ** ((1.0 - t) * np.log2(a["bpp"]) + t * np.log2(b["bpp"]))
+            out.append(
+                {
+                    "rate_point_bpp": rate,
+                    "model_id": model,
+                    "reference": {k: ref.get(k) for k in ("method", "anneal", "bpp", "psnr_db")},
+                    "between": [
+                        {k: x.get(k) for k in ("anneal", "bpp", "psnr_db")} for x in (a, b)
+                    ],
+                    "sp_orc_bpp": float(bpp),
+                    "change": float(bpp / ref["bpp"] - 1.0),
+                }
+            )
+    return out
+
+
 def format_table(r: dict) -> str:
     lines = [f"INR codec on {r['tiles']} test tiles (bpp from bytes written, PSNR of 8-bit tiles)"]
     lines.append(
@@ -453,6 +517,15 @@ def format_table(r: dict) -> str:
             )
     for row in r.get("scale", []):
         lines.append(f"Ray fit: {row['actors']} actor(s): {row['s_per_tile']:.2f} s/tile")
+    for e in bits_at_equal_psnr(r["rows"]):
+        ref = e["reference"]
+        lines.append(
+            f"rate point {e['rate_point_bpp']:g}: sp-orc at orc-16's {ref['psnr_db']:.2f} dB "
+            f"(anneal {ref['anneal']}): {e['sp_orc_bpp']:.4f} bpp against {ref['bpp']:.4f} "
+            f"({100 * e['change']:+.1f}% bits; interpolated between anneal "
+            + " and ".join(str(x["anneal"]) for x in e["between"])
+            + ")"
+        )
     return "\n".join(lines)
 
 
@@ -464,10 +537,18 @@ def plot(r: dict, out_dir: str) -> str:
 
     os.makedirs(out_dir, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 5))
-    for m in ("orc-16", "sp-orc", "sp-pfr"):
-        pts = sorted((row["bpp"], row["psnr_db"]) for row in r["rows"] if row["method"] == m)
-        if pts:
-            ax.plot(*zip(*pts, strict=True), "o-", label=f"INR {m}")
+    inr_rows = [row for row in r["rows"] if row["method"] in METHODS]
+    anneals = sorted({row.get("anneal", 0.0) for row in inr_rows})
+    for m in METHODS:  # one curve per method and fit setting, over the rate points
+        for a in anneals:
+            pts = sorted(
+                (row["bpp"], row["psnr_db"])
+                for row in inr_rows
+                if row["method"] == m and row.get("anneal", 0.0) == a
+            )
+            if pts:
+                label = f"INR {m}" + (f", anneal {a:g}" if len(anneals) > 1 else "")
+                ax.plot(*zip(*pts, strict=True), "o-" if a else "o:", label=label)
     for c in CLASSICAL:
         pts = sorted((row["bpp"], row["psnr_db"]) for row in r["sweeps"].get(c, []))
         if pts:
