@@ -93,9 +93,10 @@ class Settings:
     # fit_samples Monte Carlo samples per step (the analysis fit and the fine-tuning)
     lr_end: float | None = None
     fit_samples: int = 1
-    # per-block beta annealing at fit time (RECOMBINER): 0 = off (one beta, the rate
-    # point's); > 0: each plan block's KL is steered to anneal x its information sum I_d
-    anneal: float = 0.0
+    # per-block beta annealing at fit time (RECOMBINER): > 0: each plan block's KL is
+    # steered to anneal x its information sum I_d (the default, 1: every block near its
+    # budget; measured in docs/INR.md); 0 = off (one beta, the rate point's)
+    anneal: float = 1.0
     # partition bits of every SP block over its rounded information (negative: fewer bins,
     # a larger local index), and the index code: "fixed" (raw bins, universal code of the
     # local index) or "learned" (laws estimated on training tiles, shipped next to the
