@@ -323,6 +323,10 @@ def test_per_block_beta_annealing_steers_each_blocks_kl(tiny):
     assert np.allclose(bb.target_bits, [mi[list(b)].sum() for b in spec.plan.blocks])
     with pytest.raises(InputError, match="needs the codec plan"):
         inr.INRCodec(model, replace(_settings("orc-16"), anneal=1.0)).analysis(tiles[:1])
+    assert inr.Settings().anneal == 1.0  # the default fit anneals
+    for bad in (-1.0, float("nan"), float("inf")):  # refused before any fit, naming the field
+        with pytest.raises(InputError, match="anneal must be"):
+            replace(_settings("orc-16"), anneal=bad).resolved()
 
 
 def test_learned_index_laws_are_fitted_on_training_tiles_shipped_and_decode(

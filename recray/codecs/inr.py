@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -109,6 +110,10 @@ class Settings:
         (:data:`PRESETS`)."""
         if self.method not in METHODS:
             raise InputError(f"method must be one of {METHODS}; got {self.method!r}")
+        if not (math.isfinite(self.anneal) and self.anneal >= 0):
+            raise InputError(
+                f"anneal must be a finite factor >= 0 (0: annealing off); got {self.anneal!r}"
+            )
         preset = PRESETS[self.method]
         return replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None})
 
