@@ -651,12 +651,17 @@ def test_bits_at_equal_psnr_interpolates_sp_orcs_curve_at_orcs_psnr():
 
     orc = row("orc-16", 2.5, 33.0)
     lo, hi = row("sp-orc", 2.0, 32.0, 0.8), row("sp-orc", 3.2, 34.0, 1.0)
-    far = row("sp-orc", 8.0, 40.0, 2.0)
-    (e,) = bi.bits_at_equal_psnr([orc, far, hi, lo, row("sp-orc", 0.1, 33.5, 1.0, "inr_4")])
+    far, beaten = row("sp-orc", 8.0, 40.0, 2.0), row("sp-orc", 3.3, 31.0, 0.0)
+    other_model = row("sp-orc", 0.1, 33.5, 1.0, "inr_4")
+    (e,) = bi.bits_at_equal_psnr([orc, far, hi, beaten, lo, other_model])
     assert e["sp_orc_bpp"] == pytest.approx(np.sqrt(2.0 * 3.2))  # the tightest bracket
-    assert e["change"] == pytest.approx(np.sqrt(6.4) / 2.5 - 1.0)
+    assert e["change"] == pytest.approx(np.sqrt(6.4) / 2.5 - 1.0) and not e["bound"]
     assert [x["anneal"] for x in e["between"]] == [0.8, 1.0]
-    assert bi.bits_at_equal_psnr([orc, hi, far]) == []  # both above ORC-16's PSNR
+    # all points above ORC-16's PSNR: the cheapest bounds SP-ORC's bits (a point that
+    # another beats on bits and PSNR is no bracket)
+    (e,) = bi.bits_at_equal_psnr([orc, hi, far, beaten])
+    assert e["bound"] and e["sp_orc_bpp"] == 3.2 and e["between"][0]["anneal"] == 1.0
+    assert bi.bits_at_equal_psnr([orc, beaten]) == []  # all below: nothing to say
     assert "(+1.2% bits" in bi.format_table({"tiles": 1, "rows": [orc, lo, hi]})
 
 

@@ -455,17 +455,29 @@ def bits_at_equal_psnr(rows: list[dict]) -> list[dict]:
 
     ORC-16 spends a fixed 16 bits per plan block, so on one model it has one rate; SP-ORC's
     bits follow the fit's KL, so each fit setting (e.g. an ``--anneal`` factor) is a point of
-    its own curve. Per rate point and model, for every ORC-16 row: where two SP-ORC rows'
-    mean PSNRs bracket ORC-16's, ``log2 bpp`` is interpolated linearly in PSNR between them
-    (the pair with the smallest PSNR span that brackets). ``change``: that bpp over ORC-16's,
-    minus one (negative: SP-ORC needs fewer bits). Rows must come from the same tiles (one
-    result of :func:`run`, or :func:`merge`). Returns ``[]`` where nothing brackets."""
+    its own curve. Per rate point and model, for every ORC-16 row, over SP-ORC's points that
+    no other of its points beats on both bits and PSNR: where two of them bracket ORC-16's
+    mean PSNR, ``log2 bpp`` is interpolated linearly in PSNR between them (the closest
+    pair); where all lie above it, the cheapest one bounds the bits (``bound``: SP-ORC needs
+    at most those). ``change``: that bpp over ORC-16's, minus one (negative: SP-ORC needs
+    fewer bits). Rows must come from the same tiles (one result of :func:`run`, or
+    :func:`merge`). Returns ``[]`` where nothing brackets or bounds."""
     out = []
     key = lambda row: (row["rate_point_bpp"], row.get("model_id"))  # noqa: E731
     inr_rows = [row for row in rows if row.get("method") in ("orc-16", "sp-orc")]
     for rate, model in sorted({key(row) for row in inr_rows}, key=str):
         same = [row for row in inr_rows if key(row) == (rate, model)]
         sp = [row for row in same if row["method"] == "sp-orc"]
+        sp = [
+            x
+            for x in sp
+            if not any(
+                y["bpp"] <= x["bpp"]
+                and y["psnr_db"] >= x["psnr_db"]
+                and (y["bpp"], y["psnr_db"]) != (x["bpp"], x["psnr_db"])
+                for y in sp
+            )
+        ]
         for ref in (row for row in same if row["method"] == "orc-16"):
             p = ref["psnr_db"]
             pairs = [
@@ -474,19 +486,24 @@ def bits_at_equal_psnr(rows: list[dict]) -> list[dict]:
                 for b in sp
                 if a["psnr_db"] <= p <= b["psnr_db"] and a["psnr_db"] < b["psnr_db"]
             ]
-            if not pairs:
+            above = [x for x in sp if x["psnr_db"] >= p]
+            if pairs:
+                a, b = min(pairs, key=lambda ab: ab[1]["psnr_db"] - ab[0]["psnr_db"])
+                t = (p - a["psnr_db"]) / (b["psnr_db"] - a["psnr_db"])
+                bpp = 2.0 ** ((1.0 - t) * np.log2(a["bpp"]) + t * np.log2(b["bpp"]))
+                used = (a, b)
+            elif above:  # every point is above ORC-16's PSNR
+                used = (min(above, key=lambda x: x["bpp"]),)
+                bpp = used[0]["bpp"]
+            else:
                 continue
-            a, b = min(pairs, key=lambda ab: ab[1]["psnr_db"] - ab[0]["psnr_db"])
-            t = (p - a["psnr_db"]) / (b["psnr_db"] - a["psnr_db"])
-            bpp = 2.0 ** ((1.0 - t) * np.log2(a["bpp"]) + t * np.log2(b["bpp"]))
             out.append(
                 {
                     "rate_point_bpp": rate,
                     "model_id": model,
                     "reference": {k: ref.get(k) for k in ("method", "anneal", "bpp", "psnr_db")},
-                    "between": [
-                        {k: x.get(k) for k in ("anneal", "bpp", "psnr_db")} for x in (a, b)
-                    ],
+                    "between": [{k: x.get(k) for k in ("anneal", "bpp", "psnr_db")} for x in used],
+                    "bound": len(used) == 1,
                     "sp_orc_bpp": float(bpp),
                     "change": float(bpp / ref["bpp"] - 1.0),
                 }
@@ -519,10 +536,11 @@ def format_table(r: dict) -> str:
         lines.append(f"Ray fit: {row['actors']} actor(s): {row['s_per_tile']:.2f} s/tile")
     for e in bits_at_equal_psnr(r["rows"]):
         ref = e["reference"]
+        how = "at most, from anneal " if e["bound"] else "interpolated between anneal "
         lines.append(
             f"rate point {e['rate_point_bpp']:g}: sp-orc at orc-16's {ref['psnr_db']:.2f} dB "
             f"(anneal {ref['anneal']}): {e['sp_orc_bpp']:.4f} bpp against {ref['bpp']:.4f} "
-            f"({100 * e['change']:+.1f}% bits; interpolated between anneal "
+            f"({100 * e['change']:+.1f}% bits; {how}"
             + " and ".join(str(x["anneal"]) for x in e["between"])
             + ")"
         )
