@@ -397,6 +397,7 @@ class _Fitting:
     wall-clock times of its fit."""
 
     weights: str
+    prior_file: str
     fit_steps: int
 
     def __call__(self):
@@ -407,7 +408,7 @@ class _Fitting:
 
         torch.set_num_threads(1)
         s = Settings(fit_steps=self.fit_steps)
-        prior = read_prior(os.path.splitext(self.weights)[0] + "_prior.json")
+        prior = read_prior(self.prior_file)
         codec = INRCodec(load_model(self.weights), s, plan=make_plan(prior, s)[0])
 
         def fit(x):
@@ -426,14 +427,17 @@ def fit_scaling(tiles, rate, fit_steps) -> list[dict]:
     from recray.pipeline import parts
     from recray.pipeline.options import RayOptions
 
-    w, _ = model_files(rate)
+    w, prior_file = model_files(rate)
     out = []
     for n_act in (1, 2):
         opts = RayOptions(actors=n_act)
         with parts.session("ray", opts):
             res = list(
                 parts.map_parts(
-                    _Fitting(w, fit_steps), np.array_split(tiles, 4), engine="ray", opts=opts
+                    _Fitting(w, prior_file, fit_steps),
+                    np.array_split(tiles, 4),
+                    engine="ray",
+                    opts=opts,
                 )
             )
         done = sum(r[0] for r in res)
