@@ -638,6 +638,40 @@ def test_bench_merges_runs_on_the_same_tiles_only(tmp_path):
         bi.merge([run(0.5, [0, 3], 1.0), run(4.0, [0, 4], 1.0)])
 
 
+def test_bench_resumes_from_a_checkpoint_and_measures_only_the_rest(monkeypatch):
+    """A run resumed from a checkpoint measures only the chunks the checkpoint lacks and
+    ends with the rows of an unbroken run; a checkpoint of other settings or another chunk
+    size is refused, naming the field. (The bookkeeping is tested: each tile's
+    measurement is replaced by a row built from its settings and tile indices.)"""
+    from recray.bench import inr as bi
+
+    calls = []
+
+    def fake_row(tiles, idx, rate, settings, workdir, **kw):
+        calls.append(idx.tolist())
+        s = settings.resolved()
+        row = {k: getattr(s, k) for k in bi._RESUME_KEYS + ("method", "block_bits")}
+        row |= {k: float(idx.sum()) for k in bi._MEAN_KEYS} | {"rate_point_bpp": rate}
+        return row | {"tiles": len(idx), "tile_psnr_db": idx.tolist(), "tile_bits": idx.tolist()}
+
+    monkeypatch.setattr(bi, "inr_row", fake_row)
+    kw = dict(limit=6, rates=[1.5], methods=("orc-16", "sp-orc"), ablation=False)
+    kw |= dict(classical=False, chunk=2)
+    whole = bi.run(**kw)
+    points = []
+    bi.run(**kw, checkpoint=points.append)
+    calls.clear()
+    resumed = bi.run(**kw, resume=points[0])
+    assert calls == [whole["tile_indices"][2:4]] * 2 + [whole["tile_indices"][4:]] * 2
+    for a, b in zip(resumed["rows"], whole["rows"], strict=True):
+        assert a["tile_psnr_db"] == b["tile_psnr_db"] and a["tiles"] == b["tiles"] == 6
+        assert a["psnr_db"] == pytest.approx(b["psnr_db"])
+    with pytest.raises(InputError, match="field anneal is 1.0, this run's is 0.5"):
+        bi.run(**kw, anneal=0.5, resume=points[0])
+    with pytest.raises(InputError, match="first whole chunks"):
+        bi.run(**(kw | {"chunk": 3}), resume=points[0])
+
+
 def test_bits_at_equal_psnr_interpolates_sp_orcs_curve_at_orcs_psnr():
     """SP-ORC measured at two fit settings around ORC-16's PSNR: log2 bpp is interpolated
     linearly in PSNR (here halfway: the geometric mean); no bracket, no figure; another

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recray.codecs.inr import METHODS
+from recray.errors import InputError
 
 PIXELS = 1024
 CLASSICAL = ("jpeg", "webp", "avif", "jxl")
@@ -241,7 +242,14 @@ def run(
     chunk: int | None = None,
     max_minutes: float | None = None,
     checkpoint=None,
+    resume: dict | None = None,
 ) -> dict:
+    """One R-D measurement of the INR codec on ``limit`` test tiles (rows per rate point
+    and method, then the ablation, the classical codecs and the Ray fit timing; see
+    :data:`NOTES`). ``chunk``: the INR settings run chunk by chunk of tiles, ``checkpoint``
+    called with the result so far after each. ``resume``: an earlier result or checkpoint of
+    the same command (same tiles, chunk and settings): its chunks are not measured again,
+    and its rows pool with the new chunks' (:func:`pool_rows`)."""
     from recray.codecs.inr import Settings
     from recray.models.inr import shipped_rates
 
@@ -269,7 +277,10 @@ def run(
     tiles, idx = tiles[order], idx[order]
     parts: dict = {}
     done = 0
-    for c0 in range(0, len(tiles), step):
+    if resume is not None:
+        done = _resumed(resume, parts, idx, step, rates, methods, kw, sp_kw)
+        rows = [pool_rows(p) for p in parts.values()]
+    for c0 in range(done, len(tiles), step):
         sl = slice(c0, c0 + step)
         cw = os.path.join(work, f"tiles-{c0:05d}") if chunk else work
         for rate in rates:
@@ -342,6 +353,46 @@ def run(
         "seconds": time.perf_counter() - t_start,
         "notes": NOTES,
     }
+
+
+#: What a resumed row must share with the settings of the run that continues it.
+_RESUME_KEYS = ("fit_steps", "lr", "lr_end", "fit_samples", "refine_steps", "stages", "anneal")
+
+
+def _resumed(resume, parts, idx, step, rates, methods, kw, sp_kw) -> int:
+    """Seed ``parts`` with the INR rows of an earlier run's result or checkpoint
+    (``resume``) and return how many tiles it measured; refuse (``InputError``, naming the
+    field) unless it measured the first chunks of this run's tile order with this run's
+    settings, so that a resumed row pools only like with like."""
+    from recray.codecs.inr import Settings
+
+    done = int(resume.get("tiles", 0))
+    if done % step or list(resume.get("tile_indices", [])) != idx[:done].tolist():
+        raise InputError(
+            "resume: its tile_indices are not the first whole chunks of this run's tiles "
+            f"(--limit and --chunk must be those of the run it continues; chunk {step})"
+        )
+    rows = {(r["rate_point_bpp"], r["method"]): r for r in resume.get("rows", []) if "method" in r}
+    for rate in rates:
+        for m in methods:
+            row = rows.get((rate, m))
+            if row is None:
+                raise InputError(f"resume: no row for rate {rate:g}, method {m}")
+            want = Settings(method=m, **kw, **(sp_kw if m != "orc-16" else {}))
+            for k in _RESUME_KEYS + ("block_bits",):
+                have, need = row.get(k), getattr(want.resolved(), k)
+                if have != need:
+                    raise InputError(
+                        f"resume: rate {rate:g}, method {m}: field {k} is {have!r}, "
+                        f"this run's is {need!r}"
+                    )
+            if row.get("tiles") != done:
+                raise InputError(
+                    f"resume: rate {rate:g}, method {m}: field tiles is "
+                    f"{row.get('tiles')!r}, not {done}"
+                )
+            parts[(rate, m)] = [row]
+    return done
 
 
 NOTES = [

@@ -60,6 +60,20 @@ def _write_json(path: str | None, payload) -> None:
     write_replacing(path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
 
+def _read_json(path: str, flag: str):
+    """The JSON document at ``path`` (given with option ``flag``); an ``InputError`` naming
+    the option and file when it is missing or not JSON."""
+    from recray.errors import InputError
+
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"{flag}: file {path!r} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{flag}: cannot read {path!r} as JSON ({exc})") from None
+
+
 def _ray_opts(args):
     from recray.pipeline.options import RayOptions
 

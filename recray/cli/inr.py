@@ -112,10 +112,10 @@ def cmd_decompress(args) -> int:
 
 def cmd_bench(args) -> int:
     from recray.bench import inr as bi
-    from recray.cli.common import _write_json
+    from recray.cli.common import _read_json, _write_json
 
     if args.merge:
-        r = bi.merge([json.load(open(p)) for p in args.merge])
+        r = bi.merge([_read_json(p, "--merge") for p in args.merge])
         print(bi.format_table(r))
         _write_json(args.json, r)
         if args.plots:
@@ -139,6 +139,7 @@ def cmd_bench(args) -> int:
         chunk=args.chunk,
         max_minutes=args.max_minutes,
         checkpoint=(lambda r: _write_json(args.json + ".partial", r)) if args.json else None,
+        resume=_read_json(args.resume, "--resume") if args.resume else None,
     )
     print(bi.format_table(r))
     _write_json(args.json, r)
@@ -326,6 +327,13 @@ def add_parsers(codec_sub, bench_sub) -> None:
         default=None,
         help="stop the INR settings after the chunk that passes this time; the rows hold "
         "the tiles measured",
+    )
+    b.add_argument(
+        "--resume",
+        metavar="JSON",
+        help="continue an earlier run of the same command (its JSON or JSON.partial): its "
+        "chunks of tiles are kept, the rest measured; --limit, --chunk and the settings must "
+        "be the same",
     )
     b.add_argument("--scale", action="store_true", help="also time the Ray fit, 1 vs 2 actors")
     b.add_argument("--workdir", default=None)
