@@ -641,7 +641,8 @@ def test_bench_merges_runs_on_the_same_tiles_only(tmp_path):
 def test_bench_resumes_from_a_checkpoint_and_measures_only_the_rest(monkeypatch):
     """A run resumed from a checkpoint measures only the chunks the checkpoint lacks and
     ends with the rows of an unbroken run; a checkpoint of other settings or another chunk
-    size is refused, naming the field. (The bookkeeping is tested: each tile's
+    size is refused, naming the field; merged with the run it continues, each measurement is
+    one row. (The bookkeeping is tested: each tile's
     measurement is replaced by a row built from its settings and tile indices.)"""
     from recray.bench import inr as bi
 
@@ -666,6 +667,11 @@ def test_bench_resumes_from_a_checkpoint_and_measures_only_the_rest(monkeypatch)
     for a, b in zip(resumed["rows"], whole["rows"], strict=True):
         assert a["tile_psnr_db"] == b["tile_psnr_db"] and a["tiles"] == b["tiles"] == 6
         assert a["psnr_db"] == pytest.approx(b["psnr_db"])
+    # the same measurements in two results (a resumed run's and the original's) merge to one
+    # row each; another setting's stays apart
+    other = resumed | {"rows": [r | {"anneal": 0.5} for r in resumed["rows"]]}
+    merged = bi.merge([whole, resumed, other])["rows"]
+    assert len(merged) == 2 * len(whole["rows"]) and {r["anneal"] for r in merged} == {0.5, 1.0}
     with pytest.raises(InputError, match="field anneal is 1.0, this run's is 0.5"):
         bi.run(**kw, anneal=0.5, resume=points[0])
     with pytest.raises(InputError, match="first whole chunks"):

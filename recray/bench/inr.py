@@ -21,6 +21,7 @@ Optionally (``scale``) the Ray fit: the same tiles' analysis on 1 and 2 Ray acto
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 import time
@@ -405,11 +406,22 @@ NOTES = [
 ]
 
 
+def _measurement(row: dict):
+    """What makes two rows one measurement: the setting and, for an INR row, its per-tile
+    bits and PSNR (deterministic, unlike its timings); a row without per-tile lists (a
+    classical codec's) is one measurement with an equal row."""
+    if "tile_bits" not in row:
+        return json.dumps(row, sort_keys=True)
+    setting = tuple(row.get(k) for k in ("rate_point_bpp", "method", "model_id", "allocation"))
+    setting += tuple(row.get(k) for k in _RESUME_KEYS + ("block_bits", "budget_offset_bits"))
+    return setting + (tuple(row["tile_bits"]), tuple(row["tile_psnr_db"]))
+
+
 def merge(results: list[dict]) -> dict:
     """One result from several runs of :func:`run` on the same tiles (e.g. one process per
     rate point, or runs of other fit settings), finished or taken from their checkpoints
-    (``JSON.partial``): rows, ablation and scale rows concatenated, sweeps of the first that
-    has them."""
+    (``JSON.partial``): rows (one of each measurement, :func:`_measurement`), ablation and
+    scale rows concatenated, sweeps of the first that has them."""
     if not results:
         raise ValueError("nothing to merge")
     idx = results[0]["tile_indices"]
@@ -417,7 +429,12 @@ def merge(results: list[dict]) -> dict:
         if r["tile_indices"] != idx:
             raise ValueError("results measured on different tiles cannot be merged")
     key = lambda row: (row["rate_point_bpp"], row["method"], row.get("quality", -1))  # noqa: E731
-    rows = sorted((row for r in results for row in r["rows"]), key=key)
+    seen, rows = set(), []
+    for row in (row for r in results for row in r["rows"]):
+        if (same := _measurement(row)) not in seen:  # e.g. a row a resumed run carried
+            seen.add(same)
+            rows.append(row)
+    rows.sort(key=key)
     ablation = [row for r in results for row in r.get("ablation", [])]
     for rate in {row["rate_point_bpp"] for row in ablation}:
         have = {row["allocation"] for row in ablation if row["rate_point_bpp"] == rate}
