@@ -622,23 +622,46 @@ def format_table(r: dict) -> str:
 def plot(r: dict, out_dir: str) -> str:
     import matplotlib
 
+    from recray.codecs.inr import Settings
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     os.makedirs(out_dir, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 5))
     inr_rows = [row for row in r["rows"] if row["method"] in METHODS]
-    anneals = sorted({row.get("anneal", 0.0) for row in inr_rows})
-    for m in METHODS:  # one curve per method and fit setting, over the rate points
-        for a in anneals:
-            pts = sorted(
-                (row["bpp"], row["psnr_db"])
-                for row in inr_rows
-                if row["method"] == m and row.get("anneal", 0.0) == a
+    # one curve per method and fit setting, over the rate points: no annealing, the default
+    # factor, and the other factors together (each point marked with its factor: they are
+    # further points of a method's curve, e.g. for equal_psnr)
+    default = Settings().anneal
+
+    def series(a):
+        return a if a in (0.0, default) else "other"
+
+    kinds = {series(row.get("anneal", 0.0)) for row in inr_rows}
+    for m in METHODS:
+        for kind in sorted(kinds, key=str):
+            rows = sorted(
+                (
+                    row
+                    for row in inr_rows
+                    if row["method"] == m and series(row.get("anneal", 0.0)) == kind
+                ),
+                key=lambda row: row["bpp"],
             )
-            if pts:
-                label = f"INR {m}" + (f", anneal {a:g}" if len(anneals) > 1 else "")
-                ax.plot(*zip(*pts, strict=True), "o-" if a else "o:", label=label)
+            if not rows:
+                continue
+            label = f"INR {m}"
+            if len(kinds) > 1:
+                label += ", anneal as marked" if kind == "other" else f", anneal {kind:g}"
+            x, y = [row["bpp"] for row in rows], [row["psnr_db"] for row in rows]
+            ax.plot(
+                x, y, "o:" if kind == 0.0 else ("s--" if kind == "other" else "o-"), label=label
+            )
+            if kind == "other":
+                for row in rows:
+                    ax.annotate(f"{row['anneal']:g}", (row["bpp"], row["psnr_db"]), fontsize=7,
+                                textcoords="offset points", xytext=(4, -10))  # fmt: skip
     for c in CLASSICAL:
         pts = sorted((row["bpp"], row["psnr_db"]) for row in r["sweeps"].get(c, []))
         if pts:
