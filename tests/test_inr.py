@@ -645,13 +645,15 @@ def test_bench_resumes_from_a_checkpoint_and_measures_only_the_rest(monkeypatch)
     one row. (The bookkeeping is tested: each tile's
     measurement is replaced by a row built from its settings and tile indices.)"""
     from recray.bench import inr as bi
+    from recray.models.inr import default_model_id
 
     calls = []
 
     def fake_row(tiles, idx, rate, settings, workdir, **kw):
         calls.append(idx.tolist())
         s = settings.resolved()
-        row = {k: getattr(s, k) for k in bi._RESUME_KEYS + ("method", "block_bits")}
+        row = {k: getattr(s, k) for k in bi._RESUME_KEYS + bi._PLAN_KEYS + ("method",)}
+        row["model_id"] = default_model_id(rate)
         row |= {k: float(idx.sum()) for k in bi._MEAN_KEYS} | {"rate_point_bpp": rate}
         return row | {"tiles": len(idx), "tile_psnr_db": idx.tolist(), "tile_bits": idx.tolist()}
 
@@ -676,6 +678,9 @@ def test_bench_resumes_from_a_checkpoint_and_measures_only_the_rest(monkeypatch)
         bi.run(**kw, anneal=0.5, resume=points[0])
     with pytest.raises(InputError, match="first whole chunks"):
         bi.run(**(kw | {"chunk": 3}), resume=points[0])
+    older = points[0] | {"rows": [r | {"model_id": "inr_1p5"} for r in points[0]["rows"]]}
+    with pytest.raises(InputError, match="field model_id is 'inr_1p5'"):
+        bi.run(**kw, resume=older)
 
 
 def test_bits_at_equal_psnr_interpolates_sp_orcs_curve_at_orcs_psnr():

@@ -358,6 +358,8 @@ def run(
 
 #: What a resumed row must share with the settings of the run that continues it.
 _RESUME_KEYS = ("fit_steps", "lr", "lr_end", "fit_samples", "refine_steps", "stages", "anneal")
+#: The plan settings a row records.
+_PLAN_KEYS = ("block_bits", "budget_offset_bits", "laws")
 
 
 def _resumed(resume, parts, idx, step, rates, methods, kw, sp_kw) -> int:
@@ -366,7 +368,10 @@ def _resumed(resume, parts, idx, step, rates, methods, kw, sp_kw) -> int:
     field) unless it measured the first chunks of this run's tile order with this run's
     settings, so that a resumed row pools only like with like."""
     from recray.codecs.inr import Settings
+    from recray.models.inr import default_model_id
 
+    if not isinstance(resume, dict):
+        raise InputError("resume: not a result of recray bench inr (a JSON object)")
     done = int(resume.get("tiles", 0))
     if done % step or list(resume.get("tile_indices", [])) != idx[:done].tolist():
         raise InputError(
@@ -380,8 +385,9 @@ def _resumed(resume, parts, idx, step, rates, methods, kw, sp_kw) -> int:
             if row is None:
                 raise InputError(f"resume: no row for rate {rate:g}, method {m}")
             want = Settings(method=m, **kw, **(sp_kw if m != "orc-16" else {}))
-            for k in _RESUME_KEYS + ("block_bits",):
-                have, need = row.get(k), getattr(want.resolved(), k)
+            checks = [(k, getattr(want.resolved(), k)) for k in _RESUME_KEYS + _PLAN_KEYS]
+            for k, need in checks + [("model_id", default_model_id(rate))]:
+                have = row.get(k)
                 if have != need:
                     raise InputError(
                         f"resume: rate {rate:g}, method {m}: field {k} is {have!r}, "
@@ -413,7 +419,7 @@ def _measurement(row: dict):
     if "tile_bits" not in row:
         return json.dumps(row, sort_keys=True)
     setting = tuple(row.get(k) for k in ("rate_point_bpp", "method", "model_id", "allocation"))
-    setting += tuple(row.get(k) for k in _RESUME_KEYS + ("block_bits", "budget_offset_bits"))
+    setting += tuple(row.get(k) for k in _RESUME_KEYS + _PLAN_KEYS)
     return setting + (tuple(row["tile_bits"]), tuple(row["tile_psnr_db"]))
 
 
