@@ -286,8 +286,7 @@ def run(
         cw = os.path.join(work, f"tiles-{c0:05d}") if chunk else work
         for rate in rates:
             for m in methods:
-                extra = sp_kw if m != "orc-16" else {}
-                row = inr_row(tiles[sl], idx[sl], rate, Settings(method=m, **kw, **extra), cw)
+                row = inr_row(tiles[sl], idx[sl], rate, _settings(m, kw, sp_kw), cw)
                 parts.setdefault((rate, m), []).append(row)
                 if report:
                     report(row)
@@ -356,6 +355,14 @@ def run(
     }
 
 
+def _settings(method: str, kw: dict, sp_kw: dict):
+    """The INR settings a run measures ``method`` with: the fit settings ``kw``, and for
+    the SP methods ``sp_kw`` (e.g. their block size)."""
+    from recray.codecs.inr import Settings
+
+    return Settings(method=method, **kw, **(sp_kw if method != "orc-16" else {}))
+
+
 #: What a resumed row must share with the settings of the run that continues it.
 _RESUME_KEYS = ("fit_steps", "lr", "lr_end", "fit_samples", "refine_steps", "stages", "anneal")
 #: The plan settings a row records.
@@ -367,7 +374,6 @@ def _resumed(resume, parts, idx, step, rates, methods, kw, sp_kw) -> int:
     (``resume``) and return how many tiles it measured; refuse (``InputError``, naming the
     field) unless it measured the first chunks of this run's tile order with this run's
     settings, so that a resumed row pools only like with like."""
-    from recray.codecs.inr import Settings
     from recray.models.inr import default_model_id
 
     if not isinstance(resume, dict):
@@ -384,20 +390,15 @@ def _resumed(resume, parts, idx, step, rates, methods, kw, sp_kw) -> int:
             row = rows.get((rate, m))
             if row is None:
                 raise InputError(f"resume: no row for rate {rate:g}, method {m}")
-            want = Settings(method=m, **kw, **(sp_kw if m != "orc-16" else {}))
-            checks = [(k, getattr(want.resolved(), k)) for k in _RESUME_KEYS + _PLAN_KEYS]
-            for k, need in checks + [("model_id", default_model_id(rate))]:
+            want = _settings(m, kw, sp_kw).resolved()
+            checks = [(k, getattr(want, k)) for k in _RESUME_KEYS + _PLAN_KEYS]
+            for k, need in checks + [("model_id", default_model_id(rate)), ("tiles", done)]:
                 have = row.get(k)
                 if have != need:
                     raise InputError(
                         f"resume: rate {rate:g}, method {m}: field {k} is {have!r}, "
                         f"this run's is {need!r}"
                     )
-            if row.get("tiles") != done:
-                raise InputError(
-                    f"resume: rate {rate:g}, method {m}: field tiles is "
-                    f"{row.get('tiles')!r}, not {done}"
-                )
             parts[(rate, m)] = [row]
     return done
 
