@@ -6,6 +6,7 @@ settings are fitted on first use and cached under ``~/.cache/recray/laws``).
     python jobs/fit_inr_laws.py                 # every shipped rate point
     python jobs/fit_inr_laws.py --rates 1.5
     python jobs/fit_inr_laws.py --rates 4 --anneal 1.0   # laws of another fit setting
+    python jobs/fit_inr_laws.py --fit-preset long        # laws of the 2,000-step fit
 """
 
 from __future__ import annotations
@@ -36,9 +37,16 @@ def main() -> None:
         help="per-block beta annealing of the fits the laws are estimated from "
         "(default: the codec's)",
     )
+    ap.add_argument(
+        "--fit-preset",
+        choices=tuple(inr.FIT_PRESETS),
+        default="default",
+        help="the analysis fit of the coded tiles (steps, learning rate; default: the codec's)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
-    s = inr.Settings(method="sp-orc", anneal=args.anneal).resolved()
+    fit = inr.FIT_PRESETS[args.fit_preset]
+    s = inr.Settings(method="sp-orc", anneal=args.anneal, **fit).resolved()
     for rate in args.rates or shipped_rates():
         w, prior_file = inr.model_files(rate)
         model = inr.load_model(w)
@@ -61,7 +69,8 @@ def main() -> None:
             fitted = {k: fitted for k in table if k != key}
         fitted[key] = (
             f"python jobs/fit_inr_laws.py --rates {rate:g} --anneal {args.anneal:g} "
-            f"({args.tiles} training tiles, seed {inr.LAW_TRAIN_SEED}; "
+            + (f"--fit-preset {args.fit_preset} " if args.fit_preset != "default" else "")
+            + f"({args.tiles} training tiles, seed {inr.LAW_TRAIN_SEED}; "
             f"{time.perf_counter() - t0:.0f} s at load {os.getloadavg()[0]:.0f})"
         )
         card["index_laws"] = {
