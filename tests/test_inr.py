@@ -664,6 +664,10 @@ def test_bench_resumes_from_a_checkpoint_and_measures_only_the_rest(monkeypatch)
     points = []
     bi.run(**kw, checkpoint=points.append)
     calls.clear()
+    first = bi.run(**kw, max_tiles=3)  # stops after the chunk that reaches 3 tiles
+    assert calls == [whole["tile_indices"][:2]] * 2 + [whole["tile_indices"][2:4]] * 2
+    assert first["tiles"] == 4 and first["tile_indices"] == whole["tile_indices"][:4]
+    calls.clear()
     resumed = bi.run(**kw, resume=points[0])
     assert calls == [whole["tile_indices"][2:4]] * 2 + [whole["tile_indices"][4:]] * 2
     for a, b in zip(resumed["rows"], whole["rows"], strict=True):
@@ -707,6 +711,11 @@ def test_bits_at_equal_psnr_interpolates_sp_orcs_curve_at_orcs_psnr():
     (e,) = bi.bits_at_equal_psnr([orc, hi, far, beaten])
     assert e["bound"] and e["sp_orc_bpp"] == 3.2 and e["between"][0]["anneal"] == 1.0
     assert bi.bits_at_equal_psnr([orc, beaten]) == []  # all below: nothing to say
+    # a longer fit's rows pair among themselves, never with the default fit's
+    longer = [r | {"fit_steps": 2000} for r in (orc, lo, hi)]
+    assert bi.bits_at_equal_psnr([orc, longer[1], longer[2]]) == []
+    both = bi.bits_at_equal_psnr([orc, lo, hi] + longer)
+    assert [e["fit_steps"] for e in both] == [2000, None]
     assert "(+1.2% bits" in bi.format_table({"tiles": 1, "rows": [orc, lo, hi]})
 
 

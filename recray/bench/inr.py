@@ -242,13 +242,17 @@ def run(
     report=None,
     chunk: int | None = None,
     max_minutes: float | None = None,
+    max_tiles: int | None = None,
     checkpoint=None,
     resume: dict | None = None,
 ) -> dict:
     """One R-D measurement of the INR codec on ``limit`` test tiles (rows per rate point
     and method, then the ablation, the classical codecs and the Ray fit timing; see
     :data:`NOTES`). ``chunk``: the INR settings run chunk by chunk of tiles, ``checkpoint``
-    called with the result so far after each. ``resume``: an earlier result or checkpoint of
+    called with the result so far after each; ``max_minutes`` and ``max_tiles`` stop the INR
+    settings after the chunk that passes that time or tile count (the first chunks, spread
+    over all ``limit`` tiles; a later ``resume`` measures the rest). ``resume``: an earlier
+    result or checkpoint of
     the same command (same tiles, chunk and settings): its chunks are not measured again,
     and its rows pool with the new chunks' (:func:`pool_rows`)."""
     from recray.codecs.inr import Settings
@@ -303,6 +307,8 @@ def run(
                 }
             )
         if max_minutes is not None and time.perf_counter() - t_start > 60 * max_minutes:
+            break
+        if max_tiles is not None and done >= max_tiles:
             break
     if parts:  # the tiles every setting was measured on
         tiles, idx = tiles[:done], idx[:done]
@@ -529,6 +535,14 @@ def fit_scaling(tiles, rate, fit_steps) -> list[dict]:
     return out
 
 
+_FIT_KEYS = ("fit_steps", "lr", "lr_end", "fit_samples", "refine_steps", "stages")
+
+
+def _fit_of(row: dict) -> tuple:
+    """A row's analysis fit and fine-tuning settings (``None`` where a row lacks one)."""
+    return tuple(row.get(k) for k in _FIT_KEYS)
+
+
 def bits_at_equal_psnr(rows: list[dict]) -> list[dict]:
     """SP-ORC's bits at ORC-16's PSNR, where SP-ORC has an R-D curve on the same model.
 
@@ -542,10 +556,12 @@ def bits_at_equal_psnr(rows: list[dict]) -> list[dict]:
     fewer bits). Rows must come from the same tiles (one result of :func:`run`, or
     :func:`merge`). Returns ``[]`` where nothing brackets or bounds."""
     out = []
-    key = lambda row: (row["rate_point_bpp"], row.get("model_id"))  # noqa: E731
+    # one comparison per rate point, model and analysis fit (a longer fit is another model
+    # of the tile, so its SP-ORC points pair only with its own ORC-16 row)
+    key = lambda row: (row["rate_point_bpp"], row.get("model_id"), _fit_of(row))  # noqa: E731
     inr_rows = [row for row in rows if row.get("method") in ("orc-16", "sp-orc")]
-    for rate, model in sorted({key(row) for row in inr_rows}, key=str):
-        same = [row for row in inr_rows if key(row) == (rate, model)]
+    for rate, model, fit in sorted({key(row) for row in inr_rows}, key=str):
+        same = [row for row in inr_rows if key(row) == (rate, model, fit)]
         sp = [row for row in same if row["method"] == "sp-orc"]
         sp = [
             x
@@ -580,6 +596,7 @@ def bits_at_equal_psnr(rows: list[dict]) -> list[dict]:
                 {
                     "rate_point_bpp": rate,
                     "model_id": model,
+                    "fit_steps": ref.get("fit_steps"),
                     "reference": {k: ref.get(k) for k in ("method", "anneal", "bpp", "psnr_db")},
                     "between": [{k: x.get(k) for k in ("anneal", "bpp", "psnr_db")} for x in used],
                     "bound": len(used) == 1,
@@ -591,6 +608,9 @@ def bits_at_equal_psnr(rows: list[dict]) -> list[dict]:
 
 
 def format_table(r: dict) -> str:
+    from recray.codecs.inr import Settings
+
+    default = Settings().fit_steps
     lines = [f"INR codec on {r['tiles']} test tiles (bpp from bytes written, PSNR of 8-bit tiles)"]
     lines.append(
         f"{'rate pt':>7} {'method':<8} {'bpp':>8} {'PSNR dB':>8} "
@@ -602,6 +622,11 @@ def format_table(r: dict) -> str:
             f"{row['psnr_db']:>8.2f} "
             f"{row['encode_s_per_tile']:>10.3f} {row['decode_s_per_tile']:>10.4f}"
             + (f"  q={row['quality']}" if "quality" in row else "")
+            + (
+                f"  fit {row['fit_steps']} steps"
+                if row.get("fit_steps", default) != default
+                else ""
+            )
         )
     for row in r.get("ablation", []):
         if "error" in row:
@@ -616,8 +641,9 @@ def format_table(r: dict) -> str:
     for e in bits_at_equal_psnr(r["rows"]):
         ref = e["reference"]
         how = "at most, from anneal " if e["bound"] else "interpolated between anneal "
+        fit = f", {e['fit_steps']}-step fit" if e.get("fit_steps") not in (None, default) else ""
         lines.append(
-            f"rate point {e['rate_point_bpp']:g}: sp-orc at orc-16's {ref['psnr_db']:.2f} dB "
+            f"rate point {e['rate_point_bpp']:g}{fit}: sp-orc at orc-16's {ref['psnr_db']:.2f} dB "
             f"(anneal {ref['anneal']}): {e['sp_orc_bpp']:.4f} bpp against {ref['bpp']:.4f} "
             f"({100 * e['change']:+.1f}% bits; {how}"
             + " and ".join(str(x["anneal"]) for x in e["between"])
@@ -640,31 +666,32 @@ def plot(r: dict, out_dir: str) -> str:
     # one curve per method and fit setting, over the rate points: no annealing, the default
     # factor, and the other factors together (each point marked with its factor: they are
     # further points of a method's curve, e.g. for equal_psnr)
-    default = Settings().anneal
+    default, default_fit = Settings().anneal, Settings().fit_steps
 
-    def series(a):
-        return a if a in (0.0, default) else "other"
+    def series(row):
+        a = row.get("anneal", 0.0)
+        return (row.get("fit_steps", default_fit), a if a in (0.0, default) else "other")
 
-    kinds = {series(row.get("anneal", 0.0)) for row in inr_rows}
+    kinds = {series(row) for row in inr_rows}
+    fits = {f for f, _ in kinds}
     for m in METHODS:
-        for kind in sorted(kinds, key=str):
+        for fit, kind in sorted(kinds, key=str):
             rows = sorted(
-                (
-                    row
-                    for row in inr_rows
-                    if row["method"] == m and series(row.get("anneal", 0.0)) == kind
-                ),
+                (row for row in inr_rows if row["method"] == m and series(row) == (fit, kind)),
                 key=lambda row: row["bpp"],
             )
             if not rows:
                 continue
             label = f"INR {m}"
-            if len(kinds) > 1:
+            if len(fits) > 1:
+                label += f", {fit}-step fit"
+            if len(kinds) > len(fits):
                 label += ", anneal as marked" if kind == "other" else f", anneal {kind:g}"
             x, y = [row["bpp"] for row in rows], [row["psnr_db"] for row in rows]
-            ax.plot(
-                x, y, "o:" if kind == 0.0 else ("s--" if kind == "other" else "o-"), label=label
-            )
+            style = "o:" if kind == 0.0 else ("s--" if kind == "other" else "o-")
+            if fit != default_fit:
+                style = "^-." if kind != "other" else "v--"
+            ax.plot(x, y, style, label=label)
             if kind == "other":
                 for row in rows:
                     ax.annotate(f"{row['anneal']:g}", (row["bpp"], row["psnr_db"]), fontsize=7,

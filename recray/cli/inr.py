@@ -138,6 +138,7 @@ def cmd_bench(args) -> int:
         report=lambda row: print(json.dumps(row), flush=True),
         chunk=args.chunk,
         max_minutes=args.max_minutes,
+        max_tiles=args.max_tiles,
         checkpoint=(lambda r: _write_json(args.json + ".partial", r)) if args.json else None,
         resume=_read_json(args.resume, "--resume") if args.resume else None,
     )
@@ -327,6 +328,13 @@ def add_parsers(codec_sub, bench_sub) -> None:
         default=None,
         help="stop the INR settings after the chunk that passes this time; the rows hold "
         "the tiles measured",
+    )
+    b.add_argument(
+        "--max-tiles",
+        type=int,
+        default=None,
+        help="stop the INR settings after the chunk that reaches this many tiles (with "
+        "--chunk: the first chunks, spread over all --limit tiles; --resume measures the rest)",
     )
     b.add_argument(
         "--resume",
