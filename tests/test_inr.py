@@ -811,13 +811,15 @@ def test_shipped_rate_points_load_with_their_checksums():
     assert inr.run_model_id({"rate_point_bpp": 1.5, "model_id": "inr2_1p5"}) == "inr2_1p5"
 
 
-def test_shipped_index_laws_match_the_sp_orc_preset_and_the_model_card():
-    """The shipped laws of the 1.5 rate point are the sp-orc preset's (found without
-    fitting), and the model card holds their file's SHA-256 and each entry's checksum."""
+@pytest.mark.parametrize("rate", [0.5, 1.5, 4.0])
+def test_shipped_index_laws_match_the_sp_orc_preset_and_the_model_card(rate):
+    """Every rate point ships the sp-orc preset's laws for the default and the long fit
+    (found without fitting), and the model card holds their file's SHA-256 and each
+    entry's checksum."""
     from recray.models.inr import weights_path
     from recray.plan.laws import IndexLaws
 
-    w = str(weights_path(1.5))
+    w = str(weights_path(rate))
     card = json.load(open(w.replace(".npz", ".json")))["index_laws"]
     path = inr.laws_path(w)
     assert os.path.basename(path) == card["file"]
@@ -826,8 +828,10 @@ def test_shipped_index_laws_match_the_sp_orc_preset_and_the_model_card():
     assert {k: IndexLaws.from_dict(v).checksum() for k, v in table.items()} == card["laws_sha256"]
     model = load_inr(w)
     prior = read_prior(w.replace(".npz", "_prior.json"))
-    laws, secs = inr.learned_laws(w, model, prior, inr.Settings(method="sp-orc"), fit=False)
-    assert laws is not None and secs == 0.0 and laws.method == "sp-orc"
+    for preset in ("default", "long"):
+        s = inr.Settings(method="sp-orc", **inr.FIT_PRESETS[preset])
+        laws, secs = inr.learned_laws(w, model, prior, s, fit=False)
+        assert laws is not None and secs == 0.0 and laws.method == "sp-orc", preset
     spec, _ = inr.make_spec(prior, inr.Settings(method="sp-orc"), laws)
     assert set(spec.plan.block_budget_bits) == {4} and spec.layout.laws
 
