@@ -610,7 +610,7 @@ def bits_at_equal_psnr(rows: list[dict]) -> list[dict]:
 def format_table(r: dict) -> str:
     from recray.codecs.inr import Settings
 
-    default = Settings().fit_steps
+    default, default_anneal = Settings().fit_steps, Settings().anneal
     lines = [f"INR codec on {r['tiles']} test tiles (bpp from bytes written, PSNR of 8-bit tiles)"]
     lines.append(
         f"{'rate pt':>7} {'method':<8} {'bpp':>8} {'PSNR dB':>8} "
@@ -625,6 +625,11 @@ def format_table(r: dict) -> str:
             + (
                 f"  fit {row['fit_steps']} steps"
                 if row.get("fit_steps", default) != default
+                else ""
+            )
+            + (
+                f"  anneal {row['anneal']:g}"
+                if row.get("anneal", default_anneal) != default_anneal
                 else ""
             )
         )

@@ -127,7 +127,8 @@ class Settings:
 #: of the fit time, about 2.5 dB lower on the curve). ``"long"`` doubles the default's steps:
 #: with per-block annealing the fit spends its second half steering each block's KL, and on
 #: the annealed curve (``docs/figures/inr_fit_curve_anneal_*.json``) 2,000 steps gained
-#: 0.95-1.9 dB over 1,000 at about the same KL, for about twice the fit time.
+#: 0.95-1.9 dB over 1,000 at about the same KL, for about twice the fit time; coded, on 30
+#: test tiles, 0.27-0.70 dB at about the same bits (``docs/figures/inr2_long_30tiles.json``).
 FIT_PRESETS = {
     "fast": {"fit_steps": 300, "lr": 1e-2, "lr_end": None, "fit_samples": 1},
     "default": {"fit_steps": 1000, "lr": 2e-2, "lr_end": None, "fit_samples": 1},
