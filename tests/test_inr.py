@@ -682,6 +682,9 @@ def test_bench_resumes_from_a_checkpoint_and_measures_only_the_rest(monkeypatch)
         bi.run(**kw, anneal=0.5, resume=points[0])
     with pytest.raises(InputError, match="first whole chunks"):
         bi.run(**(kw | {"chunk": 3}), resume=points[0])
+    for bad in ({"limit": -3}, {"chunk": 0}, {"max_tiles": 0}, {"max_minutes": 0.0}):
+        with pytest.raises(InputError, match="--" + next(iter(bad)).replace("_", "-")):
+            bi.run(**(kw | bad))
     older = points[0] | {"rows": [r | {"model_id": "inr_1p5"} for r in points[0]["rows"]]}
     with pytest.raises(InputError, match="field model_id is 'inr_1p5'"):
         bi.run(**kw, resume=older)

@@ -258,6 +258,11 @@ def run(
     from recray.codecs.inr import Settings
     from recray.models.inr import shipped_rates
 
+    for name, v in (("limit", limit), ("chunk", chunk), ("max-tiles", max_tiles)):
+        if v is not None and not v >= 1:
+            raise InputError(f"--{name} must be >= 1; got {v}")
+    if max_minutes is not None and not max_minutes > 0:
+        raise InputError(f"--max-minutes must be > 0; got {max_minutes}")
     rates = sorted(rates or shipped_rates())
     tiles, idx = test_tiles(limit)
     base = Settings()
