@@ -540,7 +540,9 @@ def fit_scaling(tiles, rate, fit_steps) -> list[dict]:
     return out
 
 
-_FIT_KEYS = ("fit_steps", "lr", "lr_end", "fit_samples", "refine_steps", "stages")
+#: A row's analysis fit and fine-tuning: the resume keys but the annealing factor, which
+#: moves a point along one fit's R-D curve.
+_FIT_KEYS = tuple(k for k in _RESUME_KEYS if k != "anneal")
 
 
 def _fit_of(row: dict) -> tuple:
@@ -615,7 +617,8 @@ def bits_at_equal_psnr(rows: list[dict]) -> list[dict]:
 def format_table(r: dict) -> str:
     from recray.codecs.inr import Settings
 
-    default, default_anneal = Settings().fit_steps, Settings().anneal
+    d = Settings()
+    default, default_anneal = d.fit_steps, d.anneal
     lines = [f"INR codec on {r['tiles']} test tiles (bpp from bytes written, PSNR of 8-bit tiles)"]
     lines.append(
         f"{'rate pt':>7} {'method':<8} {'bpp':>8} {'PSNR dB':>8} "
@@ -676,7 +679,8 @@ def plot(r: dict, out_dir: str) -> str:
     # one curve per method and fit setting, over the rate points: no annealing, the default
     # factor, and the other factors together (each point marked with its factor: they are
     # further points of a method's curve, e.g. for equal_psnr)
-    default, default_fit = Settings().anneal, Settings().fit_steps
+    d = Settings()
+    default, default_fit = d.anneal, d.fit_steps
 
     def series(row):
         a = row.get("anneal", 0.0)
