@@ -294,6 +294,42 @@ def test_negative_control_an_nvvm_compile_failure_fails_the_ptx_check():
         _run_cuda_script(planted)
 
 
+def _uniform_of(m):
+    """The kernels' ``uniform_of``: ``m 2^-53``, and ``2^-54`` for ``m = 0``."""
+    m = np.asarray(m, dtype=np.uint64)
+    return np.where(m == 0, 2.0**-54, m.astype(np.float64) * 2.0**-53)
+
+
+def test_draw_thresholds_compare_as_the_float_cdf():
+    """``thr <= m`` exactly when ``cdf < uniform_of(m)``, on the entries where the two
+    comparisons could part: multiples of 2^-53 and their neighbours, values below 2^-54,
+    0, 1 (the padding), NaN and infinities, against the integers next to each entry."""
+    rng = np.random.default_rng(5)
+    grid = rng.integers(0, 2**53, 3000).astype(np.float64) * 2.0**-53
+    tiny = np.array([0.0, 2.0**-60, 2.0**-54, np.nextafter(2.0**-54, 0), 2.0**-53, 5e-324])
+    cdf = np.concatenate(
+        [
+            grid,
+            np.nextafter(grid, 1.0),
+            np.nextafter(grid, 0.0),
+            rng.random(3000),
+            tiny,
+            [1.0, np.nextafter(1.0, 0), 0.5, -0.25, np.nan, np.inf, -np.inf],
+        ]
+    )
+    thr = kernels.draw_thresholds(cdf)
+    assert thr.dtype == np.uint64
+    base = np.floor(np.nan_to_num(np.ldexp(cdf, 53), nan=0.0, posinf=0.0, neginf=0.0))
+    for dm in (-2, -1, 0, 1, 2):
+        m = np.clip(base + dm, 0, 2**53 - 1).astype(np.uint64)
+        m[-20:] = rng.integers(0, 2**53, 20).astype(np.uint64)
+        np.testing.assert_array_equal(thr <= m, cdf < _uniform_of(m), err_msg=f"dm={dm}")
+    # negative control: thresholds one too high part from the float comparison
+    wrong = thr + np.uint64(1)
+    m = np.clip(base + 1, 0, 2**53 - 1).astype(np.uint64)
+    assert ((wrong <= m) != (cdf < _uniform_of(m))).sum() > 1000
+
+
 # --------------------------------------------------------------------------- search
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_cpu_kernel_equals_reference(name):

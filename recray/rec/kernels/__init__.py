@@ -73,6 +73,29 @@ def visit_order(rmax_d) -> np.ndarray:
     return order[order < d].reshape(n, d) if d & 1 else order
 
 
+#: above every 53-bit uniform's integer: an interval draw never passes such an entry
+_NEVER = np.uint64(1 << 62)
+
+
+def draw_thresholds(cdf) -> np.ndarray:
+    """``(total,)`` uint64: the interval draw's table ``cdf`` (float64, cumulative weights)
+    as integer thresholds on the uniforms' 53 random bits ``m``: ``thr <= m`` exactly when
+    ``cdf < uniform_of(m)`` (``m 2^-53``, or ``2^-54`` for ``m = 0``). Multiplying by
+    ``2^53`` is exact, so ``c = cdf 2^53 < m`` iff ``m >= floor(c) + 1``; ``m = 0`` compares
+    as ``c < 1/2``, which gives threshold 0. NaN and entries of at least 1 are never passed.
+    The kernels' lower-bound search then compares integers instead of converting the
+    uniform each round: the same intervals as the reference's float comparison."""
+    c = np.ldexp(np.asarray(cdf, dtype=np.float64), 53)
+    with np.errstate(invalid="ignore"):
+        low = c < 0.5
+        ok = c < 2.0**53
+    thr = np.full(c.shape, _NEVER, dtype=np.uint64)
+    mid = ok & ~low
+    thr[mid] = np.floor(c[mid]).astype(np.uint64) + np.uint64(1)
+    thr[low] = 0
+    return thr
+
+
 def _c(a, dtype):
     """A C-contiguous, writeable array (one compiled signature for every call)."""
     return np.require(a, dtype=dtype, requirements=["C", "W"])
@@ -118,7 +141,7 @@ def kernel_arrays(prob, lazy: bool | None = None):
         leaf_k=_c(t.leaf_k, np.int64),
         leaf_inv=_c(t.leaf_inv, f64),
         offs=_c(t.offsets, np.int64),
-        cdf=_c(t.cdf, f64),
+        thr=draw_thresholds(t.cdf),
         log_corr=_c(t.log_corr, f64),
         log_bound=log_bound,
         order=_c(order, np.int64),
@@ -188,7 +211,7 @@ def search_gpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
         return _outcome(out_i, out_f, status)
     d_prob = problem_tuple(a, cuda.to_device)
     d_ub = cuda.device_array((n, d + SCRATCH_EXTRA), dtype=np.uint64)  # batch = 1 on the GPU
-    d_fs = cuda.device_array((n, d + 1), dtype=np.float64)
+    d_fs = cuda.device_array((n, d + 2), dtype=np.float64)
     d_out_i = cuda.to_device(out_i)
     d_out_f = cuda.to_device(out_f)
     d_status = cuda.to_device(status)

@@ -89,7 +89,7 @@ def search_many(prob, caps, hmult, out_i, out_f, status):
     for i in prange(n):
         cap = caps[i]
         ub = np.empty((1, BATCH * (d + SCRATCH_EXTRA)), dtype=np.uint64)
-        fs = np.empty((1, d + BATCH), dtype=np.float64)
+        fs = np.empty((1, d + 2 * BATCH), dtype=np.float64)
         while True:
             hk = np.empty(cap, dtype=np.int64)
             hc = np.empty(cap, dtype=np.int64)

@@ -121,7 +121,8 @@ ST_OVERFLOW = 2  # the local-index table filled up: rerun the block with a large
 #: ``m``, ``s``, ``log_s`` (n, d) f64; ``depth`` (binary-search rounds of the bin draw),
 #: ``mult`` (place value in the mixed-radix bin id), ``ext`` (extra levels on the tree)
 #: (n, d) i64; ``inv_J`` (n, d) f64 (``2^-ext``); ``toff`` (n, d) i64 (the pair's tree in
-#: ``leaf_k`` (T,) i64 and ``leaf_inv`` (T,) f64); ``offs`` (n, d) i64; ``cdf``,
+#: ``leaf_k`` (T,) i64 and ``leaf_inv`` (T,) f64); ``offs`` (n, d) i64; ``thr``
+#: (total,) u64 (the interval draw's thresholds: see :func:`recray.rec.kernels.draw_thresholds`);
 #: ``log_corr``, ``log_bound`` (total,) f64; ``order`` (n, d) i64 (the order in which the
 #: lazy reject visits dimensions); ``rest_max`` (n, d) f64 (in that order); ``log_rmax``
 #: (n,) f64; ``keys`` (n, 4) u64 (shared, then private key); ``budget`` (n,) i64;
@@ -138,7 +139,7 @@ PROBLEM_FIELDS = (
     "leaf_k",
     "leaf_inv",
     "offs",
-    "cdf",
+    "thr",
     "log_corr",
     "log_bound",
     "order",
@@ -342,8 +343,9 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
         a status (``ST_*``). ``hkeys``/``hcounts[hbase : hbase + hcap]`` is the block's
         local-index table; ``ub[urow]`` its ``uint64`` scratch row of
         ``batch * (d + SCRATCH_EXTRA)`` entries (see :data:`SCRATCH_EXTRA`), ``fs[urow]``
-        its ``float64`` scratch row of ``d + batch`` entries (a candidate's terms, then the
-        batch's ``ln T``).
+        its ``float64`` scratch row of ``d + 2 batch`` entries (a candidate's terms, then the
+        batch's ``ln T``, then the batch's terms of the first dimension the lazy reject
+        visits).
 
         **Batches of arrivals.** Everything that does not depend on the search's state is
         computed ``batch`` arrivals at a time, in loops without dependencies between
@@ -351,8 +353,9 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
         uniforms (arrival ``k``'s uniform ``ui``, 0: its spacing, ``1 + dd``: the interval
         of dimension ``dd``, is half of ``Philox((k, ui >> 1, 0, 0), private key)``), the
         arrival times and their logs, the intervals the uniforms select, then, in arrival
-        order, the bin ids and local indices, and the shared uniforms of the first pair of
-        dimensions the lazy reject visits (one Philox call). Scores, the argmin and the
+        order, the bin ids and local indices, the shared uniforms of the first pair of
+        dimensions the lazy reject visits (one Philox call) and the term of the first of
+        them. Scores, the argmin and the
         stop test then run arrival by arrival. Arrivals of the last batch past the stop
         are drawn and never used: they count in the local-index table only after the stop,
         where nothing reads it (a table they overflow is rerun larger, with the same
@@ -374,7 +377,7 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
         order, the reference's rounding.
         """
         m, s, log_s, depth, mult, ext, inv_J, toff, leaf_k, leaf_inv = prob[:10]
-        offs, cdf, log_corr, log_bound = prob[10:14]
+        offs, dthr, log_corr, log_bound = prob[10:14]
         order, rest_max, log_rmax, keys, budget, exact, lazy = prob[14:]
         d = m.shape[1]
         ks0 = keys[i, 0]
@@ -434,7 +437,9 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
                     ub[urow, ll] = T
                 for ll in range(L):  # their logs (vectorizes on the CPU)
                     fs[urow, d + ll] = plog(np.float64(ub[urow, ll])) - LN_TIME_SCALE
-                for dd in range(d):  # intervals: partition.sample_bins' lower-bound search
+                # intervals: partition.sample_bins' lower-bound search, on the uniforms' 53-bit
+                # integers (``dthr[x] <= m`` exactly when ``cdf[x] < uniform_of(m)``)
+                for dd in range(d):
                     b = depth[i, dd]
                     o = (dd + 1) * L
                     if b > 0:
@@ -446,7 +451,7 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
                             for ll in range(L):  # a select per arrival, no branch
                                 pos = ub[urow, sp + ll]
                                 cand = pos + h
-                                lt = cdf[np.int64(cand) - 1] < uniform_of(ub[urow, o + ll])
+                                lt = dthr[np.int64(cand) - 1] <= ub[urow, o + ll]
                                 ub[urow, sp + ll] = cand if lt else pos
                         for ll in range(L):  # the interval's ordinal replaces its uniform
                             ub[urow, o + ll] = ub[urow, sp + ll] - off
@@ -482,6 +487,17 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
                     )
                     ub[urow, su + ll] = bits53(w0, w1)
                     ub[urow, su + L + ll] = bits53(w2, w3)
+                d0 = order[i, 0]  # the term of the first dimension visited
+                e0 = ext[i, d0]
+                for ll in range(L):
+                    u = uniform_of(ub[urow, su + (d0 & 1) * L + ll])
+                    kk = np.int64(ub[urow, (d0 + 1) * L + ll])
+                    tl = toff[i, d0] + (kk >> e0)
+                    ki = (leaf_k[tl] << e0) | (kk & ((np.int64(1) << e0) - 1))
+                    y = sample_in_interval(ki, u, mul(leaf_inv[tl], inv_J[i, d0]))
+                    ix = offs[i, d0] + kk
+                    lr0 = log_ratio(y, m[i, d0], s[i, d0], log_s[i, d0])
+                    fs[urow, d + L + ll] = lr0 - log_corr[ix]
             logT = fs[urow, d + lb]
             j = np.int64(ub[urow, sj + lb])
             local = np.int64(ub[urow, sn + lb])
@@ -502,21 +518,24 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
             pc = p0  # the pair whose Philox words w0 .. w3 hold
             for pos in range(d):
                 dd = order[i, pos]
-                pp = np.uint64(dd >> 1)
-                if pp == p0:
-                    u = uniform_of(ub[urow, su + (dd & 1) * L + lb])
-                else:
-                    if pp != pc:
-                        w0, w1, w2, w3 = philox(nl, nh | (pp << U16), jl, jh, ks0, ks1)
-                        pc = pp
-                    u = uniform53(w0, w1) if (dd & 1) == 0 else uniform53(w2, w3)
                 kk = np.int64(ub[urow, (dd + 1) * L + lb])  # the interval's ordinal
-                e = ext[i, dd]
-                tl = toff[i, dd] + (kk >> e)  # its tree leaf, then the interval at its level
-                ki = (leaf_k[tl] << e) | (kk & ((np.int64(1) << e) - 1))
-                y = sample_in_interval(ki, u, mul(leaf_inv[tl], inv_J[i, dd]))
                 ix = offs[i, dd] + kk
-                t = log_ratio(y, m[i, dd], s[i, dd], log_s[i, dd]) - log_corr[ix]
+                if pos == 0:  # computed with the batch
+                    t = fs[urow, d + L + lb]
+                else:
+                    pp = np.uint64(dd >> 1)
+                    if pp == p0:
+                        u = uniform_of(ub[urow, su + (dd & 1) * L + lb])
+                    else:
+                        if pp != pc:
+                            w0, w1, w2, w3 = philox(nl, nh | (pp << U16), jl, jh, ks0, ks1)
+                            pc = pp
+                        u = uniform53(w0, w1) if (dd & 1) == 0 else uniform53(w2, w3)
+                    e = ext[i, dd]
+                    tl = toff[i, dd] + (kk >> e)  # its tree leaf, then the interval at its level
+                    ki = (leaf_k[tl] << e) | (kk & ((np.int64(1) << e) - 1))
+                    y = sample_in_interval(ki, u, mul(leaf_inv[tl], inv_J[i, dd]))
+                    t = log_ratio(y, m[i, dd], s[i, dd], log_s[i, dd]) - log_corr[ix]
                 fs[urow, dd] = t
                 acc = t if pos == 0 else acc + t
                 if lazy and pos + 1 < d:
