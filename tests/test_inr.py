@@ -719,7 +719,24 @@ def test_bits_at_equal_psnr_interpolates_sp_orcs_curve_at_orcs_psnr():
     assert bi.bits_at_equal_psnr([orc, longer[1], longer[2]]) == []
     both = bi.bits_at_equal_psnr([orc, lo, hi] + longer)
     assert [e["fit_steps"] for e in both] == [2000, None]
+    assert [e["fit"] for e in both] == ["long fit", ""]
     assert "(+1.2% bits" in bi.format_table({"tiles": 1, "rows": [orc, lo, hi]})
+    # the table names every fit that is not the default, as the comparison keeps them apart
+    other_lr = [r | {"fit_steps": 2000, "lr": 0.01} for r in (orc, lo, hi)]
+    table = bi.format_table({"tiles": 1, "rows": [orc, lo, hi] + longer + other_lr})
+    assert "rate point 4, long fit:" in table and "rate point 4, 2000 steps, lr 0.01:" in table
+    assert table.count("  long fit") == 3 and table.count("  2000 steps, lr 0.01") == 3
+
+
+def test_fit_name_names_presets_and_what_differs():
+    from recray.bench import inr as bi
+    from recray.codecs.inr import FIT_PRESETS
+
+    assert bi.fit_name({}) == "" and bi.fit_name(dict(FIT_PRESETS["default"])) == ""
+    assert bi.fit_name(dict(FIT_PRESETS["fast"])) == "fast fit"
+    assert bi.fit_name({"fit_steps": 2000}) == "long fit"
+    assert bi.fit_name({"fit_steps": 2000, "refine_steps": 60}) == "2000 steps, 60 refine steps"
+    assert bi.fit_name({"lr_end": 0.002, "fit_samples": 3}) == "lr_end 0.002, 3 samples"
 
 
 def test_job_entrypoint_forwards_to_the_codec_commands():

@@ -550,6 +550,36 @@ def _fit_of(row: dict) -> tuple:
     return tuple(row.get(k) for k in _FIT_KEYS)
 
 
+#: How :func:`fit_name` writes a setting that differs from the default fit.
+_FIT_WORDS = {
+    "fit_steps": "{:g} steps",
+    "lr": "lr {:g}",
+    "lr_end": "lr_end {}",
+    "fit_samples": "{:g} samples",
+    "refine_steps": "{:g} refine steps",
+    "stages": "{:g} stages",
+}
+
+
+def fit_name(row: dict) -> str:
+    """A row's analysis fit and fine-tuning in words, for tables and plot legends: ``""``
+    for the default fit; ``"long fit"`` where it is one of the fit presets (with the
+    default fine-tuning); else the settings that differ (``"1500 steps, lr 0.01"``). A key
+    a row lacks counts as the default's (figure files written before it was recorded).
+    Rows of one name are rows of one fit, as :func:`bits_at_equal_psnr` pairs them."""
+    from recray.codecs.inr import FIT_PRESETS, Settings
+
+    d = Settings()
+    fit = {k: row.get(k, getattr(d, k)) for k in _FIT_KEYS}
+    diff = [k for k in _FIT_KEYS if fit[k] != getattr(d, k)]
+    if not diff:
+        return ""
+    for name, preset in FIT_PRESETS.items():
+        if all(fit[k] == preset.get(k, getattr(d, k)) for k in _FIT_KEYS):
+            return f"{name} fit"
+    return ", ".join(_FIT_WORDS[k].format(fit[k]) for k in diff)
+
+
 def bits_at_equal_psnr(rows: list[dict]) -> list[dict]:
     """SP-ORC's bits at ORC-16's PSNR, where SP-ORC has an R-D curve on the same model.
 
@@ -604,6 +634,7 @@ def bits_at_equal_psnr(rows: list[dict]) -> list[dict]:
                     "rate_point_bpp": rate,
                     "model_id": model,
                     "fit_steps": ref.get("fit_steps"),
+                    "fit": fit_name(ref),
                     "reference": {k: ref.get(k) for k in ("method", "anneal", "bpp", "psnr_db")},
                     "between": [{k: x.get(k) for k in ("anneal", "bpp", "psnr_db")} for x in used],
                     "bound": len(used) == 1,
@@ -617,8 +648,7 @@ def bits_at_equal_psnr(rows: list[dict]) -> list[dict]:
 def format_table(r: dict) -> str:
     from recray.codecs.inr import Settings
 
-    d = Settings()
-    default, default_anneal = d.fit_steps, d.anneal
+    default_anneal = Settings().anneal
     lines = [f"INR codec on {r['tiles']} test tiles (bpp from bytes written, PSNR of 8-bit tiles)"]
     lines.append(
         f"{'rate pt':>7} {'method':<8} {'bpp':>8} {'PSNR dB':>8} "
@@ -630,11 +660,7 @@ def format_table(r: dict) -> str:
             f"{row['psnr_db']:>8.2f} "
             f"{row['encode_s_per_tile']:>10.3f} {row['decode_s_per_tile']:>10.4f}"
             + (f"  q={row['quality']}" if "quality" in row else "")
-            + (
-                f"  fit {row['fit_steps']} steps"
-                if row.get("fit_steps", default) != default
-                else ""
-            )
+            + (f"  {fit_name(row)}" if fit_name(row) else "")
             + (
                 f"  anneal {row['anneal']:g}"
                 if row.get("anneal", default_anneal) != default_anneal
@@ -654,7 +680,7 @@ def format_table(r: dict) -> str:
     for e in bits_at_equal_psnr(r["rows"]):
         ref = e["reference"]
         how = "at most, from anneal " if e["bound"] else "interpolated between anneal "
-        fit = f", {e['fit_steps']}-step fit" if e.get("fit_steps") not in (None, default) else ""
+        fit = f", {e['fit']}" if e.get("fit") else ""
         lines.append(
             f"rate point {e['rate_point_bpp']:g}{fit}: sp-orc at orc-16's {ref['psnr_db']:.2f} dB "
             f"(anneal {ref['anneal']}): {e['sp_orc_bpp']:.4f} bpp against {ref['bpp']:.4f} "
@@ -679,12 +705,11 @@ def plot(r: dict, out_dir: str) -> str:
     # one curve per method and fit setting, over the rate points: no annealing, the default
     # factor, and the other factors together (each point marked with its factor: they are
     # further points of a method's curve, e.g. for equal_psnr)
-    d = Settings()
-    default, default_fit = d.anneal, d.fit_steps
+    default = Settings().anneal
 
     def series(row):
         a = row.get("anneal", 0.0)
-        return (row.get("fit_steps", default_fit), a if a in (0.0, default) else "other")
+        return (fit_name(row), a if a in (0.0, default) else "other")
 
     kinds = {series(row) for row in inr_rows}
     fits = {f for f, _ in kinds}
@@ -698,12 +723,12 @@ def plot(r: dict, out_dir: str) -> str:
                 continue
             label = f"INR {m}"
             if len(fits) > 1:
-                label += f", {fit}-step fit"
+                label += f", {fit or 'default fit'}"
             if len(kinds) > len(fits):
                 label += ", anneal as marked" if kind == "other" else f", anneal {kind:g}"
             x, y = [row["bpp"] for row in rows], [row["psnr_db"] for row in rows]
             style = "o:" if kind == 0.0 else ("s--" if kind == "other" else "o-")
-            if fit != default_fit:
+            if fit:
                 style = "^-." if kind != "other" else "v--"
             ax.plot(x, y, style, label=label)
             if kind == "other":
