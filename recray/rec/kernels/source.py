@@ -296,6 +296,19 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
         z = (y - m) / s
         return mul(mul(0.5, y - z), y + z) - log_s
 
+    @ijit
+    def dim_term(i, dd, kk, u, tab):
+        """Dimension ``dd``'s term of block ``i``'s ``ln r'`` for a candidate in interval
+        ordinal ``kk`` with shared uniform ``u``: ``ln q/p`` at the sample minus the interval's
+        ``log_corr``. ``tab``: the problem's ``(m, s, log_s, ext, inv_J, toff, leaf_k,
+        leaf_inv, offs, log_corr)``."""
+        m, s, log_s, ext, inv_J, toff, leaf_k, leaf_inv, offs, log_corr = tab
+        e = ext[i, dd]
+        tl = toff[i, dd] + (kk >> e)  # its tree leaf, then the interval at its level
+        ki = (leaf_k[tl] << e) | (kk & ((np.int64(1) << e) - 1))
+        y = sample_in_interval(ki, u, mul(leaf_inv[tl], inv_J[i, dd]))
+        return log_ratio(y, m[i, dd], s[i, dd], log_s[i, dd]) - log_corr[offs[i, dd] + kk]
+
     @jit
     def time_increment(e):
         """Fixed-point arrival increment ``max(1, round_half_even(e 2^32))`` (``e >= 0``)."""
@@ -379,6 +392,7 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
         m, s, log_s, depth, mult, ext, inv_J, toff, leaf_k, leaf_inv = prob[:10]
         offs, dthr, log_corr, log_bound = prob[10:14]
         order, rest_max, log_rmax, keys, budget, exact, lazy = prob[14:]
+        tab = (m, s, log_s, ext, inv_J, toff, leaf_k, leaf_inv, offs, log_corr)  # dim_term's
         d = m.shape[1]
         ks0 = keys[i, 0]
         ks1 = keys[i, 1]
@@ -488,16 +502,10 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
                     ub[urow, su + ll] = bits53(w0, w1)
                     ub[urow, su + L + ll] = bits53(w2, w3)
                 d0 = order[i, 0]  # the term of the first dimension visited
-                e0 = ext[i, d0]
                 for ll in range(L):
                     u = uniform_of(ub[urow, su + (d0 & 1) * L + ll])
                     kk = np.int64(ub[urow, (d0 + 1) * L + ll])
-                    tl = toff[i, d0] + (kk >> e0)
-                    ki = (leaf_k[tl] << e0) | (kk & ((np.int64(1) << e0) - 1))
-                    y = sample_in_interval(ki, u, mul(leaf_inv[tl], inv_J[i, d0]))
-                    ix = offs[i, d0] + kk
-                    lr0 = log_ratio(y, m[i, d0], s[i, d0], log_s[i, d0])
-                    fs[urow, d + L + ll] = lr0 - log_corr[ix]
+                    fs[urow, d + L + ll] = dim_term(i, d0, kk, u, tab)
             logT = fs[urow, d + lb]
             j = np.int64(ub[urow, sj + lb])
             local = np.int64(ub[urow, sn + lb])
@@ -531,11 +539,7 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
                             w0, w1, w2, w3 = philox(nl, nh | (pp << U16), jl, jh, ks0, ks1)
                             pc = pp
                         u = uniform53(w0, w1) if (dd & 1) == 0 else uniform53(w2, w3)
-                    e = ext[i, dd]
-                    tl = toff[i, dd] + (kk >> e)  # its tree leaf, then the interval at its level
-                    ki = (leaf_k[tl] << e) | (kk & ((np.int64(1) << e) - 1))
-                    y = sample_in_interval(ki, u, mul(leaf_inv[tl], inv_J[i, dd]))
-                    t = log_ratio(y, m[i, dd], s[i, dd], log_s[i, dd]) - log_corr[ix]
+                    t = dim_term(i, dd, kk, u, tab)
                 fs[urow, dd] = t
                 acc = t if pos == 0 else acc + t
                 if lazy and pos + 1 < d:
@@ -637,6 +641,7 @@ def build(jit, mul, frexp, batch=1, inline_jit=None):
         ndtri=ndtri,
         sample_in_interval=sample_in_interval,
         log_ratio=log_ratio,
+        dim_term=dim_term,
         time_increment=time_increment,
         hash_slot=hash_slot,
         hash_bump=hash_bump,
