@@ -655,12 +655,13 @@ def format_table(r: dict) -> str:
         f"{'enc s/tile':>10} {'dec s/tile':>10}"
     )
     for row in r["rows"]:
+        fit = fit_name(row)
         lines.append(
             f"{row['rate_point_bpp']:>7g} {row['method']:<8} {row['bpp']:>8.4f} "
             f"{row['psnr_db']:>8.2f} "
             f"{row['encode_s_per_tile']:>10.3f} {row['decode_s_per_tile']:>10.4f}"
             + (f"  q={row['quality']}" if "quality" in row else "")
-            + (f"  {fit_name(row)}" if fit_name(row) else "")
+            + (f"  {fit}" if fit else "")
             + (
                 f"  anneal {row['anneal']:g}"
                 if row.get("anneal", default_anneal) != default_anneal
