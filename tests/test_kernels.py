@@ -723,6 +723,27 @@ def test_calls_from_several_threads_agree():
         np.testing.assert_array_equal(a.samples, b.samples)
 
 
+def test_one_thread_calls_at_once_follow_the_threading_layer():
+    """Calls overlap only on a threadsafe layer; one-thread calls made at once from several
+    threads (what the engines' batch workers make) equal one call on the whole pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numba
+
+    concurrent = kernels.cpu_calls_concurrent()  # (loads the layer)
+    assert concurrent == (numba.threading_layer() in kernels.THREADSAFE_LAYERS)
+    prob = _problem_of("sp-pfr-5d")
+    want = kernels.search_cpu(prob)
+
+    def one(_):
+        numba.set_num_threads(1)
+        return kernels.search_cpu(prob)
+
+    with ThreadPoolExecutor(3) as pool:
+        for got in pool.map(one, range(3)):
+            assert_same_outcome(got, want, "one-thread call")
+
+
 def test_pipeline_bytes_are_the_same_on_numpy_and_the_kernel(tmp_path):
     """recray compress writes the same files whichever backend searched."""
     from recray.latents import synthesize

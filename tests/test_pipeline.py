@@ -224,17 +224,17 @@ def test_unbounded_ratio_and_its_fallback(tmp_path, synth):
     assert np.array_equal(_vectors(_table(dec).column("z")), _vectors(enc.column("z_debug")))
 
 
-def _interrupt_after(monkeypatch, n_calls, exc=KeyboardInterrupt):
+def _interrupt_at(monkeypatch, first_id, exc=KeyboardInterrupt):
+    """Raise ``exc`` in the coding of the batch that starts with item ``first_id`` (batches
+    are coded on several threads at once, so which call comes n-th is not fixed)."""
     import recray.pipeline.shards as eng
 
-    calls = {"n": 0}
     real = eng.encode_table
 
-    def flaky(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == n_calls:
+    def flaky(ids, *a, **k):
+        if int(ids[0]) == first_id:
             raise exc
-        return real(*a, **k)
+        return real(ids, *a, **k)
 
     monkeypatch.setattr(eng, "encode_table", flaky)
 
@@ -248,7 +248,7 @@ def test_interrupted_run_is_resumed_to_the_same_bytes(tmp_path, synth, monkeypat
     clean = str(tmp_path / "clean")
     driver.compress(synth[0], synth[1], clean, **kw)
     out = str(tmp_path / "out")
-    _interrupt_after(monkeypatch, 5)  # shards of 2 batches: shards 0 and 1 are committed
+    _interrupt_at(monkeypatch, 400)  # shards of 2 batches: shards 0 and 1 are committed
     with pytest.raises(KeyboardInterrupt):
         driver.compress(synth[0], synth[1], out, **kw)
     monkeypatch.undo()
@@ -270,13 +270,28 @@ def test_interrupted_run_is_resumed_to_the_same_bytes(tmp_path, synth, monkeypat
     assert not partial.exists()
 
 
+def test_batches_coded_at_once_write_the_same_bytes(tmp_path, synth, monkeypatch):
+    """Shards code several batches at once on threads (one kernel thread each); the parts
+    are those of one batch after another, whatever the number of threads."""
+    import recray.pipeline.local_engine as le
+
+    kw = dict(FAST, batch_size=50, shard_rows=256, debug_samples=True)
+    runs = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(le, "batch_workers", lambda spec, w=workers: w)
+        out = str(tmp_path / f"w{workers}")
+        driver.compress(synth[0], synth[1], out, **kw)
+        runs[workers] = {f: b for f, b in _files(out).items() if f.startswith("part-")}
+    assert len(runs[1]) == 3 and runs[1] == runs[3]
+
+
 def test_error_mid_run_keeps_committed_work_for_resume(tmp_path, synth, monkeypatch):
     """A typed error after shards were committed (here planted in the search of the third
     batch) keeps the partial run: nothing committed is deleted, --resume finishes it."""
     kw = dict(FAST, shard_rows=128)
     clean = str(tmp_path / "clean")
     driver.compress(synth[0], synth[1], clean, **kw)
-    _interrupt_after(monkeypatch, 3, InputError("item 7: planted"))
+    _interrupt_at(monkeypatch, 256, InputError("item 7: planted"))
     out = str(tmp_path / "out")
     with pytest.raises(InputError, match="planted"):
         driver.compress(synth[0], synth[1], out, **kw)
@@ -285,7 +300,7 @@ def test_error_mid_run_keeps_committed_work_for_resume(tmp_path, synth, monkeypa
     kept = sorted(f for f in os.listdir(partial) if f.startswith("part-"))
     assert kept == ["part-00000.parquet", "part-00001.parquet"]
     # an error during the resume keeps them too
-    _interrupt_after(monkeypatch, 1, InputError("item 9: planted again"))
+    _interrupt_at(monkeypatch, 256, InputError("item 9: planted again"))
     with pytest.raises(InputError, match="planted again"):
         driver.compress(synth[0], synth[1], out, resume=True, **kw)
     monkeypatch.undo()

@@ -11,6 +11,7 @@ The builds are imported on first use, so ``import recray`` never compiles anythi
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -23,15 +24,41 @@ from recray.rec.kernels.source import (
     ST_OVERFLOW,
 )
 
-#: Serializes calls into the CPU build: each call already uses every core (``prange``), and
-#: Numba's fallback threading layer (workqueue) aborts on concurrent parallel calls.
+#: Serializes calls into the CPU build where Numba's threading layer is the fallback
+#: (workqueue), which aborts on concurrent parallel calls; see :func:`cpu_calls_concurrent`.
 _CPU_LOCK = threading.Lock()
+#: Numba threading layers that take parallel calls from several threads at once.
+THREADSAFE_LAYERS = ("omp", "tbb")
+_concurrent: bool | None = None  # known after the first call into the CPU build
 
 #: Entries of the local-index tables of one GPU launch (keys and counts: 16 bytes each).
 GPU_POOL_ENTRIES = 1 << 26
 GPU_THREADS = 128
 MIN_TABLE = 16
 MAX_START_TABLE = 1 << 20
+
+
+def _cpu_call():
+    """The guard of one call into the CPU build: none once the threading layer is known to
+    be threadsafe, else :data:`_CPU_LOCK` (the call that first loads the layer holds it)."""
+    return contextlib.nullcontext() if _concurrent else _CPU_LOCK
+
+
+def _layer_loaded() -> None:
+    global _concurrent
+    if _concurrent is None:
+        import numba
+
+        _concurrent = numba.threading_layer() in THREADSAFE_LAYERS
+
+
+def cpu_calls_concurrent() -> bool:
+    """Whether several Python threads may call the CPU build at once: True with Numba's
+    ``omp`` or ``tbb`` threading layer, False with the fallback ``workqueue`` (calls are
+    then serialized). Loads the threading layer (one tiny call) if no call has yet."""
+    if _concurrent is None:
+        shared_keys(0, np.zeros(1, np.int64), 1)
+    return bool(_concurrent)
 
 
 def initial_caps(has_bins, budget, B, log_rmax, exact) -> np.ndarray:
@@ -187,8 +214,9 @@ def search_cpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
     out_f = np.full(n, np.inf)
     status = np.zeros(n, dtype=np.int64)
     if n:
-        with _CPU_LOCK:
+        with _cpu_call():
             cpu.search_many(problem_tuple(a), a["caps"], np.uint64(hash_mult), out_i, out_f, status)
+            _layer_loaded()
     return _outcome(out_i, out_f, status)
 
 
@@ -263,7 +291,7 @@ def shared_keys(seed: int, ids, version: int):
     ids = _c(ids, np.int64)
     out = np.empty((ids.shape[0], 2), dtype=np.uint64)
     seed = int(seed)
-    with _CPU_LOCK:
+    with _cpu_call():
         cpu.derive_keys_many(
             np.uint64(seed & 0xFFFFFFFF),
             np.uint64(seed >> 32),
@@ -272,6 +300,7 @@ def shared_keys(seed: int, ids, version: int):
             np.uint64(version),
             out,
         )
+        _layer_loaded()
     return out[:, 0], out[:, 1]
 
 
@@ -314,8 +343,9 @@ def regenerate(kind: str, bins, local, geo, k0, k1, pm, ps):
     if kind == "cpu":
         from recray.rec.kernels import cpu
 
-        with _CPU_LOCK:
+        with _cpu_call():
             cpu.regenerate_many(*args, out)
+            _layer_loaded()
         return out
     from numba import cuda
 
