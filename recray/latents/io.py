@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -265,6 +266,13 @@ class _Validator:
 #: What the row readers decoded in this process (rows of whole row groups decoded, rows
 #: handed out, bytes decoded): ``recray bench reads`` measures read amplification with it.
 READ_STATS = {"rows_decoded": 0, "rows_returned": 0, "bytes_decoded": 0}
+_STATS_LOCK = threading.Lock()  # readers run on several threads (the validation pass)
+
+
+def _count(**inc) -> None:
+    with _STATS_LOCK:
+        for k, v in inc.items():
+            READ_STATS[k] += v
 
 
 @dataclass(frozen=True)
@@ -320,19 +328,18 @@ class RowIndex:
             if path not in files:
                 files[path] = self._open(path)
             t = files[path].read_row_group(g, columns=["id", "mu", "sigma"])
-            READ_STATS["rows_decoded"] += t.num_rows
-            READ_STATS["bytes_decoded"] += t.nbytes
+            _count(rows_decoded=t.num_rows, bytes_decoded=t.nbytes)
             lo, hi = max(start, offset), min(stop, offset + t.num_rows)
             buf.append(t.slice(lo - offset, hi - lo))
             have += hi - lo
             while have >= chunk_rows:
                 whole = pa.concat_tables(buf)
                 yield whole.slice(0, chunk_rows)
-                READ_STATS["rows_returned"] += chunk_rows
+                _count(rows_returned=chunk_rows)
                 rest = whole.slice(chunk_rows)
                 buf, have = ([rest] if rest.num_rows else []), rest.num_rows
         if have:
-            READ_STATS["rows_returned"] += have
+            _count(rows_returned=have)
             yield pa.concat_tables(buf)
 
     def read_table(self, start: int, stop: int) -> pa.Table:
