@@ -69,6 +69,7 @@ def code_shards(
     on_bad: str = "fail",
     progress=None,
     hook=None,
+    workers: int | None = None,
 ):
     """Code the ``shards`` ``(k, start, stop)`` in order, in batches of ``batch_size``
     items, and commit each one's part (with its rejected items: ``scan``'s and, with
@@ -78,14 +79,17 @@ def code_shards(
     ``hook(shards, rows)`` is called before each batch is coded (instrumentation, see
     :class:`~recray.pipeline.options.RayOptions`).
 
-    With the compiled CPU kernel, :func:`batch_workers` threads code whole batches at once,
-    each calling the kernel on one thread: the kernel releases the GIL, so one batch's
-    routing and messages (Python, holding it) overlap the others' searches instead of
-    idling all but one core, and no call waits on its slowest block. The next shard's
-    batches start while a shard's last ones finish. Batches are collected in input order,
-    and each item's message is a function of the item alone, so this changes no byte.
-    Memory: the coded rows of the shards in flight plus :func:`batch_workers` batches."""
-    workers = batch_workers(spec)
+    With the compiled CPU kernel, ``workers`` (default :func:`batch_workers`) threads code
+    whole batches at once, each calling the kernel on one thread: the kernel releases the
+    GIL, so one batch's routing and messages (Python, holding it) overlap the others'
+    searches instead of idling all but one core, and no call waits on its slowest block.
+    The next shard's batches start while a shard's last ones finish. Batches are collected
+    in input order, and each item's message is a function of the item alone, so this
+    changes no byte.
+    Memory: the coded rows of the shards in flight plus ``workers`` batches. ``workers=1``
+    codes one batch at a time, each kernel call on Numba's whole pool (what each Ray actor
+    does: the actors already keep the cores busy)."""
+    workers = batch_workers(spec) if workers is None else workers
     pool = (
         ThreadPoolExecutor(workers, "recray-batch", initializer=_one_kernel_thread)
         if workers > 1

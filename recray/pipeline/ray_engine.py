@@ -342,6 +342,7 @@ class ShardWorker:
                 scan=self.scan,
                 on_bad=self.on_bad,
                 hook=self.hook,
+                workers=1,  # one actor per CPU already overlaps one's messages, another's search
             )
         return summary | {"backend": self.backend_label}
 
