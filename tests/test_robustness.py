@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -204,19 +205,20 @@ def test_search_reuses_the_routing_bounds_without_changing_a_byte(tmp_path, outl
 
     lat, pri = outliers
     kw = dict(OUTLIER_KW, adapt_above_bits=12.0)
-    inside = {"encode": False, "builds": 0}
+    # per thread: batches are coded on several threads at once
+    inside = {"encode": set(), "builds": 0}
     build, encode = bounds.build_tables, rec.encode
 
     def counted_build(*a, **k):
-        inside["builds"] += inside["encode"]
+        inside["builds"] += threading.get_ident() in inside["encode"]
         return build(*a, **k)
 
     def flagged_encode(*a, **k):
-        inside["encode"] = True
+        inside["encode"].add(threading.get_ident())
         try:
             return encode(*a, **k)
         finally:
-            inside["encode"] = False
+            inside["encode"].discard(threading.get_ident())
 
     monkeypatch.setattr(bounds, "build_tables", counted_build)
     monkeypatch.setattr(rec, "encode", flagged_encode)
