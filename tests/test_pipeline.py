@@ -283,6 +283,23 @@ def test_batches_coded_at_once_write_the_same_bytes(tmp_path, synth, monkeypatch
         driver.compress(synth[0], synth[1], out, **kw)
         runs[workers] = {f: b for f, b in _files(out).items() if f.startswith("part-")}
     assert len(runs[1]) == 3 and runs[1] == runs[3]
+    # a run smaller than one batch is cut into one batch per worker (every core searches)
+    import recray.pipeline.shards as eng
+
+    sizes, real = [], eng.encode_table
+
+    def counted(ids, *a, **k):
+        sizes.append(len(ids))
+        return real(ids, *a, **k)
+
+    monkeypatch.setattr(eng, "encode_table", counted)
+    small = dict(kw, batch_size=4096, shard_rows=1 << 16)
+    for workers in (1, 2):
+        monkeypatch.setattr(le, "batch_workers", lambda spec, w=workers: w)
+        out = str(tmp_path / f"small{workers}")
+        driver.compress(synth[0], synth[1], out, **small)
+        runs[workers] = {f: b for f, b in _files(out).items() if f.startswith("part-")}
+    assert sizes == [600, 300, 300] and runs[1] == runs[2]
 
 
 def test_error_mid_run_keeps_committed_work_for_resume(tmp_path, synth, monkeypatch):
