@@ -1,4 +1,4 @@
-"""The in-process engine: codes shards one after another in this process.
+"""The in-process engine: codes shards in order in this process, a batch per core at once.
 
 The same shards, the same per-batch coding and the same parts as the Ray engine
 (:mod:`recray.pipeline.ray_engine`), so the two write identical bytes; this one needs no
@@ -85,11 +85,10 @@ def code_shards(
     searches instead of idling all but one core, and no call waits on its slowest block.
     The next shard's batches start while a shard's last ones finish. Batches are collected
     in input order, and each item's message is a function of the item alone, so this
-    changes no byte.
-    A short run's batches are evened out (:func:`_even_batches`). Memory: the coded rows
-    of the shards in flight plus ``workers`` batches. ``workers=1``
-    codes one batch at a time, each kernel call on Numba's whole pool (what each Ray actor
-    does: the actors already keep the cores busy)."""
+    changes no byte. A short run's batches are evened out (:func:`_even_batches`).
+    ``workers=1`` codes one batch at a time, each kernel call on Numba's whole pool (what
+    each Ray actor does: the actors already keep the cores busy). Memory: the coded rows of
+    the shards in flight plus ``workers`` batches."""
     workers = batch_workers(spec) if workers is None else workers
     if workers > 1:
         batch_size, workers = _even_batches(shards, batch_size, workers)
