@@ -37,7 +37,7 @@ def iter_rows(index: RowIndex, start: int, stop: int, chunk_rows: int, skip: np.
 
 
 def batch_workers(spec: CodecSpec) -> int:
-    """How many batches a shard codes at once: one per thread of Numba's pool when the
+    """How many batches :func:`code_shards` codes at once: one per thread of Numba's pool when the
     compiled CPU kernel searches and its threading layer takes concurrent calls
     (:func:`recray.rec.kernels.cpu_calls_concurrent`), else 1."""
     from recray.backend import get_backend

@@ -38,18 +38,20 @@ MIN_TABLE = 16
 MAX_START_TABLE = 1 << 20
 
 
+@contextlib.contextmanager
 def _cpu_call():
     """The guard of one call into the CPU build: none once the threading layer is known to
-    be threadsafe, else :data:`_CPU_LOCK` (the call that first loads the layer holds it)."""
-    return contextlib.nullcontext() if _concurrent else _CPU_LOCK
-
-
-def _layer_loaded() -> None:
+    be threadsafe, else :data:`_CPU_LOCK`, under which the first call learns the layer."""
     global _concurrent
-    if _concurrent is None:
-        import numba
+    if _concurrent:
+        yield
+        return
+    with _CPU_LOCK:
+        yield
+        if _concurrent is None:
+            import numba
 
-        _concurrent = numba.threading_layer() in THREADSAFE_LAYERS
+            _concurrent = numba.threading_layer() in THREADSAFE_LAYERS
 
 
 def cpu_calls_concurrent() -> bool:
@@ -216,7 +218,6 @@ def search_cpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
     if n:
         with _cpu_call():
             cpu.search_many(problem_tuple(a), a["caps"], np.uint64(hash_mult), out_i, out_f, status)
-            _layer_loaded()
     return _outcome(out_i, out_f, status)
 
 
@@ -300,7 +301,6 @@ def shared_keys(seed: int, ids, version: int):
             np.uint64(version),
             out,
         )
-        _layer_loaded()
     return out[:, 0], out[:, 1]
 
 
@@ -345,7 +345,6 @@ def regenerate(kind: str, bins, local, geo, k0, k1, pm, ps):
 
         with _cpu_call():
             cpu.regenerate_many(*args, out)
-            _layer_loaded()
         return out
     from numba import cuda
 
