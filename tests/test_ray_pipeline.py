@@ -92,6 +92,57 @@ def test_same_bytes_as_in_process_for_any_pool_and_batch(
     assert _files(out) == _files(ref)
 
 
+@ray.remote(num_cpus=0)
+class _Rendezvous:
+    """Counts the tasks that have started."""
+
+    def __init__(self):
+        self.started = set()
+
+    def arrive(self, task):
+        self.started.add(task)
+
+    def count(self):
+        return len(self.started)
+
+
+def test_each_actor_takes_one_task_at_a_time(cluster):
+    """Tasks are whole shards: with as many tasks as actors, each actor codes one, at the
+    same time. (Ray Data's default queues several tasks on the first actor to start, and
+    that actor then coded both shards of a 2-shard run while the other idled.)"""
+    from recray.pipeline.ray_engine import ray_session, run_tasks
+
+    rv = _Rendezvous.remote()
+
+    def make_worker():  # local, so the actors get it by value
+        def meet(task):
+            """Wait (up to 30 s) until both tasks have started, then name this process:
+            tasks queued behind each other on one actor never meet."""
+            ray.get(rv.arrive.remote(task))
+            deadline = time.monotonic() + 30.0
+            while ray.get(rv.count.remote()) < 2:
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.05)
+            return os.getpid()
+
+        return meet
+
+    opts = RayOptions(address=cluster.address, actors=2, resources=ACTOR, retries=0)
+    with ray_session(cluster.address):
+        got = dict(
+            run_tasks(
+                make_worker,
+                [0, 1],
+                opts=opts,
+                actors=2,
+                actor_res={"num_cpus": opts.actor_cpus},
+            )
+        )
+    assert None not in got.values(), f"a task ran alone: {got}"
+    assert len(set(got.values())) == 2
+
+
 def test_per_block_budget_gives_the_same_bytes_on_ray(cluster, data, tmp_path):
     """orc with per-block budgets from the blocks' information (``n_samples="kl"``, message
     codec version 4): the Ray engine writes the in-process engine's files."""
