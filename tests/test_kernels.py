@@ -526,6 +526,23 @@ def test_backend_resolution(monkeypatch):
     assert res.backend_name == "numba"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="device nodes are Linux's")
+def test_no_nvidia_driver_answers_without_importing_numba_cuda():
+    """A CPU-only Linux machine resolves the backend without importing ``numba.cuda`` (and
+    probing the driver: 0.2-0.4 s of every run); the simulator still counts as CUDA."""
+    code = (
+        "import sys, recray.backend as bk; bk._NVIDIA_NODES = ('/nonexistent/nvidiactl',); "
+        "print(bk.auto_name(), bk.cuda_available(), 'numba.cuda' in sys.modules)"
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["numba", "False", "False"], out.stderr
+    env["NUMBA_ENABLE_CUDASIM"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split()[1] == "True", out.stderr
+
+
 def test_decode_ignores_encoder_only_arguments():
     mu, s = typical_posteriors(4, 2, 1.0, 17)
     kw = {"method": "sp-orc", "bits": 1, "seed": 4, "n_samples": 64}
