@@ -98,7 +98,7 @@ def resolve_name(name: str | None = None) -> str:
 
 def auto_name() -> str:
     """The fastest backend usable here: ``cuda``, else ``numba``, else ``numpy``."""
-    if cuda_available(simulator=False):
+    if cuda_available(simulator=False, quick=True):
         return "cuda"
     if numba_available():
         return "numba"
@@ -113,22 +113,23 @@ def numba_available() -> bool:
     return True
 
 
-#: Device nodes of an NVIDIA driver: Linux (``nvidiactl``; containers with GPUs get it
-#: too) and WSL2 (``dxg``). A Linux machine with neither has no usable CUDA GPU.
-_NVIDIA_NODES = ("/dev/nvidiactl", "/dev/dxg")
+#: Signs of an NVIDIA driver on Linux: its loaded kernel module, its control device
+#: (containers with GPUs get it too) and WSL2's GPU device.
+_NVIDIA_SIGNS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg")
 
 
-def _cuda_state() -> tuple[bool, bool, str]:
-    """(usable, simulated, why not). On Linux without an NVIDIA driver's device node the
-    answer comes without importing ``numba.cuda`` and probing the driver (about 0.2-0.4 s
-    that every CPU-only run would pay)."""
+def _cuda_state(quick: bool = False) -> tuple[bool, bool, str]:
+    """(usable, simulated, why not). ``quick``: on Linux with no sign of an NVIDIA driver,
+    answer without importing ``numba.cuda`` and probing the driver (0.2-0.4 s that every
+    CPU-only run would pay to resolve ``auto``); an explicit ``cuda`` always probes."""
     try:
         from numba import config
 
         if config.ENABLE_CUDASIM:
             return True, True, ""
-        if sys.platform.startswith("linux") and not any(map(os.path.exists, _NVIDIA_NODES)):
-            return False, False, "no NVIDIA driver here (no /dev/nvidiactl)"
+        linux = sys.platform.startswith("linux")
+        if quick and linux and not any(map(os.path.exists, _NVIDIA_SIGNS)):
+            return False, False, "no NVIDIA driver here"
         from numba import cuda
 
         if not cuda.is_available():
@@ -138,10 +139,10 @@ def _cuda_state() -> tuple[bool, bool, str]:
         return False, False, f"{type(exc).__name__}: {exc}"
 
 
-def cuda_available(simulator: bool = True) -> bool:
+def cuda_available(simulator: bool = True, quick: bool = False) -> bool:
     """True when the ``cuda`` kernel backend can run (under the simulator only if
-    ``simulator``)."""
-    ok, sim, _ = _cuda_state()
+    ``simulator``; ``quick``: see :func:`_cuda_state`)."""
+    ok, sim, _ = _cuda_state(quick)
     return ok and (simulator or not sim)
 
 
