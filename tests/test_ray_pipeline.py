@@ -5,6 +5,7 @@ actor reach the caller with their type (or become rejects under ``on_bad_item="s
 busy worker node killed ungracefully while its actor holds a batch, and Ray's retry of that
 batch seen; the driver killed, killed again during its resume, and the run resumed."""
 
+import contextlib
 import json
 import os
 import signal
@@ -247,8 +248,8 @@ class Gate:
         self.open = asyncio.Event()
         self.calls = []
 
-    async def enter(self, node_id, first_row):
-        self.calls.append((node_id, first_row))
+    async def enter(self, node_id, first_row, pid):
+        self.calls.append((node_id, first_row, pid))
         await self.open.wait()
 
     def release(self):
@@ -260,7 +261,8 @@ class Gate:
 
 def _held(gate):
     def hook(shard, rows):
-        ray.get(gate.enter.remote(ray.get_runtime_context().get_node_id(), int(rows[0])))
+        node = ray.get_runtime_context().get_node_id()
+        ray.get(gate.enter.remote(node, int(rows[0]), os.getpid()))
 
     return hook
 
@@ -301,9 +303,14 @@ def test_busy_worker_node_killed_mid_batch(cluster, data, tmp_path):
     partial = tmp_path / ".run.partial"
     assert not os.path.exists(out)
     assert not [f for f in os.listdir(partial) if f.startswith("part-")]  # nothing committed
-    victim_id, victim_row = ray.get(gate.log.remote())[0]
+    victim_id, victim_row, victim_pid = ray.get(gate.log.remote())[0]
     victim = next(n for n in cluster.worker_nodes if n.node_id == victim_id)
     cluster.remove_node(victim, allow_graceful=False)
+    # a node that dies takes its processes with it; the simulated node's actor would
+    # otherwise outlive its raylet for a moment, finish the shard once the gate opens and
+    # commit it, and the retry would then (correctly) read the part back
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(victim_pid, signal.SIGKILL)
     gate.release.remote()
     th.join(timeout=300)
     cluster.add_node(num_cpus=1, resources=ENCODER)  # back to two workers for later tests
@@ -311,7 +318,7 @@ def test_busy_worker_node_killed_mid_batch(cluster, data, tmp_path):
     assert not th.is_alive(), "the run did not finish after a node died"
     assert "error" not in result, result.get("error")
     calls = ray.get(gate.log.remote())
-    retried = [n for n, r in calls if r == victim_row]
+    retried = [n for n, r, _ in calls if r == victim_row]
     assert len(retried) >= 2 and retried[-1] != victim_id  # coded again, on another node
     done = [f for f in os.listdir(out) if f.endswith(".parquet")]
     assert len(done) == 8  # 2000 items / 250 per shard, each item once (same bytes)
