@@ -35,7 +35,7 @@ def main() -> None:
             budget_offset_bits=s.budget_offset_bits,
         )
         laws, secs = mnist.learned_laws(plan, s.method, s.n_samples)
-        key = mnist.laws_key(plan, s.method, s.n_samples, mnist._model(None).model_checksum)
+        key = mnist.laws_key(plan, s.method, s.n_samples, mnist._encoder(None).model_checksum)
         table[key] = laws.to_dict()
         print(f"{s.name}: {key} ({secs:.0f} s)", flush=True)
     with open(path, "w") as f:

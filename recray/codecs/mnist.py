@@ -59,6 +59,7 @@ from recray.errors import FormatError, InputError, MessageError, fmt_item
 from recray.format.messages import Tail, decode_blocks, encode_messages, read_head
 from recray.format.run import Run, RunWriter, check_crcs, crc32_of, part_schema
 from recray.latents.io import Prior, read_prior
+from recray.models.vae_encoder import DEFAULT_WEIGHTS, Encoder, load_encoder, posteriors
 from recray.pipeline import driver, parts
 from recray.pipeline.codec import decode_indices, parse_n_samples
 from recray.pipeline.driver import spec_from_header
@@ -80,14 +81,18 @@ ADAPT_ABOVE_BITS = 18.0
 
 
 def _model(weights):
-    from recray.models.vae import DEFAULT_WEIGHTS, load_mnist_vae
+    """The torch VAE (only for codec version 1's float tables)."""
+    from recray.models.vae import load_mnist_vae
 
     return load_mnist_vae(weights or DEFAULT_WEIGHTS)
 
 
-def prior_path(weights=None) -> str:
-    from recray.models.vae import DEFAULT_WEIGHTS
+def _encoder(weights) -> Encoder:
+    """The VAE's encoder in NumPy: what analysis needs, without torch."""
+    return load_encoder(weights or DEFAULT_WEIGHTS)
 
+
+def prior_path(weights=None) -> str:
     w = str(weights or DEFAULT_WEIGHTS)
     return os.path.splitext(w)[0] + "_prior.json"
 
@@ -141,14 +146,16 @@ def _pixel_tails(images: np.ndarray, probs: np.ndarray, version: int) -> list[li
 
 class MnistCodec(LatentCodec):
     """This codec's parts behind the shared interface (:mod:`recray.codecs.base`): the VAE
-    encoder (analysis), the pixels under ``p(x|z)`` (tail), reading them back (synthesis).
+    encoder (analysis, in NumPy), the pixels under ``p(x|z)`` (tail), reading them back
+    (synthesis).
     :func:`compress` and :func:`decompress` run these same methods on every part of a run,
     in this process or on Ray.
 
     ``decoder``: the table model (default: the integer decoder of ``weights``; for a codec
     version 1 run, the float model), ``version``: the codec version whose tables it
-    computes. ``encoder``: the float VAE (default: loaded from ``weights`` on first use, so
-    decoding needs no torch)."""
+    computes. ``encoder``: the :class:`~recray.models.vae_encoder.Encoder` (default: loaded
+    from ``weights`` on first use). Neither encoding nor decoding imports torch, except for
+    version 1 runs."""
 
     name = CODEC_NAME
     version = CODEC_VERSION
@@ -160,10 +167,8 @@ class MnistCodec(LatentCodec):
         self._encoder = encoder
 
     def analysis(self, items, ids=None) -> Posterior:
-        from recray.models.vae import posteriors
-
         if self._encoder is None:
-            self._encoder = _model(self.weights)  # the float encoder: q(z|x)
+            self._encoder = _encoder(self.weights)  # q(z|x)
         mu, sigma = posteriors(self._encoder, np.asarray(items).reshape(-1, PIXELS))
         return Posterior(mu, sigma)
 
@@ -195,8 +200,6 @@ LAWS = ("learned", "fixed")
 def laws_path(weights=None) -> str:
     """The shipped learned index laws of the weights (``<stem>_laws.json``): a JSON object
     from :func:`laws_key` to serialized :class:`recray.plan.laws.IndexLaws`."""
-    from recray.models.vae import DEFAULT_WEIGHTS
-
     return os.path.splitext(str(weights or DEFAULT_WEIGHTS))[0] + "_laws.json"
 
 
@@ -253,11 +256,10 @@ def fit_laws(
     test images (same spec, fallback and adaptive partitions) and the coded indices are
     counted (:func:`recray.plan.laws.estimate_laws`)."""
     from recray.format.messages import decode_blocks
-    from recray.models.vae import posteriors
     from recray.pipeline.codec import CodecSpec, encode_items
     from recray.plan.laws import estimate_laws
 
-    model = _model(weights)
+    model = _encoder(weights)
     prior = read_prior(prior_path(weights))
     x = _images("train", images, data_dir)
     mu, sigma = posteriors(model, x)
@@ -305,7 +307,7 @@ def learned_laws(
     if method == "orc":
         return None, 0.0
     kl = dict(kl_offset_bits=kl_offset_bits, kl_max_bits=kl_max_bits)
-    key = laws_key(plan, method, n_samples, _model(weights).model_checksum, **kl)
+    key = laws_key(plan, method, n_samples, _encoder(weights).model_checksum, **kl)
 
     def fit_now():
         return fit_laws(
@@ -381,8 +383,11 @@ def compress(
     if os.path.exists(out_dir):
         raise InputError(f"output {out_dir!r} already exists; remove it or choose another --out")
     t_start = time.perf_counter()
-    model = _model(weights)
-    decoder = model if codec_version == FLOAT_TABLES_VERSION else _int_decoder(weights)
+    model = _encoder(weights)
+    if codec_version == FLOAT_TABLES_VERSION:
+        decoder = _model(weights)
+    else:
+        decoder = _int_decoder(weights)
     prior = read_prior(prior_path(weights))
     images = _images(split, limit, data_dir)
     n = images.shape[0]

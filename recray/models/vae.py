@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -34,36 +33,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from recray.errors import FormatError, InputError
+from recray.errors import InputError
+from recray.models.vae_encoder import (  # noqa: F401  (the files' helpers, re-exported)
+    DEFAULT_WEIGHTS,
+    PIXELS,
+    WEIGHTS_DIR,
+    Encoder,
+    VAEConfig,
+    card_path,
+    check_images,
+    file_sha256,
+    read_card,
+    verified_weights,
+)
+from recray.models.vae_encoder import posteriors as _encoder_posteriors
 
-PIXELS = 784
 LEVELS = 256
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_WEIGHTS = WEIGHTS_DIR / "mnist_vae.npz"
 LN2 = math.log(2.0)
-
-
-@dataclass(frozen=True)
-class VAEConfig:
-    latent_dim: int = 32
-    encoder_hidden: tuple[int, ...] = (512, 256)
-    decoder_hidden: tuple[int, ...] = (256, 256)
-    mixture_components: int = 2
-    sigma_max: float = 0.999
-    log_scale_min: float = -7.0
-
-    @property
-    def params_per_pixel(self) -> int:
-        """``K - 1`` free mixture logits (the first is 0), ``K`` means, ``K`` log-scales."""
-        return 3 * self.mixture_components - 1
-
-    @classmethod
-    def from_dict(cls, d: dict) -> VAEConfig:
-        d = dict(d)
-        for k in ("encoder_hidden", "decoder_hidden"):
-            if k in d:
-                d[k] = tuple(int(v) for v in d[k])
-        return cls(**d)
+_DEFAULT_CONFIG = VAEConfig()
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -81,7 +68,7 @@ def scale_pixels(x: torch.Tensor) -> torch.Tensor:
 
 
 class MnistVAE(nn.Module):
-    def __init__(self, config: VAEConfig = VAEConfig()):
+    def __init__(self, config: VAEConfig = _DEFAULT_CONFIG):
         super().__init__()
         self.config = config
         c = config
@@ -241,33 +228,17 @@ def pixel_probabilities(model: MnistVAE, z: np.ndarray) -> np.ndarray:
 
 
 # -------------------------------------------------------------- posteriors and ELBO
-def _encoder64(model: MnistVAE) -> nn.Module:
-    return _float64_copy(model, "encoder")
-
-
-def _check_images(images) -> np.ndarray:
-    x = np.asarray(images)
-    if x.ndim == 3 and x.shape[1:] == (28, 28):
-        x = x.reshape(x.shape[0], PIXELS)
-    if x.ndim != 2 or x.shape[1] != PIXELS:
-        raise InputError(f"images must have shape (n, 784) or (n, 28, 28); got {x.shape}")
-    if x.dtype != np.uint8:
-        raise InputError(f"images must be uint8 pixel levels 0..255; got {x.dtype}")
-    return x
+def encoder_of(model: MnistVAE) -> Encoder:
+    """The NumPy encoder (:mod:`recray.models.vae_encoder`) of ``model``'s current weights."""
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    return Encoder.from_state(model.config, state, model.model_checksum)
 
 
 def posteriors(model: MnistVAE, images, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior ``(mu, sigma)`` float64 ``(n, D)`` of uint8 images (n, 784) or (n, 28, 28)."""
-    x = _check_images(images)
-    enc = _encoder64(model)
-    mus, sigmas = [], []
-    with torch.inference_mode():
-        for s in range(0, x.shape[0], batch_size):
-            xs = torch.from_numpy(x[s : s + batch_size].astype(np.float64)) * (2.0 / 255.0) - 1.0
-            mu, raw = enc(xs).chunk(2, dim=-1)
-            mus.append(mu.numpy())
-            sigmas.append((model.config.sigma_max * torch.sigmoid(raw)).numpy())
-    return np.concatenate(mus), np.concatenate(sigmas)
+    """Posterior ``(mu, sigma)`` float64 ``(n, D)`` of uint8 images (n, 784) or (n, 28, 28),
+    by the NumPy encoder (the one the codec uses: :func:`recray.models.vae_encoder.
+    posteriors`)."""
+    return _encoder_posteriors(encoder_of(model), images, batch_size)
 
 
 @dataclass(frozen=True)
@@ -290,7 +261,7 @@ def neg_elbo_bits(
 ) -> ElboBits:
     """-ELBO of each image in bits (float64, one posterior sample per image drawn with
     ``seed``, or the given ``z``), split into KL and reconstruction."""
-    x = _check_images(images)
+    x = check_images(images)
     mu, sigma = posteriors(model, x)
     kl_d = (0.5 * (mu * mu + sigma * sigma - 1.0) - np.log(sigma)) / LN2
     if z is None:
@@ -314,18 +285,6 @@ def mutual_information_bits(model: MnistVAE, images) -> np.ndarray:
 
 
 # ------------------------------------------------------------------- save and load
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def card_path(weights_path) -> Path:
-    return Path(weights_path).with_suffix(".json")
-
-
 def save_mnist_vae(model: MnistVAE, path=DEFAULT_WEIGHTS, card: dict | None = None) -> str:
     """Write float32 weights (``.npz``) and the JSON card next to them; the SHA-256."""
     path = Path(path)
@@ -339,37 +298,12 @@ def save_mnist_vae(model: MnistVAE, path=DEFAULT_WEIGHTS, card: dict | None = No
     return sha
 
 
-def read_card(path=DEFAULT_WEIGHTS) -> dict:
-    cp = card_path(path)
-    try:
-        return json.loads(cp.read_text())
-    except FileNotFoundError:
-        raise FormatError(
-            f"model card {str(cp)!r} does not exist; it must sit next to the weights"
-        ) from None
-    except ValueError as exc:
-        raise FormatError(f"model card {str(cp)!r} is not valid JSON: {exc}") from None
-
-
 def load_mnist_vae(path=DEFAULT_WEIGHTS) -> MnistVAE:
     """The trained VAE (eval mode, float32) after checking the weights' SHA-256 against the
     card; ``model.model_checksum`` is that SHA-256 (what a run's plan records)."""
-    path = Path(path)
-    card = read_card(path)
-    if not path.exists():
-        raise FormatError(f"model weights {str(path)!r} do not exist")
-    sha = file_sha256(path)
-    want = card.get("weights_sha256")
-    if sha != want:
-        raise FormatError(
-            f"model weights {str(path)!r} have SHA-256 {sha}, but the card "
-            f"{str(card_path(path))!r} records {want}: the file is corrupted or from another "
-            "training run; restore it (git checkout) or retrain with jobs/train_mnist_vae.py"
-        )
-    model = MnistVAE(VAEConfig.from_dict(card["config"]))
-    with np.load(path, allow_pickle=False) as z:
-        state = {k: torch.from_numpy(z[k]) for k in z.files}
-    model.load_state_dict(state)
+    config, arrays, sha = verified_weights(path)
+    model = MnistVAE(config)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
     model.eval()
     model.model_checksum = sha
     return model
