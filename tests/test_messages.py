@@ -254,7 +254,7 @@ def full_words(bins, local, layout: IndexLayout) -> int:
     m = mask[0]
     if not m.any() and classes is None:
         return 0
-    words = fixed._encode_words(
+    words, _ = fixed._encode_words(
         None if classes is None else classes[0],
         cv[0][m].astype(np.int32),
         np.left_shift(1, cw[0][m]).astype(np.int32),
@@ -384,6 +384,94 @@ def test_tail_symbols_share_the_message_and_its_termination():
         assert 8 * len(m) <= ideal + 16
         # and never longer than coding the tail separately would be
         assert len(m) <= len(encode_message(bins[i], local[i], layout)) + int(ideal) // 8 + 3
+
+
+def _tail_layout(path: str) -> IndexLayout:
+    """A two-block layout of each message code path: fixed codes, learned laws, ordinal
+    bins (message codec versions 2, 3, 5)."""
+    from recray.plan.laws import FREQ_TOTAL, N_LAW_CLASSES, BlockLaw
+
+    classes = tuple([FREQ_TOTAL - N_LAW_CLASSES * 1000] + [1000] * N_LAW_CLASSES)
+    if path == "fixed":
+        return IndexLayout((2, 0), "universal")
+    if path == "learned":
+        law = BlockLaw(
+            classes, ((FREQ_TOTAL // 2, FREQ_TOTAL // 4, FREQ_TOTAL // 8, FREQ_TOTAL // 8),)
+        )
+        return IndexLayout((2, 0), laws=(law, BlockLaw(classes)))
+    law = BlockLaw(classes, ((1 << 18, 1 << 19, 1 << 18), (1 << 19, 1 << 19)))
+    return IndexLayout((3, 0), laws=(law, BlockLaw(classes)), bin_radix=((3, 1, 2), (1, 1)))
+
+
+def _tail_messages(seed: int, n: int, symbols: int, path: str = "fixed"):
+    """``n`` items of :func:`_tail_layout` ``path``, each with a tail of ``symbols``
+    256-level symbols under its own random tables (MNIST-like: most of the mass on a few
+    levels)."""
+    import constriction
+
+    from recray.format.messages import Tail
+
+    rng = np.random.default_rng(seed)
+    fam = constriction.stream.model.Categorical(perfect=False)
+    bins = np.stack([rng.integers(0, 4, n), np.zeros(n, np.int64)], axis=1)
+    local = rng.integers(1, 200, (n, 2))
+    tails = []
+    for _ in range(n):
+        p = rng.dirichlet(np.full(256, 0.02), size=symbols)
+        x = np.array([rng.choice(256, p=row) for row in p], dtype=np.int32)
+        ideal = float(-np.log2(p[np.arange(symbols), x]).sum())
+        tails.append([Tail(x, fam, p, ideal)])
+    return bins, local, tails
+
+
+@pytest.mark.parametrize("path", ["fixed", "learned", "ordinal"])
+def test_checkpointed_termination_equals_the_full_decode_search(monkeypatch, path):
+    """The search for the shortest message resumes each try from a decoder checkpoint
+    (coder.tails_verdict); it must settle on the very bytes that decoding every try from
+    the front finds, over many lengths and carries (the termination is in the format)."""
+    from recray.format.messages import coder, read_head
+
+    layout = _tail_layout(path)
+    bins, local, tails = _tail_messages(11, 150, 300, path)
+    quick = encode_messages(bins, local, layout, tails)
+    real = coder._shortest
+    monkeypatch.setattr(
+        coder, "_shortest", lambda full, ideal, decodes, quick=None: real(full, ideal, decodes)
+    )
+    for mod in ("ordinals", "learned", "fixed"):
+        monkeypatch.setattr(f"recray.format.messages.{mod}._shortest", coder._shortest)
+    slow = encode_messages(bins, local, layout, tails)
+    assert quick == slow
+    for i, m in enumerate(quick):
+        head = read_head(m, layout)
+        assert head.bins.tolist() == bins[i].tolist()
+        assert tails[i][0].decodes_from(head.decoder)
+
+
+@pytest.mark.parametrize("path", ["fixed", "learned", "ordinal"])
+def test_a_wrong_checkpoint_verdict_is_caught_by_the_final_decode(monkeypatch, path):
+    """Negative control: a checkpoint verdict that accepts every try would end messages
+    too early; the full decode of the chosen bytes catches it and the search is redone
+    with full decodes, so the messages stay those of the full search."""
+    from recray.format.messages import coder
+
+    layout = _tail_layout(path)
+    bins, local, tails = _tail_messages(12, 40, 200, path)
+    want = encode_messages(bins, local, layout, tails)
+    overruled = []
+    real = coder._shortest
+
+    def spy(full, ideal, decodes, quick=None):
+        out = real(full, ideal, decodes, quick)
+        if quick is not None:
+            overruled.append(real(full, ideal, lambda c: True) != out)
+        return out
+
+    for mod in ("ordinals", "learned", "fixed"):
+        monkeypatch.setattr(f"recray.format.messages.{mod}.tails_verdict", lambda *a: True)
+        monkeypatch.setattr(f"recray.format.messages.{mod}._shortest", spy)
+    assert encode_messages(bins, local, layout, tails) == want
+    assert len(overruled) == len(want) and all(overruled)
 
 
 # ----------------------------------------------------------------------------- adaptive

@@ -1,6 +1,27 @@
 """The range coder both code paths share: constriction's queue (range coding, 32-bit
 words, big-endian on the wire) and the search for the shortest byte string that still
-decodes to a message's symbols (the termination, docs/FORMAT.md section 7)."""
+decodes to a message's symbols (the termination, docs/FORMAT.md section 7).
+
+**Checkpoints.** The search tries a few byte strings that differ from the sealed output
+only in their last bytes, and each try used to decode the whole message again (for an
+MNIST image, its 784 pixels: most of the search's time). A try may instead resume from a
+decoder checkpoint (``RangeEncoder.pos()`` / ``RangeDecoder.seek``) recorded while the
+tails were encoded, before the first word in which the candidate differs:
+
+* a queue decoder reads one 32-bit word whenever the encoder wrote one, and it starts by
+  reading two, so at a checkpoint of position ``p`` (words written, pending carries
+  included) a decoder started at the front has read exactly words ``0 .. p + 1``, its
+  state ``(lower, range)`` is the encoder's and its ``point`` is words ``p`` and ``p + 1``
+  (constriction 0.5, ``src/stream/queue.rs``: ``decode_symbol``, ``read_point``, ``seek``);
+* so if a candidate agrees with the output (both zero-padded, as the decoder reads past
+  the end) on words ``0 .. p + 1``, it decodes everything before the checkpoint as the
+  output does, and it decodes the rest exactly when a decoder seeked to the checkpoint on
+  it does.
+
+The string the search settles on is then decoded once more from the front
+(:func:`_shortest`); if that ever failed, the search would be run again with whole decodes
+only, so the termination stays verified by a full decode whatever the above.
+"""
 
 from __future__ import annotations
 
@@ -39,9 +60,62 @@ def _candidates(full: bytes, n: int) -> list[bytes]:
     return [head]
 
 
-def _shortest(full: bytes, ideal: float, decodes) -> bytes:
+#: Tail symbols between two decoder checkpoints (64 pixels: about 80 bits of an MNIST image).
+CHECK_EVERY = 64
+
+
+def encode_tails(encoder, tails) -> tuple:
+    """Encode ``tails`` (:class:`~recray.format.messages.tail.Tail`) into ``encoder`` (the
+    same words as encoding each at once) and return the checkpoints: ``(position, state,
+    tail, start)`` before every ``CHECK_EVERY``-th symbol of each tail, in order."""
+    marks = []
+    for t, tl in enumerate(tails):
+        for a in range(0, len(tl.symbols), CHECK_EVERY):
+            position, state = encoder.pos()
+            marks.append((position, state, t, a))
+            tl.encode(encoder, a, a + CHECK_EVERY)
+    return tuple(marks)
+
+
+def _first_difference(a: bytes, b: bytes) -> int:
+    """The first byte at which ``a`` and ``b``, both zero-padded, differ (``max(len)`` if
+    none)."""
+    n = max(len(a), len(b))
+    x = np.frombuffer(a.ljust(n, b"\0"), np.uint8)
+    y = np.frombuffer(b.ljust(n, b"\0"), np.uint8)
+    d = np.flatnonzero(x != y)
+    return int(d[0]) if d.size else n
+
+
+def tails_verdict(candidate: bytes, full: bytes, marks: tuple, tails) -> bool | None:
+    """Whether ``candidate`` decodes to the message ``full`` encodes, decided by decoding
+    from the last checkpoint of ``marks`` (:func:`encode_tails`) whose words the two share
+    (see the module's docstring); ``None`` when no checkpoint qualifies."""
+    f = _first_difference(candidate, full)
+    mark = None
+    for m in marks:
+        if 4 * (m[0] + 2) > f:
+            break
+        mark = m
+    if mark is None:
+        return None
+    position, state, t, a = mark
+    try:
+        dec = _queue.RangeDecoder(_bytes_to_words(candidate))
+        dec.seek(position, state)
+        if not tails[t].decodes_from(dec, a):
+            return False
+        return all(tl.decodes_from(dec) for tl in tails[t + 1 :])
+    except (AssertionError, ValueError, RuntimeError, OverflowError, IndexError):
+        return False
+
+
+def _shortest(full: bytes, ideal: float, decodes, quick=None) -> bytes:
     """Shortest byte string (>= 1 byte) decoding to these symbols, else ``full``;
-    ``decodes(candidate)`` says whether a candidate decodes to exactly them.
+    ``decodes(candidate)`` says whether a candidate decodes to exactly them. ``quick``
+    (optional) says the same more cheaply, or ``None`` when it cannot tell (e.g. from
+    :func:`tails_verdict`); the string chosen with its help is checked with ``decodes``,
+    and the search is repeated without it should that check fail.
 
     The byte strings that decode to the message are those whose zero-padded value lies in
     the coder's final interval ``[low, high)``; for ``n`` bytes the smallest grid point
@@ -51,6 +125,15 @@ def _shortest(full: bytes, ideal: float, decodes) -> bytes:
     down while a candidate decodes and up while none does. Each candidate is verified by
     decoding, so the result is correct even if this reasoning were off.
     """
+
+    if quick is not None:
+
+        def cheap(cand: bytes) -> bool:
+            verdict = quick(cand)
+            return decodes(cand) if verdict is None else verdict
+
+        best = _shortest(full, ideal, cheap)
+        return best if best is full or decodes(best) else _shortest(full, ideal, decodes)
 
     def ok(n: int) -> bytes | None:
         for cand in _candidates(full, n):

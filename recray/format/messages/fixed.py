@@ -15,6 +15,8 @@ from recray.format.messages.coder import (
     _queue,
     _shortest,
     _words_to_bytes,
+    encode_tails,
+    tails_verdict,
 )
 from recray.format.messages.layout import (
     _CHUNK_SHIFTS,
@@ -98,7 +100,8 @@ def _decode_symbols(data: bytes, layout: IndexLayout):
 
 def _encode_words(
     classes, chunks: np.ndarray, sizes: np.ndarray, class_probs, tail: Sequence = (), side=None
-) -> np.ndarray:
+) -> tuple[np.ndarray, tuple]:
+    """The message's words and its tails' decoder checkpoints (:func:`encode_tails`)."""
     encoder = _queue.RangeEncoder()
     if side is not None:
         side.encode(encoder)
@@ -106,9 +109,8 @@ def _encode_words(
         encoder.encode(classes, _CLASS_FAMILY, class_probs)
     if chunks.size:
         encoder.encode(chunks, _UNIFORM, sizes)
-    for t in tail:
-        t.encode(encoder)
-    return encoder.get_compressed()
+    marks = encode_tails(encoder, tail)
+    return encoder.get_compressed(), marks
 
 
 def _decodes_to(
@@ -169,7 +171,8 @@ def _encode_rows(
             out.append(b"")
             continue
         sizes = sizes_all[i][m]
-        full = _words_to_bytes(_encode_words(cls, chunks, sizes, layout.class_probs, tail, side))
+        words, marks = _encode_words(cls, chunks, sizes, layout.class_probs, tail, side)
+        full = _words_to_bytes(words)
         bits = float(ideal[i]) + sum(t.ideal_bits for t in tail)
         if side is not None:
             bits += side_bits
@@ -180,6 +183,7 @@ def _encode_rows(
                 lambda c, cls=cls, sizes=sizes, chunks=chunks, tail=tail, side=side: _decodes_to(
                     c, layout, cls, sizes, chunks, tail, side
                 ),
+                (lambda c, f=full, m=marks, t=tail: tails_verdict(c, f, m, t)) if tail else None,
             )
         )
     return out

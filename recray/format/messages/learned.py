@@ -16,6 +16,8 @@ from recray.format.messages.coder import (
     _queue,
     _shortest,
     _words_to_bytes,
+    encode_tails,
+    tails_verdict,
 )
 from recray.format.messages.layout import (
     _CHUNK_SHIFTS,
@@ -162,8 +164,7 @@ def _encode_rows_learned(bins, local, layout, tails, extra) -> list[bytes]:
             side.encode(encoder)
         for fam, params, symbols in segs:
             encoder.encode(symbols, fam, params)
-        for tl in tail:
-            tl.encode(encoder)
+        marks = encode_tails(encoder, tail)
         full = _words_to_bytes(encoder.get_compressed())
         bits = sym.ideal_bits(t) + sum(tl.ideal_bits for tl in tail)
         if side is not None:
@@ -181,7 +182,8 @@ def _encode_rows_learned(bins, local, layout, tails, extra) -> list[bytes]:
             except (AssertionError, ValueError, RuntimeError, OverflowError, IndexError):
                 return False
 
-        out.append(_shortest(full, bits, decodes))
+        quick = (lambda c, f=full, m=marks, t=tail: tails_verdict(c, f, m, t)) if tail else None
+        out.append(_shortest(full, bits, decodes, quick))
     return out
 
 

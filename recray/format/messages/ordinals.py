@@ -39,6 +39,8 @@ from recray.format.messages.coder import (
     _queue,
     _shortest,
     _words_to_bytes,
+    encode_tails,
+    tails_verdict,
 )
 from recray.format.messages.layout import (
     _CHUNK_SHIFTS,
@@ -293,8 +295,7 @@ def encode_rows(bins, local, layout: IndexLayout, tails, extra) -> list[bytes]:
         encoder = _queue.RangeEncoder()
         for fam, params, symbols in segs:
             encoder.encode(symbols, fam, params)
-        for tl in tail:
-            tl.encode(encoder)
+        marks = encode_tails(encoder, tail)
         full = _words_to_bytes(encoder.get_compressed())
         bits = float(bt.ideal[i]) + sum(tl.ideal_bits for tl in tail)
 
@@ -309,7 +310,8 @@ def encode_rows(bins, local, layout: IndexLayout, tails, extra) -> list[bytes]:
             except (AssertionError, ValueError, RuntimeError, OverflowError, IndexError):
                 return False
 
-        out.append(_shortest(full, bits, decodes))
+        quick = (lambda c, f=full, m=marks, t=tail: tails_verdict(c, f, m, t)) if tail else None
+        out.append(_shortest(full, bits, decodes, quick))
     return out
 
 

@@ -22,18 +22,23 @@ class Tail:
     params: np.ndarray | None
     ideal_bits: float
 
-    def encode(self, encoder) -> None:
+    def encode(self, encoder, start: int = 0, stop: int | None = None) -> None:
+        """Encode ``symbols[start:stop]`` (all by default). Encoding the symbols in
+        consecutive slices writes the same words as encoding them at once."""
+        sl = slice(start, stop)
         if self.params is None:
-            encoder.encode(self.symbols, self.model)
+            encoder.encode(self.symbols[sl], self.model)
         else:
-            encoder.encode(self.symbols, self.model, self.params)
+            encoder.encode(self.symbols[sl], self.model, self.params[sl])
 
-    def decode(self, decoder) -> np.ndarray:
+    def decode(self, decoder, start: int = 0) -> np.ndarray:
+        """Decode ``symbols[start:]``."""
         if self.params is None:
-            return decoder.decode(self.model, len(self.symbols))
-        return decoder.decode(self.model, self.params)
+            return decoder.decode(self.model, len(self.symbols) - start)
+        return decoder.decode(self.model, self.params[start:])
 
-    def decodes_from(self, decoder) -> bool:
-        return np.asarray(self.decode(decoder)).astype(np.int32).tobytes() == (
-            np.asarray(self.symbols, dtype=np.int32).tobytes()
+    def decodes_from(self, decoder, start: int = 0) -> bool:
+        """Whether ``decoder`` decodes ``symbols[start:]`` next."""
+        return np.asarray(self.decode(decoder, start)).astype(np.int32).tobytes() == (
+            np.asarray(self.symbols[start:], dtype=np.int32).tobytes()
         )
