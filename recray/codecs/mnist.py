@@ -72,7 +72,7 @@ FLOAT_TABLES_VERSION = 1  # float64 torch tables: decodes on the same torch buil
 PIXELS = 784
 LEVELS = 256
 PIXEL_MODEL = constriction.stream.model.Categorical(perfect=False)
-TABLE_CHUNK = 64  # rows of (784, 256) float64 tables at a time: 100 MB
+TABLE_CHUNK = 16  # rows of (784, 256) float64 tables at a time: 25 MB
 
 
 #: The codec's adaptive-partition threshold (sp-pfr settings): ``2^18`` candidates, the
