@@ -110,3 +110,27 @@ def test_tail_refined_trees_need_fewer_candidates_than_complete_partitions():
     tr = Trees(((0,), tails), np.array([1, 1, 1, 0]))
     tree = rec.exact_bounds(mu, s, bits=[0, 0, 0, 1], trees=tr, tables=False)
     assert np.mean(2.0**tree.dinf) * 5 < np.mean(2.0**plain.dinf)
+
+
+def test_width_tree_halves_exactly_the_intervals_wider_than_the_width():
+    """The level-at-a-time width_tree against its definition (a depth-first walk that halves
+    every interval wider than ``W`` down to ``max_level``), over widths from far below the
+    finest interval to above the widest: same leaves, same left-to-right order."""
+    from recray.plan.trees import _edges, width_tree
+
+    def by_definition(width, max_level):
+        out, stack = [], [(0, 0)]
+        while stack:
+            k, level = stack.pop()
+            e = _edges(level)
+            if e[k + 1] - e[k] > width and level < max_level:
+                stack += [(2 * k + 1, level + 1), (2 * k, level + 1)]
+            else:
+                out.append(level)
+        return tuple(out)
+
+    widths = np.concatenate([2.0 ** np.random.default_rng(3).uniform(-14, 4, 400), [0.0, 50.0]])
+    for max_level in (0, 1, 6, 12):
+        for w in widths:
+            assert width_tree(float(w), max_level) == by_definition(float(w), max_level)
+    assert width_tree(0.0, 3) == (3,) * 8 and width_tree(50.0, 12) == (0,)

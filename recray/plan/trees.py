@@ -41,6 +41,7 @@ from recray.rec.trees import MAX_BIN_ID_BITS, tree_entropy_bits
 TREE_MAX_LEVEL = 12
 BISECTION_ROUNDS = 40
 _EDGES: dict = {}
+_WIDTHS: dict = {}
 
 
 def _edges(level: int) -> np.ndarray:
@@ -64,21 +65,31 @@ def _edges(level: int) -> np.ndarray:
     return hit
 
 
+def _widths(level: int) -> np.ndarray:
+    """The widths of the ``2^level`` intervals of :func:`_edges` (their differences)."""
+    hit = _WIDTHS.get(level)
+    if hit is None:
+        hit = _WIDTHS[level] = np.diff(_edges(level))
+    return hit
+
+
 def width_tree(width: float, max_level: int) -> tuple[int, ...]:
     """The leaf levels of the dyadic tree that halves every interval wider than ``width``
     (prior-standard units; the outer intervals measured to the sampler's reach) until
-    ``max_level``: the narrowest leaves in the tails, the widest in the middle."""
-    out: list[int] = []
-    stack = [(0, 0)]  # (k, level), depth first, left to right
-    while stack:
-        k, level = stack.pop()
-        e = _edges(level)
-        if e[k + 1] - e[k] > width and level < max_level:
-            stack.append((2 * k + 1, level + 1))
-            stack.append((2 * k, level + 1))
-        else:
-            out.append(level)
-    return tuple(out)
+    ``max_level``: the narrowest leaves in the tails, the widest in the middle. Built a
+    level at a time; the leaves are listed left to right."""
+    starts, levels = [], []
+    k = np.zeros(1, dtype=np.int64)  # the nodes of this level, by index
+    for level in range(max_level + 1):
+        split = _widths(level)[k] > width if level < max_level else np.zeros(k.size, bool)
+        leaf = k[~split]
+        starts.append(leaf << (max_level - level))  # left end, in units of the finest level
+        levels.append(np.full(leaf.size, level))
+        k = (2 * k[split][:, None] + np.arange(2)).ravel()
+        if not k.size:
+            break
+    order = np.argsort(np.concatenate(starts), kind="stable")
+    return tuple(np.concatenate(levels)[order].tolist())
 
 
 def typical_width(info_bits: float) -> float:
