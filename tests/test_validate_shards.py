@@ -79,3 +79,24 @@ def test_sharded_check_finds_what_one_pass_finds(planted, tmp_path, shard_rows, 
     assert any("(first at row 10)" in r for r in reasons)
     n_shards = -(-index.n_rows // shard_rows)
     assert sorted(scratch.listdir()) == [id_file(k) for k in range(n_shards)]
+
+
+def test_validation_skips_routing_when_every_block_has_a_route(planted, monkeypatch):
+    """With ``on_unbounded="orc"`` every block has a route (the fixed-budget fallback), so
+    the pass does not route (the search routes anyway): the same rejects as the routed pass
+    of ``on_unbounded="error"``, which finds no route problem on these posteriors."""
+    import dataclasses
+
+    lat, pri = planted
+    spec = _spec(pri)
+    index = LatentSource(lat, spec.plan.dim).row_index()
+    routed = scan(index, spec)
+
+    def boom(*a, **k):
+        raise AssertionError("routed")
+
+    monkeypatch.setattr("recray.pipeline.validate.route_group", boom)
+    skipped = scan(index, dataclasses.replace(spec, on_unbounded="orc"))
+    assert _rows(skipped.rejects) == _rows(routed.rejects)
+    with pytest.raises(AssertionError, match="routed"):  # the control: "error" routes
+        scan(index, spec)

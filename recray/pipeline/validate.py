@@ -39,6 +39,7 @@ from recray import errors
 from recray.errors import InputError, RecrayError, fmt_item
 from recray.latents.io import RowIndex
 from recray.pipeline.codec import CodecSpec, block_rows, item_keys, problem_error, route_group
+from recray.rec import EXACT_METHODS
 from recray.rec.api import MIN_SCALE_RATIO
 
 SCAN_ROWS = 1 << 15
@@ -228,7 +229,11 @@ def check_rows(t: pa.Table, dim: int, id_kind: str, prior_sigma: np.ndarray):
 
 
 def _route_problems(ids_ok, mu, sigma, spec: CodecSpec):
-    """``(index into ids_ok, RecrayError)`` of items with a block no route can code."""
+    """``(index into ids_ok, RecrayError)`` of items with a block no route can code. None
+    without an exact method, or with ``on_unbounded="orc"`` (every block has a route then:
+    :func:`route_group` reports no problems), so those runs skip the routing here."""
+    if spec.method not in EXACT_METHODS or spec.on_unbounded == "orc":
+        return []
     out = []
     for grp in spec.groups():
         g = grp.dims.shape[0]
