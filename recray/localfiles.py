@@ -4,16 +4,21 @@ checkpoints, shipped weights, generated data sets and command-line reports.
 Runs and latents on any filesystem go through :mod:`recray.format.storage`; this module
 holds the one local idiom behind everything else: write a temporary sibling, then
 ``os.replace`` it over the target (atomic on POSIX and Windows). Each writer gets its own
-temporary name, so concurrent writers never mix their bytes: the last rename wins. No
-third-party imports, so the algorithm core can use it.
+temporary name, so concurrent writers never mix their bytes: the last rename wins. Also
+the one way to hash such a file and check it against what a card records
+(:func:`file_sha256`, :func:`verified_sha256`). No third-party imports, so the algorithm
+core can use it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
+
+from recray.errors import FormatError
 
 
 @contextlib.contextmanager
@@ -45,3 +50,27 @@ def write_replacing(path: str | os.PathLike, data: bytes | str, *, fsync: bool =
         if fsync:
             f.flush()
             os.fsync(f.fileno())
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 (hex) of the file at ``path``, read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verified_sha256(path: str | os.PathLike, want, what: str, remedy: str) -> str:
+    """:func:`file_sha256` of ``path`` after checking that it is ``want`` (what the file's
+    card records); else a :class:`~recray.errors.FormatError` naming ``what`` (e.g. ``model
+    weights 'x.npz'``) and saying ``remedy``."""
+    if not os.path.exists(path):
+        raise FormatError(f"{what} does not exist")
+    sha = file_sha256(path)
+    if sha != want:
+        raise FormatError(
+            f"{what} has SHA-256 {sha}, but its card records {want}: the file is corrupted "
+            f"or from another build; {remedy}"
+        )
+    return sha

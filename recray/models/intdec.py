@@ -50,7 +50,6 @@ decoder's ``z`` must be the encoder's to the bit (REC's generator; see
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from recray.errors import FormatError, InputError
+from recray.localfiles import file_sha256, verified_sha256
 from recray.models.intdec_format import (  # noqa: F401  (the arithmetic's constants)
     ACT_FRAC,
     ACT_MAX,
@@ -310,14 +310,6 @@ def from_arrays(arrays: dict[str, np.ndarray], checksum: str | None = None) -> I
 
 
 # ------------------------------------------------------------------- save and load
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def int_decoder_path(weights_path) -> Path:
     """Where the integer decoder of the float weights ``weights_path`` lives:
     ``<stem>_intdec.npz`` next to them (its card: ``<stem>_intdec.json``)."""
@@ -329,7 +321,7 @@ def save_int_decoder(arrays: dict[str, np.ndarray], path, card: dict | None = No
     """Write the arrays (``.npz``) and the JSON card next to them; returns the SHA-256."""
     path = Path(path)
     np.savez(path, **arrays)
-    sha = _sha256(path)
+    sha = file_sha256(path)
     doc = {**(card or {}), "int_format": INT_FORMAT, "weights_sha256": sha}
     path.with_suffix(".json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return sha
@@ -348,15 +340,12 @@ def load_int_decoder(path) -> IntDecoder:
         ) from None
     except ValueError as exc:
         raise FormatError(f"integer decoder card {str(cp)!r} is not valid JSON: {exc}") from None
-    if not path.exists():
-        raise FormatError(f"integer decoder {str(path)!r} does not exist")
-    sha = _sha256(path)
-    if sha != card.get("weights_sha256"):
-        raise FormatError(
-            f"integer decoder {str(path)!r} has SHA-256 {sha}, but its card records "
-            f"{card.get('weights_sha256')}: the file is corrupted or from another build; "
-            "restore it (git checkout) or rebuild it with jobs/quantize_mnist_vae.py"
-        )
+    sha = verified_sha256(
+        path,
+        card.get("weights_sha256"),
+        f"integer decoder {str(path)!r}",
+        "restore it (git checkout) or rebuild it with jobs/quantize_mnist_vae.py",
+    )
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     return from_arrays(arrays, checksum=sha)

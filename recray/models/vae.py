@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from recray.errors import InputError
+from recray.localfiles import file_sha256
 from recray.models.vae_encoder import (  # noqa: F401  (the files' helpers, re-exported)
     DEFAULT_WEIGHTS,
     PIXELS,
@@ -42,7 +43,6 @@ from recray.models.vae_encoder import (  # noqa: F401  (the files' helpers, re-e
     VAEConfig,
     card_path,
     check_images,
-    file_sha256,
     read_card,
     verified_weights,
 )

@@ -21,7 +21,6 @@ with; a decoder never evaluates them, so runs stay decodable whatever BLAS compu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from recray.errors import FormatError, InputError
+from recray.localfiles import verified_sha256
 
 PIXELS = 784
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -61,14 +61,6 @@ class VAEConfig:
 
 
 # ------------------------------------------------------------------------------ files
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def card_path(weights_path) -> Path:
     return Path(weights_path).with_suffix(".json")
 
@@ -90,16 +82,12 @@ def verified_weights(path=DEFAULT_WEIGHTS) -> tuple[VAEConfig, dict[str, np.ndar
     ``state_dict`` key) after checking their SHA-256 against the card."""
     path = Path(path)
     card = read_card(path)
-    if not path.exists():
-        raise FormatError(f"model weights {str(path)!r} do not exist")
-    sha = file_sha256(path)
-    want = card.get("weights_sha256")
-    if sha != want:
-        raise FormatError(
-            f"model weights {str(path)!r} have SHA-256 {sha}, but the card "
-            f"{str(card_path(path))!r} records {want}: the file is corrupted or from another "
-            "training run; restore it (git checkout) or retrain with jobs/train_mnist_vae.py"
-        )
+    sha = verified_sha256(
+        path,
+        card.get("weights_sha256"),
+        f"model weights {str(path)!r}",
+        "restore it (git checkout) or retrain with jobs/train_mnist_vae.py",
+    )
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     return VAEConfig.from_dict(card["config"]), arrays, sha
