@@ -275,7 +275,7 @@ i2, i1 = T.int64[:, ::1], T.int64[::1]
 u2 = T.uint64[:, ::1]
 prob = T.Tuple((f2, f2, f2, i2, i2, i2, f2, i2, i1, f1, i2, f1, f1, f1, i2, f2, f1, u2, i1,
                 T.boolean, T.boolean))
-sig = (prob, i1, i1, i1, i1, T.uint64, i1, u2, f2, i2, f1, i1)
+sig = (prob, i1, i1, i1, T.uint64, i1, u2, f2, i2, f1, i1)
 ptx, _ = cuda.compile_ptx(gpu.search_kernel.py_func, sig, cc=(9, 0))
 ptx2, _ = cuda.compile_ptx(gpu.regenerate_kernel.py_func,
                            (i1, i1, i2, i2, i2, i1, f1, u2, f2, f2, f2), cc=(9, 0))

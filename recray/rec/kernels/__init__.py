@@ -254,15 +254,12 @@ def search_gpu(prob, hash_mult: int = HASH_MULT, lazy: bool | None = None):
             stop = start + max(1, int(np.searchsorted(csum, GPU_POOL_ENTRIES, side="right")))
             rows = todo[start:stop]
             c = caps[rows]
-            base = np.concatenate([[0], np.cumsum(c)[:-1]]).astype(np.int64)
-            total = int(c.sum())
-            hk = cuda.device_array(total, dtype=np.int64)
-            hc = cuda.device_array(total, dtype=np.int64)
+            base = 2 * np.concatenate([[0], np.cumsum(c)[:-1]]).astype(np.int64)
+            ht = cuda.device_array(2 * int(c.sum()), dtype=np.int64)  # (bin id, count) pairs
             blocks = (rows.size + GPU_THREADS - 1) // GPU_THREADS
             gpu.search_kernel[blocks, GPU_THREADS](
                 d_prob,
-                hk,
-                hc,
+                ht,
                 cuda.to_device(base),
                 cuda.to_device(c),
                 np.uint64(hash_mult),

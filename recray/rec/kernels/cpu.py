@@ -91,9 +91,8 @@ def search_many(prob, caps, hmult, out_i, out_f, status):
         ub = np.empty((1, BATCH * (d + SCRATCH_EXTRA)), dtype=np.uint64)
         fs = np.empty((1, d + 2 * BATCH), dtype=np.float64)
         while True:
-            hk = np.empty(cap, dtype=np.int64)
-            hc = np.empty(cap, dtype=np.int64)
-            st = _search_block(i, prob, hk, hc, 0, cap, hmult, ub, fs, 0, out_i, out_f)
+            ht = np.empty(2 * cap, dtype=np.int64)  # (bin id, count) per slot
+            st = _search_block(i, prob, ht, 0, cap, hmult, ub, fs, 0, out_i, out_f)
             if st != ST_OVERFLOW:
                 break
             cap *= 4

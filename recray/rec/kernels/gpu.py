@@ -42,17 +42,15 @@ _regenerate_block = K.regenerate_block
 
 
 @cuda.jit
-def search_kernel(prob, hkeys, hcounts, hbase, hcap, hmult, rows, ub, fs, out_i, out_f, status):
+def search_kernel(prob, htab, hbase, hcap, hmult, rows, ub, fs, out_i, out_f, status):
     """Thread ``t`` searches block ``rows[t]`` of ``prob`` (a tuple in ``PROBLEM_FIELDS``
-    order) with table ``[hbase[t], hbase[t] + hcap[t])``; ``ub[i]`` is block ``i``'s scratch
-    row (the GPU build works one arrival at a time: ``batch = 1``) and ``fs[i]`` its
-    row of a candidate's terms."""
+    order) with the ``hcap[t]`` table slots at ``htab[hbase[t] :]`` (two entries each);
+    ``ub[i]`` is block ``i``'s scratch row (the GPU build works one arrival at a time:
+    ``batch = 1``) and ``fs[i]`` its row of a candidate's terms."""
     t = cuda.grid(1)
     if t < rows.shape[0]:
         i = rows[t]
-        status[i] = _search_block(
-            i, prob, hkeys, hcounts, hbase[t], hcap[t], hmult, ub, fs, i, out_i, out_f
-        )
+        status[i] = _search_block(i, prob, htab, hbase[t], hcap[t], hmult, ub, fs, i, out_i, out_f)
 
 
 @cuda.jit
