@@ -292,8 +292,9 @@ class CodecSpec:
             extra_freqs=laws.extra_freqs if self.adaptive else (),
         )
 
-    @property
+    @cached_property
     def layout(self) -> IndexLayout:
+        """The messages' layout (built once per spec: 1.5 ms with learned laws)."""
         if self.ordinal:
             return self._ordinal_layout()
         if self.method == "orc":
