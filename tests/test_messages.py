@@ -436,7 +436,9 @@ def test_checkpointed_termination_equals_the_full_decode_search(monkeypatch, pat
     quick = encode_messages(bins, local, layout, tails)
     real = coder._shortest
     monkeypatch.setattr(
-        coder, "_shortest", lambda full, ideal, decodes, quick=None: real(full, ideal, decodes)
+        coder,
+        "_shortest",
+        lambda full, ideal, decodes, marks=(), tails=(): real(full, ideal, decodes),
     )
     for mod in ("ordinals", "learned", "fixed"):
         monkeypatch.setattr(f"recray.format.messages.{mod}._shortest", coder._shortest)
@@ -461,14 +463,14 @@ def test_a_wrong_checkpoint_verdict_is_caught_by_the_final_decode(monkeypatch, p
     overruled = []
     real = coder._shortest
 
-    def spy(full, ideal, decodes, quick=None):
-        out = real(full, ideal, decodes, quick)
-        if quick is not None:
+    def spy(full, ideal, decodes, marks=(), tails=()):
+        out = real(full, ideal, decodes, marks, tails)
+        if marks:
             overruled.append(real(full, ideal, lambda c: True) != out)
         return out
 
+    monkeypatch.setattr(coder, "tails_verdict", lambda *a: True)
     for mod in ("ordinals", "learned", "fixed"):
-        monkeypatch.setattr(f"recray.format.messages.{mod}.tails_verdict", lambda *a: True)
         monkeypatch.setattr(f"recray.format.messages.{mod}._shortest", spy)
     assert encode_messages(bins, local, layout, tails) == want
     assert len(overruled) == len(want) and all(overruled)

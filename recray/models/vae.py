@@ -230,7 +230,8 @@ def pixel_probabilities(model: MnistVAE, z: np.ndarray) -> np.ndarray:
 # -------------------------------------------------------------- posteriors and ELBO
 def encoder_of(model: MnistVAE) -> Encoder:
     """The NumPy encoder (:mod:`recray.models.vae_encoder`) of ``model``'s current weights."""
-    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    net = model.encoder.state_dict()  # only the encoder's weights: no copy of the decoder's
+    state = {f"encoder.{k}": v.detach().cpu().numpy() for k, v in net.items()}
     return Encoder.from_state(model.config, state, model.model_checksum)
 
 

@@ -110,12 +110,13 @@ def tails_verdict(candidate: bytes, full: bytes, marks: tuple, tails) -> bool | 
         return False
 
 
-def _shortest(full: bytes, ideal: float, decodes, quick=None) -> bytes:
+def _shortest(full: bytes, ideal: float, decodes, marks: tuple = (), tails=()) -> bytes:
     """Shortest byte string (>= 1 byte) decoding to these symbols, else ``full``;
-    ``decodes(candidate)`` says whether a candidate decodes to exactly them. ``quick``
-    (optional) says the same more cheaply, or ``None`` when it cannot tell (e.g. from
-    :func:`tails_verdict`); the string chosen with its help is checked with ``decodes``,
-    and the search is repeated without it should that check fail.
+    ``decodes(candidate)`` says whether a candidate decodes to exactly them. With the
+    message's ``tails`` and their checkpoints ``marks`` (:func:`encode_tails`), each try is
+    decided by :func:`tails_verdict` where a checkpoint qualifies; the string chosen that
+    way is checked with ``decodes``, and the search is repeated with ``decodes`` alone
+    should that check fail.
 
     The byte strings that decode to the message are those whose zero-padded value lies in
     the coder's final interval ``[low, high)``; for ``n`` bytes the smallest grid point
@@ -126,10 +127,10 @@ def _shortest(full: bytes, ideal: float, decodes, quick=None) -> bytes:
     decoding, so the result is correct even if this reasoning were off.
     """
 
-    if quick is not None:
+    if marks:
 
         def cheap(cand: bytes) -> bool:
-            verdict = quick(cand)
+            verdict = tails_verdict(cand, full, marks, tails)
             return decodes(cand) if verdict is None else verdict
 
         best = _shortest(full, ideal, cheap)

@@ -16,7 +16,6 @@ from recray.format.messages.coder import (
     _shortest,
     _words_to_bytes,
     encode_tails,
-    tails_verdict,
 )
 from recray.format.messages.layout import (
     _CHUNK_SHIFTS,
@@ -183,7 +182,8 @@ def _encode_rows(
                 lambda c, cls=cls, sizes=sizes, chunks=chunks, tail=tail, side=side: _decodes_to(
                     c, layout, cls, sizes, chunks, tail, side
                 ),
-                (lambda c, f=full, m=marks, t=tail: tails_verdict(c, f, m, t)) if tail else None,
+                marks,
+                tail,
             )
         )
     return out

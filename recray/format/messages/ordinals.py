@@ -40,7 +40,6 @@ from recray.format.messages.coder import (
     _shortest,
     _words_to_bytes,
     encode_tails,
-    tails_verdict,
 )
 from recray.format.messages.layout import (
     _CHUNK_SHIFTS,
@@ -310,8 +309,7 @@ def encode_rows(bins, local, layout: IndexLayout, tails, extra) -> list[bytes]:
             except (AssertionError, ValueError, RuntimeError, OverflowError, IndexError):
                 return False
 
-        quick = (lambda c, f=full, m=marks, t=tail: tails_verdict(c, f, m, t)) if tail else None
-        out.append(_shortest(full, bits, decodes, quick))
+        out.append(_shortest(full, bits, decodes, marks, tail))
     return out
 
 
