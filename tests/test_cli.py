@@ -1,12 +1,18 @@
 """The command line: ``main(argv)`` returns exit codes; the benchmarks write their records."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from recray.backend import cupy_available
 from recray.bench import throughput, toy
 from recray.cli.main import main
+
+REPO = str(Path(__file__).resolve().parents[1])
 
 
 def test_version(capsys):
@@ -120,3 +126,18 @@ def test_bench_plan_star_is_the_compress_default():
     assert is_default(bench_plan.DEFAULT)
     assert [s.name for s in bench_plan.SETTINGS if is_default(s)] == [bench_plan.DEFAULT.name]
     assert not is_default(dataclasses.replace(bench_plan.DEFAULT, collapsed_block_size=8))
+
+
+@pytest.mark.parametrize("given, expect", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_import_sets_a_passive_openmp_wait_policy_unless_one_is_given(given, expect):
+    """Numba's OpenMP threads must not spin between kernel calls (recray/__init__.py); a
+    policy the environment names is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, recray; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env | {"PYTHONPATH": REPO}, capture_output=True,
+        text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == expect
