@@ -223,6 +223,27 @@ def test_cpu_kernel_machine_code_has_no_fma():
         assert not FMA.search(asm), FMA.search(asm).group(0)
 
 
+def test_cpu_prefetch_hint_emits_a_prefetch_and_changes_nothing():
+    """The CPU build's ``prefetch`` (search_block fetches each arrival's local-index table
+    slot ahead of the lookups) is a real prefetch instruction and only a hint."""
+    import numba
+
+    @numba.njit
+    def touch(a, idx):
+        s = 0
+        for i in idx:
+            cpu._prefetch(a, i)
+            s += a[i]
+        return s
+
+    a = np.arange(64, dtype=np.int64)
+    idx = np.array([3, 63, 0, 17])
+    assert touch(a, idx) == 83
+    assert (a == np.arange(64)).all()
+    asm = "\n".join(touch.inspect_asm().values())
+    assert re.search(r"\bprefetch\w*\b", asm), "no prefetch instruction emitted"
+
+
 #: Exit status of the probe when libNVVM (or its libdevice) is absent: the only skip.
 NVVM_ABSENT = 77
 NVVM_PROBE = f"""

@@ -19,6 +19,7 @@ import os
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from recray.rec.kernels.source import SCRATCH_EXTRA, ST_OVERFLOW, build
@@ -51,6 +52,26 @@ def _from_bits(typingctx, b):
     return types.float64(types.uint64), codegen
 
 
+@intrinsic
+def _prefetch(typingctx, a, i):
+    """Hint that ``a[i]`` (a 1-D array) is read and written soon: LLVM's ``llvm.prefetch``
+    (write intent, high locality, data cache). Changes no result."""
+
+    def codegen(context, builder, signature, args):
+        aty = signature.args[0]
+        arr = context.make_array(aty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aty, arr, [args[1]], wraparound=False)
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
+            "llvm.prefetch.p0",
+        )  # fmt: skip
+        builder.call(fn, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(a, i), codegen
+
+
 _EXP = np.uint64(0x7FF << 52)
 _HALF = np.uint64(1022 << 52)
 
@@ -74,7 +95,10 @@ def _frexp(x):
 #: arrivals whose state-free work is done together (loops LLVM vectorizes)
 BATCH = 16
 
-K = build(njit(**_OPTS), _mul, _frexp, batch=BATCH, inline_jit=njit(inline="always", **_OPTS))
+K = build(
+    njit(**_OPTS), _mul, _frexp, batch=BATCH, inline_jit=njit(inline="always", **_OPTS),
+    prefetch=_prefetch,
+)  # fmt: skip
 _search_block = K.search_block
 _regenerate_block = K.regenerate_block
 _derive_key = K.derive_key
