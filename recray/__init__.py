@@ -7,8 +7,9 @@ codec plans.
 Importing recray sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already names a
 policy. recray's parallel Numba kernels run on Numba's OpenMP threading layer, whose
 threads otherwise spin for a while after each kernel call, on the cores the Python thread
-and other processes need next: on 2 cores that made ``recray codec mnist compress`` 20-40%
-slower (5.5-6.7 against 4.6-4.7 ms/image). The setting takes effect in an OpenMP runtime
+and other processes need next: on 2 cores, ``recray codec mnist compress`` (SP-PFR, 48-bit
+blocks) took 5.3-5.9 ms/image with the policy unset against 4.3-5.0 with it passive
+(alternating runs, docs/MNIST.md). The setting takes effect in an OpenMP runtime
 loaded after the import (Numba loads its own on the first parallel call); a process that
 wants spinning threads sets ``OMP_WAIT_POLICY=ACTIVE`` before importing recray.
 """

@@ -170,8 +170,8 @@ def build(jit, mul, frexp, batch=1, inline_jit=None, prefetch=None):
     compiler can vectorize that loop; 1 on the GPU, where a thread's scratch is precious).
     ``inline_jit``: the decorator of the small functions that loop calls (default ``jit``;
     the CPU build inlines them so the loop vectorizes). ``prefetch(a, i)``: a hint that
-    ``a[i]`` is read soon (the CPU build's ``llvm.prefetch``; default: none). A hint only:
-    it changes no result. Returns a namespace of the compiled functions.
+    ``a[i]`` is read and written soon (the CPU build's ``llvm.prefetch``; default: none). A
+    hint only: it changes no result. Returns a namespace of the compiled functions.
     """
     ijit = jit if inline_jit is None else inline_jit
     L = int(batch)
@@ -378,13 +378,12 @@ def build(jit, mul, frexp, batch=1, inline_jit=None, prefetch=None):
         arrivals (the CPU build can vectorize and overlap them): the sender-private
         uniforms (arrival ``k``'s uniform ``ui``, 0: its spacing, ``1 + dd``: the interval
         of dimension ``dd``, is half of ``Philox((k, ui >> 1, 0, 0), private key)``), the
-        arrival times and their logs, the intervals the uniforms select, the bin ids (each one's
-        local-index table slot prefetched, so that the batch's cache misses overlap: 12%
-        of the search's time on the MNIST 48-bit blocks), then, in arrival order, the local
-        indices, the shared uniforms of the first pair of
-        dimensions the lazy reject visits (one Philox call) and the term of the first of
-        them. Scores, the argmin and the
-        stop test then run arrival by arrival. Arrivals of the last batch past the stop
+        arrival times and their logs, the intervals the uniforms select, the bin ids (each
+        one's local-index table slot prefetched, so that the batch's cache misses overlap:
+        12% of the search's time on the MNIST 48-bit blocks), then, in arrival order, the
+        local indices, the shared uniforms of the first pair of dimensions the lazy reject
+        visits (one Philox call) and the term of the first of them. Scores, the argmin and
+        the stop test then run arrival by arrival. Arrivals of the last batch past the stop
         are drawn and never used: they count in the local-index table only after the stop,
         where nothing reads it (a table they overflow is rerun larger, with the same
         result), so winners and step counts are those of one arrival at a time.
