@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 
+import llvmlite
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -52,6 +53,11 @@ def _from_bits(typingctx, b):
     return types.float64(types.uint64), codegen
 
 
+#: Whether llvmlite's IR layer writes typed pointers (``i8*``; llvmlite < 0.45, which has no
+#: such flag, always does) or opaque ones (``ptr``).
+_TYPED_POINTERS = getattr(llvmlite, "ir_layer_typed_pointers_enabled", True)
+
+
 @intrinsic
 def _prefetch(typingctx, a, i):
     """Hint that ``a[i]`` (a 1-D array) is read and written soon: LLVM's ``llvm.prefetch``
@@ -62,10 +68,14 @@ def _prefetch(typingctx, a, i):
         arr = context.make_array(aty)(context, builder, args[0])
         ptr = cgutils.get_item_pointer(context, builder, aty, arr, [args[1]], wraparound=False)
         i32 = ir.IntType(32)
+        if _TYPED_POINTERS:  # the intrinsic's name carries the pointer type
+            ptr = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+            name = "llvm.prefetch.p0i8"
+        else:
+            name = "llvm.prefetch.p0"
         fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
-            "llvm.prefetch.p0",
-        )  # fmt: skip
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), name
+        )
         builder.call(fn, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
         return context.get_dummy_value()
 
