@@ -244,6 +244,32 @@ def test_cpu_prefetch_hint_emits_a_prefetch_and_changes_nothing():
     assert re.search(r"\bprefetch\w*\b", asm), "no prefetch instruction emitted"
 
 
+PRELOAD_SCRIPT = """
+import sys
+from recray.rec import kernels
+kernels.preload_cpu(sys.argv[1])
+first = kernels._preloading
+kernels.preload_cpu(sys.argv[1])  # once per process
+assert kernels._preloading is first
+first.join(120)
+print(kernels._concurrent is not None, "numba" in sys.modules)  # the layer is known
+"""
+
+
+@pytest.mark.parametrize("backend, expect", [("numba", "True True"), ("numpy", "False False")])
+def test_preload_loads_the_cpu_build_once_and_only_for_it(backend, expect):
+    """``preload_cpu`` (started by the local engine's callers) loads Numba's threading layer
+    on its thread when the backend is the CPU build, and imports nothing of Numba for the
+    NumPy reference."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-c", PRELOAD_SCRIPT, backend], capture_output=True, text=True,
+        env=env, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == expect.split()
+
+
 #: Exit status of the probe when libNVVM (or its libdevice) is absent: the only skip.
 NVVM_ABSENT = 77
 NVVM_PROBE = f"""

@@ -65,6 +65,7 @@ from recray.pipeline.codec import decode_indices, parse_n_samples
 from recray.pipeline.driver import spec_from_header
 from recray.pipeline.options import RayOptions
 from recray.plan import KL_SAMPLES_MAX_BITS
+from recray.rec.kernels import preload_cpu
 
 CODEC_NAME = "mnist-vae"
 CODEC_VERSION = 2  # integer decoder tables (recray.models.intdec)
@@ -383,6 +384,8 @@ def compress(
     if os.path.exists(out_dir):
         raise InputError(f"output {out_dir!r} already exists; remove it or choose another --out")
     t_start = time.perf_counter()
+    if engine == "local":  # this process searches: load the kernels while weights load
+        preload_cpu()
     model = _encoder(weights)
     if codec_version == FLOAT_TABLES_VERSION:
         decoder = _model(weights)

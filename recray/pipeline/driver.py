@@ -65,6 +65,7 @@ from recray.plan import (
 from recray.plan.adaptive import DEFAULT_ADAPT_ABOVE_BITS
 from recray.plan.io import check_plan_for, load_plan, write_plan
 from recray.rec.api import FEASIBLE_MARGIN_BITS
+from recray.rec.kernels import preload_cpu
 from recray.rec.philox import RNG_VERSION, RNG_VERSIONS
 
 __all__ = ["Run", "RayOptions", "compress", "decompress", "fit", "inspect", "format_inspect"]
@@ -300,6 +301,8 @@ def compress(
         raise InputError(f"batch_size must be >= 1; got {batch_size}")
     if laws not in LAWS_CHOICES:
         raise InputError(f"laws must be one of {', '.join(LAWS_CHOICES)}; got {laws!r}")
+    if engine == "local":  # this process searches: load the kernels while the input is read
+        preload_cpu(backend)
     prior = read_prior(prior_path)
     if plan is None:
         plan = _plan_of(
