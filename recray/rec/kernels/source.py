@@ -338,14 +338,14 @@ def build(jit, mul, frexp, batch=1, inline_jit=None, prefetch=None):
         return np.int64(((p >> U32) ^ p) & np.uint64(cap - 1))
 
     @jit
-    def hash_bump(table, base, cap, j, mult):
-        """Count one more arrival in bin ``j`` (open addressing, linear probing); returns
-        the bin's new count (its local index) and whether ``j`` is new. Slot ``t`` is the
-        pair ``table[base + 2t]`` (the bin id, ``-1`` = empty) and ``table[base + 2t + 1]``
-        (its count): one cache line per probe, where separate key and count arrays took
-        two misses on the large tables of exact blocks (15% of the search's time on the
-        MNIST 48-bit blocks)."""
-        slot = hash_slot(j, mult, cap)
+    def hash_bump(table, base, cap, j, slot):
+        """Count one more arrival in bin ``j`` (open addressing, linear probing from its start
+        slot ``slot = hash_slot(j, mult, cap)``, which the caller has already computed to
+        prefetch it); returns the bin's new count (its local index) and whether ``j`` is
+        new. Slot ``t`` is the pair ``table[base + 2t]`` (the bin id, ``-1`` = empty) and
+        ``table[base + 2t + 1]`` (its count): one cache line per probe, where separate key
+        and count arrays took two misses on the large tables of exact blocks (15% of the
+        search's time on the MNIST 48-bit blocks)."""
         for _ in range(cap):
             a = base + 2 * slot
             key = table[a]
@@ -491,11 +491,14 @@ def build(jit, mul, frexp, batch=1, inline_jit=None, prefetch=None):
                         j = 0
                         for dd in range(d):
                             j = j + np.int64(ub[urow, (dd + 1) * L + ll]) * mult[i, dd]
+                        slot = hash_slot(j, hmult, hcap)
                         ub[urow, sj + ll] = np.uint64(j)
-                        prefetch(htab, hbase + 2 * hash_slot(j, hmult, hcap))
+                        ub[urow, sn + ll] = np.uint64(slot)  # (its local index, below)
+                        prefetch(htab, hbase + 2 * slot)
                     for ll in range(L):  # local indices, in arrival order
                         j = np.int64(ub[urow, sj + ll])
-                        local, new = hash_bump(htab, hbase, hcap, j, hmult)
+                        slot = np.int64(ub[urow, sn + ll])
+                        local, new = hash_bump(htab, hbase, hcap, j, slot)
                         if new:
                             distinct += 1
                             if 2 * distinct > hcap:
