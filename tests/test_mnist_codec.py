@@ -70,6 +70,24 @@ def test_round_trip_is_exact_in_another_process(run, tmp_path):
     assert images.dtype == np.uint8 and np.array_equal(images, src[:N])
 
 
+def _messages(run_dir: str) -> list[bytes]:
+    from recray.format.run import Run
+
+    return [
+        m for p in Run.open(run_dir).part_paths() for m in pq.read_table(p)["message"].to_pylist()
+    ]
+
+
+def test_messages_do_not_depend_on_how_the_pixel_stage_chunks(run, tmp_path, monkeypatch):
+    """The network over 7 rows at a time and tables over 3 (boundaries inside and across
+    both loops) write the bytes of the default chunking."""
+    monkeypatch.setattr(mnist, "NETWORK_ROWS", 7)
+    monkeypatch.setattr(mnist, "TABLE_CHUNK", 3)
+    out = str(tmp_path / "chunked")
+    mnist.compress(out, limit=N, engine="local", **SP_PFR_32)
+    assert _messages(out) == _messages(run[0])
+
+
 def test_bitrate_is_the_bytes_written_and_near_the_elbo(run):
     out, info = run
     payload = sum(

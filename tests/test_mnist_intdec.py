@@ -75,6 +75,20 @@ def test_compiled_coder_tables_equal_the_numpy_path(dec):
     assert not np.array_equal(off, want[:2])
 
 
+def test_table_chunks_are_the_tables_of_their_rows(dec):
+    """The network run once for all rows, the tables in chunks: every chunk equals
+    ``coder_tables`` of its own rows (chunks of 3 over 7 rows: a short last chunk), and a
+    chunking that shifted rows would be caught (negative control)."""
+    rng = np.random.default_rng(5)
+    z = np.concatenate([GOLDEN_Z, rng.standard_normal((2, 32))])
+    chunks = list(dec.coder_table_chunks(z, 3))
+    assert [len(c) for c in chunks] == [3, 3, 1]
+    for k, c in enumerate(chunks):
+        assert np.array_equal(c, dec.coder_tables(z[3 * k : 3 * k + 3]))
+    assert not np.array_equal(chunks[1], dec.coder_tables(z[2:5]))
+    assert dec.coder_tables(z[:0]).shape == (0, 784, 256)
+
+
 def test_float64_matmul_of_the_layers_is_the_integer_matmul(dec):
     """Every layer's product through float64 BLAS equals NumPy's integer matmul, at the
     largest inputs the format allows (activations at their clip, ``|zq|`` at its clip)."""

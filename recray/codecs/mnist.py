@@ -74,6 +74,7 @@ PIXELS = 784
 LEVELS = 256
 PIXEL_MODEL = constriction.stream.model.Categorical(perfect=False)
 TABLE_CHUNK = 16  # rows of (784, 256) float64 tables at a time: 25 MB
+NETWORK_ROWS = 1024  # rows whose latents and network parameters are computed together: 32 MB
 
 
 #: The codec's adaptive-partition threshold (sp-pfr settings): ``2^18`` candidates, the
@@ -176,6 +177,22 @@ class MnistCodec(LatentCodec):
     def tail(self, items, z):
         probs = _tables(self.decoder, z, self.version)
         return _pixel_tails(np.asarray(items).reshape(-1, PIXELS), probs, self.version)
+
+    def tail_chunks(self, items, z, chunk: int = TABLE_CHUNK):
+        """:meth:`tail` of ``items`` in consecutive chunks of ``chunk`` rows (a generator of
+        lists), with the network run once for all rows (version 2: see
+        :meth:`~recray.models.intdec.IntDecoder.coder_table_chunks`); only ``chunk``
+        tables are held at a time. The same tails as :meth:`tail` gives."""
+        x = np.asarray(items).reshape(-1, PIXELS)
+        if self.version == FLOAT_TABLES_VERSION:
+            tables = (_tables(self.decoder, z[a : a + chunk], self.version)
+                      for a in range(0, len(z), chunk))  # fmt: skip
+        else:
+            tables = self.decoder.coder_table_chunks(z, chunk)
+        a = 0
+        for probs in tables:
+            yield _pixel_tails(x[a : a + len(probs)], probs, self.version)
+            a += len(probs)
 
     def synthesis(self, z, decoders=None, ids=None, messages=None, layout=None, heads=None):
         """Images uint8 ``(n, 784)`` read from ``decoders`` (positioned after the indices).
@@ -577,13 +594,18 @@ def _code_pixel_part(spec, codec: MnistCodec, images, committer, task) -> dict:
     bins, local, extra = decode_blocks(lat_msgs, spec.layout, item_ids=ids)
     adaptive = spec.layout.adaptive
     msgs, ideal = [], []
-    for a in range(0, len(ids), TABLE_CHUNK):
-        sl = slice(a, a + TABLE_CHUNK)
-        ex = extra[sl] if adaptive else None
-        z = decode_indices(ids[sl], bins[sl], local[sl], spec, ex)
-        tails = codec.tail(images[ids[sl]], z)
-        msgs += encode_messages(bins[sl], local[sl], spec.layout, tails, extra=ex)
-        ideal += [tl[0].ideal_bits for tl in tails]
+    for a0 in range(0, len(ids), NETWORK_ROWS):
+        rows = slice(a0, a0 + NETWORK_ROWS)
+        z = decode_indices(
+            ids[rows], bins[rows], local[rows], spec, extra[rows] if adaptive else None
+        )
+        a = a0
+        for tails in codec.tail_chunks(images[ids[rows]], z, TABLE_CHUNK):
+            sl = slice(a, a + len(tails))
+            ex = extra[sl] if adaptive else None
+            msgs += encode_messages(bins[sl], local[sl], spec.layout, tails, extra=ex)
+            ideal += [tl[0].ideal_bits for tl in tails]
+            a += len(tails)
     cols = {
         "id": pa.array(ids, pa.int64()),
         "message": pa.array(msgs, pa.binary()),
