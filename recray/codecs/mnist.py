@@ -48,6 +48,8 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import constriction
 import numpy as np
@@ -65,7 +67,7 @@ from recray.pipeline.codec import decode_indices, parse_n_samples
 from recray.pipeline.driver import spec_from_header
 from recray.pipeline.options import RayOptions
 from recray.plan import KL_SAMPLES_MAX_BITS
-from recray.rec.kernels import preload_cpu
+from recray.rec.kernels import one_kernel_thread, preload_cpu
 
 CODEC_NAME = "mnist-vae"
 CODEC_VERSION = 2  # integer decoder tables (recray.models.intdec)
@@ -134,6 +136,17 @@ def _tables(decoder, z: np.ndarray, version: int) -> np.ndarray:
     return decoder.coder_tables(z)  # = coder_probabilities(decoder.tables(z)), compiled
 
 
+def _one_ahead(chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """The items of ``chunks``, each next one computed on a worker thread (its Numba calls
+    on one thread) while the caller codes the current one. The table pass releases the
+    GIL and the range coder holds it, so the two overlap on two cores."""
+    with ThreadPoolExecutor(1, "recray-tables", initializer=one_kernel_thread) as pool:
+        pending = pool.submit(next, chunks, None)
+        while (item := pending.result()) is not None:
+            pending = pool.submit(next, chunks, None)
+            yield item
+
+
 def _pixel_tails(images: np.ndarray, probs: np.ndarray, version: int) -> list[list[Tail]]:
     rows = np.arange(PIXELS)
     out = []
@@ -188,7 +201,7 @@ class MnistCodec(LatentCodec):
             tables = (_tables(self.decoder, z[a : a + chunk], self.version)
                       for a in range(0, len(z), chunk))  # fmt: skip
         else:
-            tables = self.decoder.coder_table_chunks(z, chunk)
+            tables = _one_ahead(self.decoder.coder_table_chunks(z, chunk))
         a = 0
         for probs in tables:
             yield _pixel_tails(x[a : a + len(probs)], probs, self.version)

@@ -18,6 +18,7 @@ from recray.pipeline.codec import CodecSpec
 from recray.pipeline.progress import tick
 from recray.pipeline.shards import encode_or_reject
 from recray.pipeline.validate import Scan
+from recray.rec.kernels import one_kernel_thread
 
 
 def iter_rows(index: RowIndex, start: int, stop: int, chunk_rows: int, skip: np.ndarray):
@@ -49,12 +50,6 @@ def batch_workers(spec: CodecSpec) -> int:
     from recray.rec.kernels import cpu_calls_concurrent
 
     return numba.get_num_threads() if cpu_calls_concurrent() else 1
-
-
-def _one_kernel_thread() -> None:
-    import numba
-
-    numba.set_num_threads(1)  # thread-local: this worker's kernel calls use one thread
 
 
 def code_shards(
@@ -93,7 +88,7 @@ def code_shards(
     if workers > 1:
         batch_size, workers = _even_batches(shards, batch_size, workers)
     pool = (
-        ThreadPoolExecutor(workers, "recray-batch", initializer=_one_kernel_thread)
+        ThreadPoolExecutor(workers, "recray-batch", initializer=one_kernel_thread)
         if workers > 1
         else None
     )

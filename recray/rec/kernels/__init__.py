@@ -63,6 +63,14 @@ def cpu_calls_concurrent() -> bool:
     return bool(_concurrent)
 
 
+def one_kernel_thread() -> None:
+    """Make the calling thread's compiled-kernel calls run on one thread (Numba's setting
+    is per thread): the initializer of worker threads that call kernels side by side."""
+    import numba
+
+    numba.set_num_threads(1)
+
+
 _PRELOAD_LOCK = threading.Lock()
 _preloading: threading.Thread | None = None
 
