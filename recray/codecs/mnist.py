@@ -191,34 +191,40 @@ class MnistCodec(LatentCodec):
         probs = _tables(self.decoder, z, self.version)
         return _pixel_tails(np.asarray(items).reshape(-1, PIXELS), probs, self.version)
 
+    def table_chunks(self, z, chunk: int = TABLE_CHUNK) -> Iterator[np.ndarray]:
+        """The range coder's tables of ``z`` in consecutive chunks of ``chunk`` rows (float64
+        ``(<= chunk, 784, 256)``), only ``chunk`` held at a time. Version 2: the network runs
+        once for all rows (:meth:`~recray.models.intdec.IntDecoder.coder_table_chunks`) and
+        each next chunk's tables are computed on a worker thread while the caller codes the
+        current one (:func:`_one_ahead`). The same tables as :func:`_tables` of the rows."""
+        if self.version == FLOAT_TABLES_VERSION:
+            return (_tables(self.decoder, z[a : a + chunk], self.version)
+                    for a in range(0, len(z), chunk))  # fmt: skip
+        return _one_ahead(self.decoder.coder_table_chunks(z, chunk))
+
     def tail_chunks(self, items, z, chunk: int = TABLE_CHUNK):
         """:meth:`tail` of ``items`` in consecutive chunks of ``chunk`` rows (a generator of
-        lists), with the network run once for all rows (version 2: see
-        :meth:`~recray.models.intdec.IntDecoder.coder_table_chunks`); only ``chunk``
-        tables are held at a time. The same tails as :meth:`tail` gives."""
+        lists), the tables from :meth:`table_chunks`. The same tails as :meth:`tail`."""
         x = np.asarray(items).reshape(-1, PIXELS)
-        if self.version == FLOAT_TABLES_VERSION:
-            tables = (_tables(self.decoder, z[a : a + chunk], self.version)
-                      for a in range(0, len(z), chunk))  # fmt: skip
-        else:
-            tables = _one_ahead(self.decoder.coder_table_chunks(z, chunk))
         a = 0
-        for probs in tables:
+        for probs in self.table_chunks(z, chunk):
             yield _pixel_tails(x[a : a + len(probs)], probs, self.version)
             a += len(probs)
 
     def synthesis(self, z, decoders=None, ids=None, messages=None, layout=None, heads=None):
-        """Images uint8 ``(n, 784)`` read from ``decoders`` (positioned after the indices).
-        With ``messages``, their ``layout`` and read ``heads``, each message is also checked
-        to end where its pixels end (:func:`_check_end`)."""
-        probs = _tables(self.decoder, z, self.version)
+        """Images uint8 ``(n, 784)`` read from ``decoders`` (positioned after the indices),
+        the tables from :meth:`table_chunks`. With ``messages``, their ``layout`` and read
+        ``heads``, each message is also checked to end where its pixels end
+        (:func:`_check_end`)."""
         ids = range(len(z)) if ids is None else ids
-        images = np.stack(
-            [_read_pixels(d, p, i) for d, p, i in zip(decoders, probs, ids, strict=True)]
-        )
-        if messages is not None:
-            for j, i in enumerate(ids):
-                _check_end(messages[j], layout, heads[j], images[j], probs[j], i)
+        images = np.empty((len(z), PIXELS), dtype=np.uint8)
+        a = 0
+        for probs in self.table_chunks(z):
+            for j, p in enumerate(probs, start=a):
+                images[j] = _read_pixels(decoders[j], p, ids[j])
+                if messages is not None:
+                    _check_end(messages[j], layout, heads[j], images[j], p, ids[j])
+            a += len(probs)
         return images
 
 
@@ -794,28 +800,30 @@ class _PartDecoding:
 
 def _decode_part(run: Run, spec, codec: MnistCodec, batch_size: int, file: str):
     """``(ids, images)`` of one part: ids int64 ``(n,)``, images uint8 ``(n, 784)``; read in
-    batches of ``batch_size`` rows (each checked against its CRCs first)."""
+    batches of ``batch_size`` rows (each checked against its CRCs first), each batch's
+    latents regenerated and its network run at once, its tables a chunk at a time
+    (:meth:`MnistCodec.table_chunks`)."""
     all_ids, all_images = [], []
     pf = run.part_file(file)
     for rb in pf.iter_batches(batch_size=batch_size, columns=["id", "message", "crc32"]):
         ids = rb.column("id").to_numpy()
         msgs = rb.column("message").to_pylist()
         check_crcs(ids, msgs, rb.column("crc32").to_numpy(), what="image")
-        for a in range(0, len(ids), TABLE_CHUNK):
-            chunk_ids, chunk = ids[a : a + TABLE_CHUNK], msgs[a : a + TABLE_CHUNK]
-            heads = []
-            for i, m in zip(chunk_ids, chunk, strict=True):
-                try:
-                    heads.append(read_head(m, spec.layout))
-                except MessageError as exc:
-                    raise MessageError(f"image {fmt_item(i)}: {exc}") from exc
-            bins = np.stack([h.bins for h in heads])
-            local = np.stack([h.local for h in heads])
-            extra = np.stack([h.extra for h in heads]) if spec.layout.adaptive else None
-            z = decode_indices(chunk_ids, bins, local, spec, extra)
-            decoders = [h.decoder for h in heads]
-            all_images.append(codec.synthesis(z, decoders, chunk_ids, chunk, spec.layout, heads))
-            all_ids.append(chunk_ids)
+        if not len(ids):
+            continue
+        heads = []
+        for i, m in zip(ids, msgs, strict=True):
+            try:
+                heads.append(read_head(m, spec.layout))
+            except MessageError as exc:
+                raise MessageError(f"image {fmt_item(i)}: {exc}") from exc
+        bins = np.stack([h.bins for h in heads])
+        local = np.stack([h.local for h in heads])
+        extra = np.stack([h.extra for h in heads]) if spec.layout.adaptive else None
+        z = decode_indices(ids, bins, local, spec, extra)  # the batch's latents at once
+        decoders = [h.decoder for h in heads]
+        all_images.append(codec.synthesis(z, decoders, ids, msgs, spec.layout, heads))
+        all_ids.append(ids)
     if not all_ids:
         return np.zeros(0, np.int64), np.zeros((0, PIXELS), np.uint8)
     return np.concatenate(all_ids), np.concatenate(all_images)
