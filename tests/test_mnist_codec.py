@@ -20,7 +20,7 @@ pytest.importorskip("torch")
 from recray.bench.decode_envs import ENVIRONMENTS, decode_in  # noqa: E402
 from recray.codecs import mnist  # noqa: E402
 from recray.data.mnist import load_mnist  # noqa: E402
-from recray.errors import FormatError, MessageError  # noqa: E402
+from recray.errors import FormatError, InputError, MessageError  # noqa: E402
 from recray.models import intdec  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,6 +86,19 @@ def test_messages_do_not_depend_on_how_the_pixel_stage_chunks(run, tmp_path, mon
     out = str(tmp_path / "chunked")
     mnist.compress(out, limit=N, engine="local", **SP_PFR_32)
     assert _messages(out) == _messages(run[0])
+
+
+def test_table_chunks_computed_ahead_keep_order_and_errors():
+    """Tables computed a chunk ahead on a worker thread arrive in row order, equal to the
+    tables of their rows; an error in the worker reaches the caller with its message."""
+    codec = mnist.MnistCodec()
+    z = np.random.default_rng(4).standard_normal((7, 32))
+    chunks = list(codec.table_chunks(z, 3))
+    assert [len(c) for c in chunks] == [3, 3, 1]
+    assert np.array_equal(np.concatenate(chunks), mnist._tables(codec.decoder, z, 2))
+    z[5, 0] = np.nan
+    with pytest.raises(InputError, match="z row 5 is not finite"):
+        list(codec.table_chunks(z, 3))
 
 
 def test_bitrate_is_the_bytes_written_and_near_the_elbo(run):
