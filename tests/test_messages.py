@@ -425,25 +425,32 @@ def _tail_messages(seed: int, n: int, symbols: int, path: str = "fixed"):
 
 
 @pytest.mark.parametrize("path", ["fixed", "learned", "ordinal"])
-def test_checkpointed_termination_equals_the_full_decode_search(monkeypatch, path):
-    """The search for the shortest message resumes each try from a decoder checkpoint
-    (coder.tails_verdict); it must settle on the very bytes that decoding every try from
-    the front finds, over many lengths and carries (the termination is in the format)."""
+def test_final_interval_termination_equals_the_full_decode_search(monkeypatch, path):
+    """The search for the shortest message decides each try by the coder's final interval
+    (coder.in_final_interval); it must settle on the very bytes that decoding every try
+    from the front finds, over many lengths and carries (the termination is in the
+    format). Every try the full search makes is also checked against the interval."""
     from recray.format.messages import coder, read_head
 
     layout = _tail_layout(path)
     bins, local, tails = _tail_messages(11, 150, 300, path)
     quick = encode_messages(bins, local, layout, tails)
     real = coder._shortest
-    monkeypatch.setattr(
-        coder,
-        "_shortest",
-        lambda full, ideal, decodes, marks=(), tails=(): real(full, ideal, decodes),
-    )
+    tries = []
+
+    def slow_search(full, ideal, decodes, final=None):
+        def decodes_and_compare(cand):
+            ok = decodes(cand)
+            tries.append(coder.in_final_interval(cand, full, final) == ok)
+            return ok
+
+        return real(full, ideal, decodes_and_compare)
+
     for mod in ("ordinals", "learned", "fixed"):
-        monkeypatch.setattr(f"recray.format.messages.{mod}._shortest", coder._shortest)
+        monkeypatch.setattr(f"recray.format.messages.{mod}._shortest", slow_search)
     slow = encode_messages(bins, local, layout, tails)
     assert quick == slow
+    assert len(tries) > 2 * len(quick) and all(tries)
     for i, m in enumerate(quick):
         head = read_head(m, layout)
         assert head.bins.tolist() == bins[i].tolist()
@@ -451,8 +458,8 @@ def test_checkpointed_termination_equals_the_full_decode_search(monkeypatch, pat
 
 
 @pytest.mark.parametrize("path", ["fixed", "learned", "ordinal"])
-def test_a_wrong_checkpoint_verdict_is_caught_by_the_final_decode(monkeypatch, path):
-    """Negative control: a checkpoint verdict that accepts every try would end messages
+def test_a_wrong_interval_verdict_is_caught_by_the_final_decode(monkeypatch, path):
+    """Negative control: an interval verdict that accepts every try would end messages
     too early; the full decode of the chosen bytes catches it and the search is redone
     with full decodes, so the messages stay those of the full search."""
     from recray.format.messages import coder
@@ -463,17 +470,27 @@ def test_a_wrong_checkpoint_verdict_is_caught_by_the_final_decode(monkeypatch, p
     overruled = []
     real = coder._shortest
 
-    def spy(full, ideal, decodes, marks=(), tails=()):
-        out = real(full, ideal, decodes, marks, tails)
-        if marks:
-            overruled.append(real(full, ideal, lambda c: True) != out)
+    def spy(full, ideal, decodes, final=None):
+        out = real(full, ideal, decodes, final)
+        overruled.append(real(full, ideal, lambda c: True) != out)
         return out
 
-    monkeypatch.setattr(coder, "tails_verdict", lambda *a: True)
+    monkeypatch.setattr(coder, "in_final_interval", lambda *a: True)
     for mod in ("ordinals", "learned", "fixed"):
         monkeypatch.setattr(f"recray.format.messages.{mod}._shortest", spy)
     assert encode_messages(bins, local, layout, tails) == want
     assert len(overruled) == len(want) and all(overruled)
+
+
+def test_a_misread_final_interval_falls_back_to_decoding():
+    """When the sealed output is not inside the interval as read (a wrong reading of the
+    coder's state), the verdict is None and the tries are decoded instead."""
+    from recray.format.messages import coder
+
+    full = bytes.fromhex("0123456789abcdef")
+    assert coder.in_final_interval(full, full, (0, ((1 << 64) - 5, 3))) is None
+    assert coder.in_final_interval(full[:4], full, (0, (0x0123456700000000, 1 << 40)))
+    assert not coder.in_final_interval(full[:3], full, (0, (0x0123456700000000, 1 << 32)))
 
 
 # ----------------------------------------------------------------------------- adaptive

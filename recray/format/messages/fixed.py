@@ -100,7 +100,7 @@ def _decode_symbols(data: bytes, layout: IndexLayout):
 def _encode_words(
     classes, chunks: np.ndarray, sizes: np.ndarray, class_probs, tail: Sequence = (), side=None
 ) -> tuple[np.ndarray, tuple]:
-    """The message's words and its tails' decoder checkpoints (:func:`encode_tails`)."""
+    """The message's words and its final interval (:func:`encode_tails`)."""
     encoder = _queue.RangeEncoder()
     if side is not None:
         side.encode(encoder)
@@ -108,8 +108,8 @@ def _encode_words(
         encoder.encode(classes, _CLASS_FAMILY, class_probs)
     if chunks.size:
         encoder.encode(chunks, _UNIFORM, sizes)
-    marks = encode_tails(encoder, tail)
-    return encoder.get_compressed(), marks
+    final = encode_tails(encoder, tail)
+    return encoder.get_compressed(), final
 
 
 def _decodes_to(
@@ -170,7 +170,7 @@ def _encode_rows(
             out.append(b"")
             continue
         sizes = sizes_all[i][m]
-        words, marks = _encode_words(cls, chunks, sizes, layout.class_probs, tail, side)
+        words, final = _encode_words(cls, chunks, sizes, layout.class_probs, tail, side)
         full = _words_to_bytes(words)
         bits = float(ideal[i]) + sum(t.ideal_bits for t in tail)
         if side is not None:
@@ -182,8 +182,7 @@ def _encode_rows(
                 lambda c, cls=cls, sizes=sizes, chunks=chunks, tail=tail, side=side: _decodes_to(
                     c, layout, cls, sizes, chunks, tail, side
                 ),
-                marks,
-                tail,
+                final,
             )
         )
     return out

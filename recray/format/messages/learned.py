@@ -163,7 +163,7 @@ def _encode_rows_learned(bins, local, layout, tails, extra) -> list[bytes]:
             side.encode(encoder)
         for fam, params, symbols in segs:
             encoder.encode(symbols, fam, params)
-        marks = encode_tails(encoder, tail)
+        final = encode_tails(encoder, tail)
         full = _words_to_bytes(encoder.get_compressed())
         bits = sym.ideal_bits(t) + sum(tl.ideal_bits for tl in tail)
         if side is not None:
@@ -181,7 +181,7 @@ def _encode_rows_learned(bins, local, layout, tails, extra) -> list[bytes]:
             except (AssertionError, ValueError, RuntimeError, OverflowError, IndexError):
                 return False
 
-        out.append(_shortest(full, bits, decodes, marks, tail))
+        out.append(_shortest(full, bits, decodes, final))
     return out
 
 

@@ -294,7 +294,7 @@ def encode_rows(bins, local, layout: IndexLayout, tails, extra) -> list[bytes]:
         encoder = _queue.RangeEncoder()
         for fam, params, symbols in segs:
             encoder.encode(symbols, fam, params)
-        marks = encode_tails(encoder, tail)
+        final = encode_tails(encoder, tail)
         full = _words_to_bytes(encoder.get_compressed())
         bits = float(bt.ideal[i]) + sum(tl.ideal_bits for tl in tail)
 
@@ -309,7 +309,7 @@ def encode_rows(bins, local, layout: IndexLayout, tails, extra) -> list[bytes]:
             except (AssertionError, ValueError, RuntimeError, OverflowError, IndexError):
                 return False
 
-        out.append(_shortest(full, bits, decodes, marks, tail))
+        out.append(_shortest(full, bits, decodes, final))
     return out
 
 
