@@ -37,7 +37,7 @@ import numpy as np
 
 from recray import rec
 from recray.errors import MessageError, RecrayError, fmt_item
-from recray.format.messages import Tail, decode_message_head, encode_messages
+from recray.format.messages import Tail, encode_messages, read_head
 from recray.pipeline.codec import (
     FALLBACK,
     CodecSpec,
@@ -241,18 +241,28 @@ def encode_progressive(
     return Encoded(messages, z, kl.sum(1), steps.sum(1), fb.sum(1).astype(np.int32), analysis_kl)
 
 
-def decode_items(codec: LatentCodec, ids, messages, spec: CodecSpec, what: str = "item"):
-    """Items from their messages (CRCs checked by the caller): reads each message's
-    indices (a :class:`MessageError` names the item), regenerates ``z`` and calls
-    :meth:`LatentCodec.synthesis`. Returns ``(items, z)``."""
+def read_heads(ids, messages, spec: CodecSpec, what: str = "item"):
+    """Each message's head (:func:`~recray.format.messages.read_head`: indices, extra
+    partition bits, and the decoder positioned after them) and the latents they give:
+    ``(heads, z)``, ``z`` float64 ``(n, D)``. A message that cannot be read raises
+    :class:`MessageError` naming its item (``what`` and its id)."""
     ids = np.asarray(ids)
     heads = []
     for i, m in zip(ids, messages, strict=True):
         try:
-            heads.append(decode_message_head(m, spec.layout))
+            heads.append(read_head(m, spec.layout))
         except MessageError as exc:
             raise MessageError(f"{what} {fmt_item(i)}: {exc}") from exc
-    bins = np.stack([h[0] for h in heads]).reshape(len(ids), spec.plan.n_blocks)
-    local = np.stack([h[1] for h in heads]).reshape(len(ids), spec.plan.n_blocks)
-    z = decode_indices(ids, bins, local, spec)
-    return codec.synthesis(z, [h[2] for h in heads], ids), z
+    shape = (len(ids), spec.plan.n_blocks)
+    bins = np.stack([h.bins for h in heads]).reshape(shape)
+    local = np.stack([h.local for h in heads]).reshape(shape)
+    extra = np.stack([h.extra for h in heads]) if spec.layout.adaptive else None
+    return heads, decode_indices(ids, bins, local, spec, extra)
+
+
+def decode_items(codec: LatentCodec, ids, messages, spec: CodecSpec, what: str = "item"):
+    """Items from their messages (CRCs checked by the caller): reads each message's
+    indices (:func:`read_heads`), regenerates ``z`` and calls
+    :meth:`LatentCodec.synthesis`. Returns ``(items, z)``."""
+    heads, z = read_heads(ids, messages, spec, what)
+    return codec.synthesis(z, [h.decoder for h in heads], np.asarray(ids)), z

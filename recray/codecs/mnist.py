@@ -56,7 +56,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recray.codecs.base import LatentCodec, Posterior
+from recray.codecs.base import LatentCodec, Posterior, read_heads
 from recray.errors import FormatError, InputError, MessageError, fmt_item
 from recray.format.messages import Tail, decode_blocks, encode_messages, read_head
 from recray.format.run import Run, RunWriter, check_crcs, crc32_of, part_schema
@@ -811,16 +811,7 @@ def _decode_part(run: Run, spec, codec: MnistCodec, batch_size: int, file: str):
         check_crcs(ids, msgs, rb.column("crc32").to_numpy(), what="image")
         if not len(ids):
             continue
-        heads = []
-        for i, m in zip(ids, msgs, strict=True):
-            try:
-                heads.append(read_head(m, spec.layout))
-            except MessageError as exc:
-                raise MessageError(f"image {fmt_item(i)}: {exc}") from exc
-        bins = np.stack([h.bins for h in heads])
-        local = np.stack([h.local for h in heads])
-        extra = np.stack([h.extra for h in heads]) if spec.layout.adaptive else None
-        z = decode_indices(ids, bins, local, spec, extra)  # the batch's latents at once
+        heads, z = read_heads(ids, msgs, spec, "image")  # the batch's latents at once
         decoders = [h.decoder for h in heads]
         all_images.append(codec.synthesis(z, decoders, ids, msgs, spec.layout, heads))
         all_ids.append(ids)
