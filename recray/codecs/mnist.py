@@ -188,8 +188,7 @@ class MnistCodec(LatentCodec):
         return Posterior(mu, sigma)
 
     def tail(self, items, z):
-        probs = _tables(self.decoder, z, self.version)
-        return _pixel_tails(np.asarray(items).reshape(-1, PIXELS), probs, self.version)
+        return [t for tails in self.tail_chunks(items, z) for t in tails]
 
     def table_chunks(self, z, chunk: int = TABLE_CHUNK) -> Iterator[np.ndarray]:
         """The range coder's tables of ``z`` in consecutive chunks of ``chunk`` rows (float64
