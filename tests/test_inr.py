@@ -680,9 +680,15 @@ def test_bench_resumes_from_a_checkpoint_and_measures_only_the_rest(monkeypatch)
     assert len(merged) == 2 * len(whole["rows"]) and {r["anneal"] for r in merged} == {0.5, 1.0}
     with pytest.raises(InputError, match="field anneal is 1.0, this run's is 0.5"):
         bi.run(**kw, anneal=0.5, resume=points[0])
+    # the SP settings' candidates are part of the setting (ORC-16 keeps its 2^16)
+    with pytest.raises(InputError, match="sp-orc: field n_samples is 65536, this run's is 262144"):
+        bi.run(**kw, sp_n_samples=1 << 18, resume=points[0])
+    wide = bi.run(**(kw | {"max_tiles": 1}), sp_n_samples=1 << 18)["rows"]
+    assert [r["n_samples"] for r in wide] == [1 << 16, 1 << 18]
     with pytest.raises(InputError, match="first whole chunks"):
         bi.run(**(kw | {"chunk": 3}), resume=points[0])
-    for bad in ({"limit": -3}, {"chunk": 0}, {"max_tiles": 0}, {"max_minutes": 0.0}):
+    bad_args = ({"limit": -3}, {"chunk": 0}, {"max_tiles": 0}, {"max_minutes": 0.0})
+    for bad in bad_args + ({"sp_n_samples": 0},):
         with pytest.raises(InputError, match="--" + next(iter(bad)).replace("_", "-")):
             bi.run(**(kw | bad))
     older = points[0] | {"rows": [r | {"model_id": "inr_1p5"} for r in points[0]["rows"]]}
@@ -714,6 +720,12 @@ def test_bits_at_equal_psnr_interpolates_sp_orcs_curve_at_orcs_psnr():
     (e,) = bi.bits_at_equal_psnr([orc, hi, far, beaten])
     assert e["bound"] and e["sp_orc_bpp"] == 3.2 and e["between"][0]["anneal"] == 1.0
     assert bi.bits_at_equal_psnr([orc, beaten]) == []  # all below: nothing to say
+    # a point with more candidates is another point of SP-ORC's curve, named as such
+    wide = row("sp-orc", 2.1, 32.2, 0.8) | {"n_samples": 1 << 18}
+    (e,) = bi.bits_at_equal_psnr([orc, wide, hi])
+    assert [x.get("n_samples") for x in e["between"]] == [1 << 18, None]
+    table = bi.format_table({"tiles": 1, "rows": [orc, wide, hi]})
+    assert "anneal 0.8 (N 262,144) and 1.0)" in table and table.count("  N 262,144") == 1
     # a longer fit's rows pair among themselves, never with the default fit's
     longer = [r | {"fit_steps": 2000} for r in (orc, lo, hi)]
     assert bi.bits_at_equal_psnr([orc, longer[1], longer[2]]) == []

@@ -236,6 +236,7 @@ def run(
     stages: int | None = None,
     anneal: float | None = None,
     sp_block_bits: float | None = None,
+    sp_n_samples: int | None = None,
     scale: bool = False,
     classical: bool = True,
     ablation_strategies=("mi", "random", "collapsed-only"),
@@ -273,7 +274,11 @@ def run(
         "stages": stages if stages is not None else base.stages,
         "anneal": anneal if anneal is not None else base.anneal,
     }
+    if sp_n_samples is not None and not sp_n_samples >= 1:
+        raise InputError(f"--sp-n-samples must be >= 1; got {sp_n_samples}")
     sp_kw = {"block_bits": sp_block_bits} if sp_block_bits is not None else {}
+    if sp_n_samples is not None:
+        sp_kw["n_samples"] = sp_n_samples
     rows, ablation_rows, scale_rows = [], [], []
     work = workdir or tempfile.mkdtemp(prefix="recray-bench-inr-")
     os.makedirs(work, exist_ok=True)
@@ -377,7 +382,7 @@ def _settings(method: str, kw: dict, sp_kw: dict):
 #: What a resumed row must share with the settings of the run that continues it.
 _RESUME_KEYS = ("fit_steps", "lr", "lr_end", "fit_samples", "refine_steps", "stages", "anneal")
 #: The plan settings a row records.
-_PLAN_KEYS = ("block_bits", "budget_offset_bits", "laws")
+_PLAN_KEYS = ("block_bits", "budget_offset_bits", "laws", "n_samples")
 
 
 def _resumed(resume, parts, idx, step, rates, methods, kw, sp_kw) -> int:
@@ -636,7 +641,10 @@ def bits_at_equal_psnr(rows: list[dict]) -> list[dict]:
                     "fit_steps": ref.get("fit_steps"),
                     "fit": fit_name(ref),
                     "reference": {k: ref.get(k) for k in ("method", "anneal", "bpp", "psnr_db")},
-                    "between": [{k: x.get(k) for k in ("anneal", "bpp", "psnr_db")} for x in used],
+                    "between": [
+                        {k: x.get(k) for k in ("anneal", "n_samples", "bpp", "psnr_db")}
+                        for x in used
+                    ],
                     "bound": len(used) == 1,
                     "sp_orc_bpp": float(bpp),
                     "change": float(bpp / ref["bpp"] - 1.0),
@@ -648,7 +656,7 @@ def bits_at_equal_psnr(rows: list[dict]) -> list[dict]:
 def format_table(r: dict) -> str:
     from recray.codecs.inr import Settings
 
-    default_anneal = Settings().anneal
+    default_anneal, default_n = Settings().anneal, Settings().n_samples
     lines = [f"INR codec on {r['tiles']} test tiles (bpp from bytes written, PSNR of 8-bit tiles)"]
     lines.append(
         f"{'rate pt':>7} {'method':<8} {'bpp':>8} {'PSNR dB':>8} "
@@ -667,6 +675,7 @@ def format_table(r: dict) -> str:
                 if row.get("anneal", default_anneal) != default_anneal
                 else ""
             )
+            + (f"  N {row['n_samples']:,}" if row.get("n_samples") not in (None, default_n) else "")
         )
     for row in r.get("ablation", []):
         if "error" in row:
@@ -686,7 +695,15 @@ def format_table(r: dict) -> str:
             f"rate point {e['rate_point_bpp']:g}{fit}: sp-orc at orc-16's {ref['psnr_db']:.2f} dB "
             f"(anneal {ref['anneal']}): {e['sp_orc_bpp']:.4f} bpp against {ref['bpp']:.4f} "
             f"({100 * e['change']:+.1f}% bits; {how}"
-            + " and ".join(str(x["anneal"]) for x in e["between"])
+            + " and ".join(
+                str(x["anneal"])
+                + (
+                    f" (N {x['n_samples']:,})"
+                    if x.get("n_samples") not in (None, default_n)
+                    else ""
+                )
+                for x in e["between"]
+            )
             + ")"
         )
     return "\n".join(lines)

@@ -132,6 +132,7 @@ def cmd_bench(args) -> int:
         stages=args.stages,
         anneal=args.anneal,
         sp_block_bits=args.sp_block_bits,
+        sp_n_samples=args.sp_n_samples,
         scale=args.scale,
         classical=not args.no_classical,
         ablation_strategies=tuple(args.ablation),
@@ -314,6 +315,13 @@ def add_parsers(codec_sub, bench_sub) -> None:
         type=float,
         default=None,
         help="information per block of the SP settings (default: each preset's)",
+    )
+    b.add_argument(
+        "--sp-n-samples",
+        type=int,
+        default=None,
+        help="candidates per block of the SP settings (default: the codec's, 2^16; ORC-16 "
+        "keeps 2^16, its 16-bit index)",
     )
     b.add_argument(
         "--chunk",
