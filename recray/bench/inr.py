@@ -237,6 +237,7 @@ def run(
     anneal: float | None = None,
     sp_block_bits: float | None = None,
     sp_n_samples: int | None = None,
+    sp_budget_offset_bits: int | None = None,
     scale: bool = False,
     classical: bool = True,
     ablation_strategies=("mi", "random", "collapsed-only"),
@@ -276,9 +277,15 @@ def run(
     }
     if sp_n_samples is not None and not sp_n_samples >= 1:
         raise InputError(f"--sp-n-samples must be >= 1; got {sp_n_samples}")
-    sp_kw = {"block_bits": sp_block_bits} if sp_block_bits is not None else {}
-    if sp_n_samples is not None:
-        sp_kw["n_samples"] = sp_n_samples
+    sp_kw = {  # the SP settings' own (default: each preset's, and Settings')
+        k: v
+        for k, v in (
+            ("block_bits", sp_block_bits),
+            ("n_samples", sp_n_samples),
+            ("budget_offset_bits", sp_budget_offset_bits),
+        )
+        if v is not None
+    }
     rows, ablation_rows, scale_rows = [], [], []
     work = workdir or tempfile.mkdtemp(prefix="recray-bench-inr-")
     os.makedirs(work, exist_ok=True)

@@ -133,6 +133,7 @@ def cmd_bench(args) -> int:
         anneal=args.anneal,
         sp_block_bits=args.sp_block_bits,
         sp_n_samples=args.sp_n_samples,
+        sp_budget_offset_bits=args.sp_budget_offset_bits,
         scale=args.scale,
         classical=not args.no_classical,
         ablation_strategies=tuple(args.ablation),
@@ -322,6 +323,13 @@ def add_parsers(codec_sub, bench_sub) -> None:
         default=None,
         help="candidates per block of the SP settings (default: the codec's, 2^16; ORC-16 "
         "keeps 2^16, its 16-bit index)",
+    )
+    b.add_argument(
+        "--sp-budget-offset-bits",
+        type=int,
+        default=None,
+        help="partition bits of the SP settings' blocks over their rounded information "
+        "(default: each preset's)",
     )
     b.add_argument(
         "--chunk",
