@@ -683,8 +683,9 @@ def test_bench_resumes_from_a_checkpoint_and_measures_only_the_rest(monkeypatch)
     # the SP settings' candidates are part of the setting (ORC-16 keeps its 2^16)
     with pytest.raises(InputError, match="sp-orc: field n_samples is 65536, this run's is 262144"):
         bi.run(**kw, sp_n_samples=1 << 18, resume=points[0])
-    wide = bi.run(**(kw | {"max_tiles": 1}), sp_n_samples=1 << 18)["rows"]
-    assert [r["n_samples"] for r in wide] == [1 << 16, 1 << 18]
+    wide = bi.run(**(kw | {"max_tiles": 1}), sp_n_samples=1 << 18, sp_budget_offset_bits=-14)
+    assert [r["n_samples"] for r in wide["rows"]] == [1 << 16, 1 << 18]
+    assert [r["budget_offset_bits"] for r in wide["rows"]] == [0, -14]
     with pytest.raises(InputError, match="first whole chunks"):
         bi.run(**(kw | {"chunk": 3}), resume=points[0])
     bad_args = ({"limit": -3}, {"chunk": 0}, {"max_tiles": 0}, {"max_minutes": 0.0})
