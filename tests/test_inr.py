@@ -721,12 +721,14 @@ def test_bits_at_equal_psnr_interpolates_sp_orcs_curve_at_orcs_psnr():
     (e,) = bi.bits_at_equal_psnr([orc, hi, far, beaten])
     assert e["bound"] and e["sp_orc_bpp"] == 3.2 and e["between"][0]["anneal"] == 1.0
     assert bi.bits_at_equal_psnr([orc, beaten]) == []  # all below: nothing to say
-    # a point with more candidates is another point of SP-ORC's curve, named as such
-    wide = row("sp-orc", 2.1, 32.2, 0.8) | {"n_samples": 1 << 18}
-    (e,) = bi.bits_at_equal_psnr([orc, wide, hi])
-    assert [x.get("n_samples") for x in e["between"]] == [1 << 18, None]
-    table = bi.format_table({"tiles": 1, "rows": [orc, wide, hi]})
-    assert "anneal 0.8 (N 262,144) and 1.0)" in table and table.count("  N 262,144") == 1
+    # another plan (here more candidates) is a curve of its own, named as such
+    wide = [r | {"n_samples": 1 << 18, "block_bits": 24.0} for r in (lo, hi)]
+    plain, other = bi.bits_at_equal_psnr([orc, lo, wide[0], hi, wide[1] | {"bpp": 3.0}])
+    assert (plain["plan"], other["plan"]) == ("", "24-bit blocks, N 262,144")
+    assert other["sp_orc_bpp"] == pytest.approx(np.sqrt(2.0 * 3.0)) and not other["bound"]
+    table = bi.format_table({"tiles": 1, "rows": [orc, lo, hi] + wide})
+    assert "rate point 4, 24-bit blocks, N 262,144: sp-orc" in table
+    assert table.count("  24-bit blocks, N 262,144") == 2
     # a longer fit's rows pair among themselves, never with the default fit's
     longer = [r | {"fit_steps": 2000} for r in (orc, lo, hi)]
     assert bi.bits_at_equal_psnr([orc, longer[1], longer[2]]) == []

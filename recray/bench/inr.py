@@ -592,13 +592,38 @@ def fit_name(row: dict) -> str:
     return ", ".join(_FIT_WORDS[k].format(fit[k]) for k in diff)
 
 
+#: How :func:`plan_name` writes an SP plan setting that differs from its method's preset.
+_PLAN_WORDS = {
+    "block_bits": "{:g}-bit blocks",
+    "n_samples": "N {:,}",
+    "budget_offset_bits": "B offset {:+d}",
+    "laws": "{} laws",
+}
+
+
+def plan_name(row: dict) -> str:
+    """A row's coding plan in words where it differs from its method's preset
+    (:data:`recray.codecs.inr.PRESETS`, and ``2^16`` candidates): ``""`` for the preset
+    (and for rows of other codecs), else e.g. ``"16-bit blocks, N 16,384"``. Rows of one
+    method and plan name are points of one R-D curve (:func:`bits_at_equal_psnr`)."""
+    from recray.codecs.inr import PRESETS, Settings
+
+    preset = PRESETS.get(row.get("method"))
+    if preset is None:
+        return ""
+    want = {"n_samples": Settings().n_samples, **preset}
+    diff = [k for k in _PLAN_WORDS if row.get(k) is not None and row[k] != want[k]]
+    return ", ".join(_PLAN_WORDS[k].format(row[k]) for k in diff)
+
+
 def bits_at_equal_psnr(rows: list[dict]) -> list[dict]:
     """SP-ORC's bits at ORC-16's PSNR, where SP-ORC has an R-D curve on the same model.
 
     ORC-16 spends a fixed 16 bits per plan block, so on one model it has one rate; SP-ORC's
     bits follow the fit's KL, so each fit setting (e.g. an ``--anneal`` factor) is a point of
-    its own curve. Per rate point and model, for every ORC-16 row, over SP-ORC's points that
-    no other of its points beats on both bits and PSNR: where two of them bracket ORC-16's
+    its own curve. Per rate point, model, analysis fit and SP-ORC plan (:func:`plan_name`:
+    each plan is a curve of its own), for every ORC-16 row, over SP-ORC's points that no
+    other of its points beats on both bits and PSNR: where two of them bracket ORC-16's
     mean PSNR, ``log2 bpp`` is interpolated linearly in PSNR between them (the closest
     pair); where all lie above it, the cheapest one bounds the bits (``bound``: SP-ORC needs
     at most those). ``change``: that bpp over ORC-16's, minus one (negative: SP-ORC needs
@@ -611,59 +636,66 @@ def bits_at_equal_psnr(rows: list[dict]) -> list[dict]:
     inr_rows = [row for row in rows if row.get("method") in ("orc-16", "sp-orc")]
     for rate, model, fit in sorted({key(row) for row in inr_rows}, key=str):
         same = [row for row in inr_rows if key(row) == (rate, model, fit)]
-        sp = [row for row in same if row["method"] == "sp-orc"]
-        sp = [
-            x
-            for x in sp
-            if not any(
-                y["bpp"] <= x["bpp"]
-                and y["psnr_db"] >= x["psnr_db"]
-                and (y["bpp"], y["psnr_db"]) != (x["bpp"], x["psnr_db"])
-                for y in sp
-            )
+        for plan in sorted({plan_name(r) for r in same if r["method"] == "sp-orc"}):
+            sp = [r for r in same if r["method"] == "sp-orc" and plan_name(r) == plan]
+            out += _equal_psnr_of(rate, model, plan, same, sp)
+    return out
+
+
+def _equal_psnr_of(rate, model, plan, same, sp) -> list[dict]:
+    """:func:`bits_at_equal_psnr` for the SP-ORC points ``sp`` of one plan against the
+    ORC-16 rows in ``same``."""
+    out = []
+    sp = [
+        x
+        for x in sp
+        if not any(
+            y["bpp"] <= x["bpp"]
+            and y["psnr_db"] >= x["psnr_db"]
+            and (y["bpp"], y["psnr_db"]) != (x["bpp"], x["psnr_db"])
+            for y in sp
+        )
+    ]
+    for ref in (row for row in same if row["method"] == "orc-16"):
+        p = ref["psnr_db"]
+        pairs = [
+            (a, b)
+            for a in sp
+            for b in sp
+            if a["psnr_db"] <= p <= b["psnr_db"] and a["psnr_db"] < b["psnr_db"]
         ]
-        for ref in (row for row in same if row["method"] == "orc-16"):
-            p = ref["psnr_db"]
-            pairs = [
-                (a, b)
-                for a in sp
-                for b in sp
-                if a["psnr_db"] <= p <= b["psnr_db"] and a["psnr_db"] < b["psnr_db"]
-            ]
-            above = [x for x in sp if x["psnr_db"] >= p]
-            if pairs:
-                a, b = min(pairs, key=lambda ab: ab[1]["psnr_db"] - ab[0]["psnr_db"])
-                t = (p - a["psnr_db"]) / (b["psnr_db"] - a["psnr_db"])
-                bpp = 2.0 ** ((1.0 - t) * np.log2(a["bpp"]) + t * np.log2(b["bpp"]))
-                used = (a, b)
-            elif above:  # every point is above ORC-16's PSNR
-                used = (min(above, key=lambda x: x["bpp"]),)
-                bpp = used[0]["bpp"]
-            else:
-                continue
-            out.append(
-                {
-                    "rate_point_bpp": rate,
-                    "model_id": model,
-                    "fit_steps": ref.get("fit_steps"),
-                    "fit": fit_name(ref),
-                    "reference": {k: ref.get(k) for k in ("method", "anneal", "bpp", "psnr_db")},
-                    "between": [
-                        {k: x.get(k) for k in ("anneal", "n_samples", "bpp", "psnr_db")}
-                        for x in used
-                    ],
-                    "bound": len(used) == 1,
-                    "sp_orc_bpp": float(bpp),
-                    "change": float(bpp / ref["bpp"] - 1.0),
-                }
-            )
+        above = [x for x in sp if x["psnr_db"] >= p]
+        if pairs:
+            a, b = min(pairs, key=lambda ab: ab[1]["psnr_db"] - ab[0]["psnr_db"])
+            t = (p - a["psnr_db"]) / (b["psnr_db"] - a["psnr_db"])
+            bpp = 2.0 ** ((1.0 - t) * np.log2(a["bpp"]) + t * np.log2(b["bpp"]))
+            used = (a, b)
+        elif above:  # every point is above ORC-16's PSNR
+            used = (min(above, key=lambda x: x["bpp"]),)
+            bpp = used[0]["bpp"]
+        else:
+            continue
+        out.append(
+            {
+                "rate_point_bpp": rate,
+                "model_id": model,
+                "fit_steps": ref.get("fit_steps"),
+                "fit": fit_name(ref),
+                "plan": plan,
+                "reference": {k: ref.get(k) for k in ("method", "anneal", "bpp", "psnr_db")},
+                "between": [{k: x.get(k) for k in ("anneal", "bpp", "psnr_db")} for x in used],
+                "bound": len(used) == 1,
+                "sp_orc_bpp": float(bpp),
+                "change": float(bpp / ref["bpp"] - 1.0),
+            }
+        )
     return out
 
 
 def format_table(r: dict) -> str:
     from recray.codecs.inr import Settings
 
-    default_anneal, default_n = Settings().anneal, Settings().n_samples
+    default_anneal = Settings().anneal
     lines = [f"INR codec on {r['tiles']} test tiles (bpp from bytes written, PSNR of 8-bit tiles)"]
     lines.append(
         f"{'rate pt':>7} {'method':<8} {'bpp':>8} {'PSNR dB':>8} "
@@ -682,7 +714,7 @@ def format_table(r: dict) -> str:
                 if row.get("anneal", default_anneal) != default_anneal
                 else ""
             )
-            + (f"  N {row['n_samples']:,}" if row.get("n_samples") not in (None, default_n) else "")
+            + (f"  {plan_name(row)}" if plan_name(row) else "")
         )
     for row in r.get("ablation", []):
         if "error" in row:
@@ -697,20 +729,12 @@ def format_table(r: dict) -> str:
     for e in bits_at_equal_psnr(r["rows"]):
         ref = e["reference"]
         how = "at most, from anneal " if e["bound"] else "interpolated between anneal "
-        fit = f", {e['fit']}" if e.get("fit") else ""
+        fit = "".join(f", {e[k]}" for k in ("fit", "plan") if e.get(k))
         lines.append(
             f"rate point {e['rate_point_bpp']:g}{fit}: sp-orc at orc-16's {ref['psnr_db']:.2f} dB "
             f"(anneal {ref['anneal']}): {e['sp_orc_bpp']:.4f} bpp against {ref['bpp']:.4f} "
             f"({100 * e['change']:+.1f}% bits; {how}"
-            + " and ".join(
-                str(x["anneal"])
-                + (
-                    f" (N {x['n_samples']:,})"
-                    if x.get("n_samples") not in (None, default_n)
-                    else ""
-                )
-                for x in e["between"]
-            )
+            + " and ".join(str(x["anneal"]) for x in e["between"])
             + ")"
         )
     return "\n".join(lines)
@@ -734,22 +758,26 @@ def plot(r: dict, out_dir: str) -> str:
 
     def series(row):
         a = row.get("anneal", 0.0)
-        return (fit_name(row), a if a in (0.0, default) else "other")
+        return (fit_name(row), plan_name(row), a if a in (0.0, default) else "other")
 
     kinds = {series(row) for row in inr_rows}
-    fits = {f for f, _ in kinds}
+    fits = {f for f, _, _ in kinds}
     for m in METHODS:
-        for fit, kind in sorted(kinds, key=str):
+        for fit, plan, kind in sorted(kinds, key=str):
             rows = sorted(
-                (row for row in inr_rows if row["method"] == m and series(row) == (fit, kind)),
+                (
+                    row
+                    for row in inr_rows
+                    if row["method"] == m and series(row) == (fit, plan, kind)
+                ),
                 key=lambda row: row["bpp"],
             )
             if not rows:
                 continue
-            label = f"INR {m}"
+            label = f"INR {m}" + (f" ({plan})" if plan else "")
             if len(fits) > 1:
                 label += f", {fit or 'default fit'}"
-            if len(kinds) > len(fits):
+            if len({k for _, _, k in kinds}) > 1:
                 label += ", anneal as marked" if kind == "other" else f", anneal {kind:g}"
             x, y = [row["bpp"] for row in rows], [row["psnr_db"] for row in rows]
             style = "o:" if kind == 0.0 else ("s--" if kind == "other" else "o-")
