@@ -191,8 +191,8 @@ def _add_coding_args(c) -> None:
         "--block-bits",
         type=float,
         default=None,
-        help="information per block (default: the method's preset: 16 for orc-16 and sp-orc, "
-        "32 for sp-pfr)",
+        help="information per block (default: the method's preset: 16 for orc-16, 20 for "
+        "sp-orc, 32 for sp-pfr)",
     )
     c.add_argument(
         "--strategy",
