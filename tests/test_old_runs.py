@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from recray.errors import MessageError
 from recray.format.run import Run
 from recray.latents.io import Prior
 from recray.pipeline import driver
@@ -118,7 +119,14 @@ def test_old_mnist_codec_version_1_run_decodes_to_its_images_and_latents(tmp_pat
         with pytest.raises(FormatError, match="install torch=="):
             mnist.decompress(run_dir, str(tmp_path / "dec"))
         pytest.skip(f"the run's pixels decode under torch {codec['torch_version']} only")
-    r = mnist.decompress(run_dir, str(tmp_path / "dec"))
+    try:
+        r = mnist.decompress(run_dir, str(tmp_path / "dec"))
+    except MessageError as exc:
+        # the same torch build on another CPU family (this decodes on the AMD EPYC box; on
+        # an Intel Xeon its kernels give other float64 tables): refused, naming the image
+        # and why, never decoded to other pixels
+        assert "image 0:" in str(exc) and "CPU kernels that wrote it" in str(exc)
+        pytest.xfail("version 1 float tables do not reproduce on this CPU")
     got = np.load(r["out"])
     assert np.array_equal(got["ids"], want["ids"])
     assert np.array_equal(got["images"], want["images"])  # lossless: the very pixels

@@ -218,12 +218,20 @@ class MnistCodec(LatentCodec):
         ids = range(len(z)) if ids is None else ids
         images = np.empty((len(z), PIXELS), dtype=np.uint8)
         a = 0
-        for probs in self.table_chunks(z):
-            for j, p in enumerate(probs, start=a):
-                images[j] = _read_pixels(decoders[j], p, ids[j])
-                if messages is not None:
-                    _check_end(messages[j], layout, heads[j], images[j], p, ids[j])
-            a += len(probs)
+        try:
+            for probs in self.table_chunks(z):
+                for j, p in enumerate(probs, start=a):
+                    images[j] = _read_pixels(decoders[j], p, ids[j])
+                    if messages is not None:
+                        _check_end(messages[j], layout, heads[j], images[j], p, ids[j])
+                a += len(probs)
+        except MessageError as exc:
+            if self.version != FLOAT_TABLES_VERSION:
+                raise
+            raise MessageError(
+                f"{exc} (or: this is a codec version 1 run, whose float64 tables are torch "
+                "output that reproduces only with the torch build and CPU kernels that wrote it)"
+            ) from exc
         return images
 
 
