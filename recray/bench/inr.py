@@ -702,7 +702,7 @@ def format_table(r: dict) -> str:
         f"{'enc s/tile':>10} {'dec s/tile':>10}"
     )
     for row in r["rows"]:
-        fit = fit_name(row)
+        fit, plan = fit_name(row), plan_name(row)
         lines.append(
             f"{row['rate_point_bpp']:>7g} {row['method']:<8} {row['bpp']:>8.4f} "
             f"{row['psnr_db']:>8.2f} "
@@ -714,7 +714,7 @@ def format_table(r: dict) -> str:
                 if row.get("anneal", default_anneal) != default_anneal
                 else ""
             )
-            + (f"  {plan_name(row)}" if plan_name(row) else "")
+            + (f"  {plan}" if plan else "")
         )
     for row in r.get("ablation", []):
         if "error" in row:

@@ -22,23 +22,21 @@ class Tail:
     params: np.ndarray | None
     ideal_bits: float
 
-    def encode(self, encoder, start: int = 0, stop: int | None = None) -> None:
-        """Encode ``symbols[start:stop]`` (all by default). Encoding the symbols in
-        consecutive slices writes the same words as encoding them at once."""
-        sl = slice(start, stop)
+    def encode(self, encoder) -> None:
+        """Encode the symbols."""
         if self.params is None:
-            encoder.encode(self.symbols[sl], self.model)
+            encoder.encode(self.symbols, self.model)
         else:
-            encoder.encode(self.symbols[sl], self.model, self.params[sl])
+            encoder.encode(self.symbols, self.model, self.params)
 
-    def decode(self, decoder, start: int = 0) -> np.ndarray:
-        """Decode ``symbols[start:]``."""
+    def decode(self, decoder) -> np.ndarray:
+        """Decode the symbols' values (as many as ``symbols`` holds)."""
         if self.params is None:
-            return decoder.decode(self.model, len(self.symbols) - start)
-        return decoder.decode(self.model, self.params[start:])
+            return decoder.decode(self.model, len(self.symbols))
+        return decoder.decode(self.model, self.params)
 
-    def decodes_from(self, decoder, start: int = 0) -> bool:
-        """Whether ``decoder`` decodes ``symbols[start:]`` next."""
-        return np.asarray(self.decode(decoder, start)).astype(np.int32).tobytes() == (
-            np.asarray(self.symbols[start:], dtype=np.int32).tobytes()
+    def decodes_from(self, decoder) -> bool:
+        """Whether ``decoder`` decodes ``symbols`` next."""
+        return np.asarray(self.decode(decoder)).astype(np.int32).tobytes() == (
+            np.asarray(self.symbols, dtype=np.int32).tobytes()
         )
